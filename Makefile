@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use and
+# reinstall only when pyproject.toml changes, so a second run starts at once.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.bitfab-installed
+# everything bitfab caches (Verilator builds, the YoWASP WASM cache, synthesis runs) lives here
+export BITFAB_BUILD_DIR ?= $(CURDIR)/build
+export YOWASP_CACHE_DIR ?= $(BITFAB_BUILD_DIR)/yowasp-cache
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("bitfab needs Python >= 3.11") if sys.version_info < (3, 11) else None'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bitfab demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/golden.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,24 @@
+"""bitfab: quantized neural networks to bit-exact FPGA hardware.
+
+The :class:`~bitfab.model.IntegerModel` is the contract: ``bitfab.quant`` writes it, ``bitfab.sim``
+(the golden model), ``bitfab.hw`` and ``bitfab.boards`` read it.
+"""
+
+from .errors import BitfabError, ModelFormatError, ModelRangeError, ToolError, VerificationError
+from .model import (
+    Binary, Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary,
+    Threshold,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitfabError", "ModelFormatError", "ModelRangeError", "ToolError", "VerificationError",
+    "IntegerModel", "Dense", "InputFormat", "Binary", "Ternary", "Pow2", "Lut", "IntWeights",
+    "Threshold", "Requant", "NoOutput", "load",
+]
+
+
+def load(path) -> IntegerModel:
+    """Read a ``.bfm`` model file (see :func:`bitfab.fileformat.load`)."""
+    return IntegerModel.load(path)

@@ -1,0 +1,1 @@
+"""Board targets: top-levels, synthesis with YoWASP tools, reports, host protocol."""

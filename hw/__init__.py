@@ -1,0 +1,1 @@
+"""Amaranth hardware generators for IntegerModel layers (never imports torch)."""

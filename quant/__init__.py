@@ -1,0 +1,1 @@
+"""Quantization-aware training and export to the IntegerModel (needs ``bitfab[train]``)."""

@@ -1,0 +1,1 @@
+"""Simulation and verification: the numpy golden model, Amaranth and cocotb benches."""

@@ -1,0 +1,296 @@
+"""The golden model: the single definition of what the hardware computes.
+
+Pure numpy, exact integer arithmetic, one function per datapath kind. Every function returns int64
+arrays and is exact by construction:
+
+- :func:`xnor_popcount_matmul` works on bit-packed words with ``np.bitwise_count``;
+- the other matmuls reduce to :func:`exact_matmul`, which uses a BLAS float matmul only where every
+  partial sum is an integer whose magnitude the float type holds exactly (float32 below ``2**24``,
+  float64 below ``2**53``): every product and every intermediate sum is then representable, so no
+  rounding ever happens, in any summation order. Larger bounds use int64.
+
+The model's declared widths are checked: a layer whose accumulator could leave its declared
+``acc_bits`` is refused when the model is built (:class:`bitfab.model.Dense`), and the inputs given
+here are checked against the input format, so the int64 arithmetic never overflows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bitfab.errors import ModelRangeError
+from bitfab.model import (
+    Binary, Dense, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold,
+)
+
+__all__ = [
+    "pack_bits", "xnor_popcount_matmul", "exact_matmul", "ternary_matmul", "shift_add_matmul",
+    "lut_matmul", "int_matmul", "threshold", "requant", "dense_accumulate", "dense_forward",
+    "Trace", "execute", "predict", "datapath_kind",
+]
+
+_F32_EXACT = 1 << 24
+_F64_EXACT = 1 << 53
+_CHUNK = 128  # rows of the popcount kernel per block: keeps the working set in L2
+
+
+# --- datapath kernels -----------------------------------------------------------------------------
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Pack a ``(rows, n)`` array of 0/1 into ``(rows, ceil(n/64))`` little-endian uint64 words.
+
+    Padding bits are zero, so they never contribute to ``popcount(a ^ b)``.
+    """
+    bits = np.asarray(bits)
+    rows, n = bits.shape
+    words = (n + 63) // 64
+    packed = np.packbits(bits.astype(np.uint8, copy=False), axis=1, bitorder="little")
+    out = np.zeros((rows, words * 8), dtype=np.uint8)
+    out[:, : packed.shape[1]] = packed
+    return out.view(np.uint64)
+
+
+def xnor_popcount_matmul(x_packed: np.ndarray, w_packed: np.ndarray, n: int) -> np.ndarray:
+    """Return ``acc[b, o] = sum_i x[b, i] * w[o, i]`` for bipolar ``x`` and ``w`` (bit 1 = +1).
+
+    Uses ``acc = 2 * popcount(xnor(x, w)) - n = n - 2 * popcount(x ^ w)``, where the popcount runs
+    over the ``n`` valid bits of the :func:`pack_bits` words.
+
+    Parameters
+    ----------
+    x_packed : uint64 array, shape ``(batch, words)``
+    w_packed : uint64 array, shape ``(out, words)``
+    n : int
+        Number of valid bits (the vector length).
+    """
+    batch, words = x_packed.shape
+    if w_packed.shape[1] != words:
+        raise ValueError(f"w_packed must have {words} words per row, not {w_packed.shape[1]}")
+    outs = w_packed.shape[0]
+    wt = np.ascontiguousarray(w_packed.T)
+    count_dtype = np.uint16 if n < 1 << 16 else np.uint32
+    result = np.empty((batch, outs), dtype=np.int64)
+    tmp = np.empty((_CHUNK, outs), dtype=np.uint64)
+    pc = np.empty((_CHUNK, outs), dtype=np.uint8)
+    for start in range(0, batch, _CHUNK):
+        xs = x_packed[start:start + _CHUNK]
+        b = xs.shape[0]
+        acc = np.zeros((b, outs), dtype=count_dtype)
+        for k in range(words):
+            np.bitwise_xor(xs[:, k, None], wt[k][None, :], out=tmp[:b])
+            np.bitwise_count(tmp[:b], out=pc[:b])
+            np.add(acc, pc[:b], out=acc)
+        result[start:start + b] = acc
+    return n - 2 * result
+
+
+def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Return ``x @ w.T`` exactly as int64 (``x``: ``(batch, n)``, ``w``: ``(out, n)``).
+
+    The bound ``max|x| * max_o sum_i |w[o, i]|`` caps every partial sum; the float type is chosen
+    so that it holds every such integer exactly.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    if x.size == 0 or w.size == 0:
+        return np.zeros((x.shape[0], w.shape[0]), dtype=np.int64)
+    bound = int(np.abs(x).max()) * int(np.abs(w).sum(axis=1).max())
+    if bound < _F32_EXACT:
+        return (x.astype(np.float32) @ w.T.astype(np.float32)).astype(np.int64)
+    if bound < _F64_EXACT:
+        return (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64)
+    return x @ w.T
+
+
+def ternary_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Add / subtract / skip: ``acc = sum_{w=+1} x - sum_{w=-1} x`` (``w`` in {-1, 0, +1})."""
+    w = np.asarray(w)
+    return exact_matmul(x, (w > 0).astype(np.int64)) - exact_matmul(x, (w < 0).astype(np.int64))
+
+
+def shift_add_matmul(x: np.ndarray, sign: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """Shift-add: ``acc = sum_e (sum_{i: e_i = e} sign_i * x_i) << e``.
+
+    ``sign`` in {-1, 0, +1} (0 = zero weight), ``exponent`` >= 0, both shaped ``(out, n)``.
+    """
+    sign = np.asarray(sign, dtype=np.int64)
+    exponent = np.asarray(exponent, dtype=np.int64)
+    x = np.asarray(x, dtype=np.int64)
+    acc = np.zeros((x.shape[0], sign.shape[0]), dtype=np.int64)
+    for e in np.unique(exponent[sign != 0]):
+        acc += exact_matmul(x, np.where(exponent == e, sign, 0)) << int(e)
+    return acc
+
+
+def lut_matmul(x: np.ndarray, index: np.ndarray, dictionary) -> np.ndarray:
+    """Dictionary: ``acc = sum_k d[k] * (sum_{i: index_i = k} x_i)``: one product per entry."""
+    index = np.asarray(index)
+    x = np.asarray(x, dtype=np.int64)
+    acc = np.zeros((x.shape[0], index.shape[0]), dtype=np.int64)
+    for k, value in enumerate(dictionary):
+        if value != 0:
+            acc += int(value) * exact_matmul(x, (index == k).astype(np.int64))
+    return acc
+
+
+def int_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Multiply-accumulate: ``acc = x @ w.T`` (the baseline datapath)."""
+    return exact_matmul(x, w)
+
+
+def threshold(acc: np.ndarray, thresholds: np.ndarray, direction: np.ndarray | None = None,
+              ) -> np.ndarray:
+    """Count thresholds passed: ``y = #{t: acc >= T[o,t]}`` (direction +1) or
+    ``#{t: acc <= T[o,t]}`` (direction -1). ``acc``: ``(batch, out)``; ``T``: ``(out, T)``."""
+    acc = np.asarray(acc, dtype=np.int64)
+    thresholds = np.asarray(thresholds, dtype=np.int64)
+    if direction is None:
+        direction = np.ones(thresholds.shape[0], dtype=np.int64)
+    up = np.asarray(direction) > 0
+    y = np.zeros(acc.shape, dtype=np.int64)
+    for t in range(thresholds.shape[1]):
+        col = thresholds[:, t]
+        y += np.where(up, acc >= col, acc <= col)
+    return y
+
+
+def requant(acc: np.ndarray, multiplier: np.ndarray, shift: int, lo: int, hi: int,
+            offset: int = 0) -> np.ndarray:
+    """Return ``clamp((acc * multiplier + offset) >> shift, lo, hi)`` with a floor shift."""
+    acc = np.asarray(acc, dtype=np.int64)
+    return np.clip((acc * np.asarray(multiplier, dtype=np.int64) + offset) >> shift, lo, hi)
+
+
+# --- layers and networks --------------------------------------------------------------------------
+
+
+def datapath_kind(layer: Dense) -> str:
+    """Name the datapath a dense layer maps to: ``xnor_popcount``, ``ternary`` (add/sub/skip,
+    also binary weights with int inputs), ``shift_add``, ``lut`` or ``int``."""
+    enc = layer.encoding
+    if isinstance(enc, Binary):
+        return "xnor_popcount" if layer.input.kind == "bipolar" else "ternary"
+    if isinstance(enc, Ternary):
+        return "ternary"
+    if isinstance(enc, Pow2):
+        return "shift_add"
+    if isinstance(enc, Lut):
+        return "lut"
+    if isinstance(enc, IntWeights):
+        return "int"
+    raise TypeError(f"no datapath for encoding {enc!r}")
+
+
+def _packed_weights(layer: Dense) -> np.ndarray:
+    cached = layer.__dict__.get("_golden_packed")
+    if cached is None:
+        cached = pack_bits(layer.weights > 0)
+        layer.__dict__["_golden_packed"] = cached  # frozen dataclass: cache beside the fields
+    return cached
+
+
+def dense_accumulate(layer: Dense, x: np.ndarray) -> np.ndarray:
+    """Return the exact accumulators ``(batch, out)`` of ``layer`` for input values ``x``."""
+    kind = datapath_kind(layer)
+    w = layer.weights
+    if kind == "xnor_popcount":
+        acc = xnor_popcount_matmul(pack_bits(x > 0), _packed_weights(layer), layer.in_features)
+    elif kind == "ternary":
+        acc = ternary_matmul(x, w)
+    elif kind == "shift_add":
+        mag = np.abs(w)
+        exponent = np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(), 0).astype(np.int64)
+        acc = shift_add_matmul(x, np.sign(w), exponent)
+    elif kind == "lut":
+        acc = lut_matmul(x, layer.encoding.encode(w), layer.encoding.dictionary)
+    else:
+        acc = int_matmul(x, w)
+    return acc + layer.bias
+
+
+def dense_forward(layer: Dense, acc: np.ndarray) -> np.ndarray:
+    """Apply ``layer``'s output stage to its accumulators."""
+    stage = layer.output
+    if isinstance(stage, Threshold):
+        return threshold(acc, stage.thresholds, stage.direction)
+    if isinstance(stage, Requant):
+        return requant(acc, stage.multiplier, stage.shift, stage.lo, stage.hi, stage.offset)
+    assert isinstance(stage, NoOutput)
+    return acc
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything the golden model computed for a batch.
+
+    Members
+    -------
+    inputs : list of int64 arrays
+        The values each layer read (bipolar layers: -1/+1).
+    accumulators : list of int64 arrays, ``(batch, out)``
+    outputs : list of int64 arrays, ``(batch, out)``
+        The output stage's values (threshold counts, requantized values, or the accumulators).
+    """
+
+    inputs: list
+    accumulators: list
+    outputs: list
+
+    @property
+    def output(self) -> np.ndarray:
+        """The last layer's output."""
+        return self.outputs[-1]
+
+
+def check_inputs(model: IntegerModel, x) -> np.ndarray:
+    """Return ``x`` as an int64 ``(batch, in_features)`` array, or raise :class:`ModelRangeError`.
+
+    Accepts integer arrays and float arrays that hold only integers; a 1-D vector is a batch of one.
+    """
+    arr = np.asarray(x)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != model.in_features:
+        raise ModelRangeError(f"inputs must have shape (batch, {model.in_features}), "
+                              f"not {np.shape(x)}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].flat[0]
+            raise ModelRangeError(f"inputs must be integers ({model.input.describe()}), "
+                                  f"not values such as {bad!r}")
+    elif arr.dtype.kind not in "iu":
+        raise ModelRangeError(f"inputs must be integers, not {arr.dtype}")
+    fmt = model.input
+    if arr.size and (arr.min() < fmt.min_value or arr.max() > fmt.max_value
+                     or (fmt.kind == "bipolar" and np.any(arr == 0))):
+        bad = arr[(arr < fmt.min_value) | (arr > fmt.max_value) |
+                  ((arr == 0) if fmt.kind == "bipolar" else False)].flat[0]
+        raise ModelRangeError(f"inputs must be {fmt.describe()} values in "
+                              f"[{fmt.min_value}, {fmt.max_value}]"
+                              f"{' (no 0)' if fmt.kind == 'bipolar' else ''}, not {bad}")
+    return arr.astype(np.int64)
+
+
+def execute(model: IntegerModel, x) -> Trace:
+    """Run ``model`` on input values ``x`` (``(batch, in_features)``) and return the full trace."""
+    values = check_inputs(model, x)
+    trace = Trace([], [], [])
+    for i, layer in enumerate(model.layers):
+        if i and layer.input.kind == "bipolar":
+            values = 2 * values - 1  # the previous layer's 0/1 output is a bipolar code
+        trace.inputs.append(values)
+        acc = dense_accumulate(layer, values)
+        trace.accumulators.append(acc)
+        values = dense_forward(layer, acc)
+        trace.outputs.append(values)
+    return trace
+
+
+def predict(model: IntegerModel, x) -> np.ndarray:
+    """Return the predicted class (argmax of the last output; the first maximum wins ties)."""
+    return np.argmax(execute(model, x).output, axis=1)
