@@ -64,11 +64,15 @@ def load_model(path):
 def load_array(path: str, what: str) -> np.ndarray:
     """Load a ``.npy`` file without pickle; any problem is a one-line :class:`BitfabError`."""
     try:
-        return np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise BitfabError(f"{what} {path}: no such file") from None
     except (ValueError, OSError, EOFError) as exc:
         raise BitfabError(f"{what} {path}: not a readable .npy array ({str(exc)[:120]})") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens any zip as a lazy .npz archive
+        arr.close()
+        raise BitfabError(f"{what} {path}: not a readable .npy array (a zip archive)")
+    return arr
 
 
 # --- bitfab info ----------------------------------------------------------------------------------

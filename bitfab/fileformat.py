@@ -380,7 +380,9 @@ def load(path) -> IntegerModel:
         raise ModelFormatError(f"{source}: is a directory, not a model file") from None
     except PermissionError:
         raise ModelFormatError(f"{source}: permission denied") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, struct.error) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, struct.error,
+            NotImplementedError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
+        # zipfile raises all of these on corrupted directories
         raise ModelFormatError(f"{source}: not a bitfab model (not a readable zip archive: "
                                f"{str(exc)[:100]})") from None
     try:
@@ -390,7 +392,7 @@ def load(path) -> IntegerModel:
             except ModelFormatError as exc:
                 raise ModelFormatError(f"{source}: {exc}") from None
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, struct.error,
-                    NotImplementedError, RuntimeError) as exc:
+                    NotImplementedError, RuntimeError, OverflowError) as exc:
                 # a corrupted entry (bad CRC, broken deflate stream, truncated data)
                 raise ModelFormatError(f"{source}: corrupted model file "
                                        f"({type(exc).__name__}: {str(exc)[:100]})") from None

@@ -73,7 +73,7 @@ def _int_array(value: Any, what: str, ndim: int) -> np.ndarray:
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() >= 1 << 63:
         raise ModelFormatError(f"{what} must fit int64, not {int(arr.max())}")
     if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) \
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) \
                 and np.all(arr == np.round(arr)) and np.all(np.abs(arr) < 2.0 ** 62):
             pass  # integral floats (e.g. from torch) are accepted as integers
         else:

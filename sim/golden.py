@@ -262,7 +262,7 @@ def check_inputs(model: IntegerModel, x) -> np.ndarray:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].flat[0]
             raise ModelRangeError(f"inputs must be integers ({model.input.describe()}), "
-                                  f"not values such as {bad!r}")
+                                  f"not values such as {bad}")
     elif arr.dtype.kind not in "iu":
         raise ModelRangeError(f"inputs must be integers, not {arr.dtype}")
     fmt = model.input

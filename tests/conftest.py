@@ -1,0 +1,39 @@
+"""Shared test configuration.
+
+Hypothesis runs derandomized (a fixed seed) so CI is reproducible. A test that needs an optional
+tool calls :func:`require_tool`: outside CI a missing tool skips with a message; in CI
+(``BITFAB_REQUIRE_TOOLS=1``, set by ``.ci/run``) it fails, so nothing silently goes unchecked.
+"""
+
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "bitfab", derandomize=True, deadline=None, max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("bitfab")
+
+os.environ.setdefault("BITFAB_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
+os.environ.setdefault("YOWASP_CACHE_DIR",
+                      os.path.join(os.environ["BITFAB_BUILD_DIR"], "yowasp-cache"))
+
+
+def require_tool(name: str, why: str = "") -> str:
+    """Return the path of executable ``name``; skip (or, in CI, fail) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not on PATH{': ' + why if why else ''}"
+        if os.environ.get("BITFAB_REQUIRE_TOOLS"):
+            pytest.fail(f"{msg} (BITFAB_REQUIRE_TOOLS is set: CI must have every tool)")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def tool():
+    """The :func:`require_tool` function, as a fixture: ``tool("iverilog")``."""
+    return require_tool
