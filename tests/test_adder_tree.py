@@ -1,0 +1,236 @@
+"""Adder trees and popcounts (hw/adder_tree.py) against Python integers, in the Amaranth simulator.
+
+``rtl_sum`` wraps one simulation as a pure function: term shapes, a stream of input vectors and an
+``en`` pattern in, the result seen on every cycle out. The reference model is a shift register of
+``latency`` stages that shifts only on enabled clock edges, fed with Python-int sums.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Const, Fragment, Module, Shape, Signal, signed, unsigned
+from amaranth.sim import Simulator
+from bitfab.hw.adder_tree import popcount, sum_terms, tree_latency, value_range
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def _random_value(rng, shape):
+    lo, hi = value_range(Signal(shape))
+    return rng.randint(lo, hi)
+
+
+def rtl_sum(term_shapes, neg_shapes, *, const=0, pipeline=0, cycles=40, seed=0, en_prob=0.7,
+            use_en=True, vectors=None, reference=None):
+    """Simulate ``sum_terms``; return (expected, got, latency, result shape) of checked cycles.
+
+    ``vectors``: optional list of (terms, negated) integer tuples presented one per cycle (random
+    otherwise). ``reference``: the function of (terms, negated) the hardware is compared with
+    (the true sum unless a test passes a deliberately wrong one).
+    """
+    rng = random.Random(seed)
+    m = Module()
+    terms = [Signal(s, name=f"t{i}") for i, s in enumerate(term_shapes)]
+    negs = [Signal(s, name=f"n{i}") for i, s in enumerate(neg_shapes)]
+    en = Signal(init=1) if use_en else None
+    result, latency = sum_terms(m, terms, negs, const=const, pipeline=pipeline, en=en)
+    if reference is None:
+        def reference(tv, nv):
+            return sum(tv) - sum(nv) + const
+    if vectors is None:
+        vectors = [([_random_value(rng, s) for s in term_shapes],
+                    [_random_value(rng, s) for s in neg_shapes]) for _ in range(cycles)]
+    ens = [rng.random() < en_prob if use_en else True for _ in vectors]
+    expected, got = [], []
+
+    async def bench(ctx):
+        history = []  # inputs sampled on enabled edges, oldest first
+        for (tv, nv), e in zip(vectors, ens):
+            for sig, v in zip(terms, tv):
+                ctx.set(sig, v)
+            for sig, v in zip(negs, nv):
+                ctx.set(sig, v)
+            if en is not None:
+                ctx.set(en, int(e))
+            if latency == 0:
+                expected.append(reference(tv, nv))
+                got.append(ctx.get(result))
+            elif len(history) >= latency:
+                expected.append(reference(*history[-latency]))
+                got.append(ctx.get(result))
+            await (ctx.tick() if latency else ctx.delay(1e-6))
+            if e:
+                history.append((tv, nv))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, if_exists=True)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(expected, dtype=object), np.array(got, dtype=object), latency, result.shape()
+
+
+def _used(m):
+    """Elaborate ``m`` so that Amaranth does not warn that it was created but never used."""
+    Fragment.get(m, None)
+
+
+def _check(term_shapes, neg_shapes, **kw):
+    expected, got, latency, shape = rtl_sum(term_shapes, neg_shapes, **kw)
+    assert len(got) > 0
+    np.testing.assert_array_equal(got, expected)
+    return latency, shape
+
+
+# -- explicit cases -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pipeline", [0, 1, 2, 3])
+def test_mixed_signed_unsigned(pipeline):
+    shapes = [unsigned(1), signed(4), unsigned(7), signed(1), unsigned(3), signed(9), unsigned(1)]
+    negs = [unsigned(5), signed(3), unsigned(1)]
+    latency, _ = _check(shapes, negs, const=-13, pipeline=pipeline, seed=pipeline)
+    assert latency == tree_latency(len(shapes) + len(negs), pipeline)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 33])
+@pytest.mark.parametrize("pipeline", [0, 1, 2, 3])
+def test_popcount_bits(n, pipeline):
+    rng = random.Random(n * 7 + pipeline)
+    m = Module()
+    bits = Signal(n)
+    en = Signal(init=1)
+    count, latency = popcount(m, bits, pipeline=pipeline, en=en)
+    assert latency == tree_latency(n, pipeline)
+    assert count.shape() == unsigned(n.bit_length())
+    values = [rng.getrandbits(n) for _ in range(30)] + [0, (1 << n) - 1]
+    ens = [rng.random() < 0.6 for _ in values]
+    got, expected = [], []
+
+    async def bench(ctx):
+        history = []
+        for v, e in zip(values, ens):
+            ctx.set(bits, v)
+            ctx.set(en, int(e))
+            if latency == 0:
+                expected.append(v.bit_count())
+                got.append(ctx.get(count))
+            elif len(history) >= latency:
+                expected.append(history[-latency].bit_count())
+                got.append(ctx.get(count))
+            await (ctx.tick() if latency else ctx.delay(1e-6))
+            if e:
+                history.append(v)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, if_exists=True)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_latency_formula():
+    assert [tree_latency(8, k) for k in range(5)] == [0, 3, 2, 1, 1]
+    assert tree_latency(1, 1) == 0
+    assert tree_latency(256, 2) == 4
+    assert tree_latency(257, 4) == 3
+
+
+@pytest.mark.parametrize("pipeline", [0, 2])
+def test_extremes_and_shape(pipeline):
+    """All terms at their minimum, then at their maximum: the result shape holds both exactly."""
+    shapes = [signed(8)] * 5 + [unsigned(8)] * 4
+    negs = [signed(6), unsigned(6)]
+    lows = ([-128] * 5 + [0] * 4, [31, 63])
+    highs = ([127] * 5 + [255] * 4, [-32, 0])
+    vectors = [lows, highs] * 8
+    _, shape = _check(shapes, negs, const=5, pipeline=pipeline, vectors=vectors, en_prob=1.0)
+    lo = -128 * 5 - 31 - 63 + 5
+    hi = 127 * 5 + 255 * 4 + 32 + 5
+    assert shape == Shape.cast(range(lo, hi + 1))
+
+
+def test_unsigned_result_when_never_negative():
+    m = Module()
+    result, _ = sum_terms(m, [Signal(3), Signal(4)], const=2)
+    assert result.shape() == unsigned(5)  # 7 + 15 + 2 = 24
+    _used(m)
+
+
+def test_no_en_always_loads():
+    _check([unsigned(4)] * 6, [signed(2)], pipeline=1, use_en=False, seed=3)
+
+
+def test_empty_sum_is_const():
+    m = Module()
+    result, latency = sum_terms(m, [], [], const=-7, pipeline=2)
+    assert latency == 0
+    assert isinstance(result, Const) and result.value == -7
+    result, latency = popcount(m, Signal(0), const=3)
+    assert isinstance(result, Const) and result.value == 3
+    _used(m)
+
+
+def test_single_term_with_const():
+    latency, shape = _check([signed(5)], [], const=100, pipeline=2)
+    assert latency == 0
+    _check([], [unsigned(5)], const=-3, pipeline=0)
+
+
+def test_negated_only():
+    _check([], [unsigned(1)] * 5 + [signed(4)], pipeline=1, seed=5)
+
+
+def test_wrong_reference_fails():
+    """The checker is not vacuous: an off-by-one reference is caught."""
+    with pytest.raises(AssertionError):
+        _check([unsigned(4)] * 5, [signed(3)], pipeline=1,
+               reference=lambda tv, nv: sum(tv) - sum(nv) + 1)
+
+
+# -- property test --------------------------------------------------------------------------
+
+_shapes = st.builds(lambda w, s: signed(w) if s else unsigned(w),
+                    st.integers(1, 10), st.booleans())
+
+
+@settings(derandomize=True, deadline=None, max_examples=25)
+@given(st.lists(_shapes, max_size=12), st.lists(_shapes, max_size=5),
+       st.integers(-300, 300), st.integers(0, 4), st.integers(0, 1000))
+def test_random_sums(term_shapes, neg_shapes, const, pipeline, seed):
+    if not term_shapes and not neg_shapes:
+        return
+    latency, _ = _check(term_shapes, neg_shapes, const=const, pipeline=pipeline, seed=seed,
+                        cycles=24)
+    assert latency == tree_latency(len(term_shapes) + len(neg_shapes), pipeline)
+
+
+# -- validation -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    (dict(pipeline=-1), ValueError, "pipeline must be a non-negative integer, not -1"),
+    (dict(pipeline=1.5), TypeError, "pipeline must be a non-negative integer, not 1.5"),
+    (dict(const="3"), TypeError, "const must be an integer, not '3'"),
+    (dict(en=Signal(2)), ValueError, "en must be a 1-bit value, not 2 bits wide"),
+    (dict(en="x"), TypeError, "en must be a 1-bit Amaranth value or None, not 'x'"),
+    (dict(domain=""), TypeError, "domain must be a non-empty string"),
+    (dict(name=3), TypeError, "name must be a non-empty string, not 3"),
+])
+def test_bad_arguments(kwargs, exc, message):
+    m = Module()
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(".", r"\.")):
+        sum_terms(m, [Signal(2)], **kwargs)
+    _used(m)
+
+
+def test_bad_terms():
+    m = Module()
+    with pytest.raises(TypeError, match=r"terms\[1\] must be an Amaranth value, not the integer 3"):
+        sum_terms(m, [Signal(2), 3])
+    with pytest.raises(TypeError, match=r"negated\[0\] must be an Amaranth value, not 'a'"):
+        sum_terms(m, [], ["a"])
+    with pytest.raises(TypeError, match="terms must be a sequence of Amaranth values"):
+        sum_terms(m, Signal(4))
+    with pytest.raises(TypeError, match="bits must be an Amaranth value, not 'ab'"):
+        popcount(m, "ab")
+    _used(m)
