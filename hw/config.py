@@ -1,0 +1,232 @@
+"""Datapath configurations: one frozen dataclass per layer datapath, validated on construction.
+
+A :class:`LayerConfig` names everything a hardware generator needs to build one dense layer: the
+:class:`~bitfab.model.Dense` layer itself (weights, encoding, input format, output stage), the
+architecture (``unrolled`` or ``folded``), the folding factors ``pe`` and ``simd`` and the pipeline
+parameter ``K``. Variants are made with :meth:`LayerConfig.replace`. This module never imports
+amaranth, so host code can build and inspect configurations without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from bitfab.errors import BitfabError
+from bitfab.model import Binary, Dense, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold
+from bitfab.sim.golden import datapath_kind
+
+__all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "parse_fold"]
+
+#: the two architectures
+ARCHITECTURES = ("unrolled", "folded")
+#: datapath kinds (as named by :func:`bitfab.sim.golden.datapath_kind`) that hw/ can build
+DATAPATHS = ("xnor_popcount", "ternary", "shift_add", "lut", "int")
+
+
+class ConfigError(BitfabError, ValueError):
+    """A hardware configuration (architecture, folding, pipelining) is invalid."""
+
+
+def _index(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, not {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{what} must be an integer, not {value!r}") from None
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """Parse ``"PE,SIMD"`` (e.g. ``"4,8"``) into two integers; raise :class:`ConfigError`."""
+    parts = str(text).split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"fold must be 'PE,SIMD' with two positive integers, not {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True, eq=False)
+class LayerConfig:
+    """How one dense layer becomes hardware.
+
+    Members
+    -------
+    layer : Dense
+        The layer (its weights become netlist constants or memory contents).
+    architecture : ``"unrolled"`` or ``"folded"``
+        *unrolled*: every weight is a constant in the netlist; one vector per clock.
+        *folded*: ``pe`` output channels x ``simd`` inputs per clock, weights in a memory.
+    pe : int or None
+        Processing elements (output channels computed in parallel); folded only, ``1 <= pe <= out``.
+        Channels are padded to a multiple of ``pe``.
+    simd : int or None
+        Inputs consumed per clock by every PE; folded only, must divide ``in_features``.
+    pipeline : int
+        ``K``: a register stage after every ``K`` adder levels (0 = combinational sums).
+
+    Raises
+    ------
+    ConfigError
+        An unknown architecture, ``pe``/``simd`` out of range or given to an unrolled layer,
+        ``simd`` not dividing ``in_features``, a negative ``pipeline``, an encoding or input format
+        that no datapath supports.
+    """
+
+    layer: Dense
+    architecture: Literal["unrolled", "folded"] = "unrolled"
+    pe: int | None = None
+    simd: int | None = None
+    pipeline: int = 0
+
+    def __post_init__(self):
+        layer = self.layer
+        if not isinstance(layer, Dense):
+            raise ConfigError(f"layer must be a bitfab.model.Dense, not {type(layer).__name__}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
+                              f"not {self.architecture!r}")
+        enc = layer.encoding
+        if not isinstance(enc, (Binary, Ternary, Pow2, Lut, IntWeights)):
+            raise ConfigError(f"no datapath supports the encoding {enc!r}")
+        if layer.input.kind not in ("bipolar", "int"):
+            raise ConfigError(f"no datapath supports the input format {layer.input!r}")
+        if not isinstance(layer.output, (Threshold, Requant, NoOutput)):
+            raise ConfigError(f"no output stage supports {layer.output!r}")
+        pipeline = _index(self.pipeline, "pipeline")
+        if pipeline < 0:
+            raise ConfigError(f"pipeline must be a non-negative integer, not {pipeline}")
+        object.__setattr__(self, "pipeline", pipeline)
+        n_in, n_out = layer.in_features, layer.out_features
+        if self.architecture == "unrolled":
+            if self.pe is not None or self.simd is not None:
+                raise ConfigError(f"pe and simd apply to the folded architecture only, "
+                                  f"not to an unrolled layer (pe={self.pe!r}, simd={self.simd!r})")
+            return
+        if self.pe is None or self.simd is None:
+            raise ConfigError(f"a folded layer needs both pe and simd, "
+                              f"not pe={self.pe!r}, simd={self.simd!r}")
+        pe = _index(self.pe, "pe")
+        simd = _index(self.simd, "simd")
+        if not 1 <= pe <= n_out:
+            raise ConfigError(f"pe must be in 1..out_features ({n_out}), not {pe}")
+        if simd < 1 or n_in % simd:
+            raise ConfigError(f"simd must divide in_features ({n_in}), not {simd!r}")
+        object.__setattr__(self, "pe", pe)
+        object.__setattr__(self, "simd", simd)
+
+    @classmethod
+    def unrolled(cls, layer: Dense, pipeline: int = 0) -> LayerConfig:
+        """Return the fully unrolled configuration of ``layer``."""
+        return cls(layer, "unrolled", pipeline=pipeline)
+
+    @classmethod
+    def folded(cls, layer: Dense, pe: int, simd: int, pipeline: int = 0) -> LayerConfig:
+        """Return the folded configuration of ``layer`` with ``pe`` x ``simd`` per clock."""
+        return cls(layer, "folded", pe, simd, pipeline)
+
+    def replace(self, **changes) -> LayerConfig:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # --- derived facts ----------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """The datapath: ``xnor_popcount``, ``ternary``, ``shift_add``, ``lut`` or ``int``
+        (:func:`bitfab.sim.golden.datapath_kind`)."""
+        return datapath_kind(self.layer)
+
+    @property
+    def in_features(self) -> int:
+        return self.layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layer.out_features
+
+    @property
+    def in_bits(self) -> int:
+        """Width of one input element in the payload (1 for bipolar)."""
+        return self.layer.input.bits
+
+    @property
+    def out_bits(self) -> int:
+        """Width of one output element in the payload (:attr:`Dense.out_bits`)."""
+        return self.layer.out_bits
+
+    @property
+    def synapse_folds(self) -> int:
+        """``SF = in_features / simd`` clocks per output channel group (1 when unrolled)."""
+        return 1 if self.architecture == "unrolled" else self.in_features // self.simd
+
+    @property
+    def neuron_folds(self) -> int:
+        """``NF = ceil(out_features / pe)`` channel groups (1 when unrolled)."""
+        return 1 if self.architecture == "unrolled" else -(-self.out_features // self.pe)
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks between accepted input vectors at full throughput:
+        ``ceil(in/SIMD) * ceil(out/PE)`` when folded, 1 when unrolled."""
+        return self.synapse_folds * self.neuron_folds
+
+    @property
+    def weight_code_bits(self) -> int:
+        """Bits of one weight in the folded weight memory: binary 1, ternary 2 (positive,
+        negative), pow2 ``2 + ceil(log2(e_max - e_min + 1))`` (non-zero, negative, exponent),
+        lut the index width, int the weight width."""
+        enc = self.layer.encoding
+        if isinstance(enc, Binary):
+            return 1
+        if isinstance(enc, Ternary):
+            return 2
+        if isinstance(enc, Pow2):
+            return 2 + (enc.e_max - enc.e_min).bit_length()
+        if isinstance(enc, Lut):
+            return enc.index_bits
+        return enc.bits
+
+    def weight_codes(self) -> np.ndarray:
+        """Return the ``(out, in)`` memory codes of the weights (see :attr:`weight_code_bits`)."""
+        w = self.layer.weights
+        enc = self.layer.encoding
+        if isinstance(enc, Binary):
+            return (w > 0).astype(np.int64)
+        if isinstance(enc, Ternary):
+            return (w > 0).astype(np.int64) | ((w < 0).astype(np.int64) << 1)
+        if isinstance(enc, Pow2):
+            mag = np.abs(w)
+            e = np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(), enc.e_min).astype(np.int64)
+            return ((mag > 0).astype(np.int64) | ((w < 0).astype(np.int64) << 1)
+                    | ((e - enc.e_min) << 2))
+        if isinstance(enc, Lut):
+            return enc.encode(w).astype(np.int64)
+        return w & ((1 << enc.bits) - 1)
+
+    def to_json(self) -> dict:
+        """Return the configuration facts as a JSON object (the layer by its description)."""
+        layer = self.layer
+        out = {
+            "architecture": self.architecture,
+            "pe": self.pe,
+            "simd": self.simd,
+            "pipeline": self.pipeline,
+            "datapath": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "encoding": layer.encoding.to_json(),
+            "input": layer.input.to_json(),
+            "output": layer.output.kind,
+            "acc_bits": layer.acc_bits,
+            "name": layer.name,
+        }
+        if isinstance(layer.output, Threshold):
+            out["thresholds"] = layer.output.count
+        if isinstance(layer.output, Requant):
+            out["requant"] = {"shift": layer.output.shift, "bits": layer.output.bits,
+                              "signed": layer.output.signed, "rounding": layer.output.rounding}
+        return out

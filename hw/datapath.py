@@ -1,0 +1,237 @@
+"""The arithmetic of every datapath: per-channel terms, lane products and output stages.
+
+One layer contract, five datapaths. Every channel's accumulator is written as
+
+    acc[o] = scale * S[o] + offset[o],    S[o] = sum(terms) - sum(negated)
+
+and ``S`` is built by :func:`bitfab.hw.adder_tree.sum_terms`, so the structured adder trees of
+that module are used everywhere. ``scale`` is 1 for integer inputs and 2 for bipolar inputs:
+a bipolar value ``x = 2c - 1`` (``c`` the code bit) times a weight ``w`` is
+``2 |w| t - |w|`` with ``t = c`` for ``w > 0`` and ``t = ~c`` for ``w < 0``, so every bipolar
+term is a non-negative ``|w| * t`` (an XNOR bit for binary weights: the popcount) and
+``offset[o] = bias[o] - sum_i |w[o, i]|`` (``bias - N`` for binary weights).
+
+- *unrolled* (:func:`unrolled_terms`): weights are Python constants. A zero weight adds no term
+  (skip), ``+-1`` adds or subtracts the input, ``+-2**e`` adds a shifted input (wiring), a lut
+  weight adds a constant product that is built once per input and dictionary magnitude and
+  shared by every channel (canonical signed digits, so a power of two is wiring), an int weight
+  is a plain multiplication (the baseline).
+- *folded* (:func:`lane_terms`): weights are codes read from memory (see
+  :attr:`bitfab.hw.config.LayerConfig.weight_code_bits`).
+
+The output stage (:func:`output_stage`) compares ``S`` with thresholds moved into its domain
+(``S >= ceil((T - offset) / scale)``, so a popcount is compared directly, FINN style), or
+computes ``acc`` and requantizes it (multiply, floor shift with rounding offset, clamp).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+
+from bitfab.model import (
+    Binary, Dense, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold, signed_bits,
+    unsigned_bits,
+)
+
+from .adder_tree import sum_terms
+
+__all__ = ["csd", "const_mul", "unrolled_terms", "lane_terms", "output_stage", "channel_offsets",
+           "resize"]
+
+
+def csd(n: int) -> list[tuple[int, int]]:
+    """Return the canonical signed digits of ``n > 0`` as ``(shift, sign)`` pairs.
+
+    ``n = sum(sign << shift)`` with no two adjacent non-zero digits (the non-adjacent form, which
+    has the fewest non-zero digits): ``7 -> [(0, -1), (3, +1)]``, ``2**e -> [(e, +1)]``.
+    """
+    digits, k = [], 0
+    while n:
+        if n & 1:
+            d = 2 - (n & 3)
+            n -= d
+            digits.append((k, d))
+        n >>= 1
+        k += 1
+    return digits
+
+
+def const_mul(m: Module, x: Value, c: int, name: str) -> Value:
+    """Return ``x * c`` for a constant ``c >= 0`` by shift-add over its canonical signed digits.
+
+    A power of two is a shift (wiring, no adder); ``c = 0`` is the constant 0.
+    """
+    if c == 0:
+        return Const(0)
+    digits = csd(c)
+    if len(digits) == 1:
+        return x << digits[0][0]
+    plus = [x << k for k, s in digits if s > 0]
+    minus = [x << k for k, s in digits if s < 0]
+    value, _ = sum_terms(m, plus, minus, pipeline=0, name=name)
+    return value
+
+
+def resize(m: Module, value: Value, bits: int, name: str) -> Value:
+    """Return the low ``bits`` bits of ``value``'s two's complement (sign- or zero-extended first)."""
+    value = Value.cast(value)
+    wide = Signal(signed(max(bits, len(value) + 1)), name=name)
+    m.d.comb += wide.eq(value)
+    return wide[:bits]
+
+
+def _abs_sign(w: int) -> tuple[int, bool]:
+    return abs(int(w)), int(w) < 0
+
+
+def channel_offsets(layer: Dense) -> tuple[int, list[int]]:
+    """Return ``(scale, offsets)`` of the affine map ``acc = scale * S + offset`` per channel."""
+    bias = [int(b) for b in layer.bias]
+    if layer.input.kind == "bipolar":
+        mag = abs(layer.weights).sum(axis=1)
+        return 2, [b - int(s) for b, s in zip(bias, mag)]
+    return 1, bias
+
+
+def unrolled_terms(m: Module, layer: Dense, o: int, xs: list, cache: dict
+                   ) -> tuple[list, list]:
+    """Return ``(terms, negated)`` of channel ``o`` with constant weights.
+
+    ``xs`` holds the input elements: code bits for a bipolar input, values (signed where the
+    format is) otherwise. ``cache`` is shared by all channels of a layer, so a lut input's
+    constant product is built once and reused.
+    """
+    terms, negated = [], []
+    row = layer.weights[o]
+    enc = layer.encoding
+    if layer.input.kind == "bipolar":
+        for i, w in enumerate(row):
+            if w == 0:
+                continue
+            mag, neg = _abs_sign(w)
+            t = ~xs[i] if neg else xs[i]
+            if mag & (mag - 1) == 0:
+                terms.append(t << (mag.bit_length() - 1))  # |w| = 2**e: wiring
+            else:
+                terms.append(Mux(t, mag, 0))
+        return terms, negated
+    for i, w in enumerate(row):
+        if w == 0:
+            continue  # skip: a zero weight produces no hardware
+        mag, neg = _abs_sign(w)
+        if isinstance(enc, (Binary, Ternary)):
+            term = xs[i]
+        elif isinstance(enc, Pow2):
+            term = xs[i] << (mag.bit_length() - 1)
+        elif isinstance(enc, Lut):
+            key = (i, mag)
+            if key not in cache:
+                cache[key] = const_mul(m, xs[i], mag, f"x{i}_mul{mag}")
+            term = cache[key]
+        else:
+            assert isinstance(enc, IntWeights)
+            terms.append(xs[i] * Const(int(w), signed(enc.bits)))  # the baseline: a multiplier
+            continue
+        (negated if neg else terms).append(term)
+    return terms, negated
+
+
+def lut_lane_products(m: Module, layer: Dense, x: Value, name: str) -> dict:
+    """Return ``{|d|: x * |d|}`` for the dictionary magnitudes of a lut layer (one lane input).
+
+    Shared by every PE that reads this lane: each lane input is multiplied once per magnitude.
+    """
+    mags = sorted({abs(d) for d in layer.encoding.dictionary})
+    return {mag: const_mul(m, x, mag, f"{name}_mul{mag}") for mag in mags}
+
+
+def lane_terms(layer: Dense, code: Value, x: Value, products: dict | None
+               ) -> tuple[list, list]:
+    """Return ``(terms, negated)`` of one folded lane: weight ``code`` (from memory) times ``x``.
+
+    ``x`` is the code bit for a bipolar input, the value otherwise; ``products`` are the lut
+    lane products of :func:`lut_lane_products` (lut with integer input only).
+    """
+    enc = layer.encoding
+    bipolar = layer.input.kind == "bipolar"
+    if isinstance(enc, Binary):
+        if bipolar:
+            return [~(code[0] ^ x)], []  # XNOR bit: the popcount's input
+        return [Mux(code[0], x, 0)], [Mux(code[0], 0, x)]
+    if isinstance(enc, Ternary):
+        pos, neg = code[0], code[1]
+        if bipolar:
+            return [(pos & x) | (neg & ~x)], []
+        return [Mux(pos, x, 0)], [Mux(neg, x, 0)]
+    if isinstance(enc, Pow2):
+        nz, neg = code[0], code[1]
+        exp = code[2:]
+        if bipolar:
+            t = nz & (x ^ neg)
+            return [(t << exp) << enc.e_min], []
+        v = (x << exp) << enc.e_min
+        return [Mux(nz & ~neg, v, 0)], [Mux(nz & neg, v, 0)]
+    if isinstance(enc, Lut):
+        d = enc.dictionary
+        neg = Array(Const(int(v < 0)) for v in d)[code]
+        if bipolar:
+            mag = Array(Const(abs(v), Shape.cast(range(abs(v) + 1))) for v in d)[code]
+            return [Mux(x ^ neg, mag, 0)], []
+        prod = Array(products[abs(v)] for v in d)[code]
+        return [Mux(neg, 0, prod)], [Mux(neg, prod, 0)]
+    assert isinstance(enc, IntWeights)
+    w = code.as_signed()
+    if bipolar:
+        neg = code[-1]
+        return [Mux(x ^ neg, abs(w), 0)], []
+    return [x * w], []
+
+
+def _pick(values: list[int], sel: Value | None) -> Value:
+    """A constant (``sel`` None: ``values[0]``) or a table of constants indexed by ``sel``."""
+    lo, hi = min(values), max(values)
+    shape = signed(signed_bits(lo, hi)) if lo < 0 else unsigned(unsigned_bits(hi))
+    if sel is None:
+        return Const(values[0], shape)
+    return Array(Const(v, shape) for v in values)[sel]
+
+
+def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Value | None,
+                 name: str) -> Value:
+    """Return the output code (``layer.out_bits`` wide) of the sum ``s`` of a channel.
+
+    ``channels`` lists the channels this hardware serves: one (unrolled) or one per neuron fold
+    (folded, selected by ``sel``). ``acc = scale * s + offset[channel]``.
+    """
+    stage = layer.output
+    scale, offsets = channel_offsets(layer)
+    off = [offsets[c] for c in channels]
+    if isinstance(stage, Threshold):
+        t = stage.thresholds
+        d = stage.direction
+        bits = []
+        for k in range(stage.count):
+            # acc >= T  <=>  s >= ceil((T - off) / scale);  acc <= T  <=>  s <= floor(...)
+            moved = [-((off_c - int(t[c, k])) // scale) if d[c] > 0
+                     else (int(t[c, k]) - off_c) // scale for c, off_c in zip(channels, off)]
+            dirs = {int(d[c]) for c in channels}
+            th = _pick(moved, sel)
+            if dirs == {1}:
+                bits.append(s >= th)
+            elif dirs == {-1}:
+                bits.append(s <= th)
+            else:
+                up = _pick([int(d[c] > 0) for c in channels], sel)
+                bits.append(Mux(up, s >= th, s <= th))
+        y, _ = sum_terms(m, bits, pipeline=0, name=f"{name}_count")
+        return resize(m, y, layer.out_bits, f"{name}_y")
+    acc = (s << 1 if scale == 2 else s) + _pick(off, sel)
+    if isinstance(stage, NoOutput):
+        return resize(m, acc, layer.acc_bits, f"{name}_acc")
+    assert isinstance(stage, Requant)
+    mult = _pick([int(stage.multiplier[c]) for c in channels], sel)
+    product = acc * mult + stage.offset
+    shifted = Signal(signed(len(product) + 1), name=f"{name}_shifted")
+    m.d.comb += shifted.eq(product >> stage.shift)  # arithmetic: product is signed
+    clamped = Mux(shifted < stage.lo, stage.lo, Mux(shifted > stage.hi, stage.hi, shifted))
+    return resize(m, clamped, stage.bits, f"{name}_y")

@@ -1,0 +1,456 @@
+"""Layer and network components: unrolled and folded dense layers behind one stream contract.
+
+The layer contract (every component in this module):
+
+- ``i``: ``In(stream.Signature(ArrayLayout(unsigned(in_bits), in_features)))``: one input vector
+  per transfer, element ``k`` at payload bits ``[k*in_bits, (k+1)*in_bits)``, each the hardware
+  *code* of a value (:meth:`bitfab.model.InputFormat.to_codes`: bipolar bit 1 = +1, signed
+  integers in two's complement).
+- ``o``: ``Out(stream.Signature(ArrayLayout(unsigned(out_bits), out_features)))``: one output
+  vector per input vector, in order, as codes of the output stage's values
+  (``layer.out_format.to_codes``).
+- Both streams have backpressure (``valid``/``ready``); a stalled consumer stalls the pipeline,
+  which holds its data (every register loads only on the stream handshake), so no vector is lost
+  or duplicated.
+- ``latency`` (clock edges from the input transfer to ``o.valid`` when nothing stalls) and
+  ``initiation_interval`` (clocks between input transfers at full throughput) are properties.
+- The function computed is :func:`bitfab.sim.golden.dense_accumulate` followed by
+  :func:`bitfab.sim.golden.dense_forward`, bit for bit.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Fragment, Module, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitfab.model import IntegerModel
+
+from .adder_tree import sum_terms
+from .config import ConfigError, LayerConfig
+from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
+
+__all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
+           "build_layer", "build_network", "network_configs"]
+
+
+def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
+    """Return the signature of a layer: ``i`` and ``o`` streams of element arrays."""
+    return wiring.Signature({
+        "i": In(stream.Signature(data.ArrayLayout(unsigned(in_bits), n_in))),
+        "o": Out(stream.Signature(data.ArrayLayout(unsigned(out_bits), n_out))),
+    })
+
+
+def _delay(m: Module, value, stages: int, en, name: str):
+    """Return ``value`` delayed by ``stages`` registers that load only where ``en`` is 1."""
+    for k in range(stages):
+        reg = Signal.like(value, name=f"{name}_d{k}") if isinstance(value, Signal) \
+            else Signal(value.shape(), name=f"{name}_d{k}")
+        with m.If(en):
+            m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def _elements(m: Module, layer, payload, name: str) -> list:
+    """Split a flat payload into input elements: code bits (bipolar) or values."""
+    fmt = layer.input
+    xs = []
+    for k in range(len(payload) // fmt.bits):
+        code = payload[k * fmt.bits:(k + 1) * fmt.bits]
+        value = code.as_signed() if fmt.kind == "int" and fmt.signed else code
+        x = Signal(value.shape(), name=f"{name}{k}")
+        m.d.comb += x.eq(value)
+        xs.append(x)
+    return xs
+
+
+class _LayerBase(wiring.Component):
+    def __init__(self, config: LayerConfig):
+        if not isinstance(config, LayerConfig):
+            raise ConfigError(f"config must be a LayerConfig, not {type(config).__name__}")
+        self._config = config
+        self._latency = None
+        super().__init__(layer_signature(config.in_bits, config.in_features,
+                                         config.out_bits, config.out_features))
+
+    @property
+    def config(self) -> LayerConfig:
+        """The :class:`~bitfab.hw.config.LayerConfig` this layer was built from."""
+        return self._config
+
+    @property
+    def layer(self):
+        return self._config.layer
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks between input transfers at full throughput
+        (:attr:`LayerConfig.initiation_interval`: 1 unrolled, ``SF * NF`` folded)."""
+        return self._config.initiation_interval
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from an input transfer to ``o.valid`` of its result when nothing stalls.
+
+        Unrolled: ``Lt + (1 if pipeline else 0)``, ``Lt`` the deepest adder tree's register
+        stages (as :func:`~bitfab.hw.adder_tree.sum_terms` reports them) plus the output
+        register. Folded: ``SF * NF + 2 + Lt`` (input buffer, weight memory read, adder tree,
+        output buffer).
+        """
+        if self._latency is None:
+            Fragment.get(self, None)  # elaborating sets it: the adder trees decide the depth
+        return self._latency
+
+    def elaborate(self, platform):
+        m = Module()
+        latency = self._build(m)
+        assert self._latency in (None, latency)
+        self._latency = latency
+        return m
+
+    def _build(self, m: Module) -> int:
+        raise NotImplementedError
+
+
+class UnrolledDense(_LayerBase):
+    """A fully unrolled dense layer: every weight a netlist constant, one vector per clock.
+
+    Zero weights produce no hardware, XNORs with constant weights are wires or inverters, pow2
+    weights are shifts; the sums are :func:`~bitfab.hw.adder_tree.sum_terms` trees pipelined every
+    ``config.pipeline`` levels. The pipeline advances only when its last stage is empty or being
+    read (``en = ~o.valid | o.ready``), so a stall holds every stage.
+
+    Parameters
+    ----------
+    config : LayerConfig
+        An ``unrolled`` configuration.
+    """
+
+    def __init__(self, config: LayerConfig):
+        if isinstance(config, LayerConfig) and config.architecture != "unrolled":
+            raise ConfigError(f"UnrolledDense needs an unrolled configuration, "
+                              f"not {config.architecture!r}")
+        super().__init__(config)
+
+    def _build(self, m: Module) -> int:
+        cfg = self._config
+        layer = cfg.layer
+        k = cfg.pipeline
+        en = Signal(name="en")
+        xs = _elements(m, layer, self.i.payload.as_value(), "x")
+        cache = {}
+        sums = []
+        for o in range(cfg.out_features):
+            terms, negated = unrolled_terms(m, layer, o, xs, cache)
+            s, lat = sum_terms(m, terms, negated, pipeline=k, en=en, name=f"acc{o}")
+            sums.append((s, lat))
+        tree = max(lat for _, lat in sums)
+        codes = []
+        for o, (s, lat) in enumerate(sums):
+            s = _delay(m, s, tree - lat, en, f"acc{o}")
+            codes.append(output_stage(m, layer, s, [o], None, f"out{o}"))
+        flat = Signal(cfg.out_bits * cfg.out_features, name="out_codes")
+        for o, code in enumerate(codes):
+            m.d.comb += flat[o * cfg.out_bits:(o + 1) * cfg.out_bits].eq(code)
+        latency = tree + (1 if k else 0)
+        payload = _delay(m, flat, 1 if k else 0, en, "out")
+        valid = self.i.valid
+        for s in range(tree + (1 if k else 0)):
+            reg = Signal(name=f"valid{s}")
+            with m.If(en):
+                m.d.sync += reg.eq(valid)
+            valid = reg
+        m.d.comb += [
+            self.o.valid.eq(valid),
+            self.o.payload.eq(payload),
+        ]
+        if latency == 0:
+            m.d.comb += [en.eq(1), self.i.ready.eq(self.o.ready)]
+        else:
+            m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        return latency
+
+
+class FoldedDense(_LayerBase):
+    """A folded dense layer: ``pe`` channels x ``simd`` inputs per clock, weights in memory.
+
+    Weight codes (:meth:`LayerConfig.weight_codes`) live in one
+    :class:`amaranth.lib.memory.Memory` of ``NF * SF`` words of ``pe * simd`` codes (word
+    ``nf * SF + sf`` holds channels ``nf*pe .. nf*pe+pe-1``, inputs ``sf*simd .. sf*simd+simd-1``),
+    read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD). Each PE
+    has an accumulator; after ``SF`` clocks its channel's output stage writes the result into a
+    staging buffer, and the last neuron fold moves the whole vector into the output register.
+
+    The pipeline (issue, memory read, adder tree, accumulate) advances on ``en``, which is low only
+    while a finished vector waits for an output register that the consumer has not read, so a
+    stalled consumer holds every stage. A new input vector is accepted while the last fold of the
+    previous one issues, so vectors follow each other every ``SF * NF`` clocks.
+
+    Parameters
+    ----------
+    config : LayerConfig
+        A ``folded`` configuration.
+    """
+
+    def __init__(self, config: LayerConfig):
+        if isinstance(config, LayerConfig) and config.architecture != "folded":
+            raise ConfigError(f"FoldedDense needs a folded configuration, "
+                              f"not {config.architecture!r}")
+        super().__init__(config)
+
+    def _build(self, m: Module) -> int:
+        cfg = self._config
+        layer = cfg.layer
+        pe, simd = cfg.pe, cfg.simd
+        sf_n, nf_n = cfg.synapse_folds, cfg.neuron_folds
+        n_in, n_out = cfg.in_features, cfg.out_features
+        in_bits, out_bits = cfg.in_bits, cfg.out_bits
+        cb = cfg.weight_code_bits
+
+        # weight memory: word nf*SF + sf = PE rows x SIMD lanes of codes
+        codes = cfg.weight_codes()
+        init = []
+        for nf in range(nf_n):
+            for sf in range(sf_n):
+                word = 0
+                for p in range(pe):
+                    o = min(nf * pe + p, n_out - 1)  # padding channels repeat the last one
+                    for j in range(simd):
+                        word |= int(codes[o, sf * simd + j]) << ((p * simd + j) * cb)
+                init.append(word)
+        mem = memory.Memory(shape=unsigned(pe * simd * cb), depth=nf_n * sf_n, init=init)
+        m.submodules.weights = mem
+
+        en = Signal(name="en")
+        # stage 0: input buffer and fold counters
+        xbuf = Signal(n_in * in_bits, name="xbuf")
+        xvalid = Signal(name="xvalid")
+        sf = Signal(range(sf_n), name="sf")
+        nf = Signal(range(nf_n), name="nf")
+        sf_last = sf == sf_n - 1
+        nf_last = nf == nf_n - 1
+        issue_last = xvalid & sf_last & nf_last
+        m.d.comb += self.i.ready.eq(~xvalid | (issue_last & en))
+        with m.If(en & xvalid):
+            with m.If(sf_last):
+                m.d.sync += sf.eq(0)
+                with m.If(nf_last):
+                    m.d.sync += [nf.eq(0), xvalid.eq(0)]
+                with m.Else():
+                    m.d.sync += nf.eq(nf + 1)
+            with m.Else():
+                m.d.sync += sf.eq(sf + 1)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [xbuf.eq(self.i.payload.as_value()), xvalid.eq(1)]
+
+        rd = mem.read_port(domain="sync")
+        addr = nf * sf_n + sf if nf_n > 1 else sf
+        m.d.comb += [rd.addr.eq(addr if nf_n * sf_n > 1 else 0), rd.en.eq(en)]
+
+        # stage 1: weights arrive from memory; the input slice and the control travel beside them
+        xs_now = xbuf.word_select(sf, simd * in_bits) if sf_n > 1 else xbuf
+        xs1 = Signal(simd * in_bits, name="xs1")
+        v1, first1, last1, vlast1 = (Signal(name=n) for n in ("v1", "first1", "last1", "vlast1"))
+        nf1 = Signal(range(nf_n), name="nf1")
+        with m.If(en):
+            m.d.sync += [xs1.eq(xs_now), v1.eq(xvalid), first1.eq(sf == 0),
+                         last1.eq(sf_last), vlast1.eq(issue_last), nf1.eq(nf)]
+        lanes = _elements(m, layer, xs1, "lane")
+        products = [lut_lane_products(m, layer, x, f"lane{j}")
+                    if layer.encoding.kind == "lut" and layer.input.kind != "bipolar" else None
+                    for j, x in enumerate(lanes)]
+        partials = []
+        for p in range(pe):
+            terms, negated = [], []
+            for j in range(simd):
+                code = rd.data[(p * simd + j) * cb:(p * simd + j + 1) * cb]
+                t, n = lane_terms(layer, code, lanes[j], products[j])
+                terms += t
+                negated += n
+            partials.append(sum_terms(m, terms, negated, pipeline=cfg.pipeline, en=en,
+                                      name=f"pe{p}_sum"))
+        tree = max(lat for _, lat in partials)
+        partials = [_delay(m, s, tree - lat, en, f"pe{p}_sum") for p, (s, lat) in
+                    enumerate(partials)]
+        va = _delay(m, v1, tree, en, "v")
+        firsta = _delay(m, first1, tree, en, "first")
+        lasta = _delay(m, last1, tree, en, "last")
+        vlasta = _delay(m, vlast1, tree, en, "vlast")
+        nfa = _delay(m, nf1, tree, en, "nf")
+
+        # accumulate; at the last synapse fold the output stage writes the staging buffer
+        ovalid = Signal(name="ovalid")
+        obuf = Signal(n_out * out_bits, name="obuf")
+        sbuf = Signal(n_out * out_bits, name="sbuf")
+        results = []
+        for p, part in enumerate(partials):
+            lo_hi = _acc_range(layer, sf_n, part)
+            acc = Signal(range(lo_hi[0], lo_hi[1] + 1), name=f"pe{p}_acc")
+            total = Signal.like(acc, name=f"pe{p}_total")
+            m.d.comb += total.eq((part + acc) if sf_n > 1 else part)
+            with m.If(firsta):
+                m.d.comb += total.eq(part)
+            with m.If(en & va):
+                m.d.sync += acc.eq(total)
+            chans = [min(f * pe + p, n_out - 1) for f in range(nf_n)]
+            results.append(output_stage(m, layer, total, chans,
+                                        nfa if nf_n > 1 else None, f"pe{p}_out"))
+        nxt = Signal.like(obuf, name="obuf_next")
+        m.d.comb += nxt.eq(sbuf)
+        for f in range(nf_n):
+            for p in range(pe):
+                o = f * pe + p
+                if o >= n_out:
+                    continue
+                with m.If(va & lasta & (nfa == f)):
+                    m.d.comb += nxt[o * out_bits:(o + 1) * out_bits].eq(results[p])
+        with m.If(en & va & lasta):
+            m.d.sync += sbuf.eq(nxt)
+        m.d.comb += en.eq(~(va & vlasta & ovalid & ~self.o.ready))
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += ovalid.eq(0)
+        with m.If(en & va & vlasta):
+            m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
+        m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]
+        return cfg.initiation_interval + 2 + tree
+
+
+def _acc_range(layer, sf_n: int, part) -> tuple[int, int]:
+    """A range that holds the running sum of ``sf_n`` partial sums (exact per-channel bounds are
+    not needed: the shape only has to hold every reachable value)."""
+    from .adder_tree import value_range
+    lo, hi = value_range(part)
+    return min(lo * sf_n, 0), max(hi * sf_n, 0)
+
+
+class Resize(wiring.Component):
+    """Re-encode a stream of element codes from one width to another (sign- or zero-extension).
+
+    Joins a layer whose output format is narrower than the next layer's input format (e.g. a
+    2-bit threshold output into an 8-bit input); combinational, latency 0.
+    """
+
+    def __init__(self, n: int, in_bits: int, out_bits: int, signed: bool):
+        self._n, self._in_bits, self._out_bits, self._signed = n, in_bits, out_bits, signed
+        super().__init__(layer_signature(in_bits, n, out_bits, n))
+
+    latency = 0
+    initiation_interval = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        src = self.i.payload.as_value()
+        dst = self.o.payload.as_value()
+        for k in range(self._n):
+            code = src[k * self._in_bits:(k + 1) * self._in_bits]
+            val = code.as_signed() if self._signed else code
+            m.d.comb += dst[k * self._out_bits:(k + 1) * self._out_bits].eq(val)
+        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
+        return m
+
+
+def build_layer(config: LayerConfig) -> wiring.Component:
+    """Return the component of one layer configuration (unrolled or folded)."""
+    if not isinstance(config, LayerConfig):
+        raise ConfigError(f"config must be a LayerConfig, not {type(config).__name__}")
+    return (UnrolledDense if config.architecture == "unrolled" else FoldedDense)(config)
+
+
+class Network(wiring.Component):
+    """A whole network: layers chained with ``wiring.connect``, one input and one output stream.
+
+    A bipolar layer reads the previous one-threshold output bit as its code; where a layer's
+    output elements are narrower than the next layer's input elements a :class:`Resize` joins
+    them.
+
+    Parameters
+    ----------
+    configs : sequence of LayerConfig
+        One per layer, in order; consecutive layers must chain (checked by
+        :class:`~bitfab.model.IntegerModel` when they come from a model).
+    """
+
+    def __init__(self, configs):
+        configs = tuple(configs)
+        if not configs:
+            raise ConfigError("a network needs at least one layer")
+        for k, cfg in enumerate(configs):
+            if not isinstance(cfg, LayerConfig):
+                raise ConfigError(f"configs[{k}] must be a LayerConfig, not {type(cfg).__name__}")
+        for k in range(1, len(configs)):
+            a, b = configs[k - 1].layer, configs[k].layer
+            if a.out_features != b.in_features:
+                raise ConfigError(f"configs[{k}] takes {b.in_features} inputs but configs[{k-1}] "
+                                  f"gives {a.out_features}")
+            if a.out_bits > b.input.bits:
+                raise ConfigError(f"configs[{k}]: {b.input.describe()} input is narrower than "
+                                  f"the {a.out_format.describe()} output of configs[{k-1}]")
+        self._configs = configs
+        self._layers = tuple(build_layer(c) for c in configs)
+        first, last = configs[0], configs[-1]
+        super().__init__(layer_signature(first.in_bits, first.in_features,
+                                         last.out_bits, last.out_features))
+
+    @property
+    def configs(self) -> tuple:
+        return self._configs
+
+    @property
+    def layers(self) -> tuple:
+        """The layer components, in order."""
+        return self._layers
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from an input transfer to its output when nothing stalls: the sum of the
+        layers' latencies (the :class:`Resize` joins are combinational)."""
+        return sum(layer.latency for layer in self._layers)
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks between input transfers at full throughput: the slowest layer's."""
+        return max(layer.initiation_interval for layer in self._layers)
+
+    def elaborate(self, platform):
+        m = Module()
+        for k, layer in enumerate(self._layers):
+            m.submodules[f"layer{k}"] = layer
+        wiring.connect(m, wiring.flipped(self.i), self._layers[0].i)
+        for k in range(1, len(self._layers)):
+            a, b = self._configs[k - 1], self._configs[k]
+            if a.out_bits == b.in_bits:
+                wiring.connect(m, self._layers[k - 1].o, self._layers[k].i)
+            else:
+                join = Resize(a.out_features, a.out_bits, b.in_bits, a.layer.out_format.signed)
+                m.submodules[f"resize{k}"] = join
+                wiring.connect(m, self._layers[k - 1].o, join.i)
+                wiring.connect(m, join.o, self._layers[k].i)
+        wiring.connect(m, self._layers[-1].o, wiring.flipped(self.o))
+        return m
+
+
+def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
+                    pipeline: int = 0) -> tuple:
+    """Return one :class:`LayerConfig` per layer of ``model``: unrolled, or folded with
+    ``fold = (pe, simd)`` for every layer (each must accept it)."""
+    if not isinstance(model, IntegerModel):
+        raise ConfigError(f"model must be an IntegerModel, not {type(model).__name__}")
+    configs = []
+    for k, layer in enumerate(model.layers):
+        try:
+            if fold is None:
+                configs.append(LayerConfig.unrolled(layer, pipeline))
+            else:
+                configs.append(LayerConfig.folded(layer, fold[0], fold[1], pipeline))
+        except ConfigError as exc:
+            raise ConfigError(f"layers[{k}]: {exc}") from None
+    return tuple(configs)
+
+
+def build_network(model: IntegerModel, fold: tuple[int, int] | None = None,
+                  pipeline: int = 0) -> Network:
+    """Return the :class:`Network` component of ``model``."""
+    return Network(network_configs(model, fold, pipeline))
+
