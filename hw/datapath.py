@@ -29,7 +29,16 @@ from __future__ import annotations
 from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 
 from bitfab.model import (
-    Binary, Dense, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold, signed_bits,
+    Binary,
+    Dense,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Requant,
+    Ternary,
+    Threshold,
+    signed_bits,
     unsigned_bits,
 )
 
@@ -73,7 +82,7 @@ def const_mul(m: Module, x: Value, c: int, name: str) -> Value:
 
 
 def resize(m: Module, value: Value, bits: int, name: str) -> Value:
-    """Return the low ``bits`` bits of ``value``'s two's complement (sign- or zero-extended first)."""
+    """Return the low ``bits`` bits of ``value`` in two's complement (extended first)."""
     value = Value.cast(value)
     wide = Signal(signed(max(bits, len(value) + 1)), name=name)
     m.d.comb += wide.eq(value)
