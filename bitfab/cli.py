@@ -24,6 +24,7 @@ COMMANDS = {
     "info": "bitfab.cli:info",
     "eval": "bitfab.cli:eval_",
     "demo": "bitfab.demo:demo",
+    "verilog": "bitfab.hw.cli:verilog",
 }
 
 

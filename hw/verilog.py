@@ -1,0 +1,154 @@
+"""Verilog and its JSON sidecar: everything a test bench needs to drive a generated design.
+
+:func:`write_component` converts a layer or network component with
+:func:`amaranth.back.verilog.convert` and writes ``<name>.v`` beside ``<name>.json``, the sidecar
+that names the top module, its ports and widths, the stream packing of the input and output
+vectors, latency, initiation interval, architecture, the layer configuration(s) and the model
+fingerprint. The README section "Hardware interface" documents the format; the cocotb bench reads
+it to drive any generated design.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from bitfab.model import IntegerModel
+
+from .config import ConfigError, LayerConfig
+from .layer import Network, build_layer, network_configs
+
+__all__ = ["SIDECAR_FORMAT", "module_name", "verilog_ports", "sidecar", "write_component",
+           "generate"]
+
+#: ``format`` field of every sidecar; ``version`` changes when a field changes meaning
+SIDECAR_FORMAT = "bitfab-hw"
+SIDECAR_VERSION = 1
+
+_PORT_RE = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:signed\s+)?"
+                      r"(?:\[(\d+):(\d+)\]\s+)?(\\?[A-Za-z_][\w$.]*)\s*;", re.M)
+
+
+def module_name(text: str) -> str:
+    """Return a Verilog identifier made of ``text`` (other characters become ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text) or "bitfab"
+    return name if name[0].isalpha() else f"m_{name}"
+
+
+def verilog_ports(source: str, top: str) -> list[dict]:
+    """Return the ports of module ``top`` in Verilog ``source``: name, direction, width."""
+    start = re.search(rf"^module\s+\\?{re.escape(top)}\s*\(", source, re.M)
+    if start is None:
+        raise ConfigError(f"module {top} not found in the generated Verilog")
+    end = source.index("endmodule", start.end())
+    ports = []
+    for direction, msb, lsb, name in _PORT_RE.findall(source[start.end():end]):
+        width = int(msb) - int(lsb) + 1 if msb else 1
+        ports.append({"name": name.lstrip("\\"), "direction": direction, "width": width})
+    return ports
+
+
+def _format_json(fmt, n: int) -> dict:
+    return {
+        "elements": n,
+        "kind": fmt.kind,
+        "bits": fmt.bits,
+        "signed": fmt.signed,
+        "min_value": fmt.min_value,
+        "max_value": fmt.max_value,
+        "payload_bits": n * fmt.bits,
+    }
+
+
+def _layer_json(index: int, component) -> dict:
+    cfg: LayerConfig = component.config
+    return {
+        "index": index,
+        "config": cfg.to_json(),
+        "latency": component.latency,
+        "initiation_interval": component.initiation_interval,
+        "input": _format_json(cfg.layer.input, cfg.in_features),
+        "output": _format_json(cfg.layer.out_format, cfg.out_features),
+    }
+
+
+def sidecar(component, model: IntegerModel, top: str, ports: list[dict],
+            layer_index: int | None = None) -> dict:
+    """Return the sidecar object of ``component`` (a layer component or a :class:`Network`)."""
+    if isinstance(component, Network):
+        layers = [_layer_json(k, c) for k, c in enumerate(component.layers)]
+        first, last = component.configs[0], component.configs[-1]
+        archs = {c.architecture for c in component.configs}
+        pipelines = {c.pipeline for c in component.configs}
+    else:
+        layers = [_layer_json(layer_index or 0, component)]
+        first = last = component.config
+        archs = {first.architecture}
+        pipelines = {first.pipeline}
+    return {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        "top": top,
+        "verilog": f"{top}.v",
+        "component": "network" if isinstance(component, Network) else "layer",
+        "layer_index": layer_index,
+        "model": model.name,
+        "fingerprint": model.fingerprint(),
+        # a purely combinational design (unrolled, pipeline 0) has no clock
+        "clock": {"clk": "clk", "rst": "rst", "edge": "rising", "reset": "synchronous, high"}
+        if any(p["name"] == "clk" for p in ports) else None,
+        "ports": ports,
+        "stream": {
+            "protocol": "amaranth.lib.stream: a transfer happens on a rising clk edge where "
+                        "valid and ready are both 1; payload holds while valid is 1",
+            "packing": "element k at payload bits [k*bits, (k+1)*bits), as its code: "
+                       "bipolar 1 = +1 and 0 = -1, signed values in two's complement",
+        },
+        "input": _format_json(first.layer.input, first.in_features),
+        "output": _format_json(last.layer.out_format, last.out_features),
+        "latency": component.latency,
+        "initiation_interval": component.initiation_interval,
+        "architecture": archs.pop() if len(archs) == 1 else "mixed",
+        "pipeline": pipelines.pop() if len(pipelines) == 1 else None,
+        "layers": layers,
+    }
+
+
+def write_component(component, model: IntegerModel, out_dir, top: str,
+                    layer_index: int | None = None) -> dict:
+    """Write ``<top>.v`` and ``<top>.json`` into ``out_dir``; return the sidecar object."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = verilog.convert(component, name=top, emit_src=False)
+    ports = verilog_ports(source, top)
+    facts = sidecar(component, model, top, ports, layer_index)
+    (out / f"{top}.v").write_text(source)
+    (out / f"{top}.json").write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    return facts
+
+
+def generate(model: IntegerModel, out_dir, *, layer: int | None = None,
+             fold: tuple[int, int] | None = None, pipeline: int = 0) -> dict:
+    """Generate the Verilog of ``model`` (the whole network, or layer ``layer``) into ``out_dir``.
+
+    Returns the sidecar object. Raises :class:`ConfigError` for a bad layer index or a fold that
+    a layer cannot take.
+    """
+    configs = network_configs(model, fold, pipeline) if layer is None else None
+    base = module_name(model.name)
+    if layer is None:
+        return write_component(Network(configs), model, out_dir, base)
+    if isinstance(layer, bool) or not isinstance(layer, int) \
+            or not 0 <= layer < len(model.layers):
+        raise ConfigError(f"layer must be in 0..{len(model.layers) - 1}, not {layer!r}")
+    try:
+        if fold is None:
+            cfg = LayerConfig.unrolled(model.layers[layer], pipeline)
+        else:
+            cfg = LayerConfig.folded(model.layers[layer], fold[0], fold[1], pipeline)
+    except ConfigError as exc:
+        raise ConfigError(f"layers[{layer}]: {exc}") from None
+    return write_component(build_layer(cfg), model, out_dir, f"{base}_layer{layer}", layer)
