@@ -18,7 +18,7 @@ import numpy as np
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 from bitfab.hw.config import LayerConfig
-from bitfab.hw.layer import Network, build_layer, build_network
+from bitfab.hw.layer import Network, build_layer, network_configs
 from bitfab.hw.packing import pack, unpack
 
 from bitfab.errors import VerificationError
@@ -147,13 +147,21 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
 
 
 def _target(target, pipeline: int):
-    """Return ``(component, input format, output format, in_features, out_features)``."""
+    """Return ``(build, input format, output format, in_features, out_features)``; ``build()``
+    makes the component (only once the inputs are known to be good, so that nothing is left
+    unelaborated)."""
     if isinstance(target, Dense):
         target = LayerConfig.unrolled(target, pipeline)
     if isinstance(target, IntegerModel):
-        target = build_network(target, pipeline=pipeline)
+        configs = network_configs(target, pipeline=pipeline)
+        first, last = configs[0].layer, configs[-1].layer
+        return (lambda: Network(configs)), first.input, last.out_format, first.in_features, \
+            last.out_features
     if isinstance(target, LayerConfig):
-        target = build_layer(target)
+        layer = target.layer
+        cfg = target
+        return (lambda: build_layer(cfg)), layer.input, layer.out_format, layer.in_features, \
+            layer.out_features
     if isinstance(target, Network):
         first, last = target.configs[0].layer, target.configs[-1].layer
     elif hasattr(target, "config"):
@@ -161,7 +169,7 @@ def _target(target, pipeline: int):
     else:
         raise TypeError(f"simulate needs a Dense layer, a LayerConfig, an IntegerModel or a "
                         f"bitfab component, not {type(target).__name__}")
-    return target, first.input, last.out_format, first.in_features, last.out_features
+    return (lambda: target), first.input, last.out_format, first.in_features, last.out_features
 
 
 def simulate(target, x, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 0,
@@ -184,11 +192,12 @@ def simulate(target, x, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 
         Output values of the last layer (``out_format.from_codes`` of the output payloads), in
         the order the hardware gave them; compare with the golden model's outputs.
     """
-    dut, fin, fout, n_in, n_out = _target(target, pipeline)
+    build, fin, fout, n_in, n_out = _target(target, pipeline)
     arr = np.asarray(x)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != n_in:
         raise VerificationError(f"x must have shape (batch, {n_in}), not {np.shape(x)}")
-    result = run_stream(dut, pack(arr, fin), stall=stall, bubble=bubble, seed=seed)
+    payloads = pack(arr, fin)
+    result = run_stream(build(), payloads, stall=stall, bubble=bubble, seed=seed)
     return unpack(result.outputs, fout, n_out)
