@@ -45,23 +45,22 @@ class _Node:
     hi: int
 
 
-def _tree_levels(n: int) -> int:
-    """Adder levels of a balanced binary tree over ``n`` operands: ``ceil(log2(n))``."""
-    return max(0, (n - 1).bit_length())
-
-
 def tree_latency(n_terms: int, pipeline: int) -> int:
-    """Return the latency of :func:`sum_terms` over ``n_terms`` non-constant terms.
+    """Return the latency of :func:`popcount` over ``n_terms`` bits.
 
-    ``latency = ceil(levels / pipeline)`` with ``levels = ceil(log2(n_terms))`` adder levels
-    (0 when ``pipeline == 0`` or ``n_terms <= 1``). A guide for planning only: callers of
-    :func:`sum_terms` use the latency it returns.
+    ``ceil(levels / pipeline)`` (0 when ``pipeline == 0``), where ``levels`` is the depth of
+    the tree: one level of full adders, then ``ceil(log2(n_fa))`` levels of carry-chain adders
+    (about ``ceil(log2(n_terms))`` in all). A planning aid; callers of :func:`sum_terms` use
+    the latency it returns.
     """
     n_terms = operator.index(n_terms)
     pipeline = operator.index(pipeline)
-    if pipeline == 0:
+    if n_terms < 0 or pipeline < 0:
+        raise ValueError(f"n_terms and pipeline must be non-negative, not {n_terms}, {pipeline}")
+    if n_terms == 0:
         return 0
-    return -(-_tree_levels(n_terms) // pipeline)
+    _, latency = _tree(_Builder(None), [None] * n_terms, [], 0, pipeline)
+    return latency
 
 
 def _check_args(terms, negated, const, pipeline, en, domain, name):
@@ -151,59 +150,136 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     terms, negated, const, pipeline, en = _check_args(
         terms, negated, const, pipeline, en, domain, name)
 
-    nodes = []
+    # 1-bit terms are counted (full adders, carry-ins); wider ones are operands of the adders.
+    # A negated bit is an inverted bit minus one (-b = ~b - 1), so it is counted too.
+    inverted, plain, wide = [], [], []
     for term in terms:
         if len(term) == 0:
             continue
-        lo, hi = value_range(term)
-        nodes.append(_Node(term, lo, hi))
+        if len(term) == 1:
+            if term.shape().signed:  # a signed bit s is -u with u its bit pattern
+                u = term.as_unsigned()
+                inverted.append(~u)
+                const -= 1
+            else:
+                plain.append(term)
+        else:
+            lo, hi = value_range(term)
+            wide.append(_Node(term, lo, hi))
     for term in negated:
         if len(term) == 0:
             continue
-        lo, hi = value_range(term)
-        nodes.append(_Node(-term, -hi, -lo))
-    if not nodes:
+        if len(term) == 1:
+            if term.shape().signed:
+                plain.append(term.as_unsigned())
+            else:
+                inverted.append(~term)
+                const -= 1
+        else:
+            lo, hi = value_range(term)
+            wide.append(_Node(-term, -hi, -lo))
+    if not (inverted or plain or wide):
         return Const(const), 0
 
     sub = Module()
     m.submodules += sub
-    levels = _tree_levels(len(nodes))
-    latency = 0
-    level = 0
-    while len(nodes) > 1:
-        level += 1
-        paired = []
-        for i in range(0, len(nodes) - 1, 2):
-            a, b = nodes[i], nodes[i + 1]
-            # The constant rides on the first adder of the first level: no extra level for it.
-            c = const if level == 1 and i == 0 else 0
-            lo, hi = a.lo + b.lo + c, a.hi + b.hi + c
-            s = Signal(_range_shape(lo, hi), name=f"{name}_l{level}_{i // 2}")
-            sub.d.comb += s.eq(a.value + b.value + c if c else a.value + b.value)
-            paired.append(_Node(s, lo, hi))
-        if len(nodes) % 2:
-            paired.append(nodes[-1])
-        nodes = paired
-        if pipeline and (level % pipeline == 0 or level == levels):
-            latency += 1
-            nodes = [_register(sub, node, en, domain, f"{name}_p{latency}_{j}")
-                     for j, node in enumerate(nodes)]
-    (root,) = nodes
-    if levels == 0 and const:
-        root = _Node(root.value + const, root.lo + const, root.hi + const)
+    # Full adders are LUT logic, where an inversion is free; a carry-in enters a carry chain,
+    # where it is not: inverted bits go to the full adders first.
+    builder = _Builder(sub, en, domain, name)
+    root, latency = _tree(builder, inverted + plain, wide, const, pipeline)
     result = Signal(_range_shape(root.lo, root.hi), name=name)
     sub.d.comb += result.eq(root.value)
     return result, latency
 
 
-def _register(m: Module, node: _Node, en: Value | None, domain: str, name: str) -> _Node:
-    reg = Signal(_range_shape(node.lo, node.hi), name=name)
-    if en is None:
-        m.d[domain] += reg.eq(node.value)
-    else:
-        with m.If(en):
-            m.d[domain] += reg.eq(node.value)
-    return _Node(reg, node.lo, node.hi)
+class _Builder:
+    """Makes the adders and registers of a tree; with ``m=None`` it only tracks ranges."""
+
+    def __init__(self, m: Module | None, en=None, domain="sync", name="sum"):
+        self._m, self._en, self._domain, self._name = m, en, domain, name
+        self._count = 0
+
+    def _signal(self, lo, hi, what):
+        self._count += 1
+        # keep: yosys would otherwise merge the whole tree into one $macc (alumacc) and map it
+        # to ~1.9 LUT4 per input bit; kept, every adder is one carry chain.
+        return Signal(_range_shape(lo, hi), name=f"{self._name}_{what}{self._count}",
+                      attrs={"keep": 1})
+
+    def add(self, operands, cin=None) -> _Node:
+        lo = sum(op.lo for op in operands)
+        hi = sum(op.hi for op in operands)
+        if cin is not None:
+            hi += 1
+        if self._m is None:
+            return _Node(None, lo, hi)
+        value = operands[0].value
+        for op in operands[1:]:
+            value = value + op.value
+        if cin is not None:
+            value = value + cin.value
+        s = self._signal(lo, hi, "fa" if len(operands) == 3 else "add")
+        self._m.d.comb += s.eq(value)
+        return _Node(s, lo, hi)
+
+    def register(self, node: _Node) -> _Node:
+        if self._m is None:
+            return node
+        reg = Signal(_range_shape(node.lo, node.hi), name=f"{self._name}_r{self._count}")
+        self._count += 1
+        if self._en is None:
+            self._m.d[self._domain] += reg.eq(node.value)
+        else:
+            with self._m.If(self._en):
+                self._m.d[self._domain] += reg.eq(node.value)
+        return _Node(reg, node.lo, node.hi)
+
+
+def _tree(builder: _Builder, bits: list, wide: list, const: int, pipeline: int
+          ) -> tuple[_Node, int]:
+    """Build the tree; return its root and the number of register stages.
+
+    Structure (chosen by measurement, see the README's "Area and Fmax"): the first level packs
+    the bits three at a time into full adders (2 LUT4 each); every later level adds pairs of
+    nodes of similar range with a carry chain whose carry-in is one more input bit, so a level of
+    ``k``-bit adders consumes ``2k + 1`` bits. ``F`` full adders are made so that the remaining
+    bits are about one carry-in per adder: ``F = ceil((n_bits - n_wide + 1) / 4)``.
+    """
+    bit_nodes = [_Node(b, 0, 1) for b in bits]
+    leaves = list(wide)
+    if const:
+        leaves.append(_Node(Const(const), const, const))
+    n_fa = min(len(bits) // 3, max(0, -(-(len(bits) - len(leaves) + 1) // 4)))
+    fa_bits, pool = bit_nodes[:3 * n_fa], bit_nodes[3 * n_fa:]
+    # A tree of L leaves has L - 1 adders: bits beyond one carry-in each become leaves.
+    while len(pool) > n_fa + len(leaves) - 1:
+        leaves.append(pool.pop(0))
+
+    level = latency = 0
+
+    def stage(nodes, pool, last):
+        nonlocal latency
+        if pipeline and (level % pipeline == 0 or last):
+            latency += 1
+            return [builder.register(n) for n in nodes], [builder.register(b) for b in pool]
+        return nodes, pool
+
+    nodes = leaves
+    if n_fa:
+        level += 1
+        nodes = [builder.add(fa_bits[i:i + 3]) for i in range(0, len(fa_bits), 3)] + nodes
+        nodes, pool = stage(nodes, pool, len(nodes) == 1)
+    while len(nodes) > 1:
+        level += 1
+        nodes = sorted(nodes, key=lambda n: n.hi - n.lo)
+        paired = []
+        for i in range(0, len(nodes) - 1, 2):
+            paired.append(builder.add(nodes[i:i + 2], pool.pop(0) if pool else None))
+        if len(nodes) % 2:
+            paired.append(nodes[-1])
+        nodes, pool = stage(paired, pool, len(paired) == 1)
+    assert not pool
+    return nodes[0], latency
 
 
 def popcount(m: Module, bits: Value, **kwargs) -> tuple[Value, int]:
