@@ -66,10 +66,22 @@ def _elements(m: Module, layer, payload, name: str) -> list:
     return xs
 
 
+def _refuse(component, message: str) -> ConfigError:
+    """Return the error of a refused constructor, silencing the component's unused warning (it
+    was never meant to be used: its constructor failed)."""
+    component._MustUse__silence = True
+    return ConfigError(message)
+
+
 class _LayerBase(wiring.Component):
+    _architecture = None
+
     def __init__(self, config: LayerConfig):
         if not isinstance(config, LayerConfig):
-            raise ConfigError(f"config must be a LayerConfig, not {type(config).__name__}")
+            raise _refuse(self, f"config must be a LayerConfig, not {type(config).__name__}")
+        if self._architecture and config.architecture != self._architecture:
+            raise _refuse(self, f"{type(self).__name__} needs the {self._architecture} "
+                                f"architecture, not {config.architecture!r}")
         self._config = config
         self._latency = None
         super().__init__(layer_signature(config.in_bits, config.in_features,
@@ -128,11 +140,7 @@ class UnrolledDense(_LayerBase):
         An ``unrolled`` configuration.
     """
 
-    def __init__(self, config: LayerConfig):
-        if isinstance(config, LayerConfig) and config.architecture != "unrolled":
-            raise ConfigError(f"UnrolledDense needs an unrolled configuration, "
-                              f"not {config.architecture!r}")
-        super().__init__(config)
+    _architecture = "unrolled"
 
     def _build(self, m: Module) -> int:
         cfg = self._config
@@ -194,11 +202,7 @@ class FoldedDense(_LayerBase):
         A ``folded`` configuration.
     """
 
-    def __init__(self, config: LayerConfig):
-        if isinstance(config, LayerConfig) and config.architecture != "folded":
-            raise ConfigError(f"FoldedDense needs a folded configuration, "
-                              f"not {config.architecture!r}")
-        super().__init__(config)
+    _architecture = "folded"
 
     def _build(self, m: Module) -> int:
         cfg = self._config
@@ -375,18 +379,19 @@ class Network(wiring.Component):
     def __init__(self, configs):
         configs = tuple(configs)
         if not configs:
-            raise ConfigError("a network needs at least one layer")
+            raise _refuse(self, "a network needs at least one layer")
         for k, cfg in enumerate(configs):
             if not isinstance(cfg, LayerConfig):
-                raise ConfigError(f"configs[{k}] must be a LayerConfig, not {type(cfg).__name__}")
+                raise _refuse(self, f"configs[{k}] must be a LayerConfig, "
+                                    f"not {type(cfg).__name__}")
         for k in range(1, len(configs)):
             a, b = configs[k - 1].layer, configs[k].layer
             if a.out_features != b.in_features:
-                raise ConfigError(f"configs[{k}] takes {b.in_features} inputs but configs[{k-1}] "
-                                  f"gives {a.out_features}")
+                raise _refuse(self, f"configs[{k}] takes {b.in_features} inputs but "
+                                    f"configs[{k-1}] gives {a.out_features}")
             if a.out_bits > b.input.bits:
-                raise ConfigError(f"configs[{k}]: {b.input.describe()} input is narrower than "
-                                  f"the {a.out_format.describe()} output of configs[{k-1}]")
+                raise _refuse(self, f"configs[{k}]: {b.input.describe()} input is narrower "
+                                    f"than the {a.out_format.describe()} output of configs[{k-1}]")
         self._configs = configs
         self._layers = tuple(build_layer(c) for c in configs)
         first, last = configs[0], configs[-1]
