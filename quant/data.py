@@ -1,0 +1,154 @@
+"""Datasets, all offline: ``digits`` (embedded), ``idx:DIR`` (MNIST-format files), ``mnist1d``.
+
+Every dataset yields *integer* input values (what the hardware reads), their format and the real
+value of one unit (the input scale), and a train/test split that the seed fixes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bitfab.errors import BitfabError
+from bitfab.model import InputFormat
+
+__all__ = ["Dataset", "load_dataset", "read_idx", "FASHION_MNIST_DIR"]
+
+#: where Debian's ``dataset-fashion-mnist`` package puts the IDX files
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A classification dataset of integer inputs.
+
+    Members
+    -------
+    name : str
+        The spec it was loaded from (``digits``, ``idx:DIR``, ``mnist1d``).
+    x_train, x_test : int64 arrays ``(n, features)``
+    y_train, y_test : int64 arrays ``(n,)``
+    input_format : InputFormat
+    input_scale : float
+        Real value of one input unit.
+    classes : int
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_format: InputFormat
+    input_scale: float
+    classes: int
+
+    @property
+    def features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _split(x, y, seed: int, test_fraction: float = 0.2):
+    """Stratified split fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test[idx[: round(test_fraction * len(idx))]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+def _digits(seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = d.data.astype(np.int64)  # 8x8 pixels, 0..16
+    y = d.target.astype(np.int64)
+    xtr, ytr, xte, yte = _split(x, y, seed)
+    return Dataset("digits", xtr, ytr, xte, yte, InputFormat.int(5), 1.0 / 16, 10)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (raw or gzip): unsigned-byte data of any rank."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise BitfabError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise BitfabError(f"{path}: not an IDX file (bad magic number)")
+    if raw[2] != 0x08:
+        raise BitfabError(f"{path}: IDX data type {raw[2]:#04x} is not unsigned byte (0x08)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise BitfabError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != count:
+        raise BitfabError(f"{path}: IDX header promises {count} bytes of data, "
+                          f"the file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(folder: Path, prefix: str, kind: str) -> Path:
+    hits = sorted(p for p in folder.iterdir()
+                  if p.name.startswith(prefix) and kind in p.name and p.is_file())
+    if not hits:
+        raise BitfabError(f"idx:{folder}: no {prefix}*{kind}* file (expected MNIST-format "
+                          f"train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)")
+    return hits[0]
+
+
+def _idx(folder: str) -> Dataset:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise BitfabError(f"idx:{folder}: no such folder")
+    parts = []
+    for split in ("train", "t10k"):
+        x = read_idx(_find(path, split, "images"))
+        y = read_idx(_find(path, split, "labels"))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise BitfabError(f"idx:{folder}: {split} images {x.shape} and labels {y.shape} "
+                              f"do not match")
+        parts += [x.reshape(len(x), -1).astype(np.int64), y.astype(np.int64)]
+    classes = int(max(parts[1].max(), parts[3].max())) + 1
+    return Dataset(f"idx:{folder}", *parts, InputFormat.int(8), 1.0 / 255, classes)
+
+
+def _mnist1d(seed: int) -> Dataset:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise BitfabError("the mnist1d dataset needs the mnist1d package "
+                          "(pip install 'bitfab[train]')") from None
+    args = get_dataset_args()
+    # the generator only (never the download); it reseeds numpy's global generator itself
+    state = np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(state)
+    scale = 4.0 / 127  # standardized signals: +-4 sigma on signed 8-bit values
+    x = np.concatenate([d["x"], d["x_test"]])
+    x = np.clip(np.floor(x / scale + 0.5), -128, 127).astype(np.int64)
+    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+    xtr, ytr, xte, yte = _split(x, y, seed)
+    return Dataset("mnist1d", xtr, ytr, xte, yte, InputFormat.int(8, signed=True), scale, 10)
+
+
+def load_dataset(spec: str, seed: int = 0) -> Dataset:
+    """Load ``digits``, ``idx:DIR`` or ``mnist1d``; ``seed`` fixes the train/test split where the
+    dataset has no official one (IDX data keeps its train / t10k split)."""
+    if spec == "digits":
+        return _digits(seed)
+    if spec == "mnist1d":
+        return _mnist1d(seed)
+    if spec.startswith("idx:"):
+        return _idx(spec[4:])
+    raise BitfabError(f"dataset must be 'digits', 'mnist1d' or 'idx:DIR', not {spec!r}")
