@@ -14,15 +14,15 @@ import os
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import platform
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
+from bitfab.sim import golden
 
-from bitfab.examples import sfc  # noqa: E402
-from bitfab.sim import golden  # noqa: E402
+from bitfab.examples import sfc
 
 
 def best(fn, repeat):

@@ -6,7 +6,16 @@ The :class:`~bitfab.model.IntegerModel` is the contract: ``bitfab.quant`` writes
 
 from .errors import BitfabError, ModelFormatError, ModelRangeError, ToolError, VerificationError
 from .model import (
-    Binary, Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary,
+    Binary,
+    Dense,
+    InputFormat,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Requant,
+    Ternary,
     Threshold,
 )
 

@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": "bitfab.cli:eval_",
     "demo": "bitfab.demo:demo",
     "verilog": "bitfab.hw.cli:verilog",
+    "train": "bitfab.quant.train:train",
 }
 
 
@@ -131,7 +132,8 @@ def info(model, as_json):
     con = console()
     con.print(table)
     con.print(f"weights: {facts['weights']}   memory: {_bits(facts['weight_bits'])} "
-              f"(fp32: {_bits(facts['fp32_bits'])}, reduction {100 * facts['memory_reduction']:.2f} %)"
+              f"(fp32: {_bits(facts['fp32_bits'])}, "
+              f"reduction {100 * facts['memory_reduction']:.2f} %)"
               f"   zero weights: {100 * facts['sparsity']:.2f} %")
 
 
@@ -155,15 +157,42 @@ def evaluate(model, x: np.ndarray, labels: np.ndarray | None) -> dict:
 
 @click.command("eval")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--inputs", "inputs", required=True, type=click.Path(dir_okay=False),
+@click.option("--inputs", "inputs", type=click.Path(dir_okay=False),
               help="A .npy array (batch, in_features) of integer input values.")
+@click.option("--dataset", default=None,
+              help="Compare golden and torch on this dataset's test split (digits, mnist1d, "
+                   "idx:DIR; 'auto' = the one the model was trained on). Needs bitfab[train].")
 @click.option("--labels", type=click.Path(dir_okay=False), help="A .npy array of class labels.")
 @click.option("--out", "out", type=click.Path(dir_okay=False),
               help="Write the predictions to this .npy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_(model, inputs, labels, out, as_json):
-    """Run the golden model on inputs; print accuracy when labels are given."""
+def eval_(model, inputs, dataset, labels, out, as_json):
+    """Run the golden model on inputs; print accuracy when labels are given.
+
+    With ``--dataset``, rebuild the torch reference stored in a trained model and report golden
+    accuracy, torch accuracy and the number of disagreeing predictions (which must be 0).
+    """
     m = load_model(model)
+    if dataset is not None:
+        if inputs or labels or out:
+            raise BitfabError("--dataset cannot be combined with --inputs, --labels or --out")
+        from .quant.evaluate import compare
+        result = compare(m, None if dataset == "auto" else dataset)
+        if as_json:
+            emit_json(result)
+        else:
+            con = console()
+            con.print(f"{result['dataset']}: {result['n']} test vectors")
+            con.print(f"golden model accuracy {100 * result['golden_accuracy']:.2f} %   "
+                      f"torch accuracy {100 * result['torch_accuracy']:.2f} %   "
+                      f"disagreeing predictions {result['mismatches']}   "
+                      f"differing accumulators {result['accumulator_mismatches']}")
+        if result["mismatches"] or result["accumulator_mismatches"]:
+            from .errors import VerificationError
+            raise VerificationError("golden model and torch reference disagree")
+        return
+    if inputs is None:
+        raise BitfabError("give --inputs (a .npy array) or --dataset")
     x = load_array(inputs, "inputs")
     y = load_array(labels, "labels") if labels else None
     result = evaluate(m, x, y)

@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from .model import (
-    Binary, Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary,
+    Binary,
+    Dense,
+    InputFormat,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Requant,
+    Ternary,
     Threshold,
 )
 

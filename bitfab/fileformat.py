@@ -22,8 +22,19 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .model import (
-    _ENCODINGS, _LAYER_KINDS, MAX_ELEMENTS, Binary, Dense, InputFormat, IntegerModel, IntWeights,
-    Lut, NoOutput, Pow2, Requant, Threshold,
+    _ENCODINGS,
+    _LAYER_KINDS,
+    MAX_ELEMENTS,
+    Binary,
+    Dense,
+    InputFormat,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Requant,
+    Threshold,
 )
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save", "load", "manifest_and_arrays"]

