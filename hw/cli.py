@@ -21,7 +21,9 @@ __all__ = ["verilog"]
 @click.option("--layer", type=int, default=None,
               help="Generate only this layer (0-based) instead of the whole network.")
 @click.option("--fold", default=None, metavar="PE,SIMD",
-              help="Fold every generated layer: PE channels x SIMD inputs per clock.")
+              help="Fold every generated layer: PE channels x SIMD inputs per clock (in a "
+                   "network PE is capped at each layer's outputs and SIMD lowered to a divisor "
+                   "of its inputs).")
 @click.option("--pipeline", type=int, default=0, show_default=True,
               help="K: a register stage after every K adder levels (0: combinational sums).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as one JSON object.")

@@ -20,7 +20,7 @@ The layer contract (every component in this module):
 
 from __future__ import annotations
 
-from amaranth.hdl import Fragment, Module, Signal, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,6 +84,7 @@ class _LayerBase(wiring.Component):
                                 f"architecture, not {config.architecture!r}")
         self._config = config
         self._latency = None
+        self._prebuilt = None
         super().__init__(layer_signature(config.in_bits, config.in_features,
                                          config.out_bits, config.out_features))
 
@@ -112,10 +113,16 @@ class _LayerBase(wiring.Component):
         output buffer).
         """
         if self._latency is None:
-            Fragment.get(self, None)  # elaborating sets it: the adder trees decide the depth
+            # the adder trees decide the depth: build the hardware once and keep it for the
+            # first elaboration, so that asking costs nothing extra
+            self._prebuilt = Module()
+            self._latency = self._build(self._prebuilt)
         return self._latency
 
     def elaborate(self, platform):
+        if self._prebuilt is not None:
+            m, self._prebuilt = self._prebuilt, None
+            return m
         m = Module()
         latency = self._build(m)
         assert self._latency in (None, latency)
@@ -438,19 +445,29 @@ class Network(wiring.Component):
 
 def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
                     pipeline: int = 0) -> tuple:
-    """Return one :class:`LayerConfig` per layer of ``model``: unrolled, or folded with
-    ``fold = (pe, simd)`` for every layer (each must accept it)."""
+    """Return one :class:`LayerConfig` per layer of ``model``.
+
+    Unrolled when ``fold`` is None. With ``fold = (pe, simd)`` every layer is folded with
+    ``pe`` capped at its ``out_features`` and ``simd`` lowered to the largest divisor of its
+    ``in_features`` that is at most ``simd`` (one fold rarely fits every layer of a network, e.g.
+    a 10-class output layer); the sidecar and ``bitfab verilog`` report what each layer got.
+    """
     if not isinstance(model, IntegerModel):
         raise ConfigError(f"model must be an IntegerModel, not {type(model).__name__}")
+    if fold is not None:
+        pe, simd = fold
+        if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
+            raise ConfigError(f"pe must be a positive integer, not {pe!r}")
+        if isinstance(simd, bool) or not isinstance(simd, int) or simd < 1:
+            raise ConfigError(f"simd must be a positive integer, not {simd!r}")
     configs = []
-    for k, layer in enumerate(model.layers):
-        try:
-            if fold is None:
-                configs.append(LayerConfig.unrolled(layer, pipeline))
-            else:
-                configs.append(LayerConfig.folded(layer, fold[0], fold[1], pipeline))
-        except ConfigError as exc:
-            raise ConfigError(f"layers[{k}]: {exc}") from None
+    for layer in model.layers:
+        if fold is None:
+            configs.append(LayerConfig.unrolled(layer, pipeline))
+            continue
+        n = layer.in_features
+        lanes = max(d for d in range(1, min(simd, n) + 1) if n % d == 0)
+        configs.append(LayerConfig.folded(layer, min(pe, layer.out_features), lanes, pipeline))
     return tuple(configs)
 
 

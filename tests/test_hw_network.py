@@ -72,8 +72,14 @@ def test_network_refuses_layers_that_do_not_chain():
         Network([a, b])
     with pytest.raises(ConfigError, match="a network needs at least one layer"):
         Network([])
-    with pytest.raises(ConfigError, match=r"layers\[1\]: simd must divide in_features \(6\)"):
-        network_configs(mlp(np.random.default_rng(0), (4, 6, 2)), fold=(2, 4))
+    with pytest.raises(ConfigError, match=r"pe must be a positive integer, not 0"):
+        network_configs(mlp(np.random.default_rng(0), (4, 6, 2)), fold=(0, 4))
+
+
+def test_one_fold_fits_every_layer_of_a_network():
+    """PE is capped at out_features, SIMD lowered to the largest divisor of in_features."""
+    configs = network_configs(mlp(np.random.default_rng(0), (8, 6, 2)), fold=(4, 4))
+    assert [(c.pe, c.simd) for c in configs] == [(4, 4), (2, 3)]
 
 
 def _cells(component) -> str:

@@ -85,7 +85,7 @@ def test_cli_prints_a_table(tmp_path, model_file):
 
 @pytest.mark.parametrize("args, message", [
     (["--fold", "4"], "fold must be 'PE,SIMD'"),
-    (["--fold", "2,4"], r"layers\[1\]: simd must divide in_features \(6\), not 4"),
+    (["--layer", "1", "--fold", "2,4"], r"layers\[1\]: simd must divide in_features \(6\), not 4"),
     (["--layer", "2"], r"layer must be in 0..1, not 2"),
     (["--layer", "0", "--fold", "0,2"], r"layers\[0\]: pe must be in 1..out_features \(6\)"),
     (["--pipeline", "-1"], "pipeline must be a non-negative integer, not -1"),
