@@ -30,7 +30,7 @@ from torch import nn
 from bitfab.errors import BitfabError
 from bitfab.model import Binary, InputFormat, IntWeights, Lut, Pow2, Ternary
 
-from .ste import RoundSTE, SignSTE, StepSTE, nearest, pow2_round, round_half_up, sign, ste
+from .ste import RoundSTE, SignSTE, StepSTE, pow2_round, round_half_up, sign, ste
 
 __all__ = [
     "WeightQuantizer", "FloatWeight", "BinaryWeight", "SparseBinaryWeight", "TernaryWeight",
@@ -121,7 +121,7 @@ class SparseBinaryWeight(WeightQuantizer):
     [[1.0, 0.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]]
     """
 
-    def __init__(self, shape, kept: float = 0.25, end: float = 0.6, lam: float = 1e-4,
+    def __init__(self, shape, kept: float = 0.25, end: float = 0.6, lam: float = 1e-5,
                  eps: float = 0.05):
         super().__init__()
         if not 0 < kept <= 1:
@@ -372,13 +372,22 @@ class LutQWeight(WeightQuantizer):
             d[0] = 0.0
         return d
 
+    @staticmethod
+    def _nearest(x, d):
+        # sorted entries and their midpoints: O(n log K) instead of an (n, K) distance matrix,
+        # since this runs after every optimizer step
+        order = torch.argsort(d)
+        mids = (d[order][1:] + d[order][:-1]) / 2
+        return order[torch.bucketize(x, mids)]
+
     def _assign(self, w):
-        if not self.pruned:
-            return nearest(w, self.dictionary)
         flat = w.flatten()
+        if not self.pruned:
+            return self._nearest(flat, self.dictionary).view_as(w)
         n0 = round(self.prune_frac * flat.numel())
-        a = nearest(flat, self.dictionary[1:]) + 1
-        a[torch.argsort(flat.abs())[:n0]] = 0
+        a = self._nearest(flat, self.dictionary[1:]) + 1
+        if n0:
+            a[torch.topk(flat.abs(), n0, largest=False, sorted=False).indices] = 0
         return a.view_as(w)
 
     @torch.no_grad()
@@ -386,11 +395,12 @@ class LutQWeight(WeightQuantizer):
         """Reassign, re-centre, project (one Lloyd iteration under the constraint)."""
         w = w.detach()
         a = self._assign(w)
-        d = self.dictionary.clone()
-        for k in range(1 if self.pruned else 0, self.K):
-            members = w[a == k]
-            if members.numel():
-                d[k] = members.mean()
+        flat = a.flatten()
+        count = torch.bincount(flat, minlength=self.K).to(w.dtype)
+        total = torch.zeros(self.K, dtype=w.dtype).index_add_(0, flat, w.flatten())
+        d = torch.where(count > 0, total / count.clamp_min(1), self.dictionary)
+        if self.pruned:
+            d[0] = 0.0
         self.assign.copy_(a)
         self.dictionary.copy_(self._project(d))
 
@@ -446,11 +456,16 @@ class TwoBitWeight(WeightQuantizer):
         self.register_buffer("alpha", torch.tensor(1.0))
         self.register_buffer("hard", torch.tensor(0.0))
 
+    def _level(self, w):
+        # nearest of the odd levels -3, -1, 1, 3 in closed form (no K-way argmin): every step
+        # of stage 1 pays for it, and the published overhead is a few percent
+        return torch.clamp(torch.floor(w.detach() / (2 * self.alpha)), -2, 1) * 2 + 1
+
     def _q(self, w):
-        return self.alpha * self.levels[nearest(w.detach() / self.alpha, self.levels)]
+        return self.alpha * self._level(w)
 
     def _fit_alpha(self, w):
-        lv = self.levels[nearest(w.detach() / self.alpha, self.levels)]
+        lv = self._level(w)
         self.alpha.fill_(float((w.detach() * lv).sum() / (lv * lv).sum()))
 
     def init_(self, w):
@@ -476,8 +491,7 @@ class TwoBitWeight(WeightQuantizer):
         return strength * ((w - self._q(w)) ** 2).mean() / self.alpha ** 2
 
     def integer(self, w):
-        idx = nearest(w.detach() / self.alpha, self.levels).cpu().numpy()
-        return np.array(self.LEVELS, dtype=np.int64)[idx], float(self.alpha), Lut(self.LEVELS)
+        return _ints(self._level(w)), float(self.alpha), Lut(self.LEVELS)
 
 
 class IntWeight(WeightQuantizer):

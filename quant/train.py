@@ -211,7 +211,7 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--limit", type=int, default=None, help="Use only this many training examples.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Also train the float net of the same shape, for the comparison table.")
-@click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=int, default=None, help="torch threads (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
           reference, threads, as_json):
@@ -221,8 +221,9 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
 
     from bitfab.cli import emit_json
 
-    if threads:
-        torch.set_num_threads(threads)
+    # one thread by default: these small matmuls gain little from more, and on a shared machine
+    # two threads were measured 20x slower than one
+    torch.set_num_threads(threads or 1)
     small = dataset in ("digits", "mnist1d")
     config = TrainConfig(recipe, dataset, _hidden(hidden), act_bits,
                          epochs or (30 if small else 10), batch_size or (64 if small else 128),
