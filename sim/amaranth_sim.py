@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import ClockDomain, Module
+from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
 from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import Network, build_layer, network_configs
@@ -36,7 +36,7 @@ async def stream_put(ctx, stream, payload: int) -> int:
     holds while ``valid`` is high and ``ready`` low).
     """
     ctx.set(stream.valid, 1)
-    ctx.set(stream.payload.as_value(), payload)
+    ctx.set(Value.cast(stream.payload), payload)
     ticks = 0
     while True:
         ticks += 1
@@ -53,7 +53,7 @@ async def stream_get(ctx, stream) -> tuple[int, int]:
     ticks = 0
     while True:
         ticks += 1
-        _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload.as_value())
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, Value.cast(stream.payload))
         if valid:
             break
     ctx.set(stream.ready, 0)
@@ -86,7 +86,8 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
 
     ``bubble``: probability that the producer idles (``valid`` low) for a clock before a vector;
     ``stall``: probability that the consumer holds ``ready`` low for a clock before taking one.
-    A design that stops producing within ``max_cycles`` raises :class:`VerificationError`.
+    A design that gives fewer vectors within ``max_cycles``, or more than it was given, raises
+    :class:`VerificationError`.
     """
     payloads = [int(p) for p in payloads]
     n = len(payloads)
@@ -121,6 +122,14 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
             result.out_cycles.append(cycle + ticks - 1)
             cycle += ticks
         result.cycles = cycle
+        # a design that emits more vectors than it was given duplicates some: watch for one
+        ctx.set(dut.o.ready, 1)
+        for _ in range(lat + 2 * ii + 8):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            if valid:
+                raise VerificationError(f"the design gave more than the {n} vectors it was given "
+                                        f"(a duplicated vector)")
+        ctx.set(dut.o.ready, 0)
         done[0] = True
 
     async def watchdog(ctx):

@@ -8,6 +8,9 @@ order, with none lost or duplicated.
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import build_layer
 from bitfab.hw.packing import pack, unpack
@@ -220,3 +223,34 @@ def test_simulate_refuses_wrong_shapes():
     layer = random_dense(np.random.default_rng(8), 4, 2, "binary")
     with pytest.raises(VerificationError, match=r"x must have shape \(batch, 4\)"):
         simulate(layer, np.ones((2, 3), dtype=int))
+
+
+class _Faulty(wiring.Component):
+    """A deliberately broken stream stage: ``mode`` "swallow" never answers, "twice" emits
+    every vector two times."""
+
+    def __init__(self, mode):
+        self._mode = mode
+        super().__init__({"i": In(stream.Signature(unsigned(4))),
+                          "o": Out(stream.Signature(unsigned(4)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        if self._mode == "swallow":
+            m.d.comb += self.i.ready.eq(1)
+            return m
+        data, count = Signal(4), Signal(2)
+        m.d.comb += [self.i.ready.eq(count == 0), self.o.valid.eq(count != 0),
+                     self.o.payload.eq(data)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [data.eq(self.i.payload), count.eq(2)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += count.eq(count - 1)
+        return m
+
+
+@pytest.mark.parametrize("mode, message", [("swallow", r"gave 0 of 3 vectors"),
+                                           ("twice", r"more than the 3 vectors")])
+def test_the_stream_checker_catches_lost_and_duplicated_vectors(mode, message):
+    with pytest.raises(VerificationError, match=message):
+        run_stream(_Faulty(mode), [1, 2, 3], max_cycles=200 if mode == "swallow" else None)

@@ -113,3 +113,15 @@ def test_zero_weights_produce_no_hardware():
     layer = Dense(w, Ternary(), InputFormat.int(4), Threshold(np.array([[0], [1], [2]])))
     text = _cells(build_layer(LayerConfig.unrolled(layer)))
     assert "$add" not in text and "$sub" not in text  # one live weight: a wire into a compare
+
+
+@pytest.mark.slow
+def test_sfc_folded_end_to_end():
+    """FINN's SFC (784-256-256-256-10, binary) folded 16 x 16, under stalls, bit-exact."""
+    from bitfab.examples import sfc
+    rng = np.random.default_rng(16)
+    model = sfc(rng)
+    x = inputs(rng, model, 2)
+    net = build_network(model, fold=(16, 16), pipeline=2)
+    assert net.initiation_interval == 784 // 16 * 256 // 16
+    np.testing.assert_array_equal(simulate(net, x, stall=0.2), golden.execute(model, x).output)
