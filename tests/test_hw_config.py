@@ -94,3 +94,12 @@ def test_pack_refuses_values_the_format_cannot_hold():
         pack(np.array([[1, 0]]), InputFormat.bipolar())
     with pytest.raises(ModelRangeError, match=r"uint4 values in \[0, 15\], not 16"):
         pack(np.array([[16]]), InputFormat.int(4))
+
+
+def test_packing_and_config_need_no_amaranth():
+    """Host code (benches, board drivers) packs payloads without importing Amaranth."""
+    import subprocess
+    import sys
+    code = ("import sys, bitfab.hw.packing, bitfab.hw.config; "
+            "sys.exit('amaranth' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
