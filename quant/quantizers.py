@@ -429,6 +429,10 @@ class LutQWeight(WeightQuantizer):
         alpha = float(d.abs().max()) / ((1 << (self.entry_bits - 1)) - 1)
         return _ints(round_half_up(d / alpha)), alpha
 
+    def discrete(self, w):
+        # the assignment: the dictionary moves every step, so integer values would all "change"
+        return self.assign.cpu().numpy().copy()
+
     def integer(self, w):
         D, alpha = self.integer_dictionary()
         return D[self.assign.cpu().numpy()], alpha, Lut(tuple(sorted(set(D.tolist()))))

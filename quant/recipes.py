@@ -47,8 +47,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("float", "float32 reference (not exportable)", FloatWeight, None),
     Recipe("binary", "BinaryConnect weights, bipolar (BNN) activations", BinaryWeight, 1),
-    Recipe("sparse-binary", "Deep Adaptive Network: sparse {-1,0,+1}, 25 % kept",
-           SparseBinaryWeight, 4, {"kept": 0.25, "end": 0.6, "lam": 1e-5}, shallow=True),
+    Recipe("sparse-binary", "Deep Adaptive Network: sparse {-1,0,+1}, magnitude schedule to 25 % "
+           "kept (lam > 0 adds the reweighted L1)",
+           SparseBinaryWeight, 4, {"kept": 0.25, "end": 0.6, "lam": 0.0}, shallow=True),
     Recipe("ternary", "TWN ternary weights (method=ttq for TTQ)", TernaryWeight, 4,
            {"method": "twn"}),
     Recipe("pow2", "DeepShift power-of-two weights with zero (15 levels, 4 bits)", Pow2Weight, 4,
