@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": "bitfab.demo:demo",
     "verilog": "bitfab.hw.cli:verilog",
     "train": "bitfab.quant.train:train",
+    "sim": "bitfab.sim.cli:sim",
 }
 
 

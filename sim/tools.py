@@ -62,7 +62,14 @@ def verilator_env(env: dict | None = None) -> dict:
     env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     flags = env.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in flags:
-        env["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+        flags = f"{flags} CFG_CXXFLAGS_PCH_I=-include"
+    if "-j" not in flags:
+        flags = f"{flags} -j{os.cpu_count() or 1}"
+    env["MAKEFLAGS"] = flags.strip()
+    # every model compiles the same Verilator runtime: ccache (optional) makes that free
+    if "OBJCACHE" not in env and shutil.which("ccache", path=env["PATH"]):
+        env["OBJCACHE"] = "ccache"
+        env.setdefault("CCACHE_DIR", str(build_dir("ccache")))
     if shutil.which("g++", path=env["PATH"]) is None and shutil.which("c++", path=env["PATH"]) \
             is None:
         raise ToolError("Verilator needs a C++ compiler (g++) on PATH")

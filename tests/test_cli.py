@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bitfab.sim.golden import predict
 
 from bitfab import Dense, InputFormat, IntegerModel, Ternary, Threshold
 from bitfab.cli import run
+from bitfab.sim.golden import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from bitfab.sim import golden
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bitfab import Dense, InputFormat, IntegerModel, NoOutput, Requant, Threshold
 from bitfab.errors import ModelRangeError
 from bitfab.examples import ENCODINGS, mlp, random_dense
+from bitfab.sim import golden
 
 
 def naive_matmul(x, w):
