@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitfab.model import Threshold
+from bitfab.model import Requant, Threshold
 
-__all__ = ["fold_thresholds", "float_reference"]
+__all__ = ["fold_thresholds", "fold_requant", "float_reference"]
 
 
 def fold_thresholds(a, mean, var, eps: float, gamma, beta, offsets, acc_lo, acc_hi) -> Threshold:
@@ -67,6 +67,43 @@ def fold_thresholds(a, mean, var, eps: float, gamma, beta, offsets, acc_lo, acc_
     t = np.where(const, t_const, np.where(up[:, None], t_up, t_down))
     direction = np.where(up, 1, -1)
     return Threshold(t.astype(np.int64), direction)
+
+
+def fold_requant(a, mean, var, eps: float, gamma, beta, step: float, bits: int, acc_lo, acc_hi,
+                 ) -> tuple[np.ndarray, Requant]:
+    """Return ``(bias, stage)``: an integer bias per channel and a :class:`~bitfab.model.Requant`
+    stage approximating ``y = clamp(floor(h / step + 1/2), 0, 2**bits - 1)``.
+
+    ``h / step = m * acc + c`` with ``m = gamma * a / (sigma * step)`` and
+    ``c = (beta - gamma * mean / sigma) / step``, so ``y = floor(m * (acc + c / m) + 1/2)``:
+    the bias is ``round(c / m)`` accumulator units and ``multiplier = round(m * 2**shift)`` with
+    the largest shift that keeps ``|multiplier| < 2**31`` and ``|acc * multiplier| < 2**62``.
+    Unlike thresholds this is an approximation of the float network (the bias is rounded to a
+    whole accumulator unit, ``m`` to ``shift`` fractional bits); the integer semantics that the
+    torch reference and the golden model share are exact. A negative ``gamma`` gives a negative
+    multiplier; a zero ``gamma`` gives a zero multiplier (output 0).
+
+    >>> b, r = fold_requant(0.5, np.array([1.0]), np.array([1.0]), 0.0, np.array([2.0]),
+    ...                     np.array([0.75]), 0.25, 4, np.array([-100]), np.array([100]))
+    >>> b.tolist(), r.multiplier.tolist(), r.shift
+    ([-1], [536870912], 27)
+    """
+    mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    sigma = np.sqrt(var + eps)
+    m = gamma * np.asarray(a, np.float64) / (sigma * step)
+    c = (beta - gamma * mean / sigma) / step
+    live = np.abs(m) > 1e-12
+    bias = np.where(live, np.round(c / np.where(live, m, 1.0)), 0.0)
+    bias = np.clip(bias, -(1 << 40), 1 << 40).astype(np.int64)
+    m = np.where(live, m, 0.0)
+    span = max(int(np.abs(np.asarray(acc_lo) + bias).max()),
+               int(np.abs(np.asarray(acc_hi) + bias).max()), 1)
+    top = float(np.abs(m).max()) if m.size else 0.0
+    mag = int(np.ceil(np.log2(top))) + 1 if top > 0 else 0
+    shift = int(np.clip(min(30 - mag, 61 - span.bit_length() - mag), 0, 62))
+    mult = np.round(m * 2.0 ** shift).astype(np.int64)
+    return bias, Requant(mult, shift, bits, signed=False, rounding="half_up")
 
 
 def float_reference(acc, a, mean, var, eps: float, gamma, beta, offsets) -> np.ndarray:

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitfab.errors import BitfabError
-from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput
+from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput, Requant
 
-from .fold import fold_thresholds
+from .fold import fold_requant, fold_thresholds
 from .quantizers import BipolarActivation, FloatWeight, UniformActivation, WeightQuantizer
 from .ste import round_half_up, ste
 
@@ -72,12 +72,22 @@ class QuantMLP(nn.Module):
         Format of the integer input values.
     input_scale : float
         Real value of one input unit.
+    act_stage : ``"threshold"`` or ``"requant"``
+        How batchnorm and the activation fold at export: integer thresholds (exact) or an integer
+        bias plus a requant multiplier and shift (multi-bit activations only; approximate, see
+        :func:`bitfab.quant.fold.fold_requant`).
     """
 
     def __init__(self, n_in: int, hidden: Sequence[int], n_out: int,
                  weight_quant: Callable[[tuple], WeightQuantizer], act_bits: int | None,
-                 input_format: InputFormat, input_scale: float):
+                 input_format: InputFormat, input_scale: float, act_stage: str = "threshold"):
         super().__init__()
+        if act_stage not in ("threshold", "requant"):
+            raise BitfabError(f"act_stage must be 'threshold' or 'requant', not {act_stage!r}")
+        if act_stage == "requant" and (act_bits is None or act_bits < 2):
+            raise BitfabError(f"act_stage 'requant' needs 2..8-bit activations, "
+                              f"not act_bits={act_bits!r}")
+        self.act_stage = act_stage
         sizes = [int(n_in), *(int(h) for h in hidden), int(n_out)]
         if any(s < 1 for s in sizes):
             raise BitfabError(f"layer sizes must be positive, not {sizes}")
@@ -163,11 +173,14 @@ class QuantMLP(nn.Module):
             dense = Dense(w_int, enc, fmt, NoOutput(), None, name=f"fc{i}")
             bn = self.bns[i]
             lo, hi = dense.acc_range
-            stage = fold_thresholds(a, bn.running_mean.double().numpy(),
-                                    bn.running_var.double().numpy(), bn.eps,
-                                    bn.weight.detach().double().numpy(),
-                                    bn.bias.detach().double().numpy(), self.act.offsets(), lo, hi)
-            out.append(dense.replace(output=stage))
+            stats = (a, bn.running_mean.double().numpy(), bn.running_var.double().numpy(), bn.eps,
+                     bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy())
+            if self.act_stage == "requant":
+                bias, stage = fold_requant(*stats, self.act.step, self.act.bits, lo, hi)
+                out.append(dense.replace(output=stage, bias=bias))
+            else:
+                stage = fold_thresholds(*stats, self.act.offsets(), lo, hi)
+                out.append(dense.replace(output=stage))
             fmt = self.act.out_format()
         return out
 
@@ -194,6 +207,10 @@ class QuantMLP(nn.Module):
             accs.append(acc)
             if isinstance(layer.output, NoOutput):
                 v = acc
+            elif isinstance(layer.output, Requant):
+                r = layer.output  # int64: acc * multiplier stays below 2**62 (checked by Dense)
+                prod = acc.to(torch.int64) * torch.from_numpy(r.multiplier.copy())
+                v = torch.clamp((prod + r.offset) >> r.shift, r.lo, r.hi).to(torch.float64)
             else:
                 t = torch.from_numpy(layer.output.thresholds.astype(np.float64))
                 up = torch.from_numpy(layer.output.direction > 0)[None, :]

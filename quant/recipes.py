@@ -91,6 +91,8 @@ class TrainConfig:
         Quantizer keyword arguments (override the recipe's defaults).
     limit : int or None
         Train on the first ``limit`` training examples only (tests, quick looks).
+    act_stage : str
+        ``threshold`` (exact batchnorm folding) or ``requant`` (integer bias + multiplier).
     """
 
     recipe: str
@@ -104,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     options: dict = field(default_factory=dict)
     limit: int | None = None
+    act_stage: str = "threshold"
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -147,4 +150,4 @@ def build_model(config: TrainConfig, n_in: int, n_out: int, input_format,
     recipe = RECIPES[config.recipe]
     factory = partial(recipe.quantizer, **config.options)
     return QuantMLP(n_in, config.hidden, n_out, lambda shape: factory(shape), config.act_bits,
-                    input_format, input_scale)
+                    input_format, input_scale, config.act_stage)

@@ -209,12 +209,14 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Quantizer option, e.g. constraint=pow2 (lutq), method=ttq (ternary).")
 @click.option("--limit", type=int, default=None, help="Use only this many training examples.")
+@click.option("--act-stage", type=click.Choice(["threshold", "requant"]), default="threshold",
+              show_default=True, help="Fold batchnorm into thresholds or a requant stage.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Also train the float net of the same shape, for the comparison table.")
 @click.option("--threads", type=int, default=None, help="torch threads (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
-          reference, threads, as_json):
+          act_stage, reference, threads, as_json):
     """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
     from rich.console import Console
     from rich.table import Table
@@ -227,7 +229,7 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     small = dataset in ("digits", "mnist1d")
     config = TrainConfig(recipe, dataset, _hidden(hidden), act_bits,
                          epochs or (30 if small else 10), batch_size or (64 if small else 128),
-                         lr, 0.0, seed, _options(options), limit)
+                         lr, 0.0, seed, _options(options), limit, act_stage)
     if recipe == "float" and out:
         raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
     con = Console(stderr=as_json, highlight=False)

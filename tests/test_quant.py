@@ -7,6 +7,11 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitfab.errors import BitfabError
+from bitfab.model import Lut, Pow2, Ternary
 from bitfab.quant import fold, quantizers, ste
 from bitfab.quant.data import load_dataset, read_idx
 from bitfab.quant.quantizers import (
@@ -21,12 +26,7 @@ from bitfab.quant.quantizers import (
     TwoBitWeight,
     UniformActivation,
 )
-from bitfab.sim.golden import threshold
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from bitfab.errors import BitfabError
-from bitfab.model import Lut, Pow2, Ternary
+from bitfab.sim.golden import requant, threshold
 
 torch.set_num_threads(1)
 
@@ -331,6 +331,33 @@ def test_fold_check_catches_a_wrong_direction():
     wrong = threshold(acc, stage.thresholds, -stage.direction)
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(wrong, reference)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fold_requant_approximates_float_reference(seed):
+    # requant is an approximation (bias rounded to one accumulator unit): close, not exact
+    rng = np.random.default_rng(seed)
+    out, bits = 32, 4
+    lo, hi = np.full(out, -2000), np.full(out, 2000)
+    acc = rng.integers(-2000, 2001, size=(400, out))
+    a, step = 0.004, 3 / 15
+    mean, var = rng.normal(0, 2, out), rng.uniform(0.5, 4, out)
+    gamma, beta = rng.normal(0, 1, out), rng.normal(0, 1, out)
+    gamma[:6] = -np.abs(gamma[:6])
+    bias, stage = fold.fold_requant(a, mean, var, 1e-5, gamma, beta, step, bits, lo, hi)
+    assert np.all(stage.multiplier[:6] < 0)
+    got = requant(acc + bias, stage.multiplier, stage.shift, stage.lo, stage.hi, stage.offset)
+    h = gamma * (a * acc - mean) / np.sqrt(var + 1e-5) + beta
+    want = np.clip(np.floor(h / step + 0.5), 0, 15).astype(np.int64)
+    assert np.abs(got - want).max() <= 1
+    assert np.mean(got != want) < 0.02
+
+
+def test_requant_needs_multibit_activations():
+    from bitfab.quant.recipes import TrainConfig, build_model
+    cfg = TrainConfig("binary", act_stage="requant")
+    with pytest.raises(BitfabError, match="act_stage 'requant' needs 2..8-bit activations"):
+        build_model(cfg, 64, 10, None, 1.0)
 
 
 # --- datasets -------------------------------------------------------------------------------------

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from bitfab.cli import run
+from bitfab.errors import BitfabError
+from bitfab.model import IntegerModel, Lut, Ternary
 from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
 from bitfab.quant.evaluate import compare
 from bitfab.quant.recipes import RECIPES, TrainConfig
 from bitfab.quant.train import export, fit
 from bitfab.sim.golden import execute
-
-from bitfab.cli import run
-from bitfab.errors import BitfabError
-from bitfab.model import IntegerModel, Lut, Ternary
 
 torch.set_num_threads(1)
 
@@ -74,15 +74,21 @@ def test_recipe_trains_on_digits(recipe):
     ("denseshift", 6, {"P": 5}),
     ("twobit", 5, {"hard_from": 0.5}),
     ("sparse-binary", 1, {"kept": 0.1}),
+    ("int8", 8, {"stage": "requant"}),
+    ("pow2", 3, {"stage": "requant"}),
 ])
 def test_variants_export_bit_exact(recipe, act_bits, options):
+    options = dict(options)
+    stage = options.pop("stage", "threshold")
     cfg = TrainConfig(recipe, "digits", hidden=(24, 16), act_bits=act_bits, epochs=2, seed=1,
-                      options=options, limit=400)
+                      options=options, limit=400, act_stage=stage)
     model = assert_torch_matches_golden(fit(cfg, DIGITS), DIGITS)
     if act_bits == 1:
         assert model.layers[1].input.kind == "bipolar"
     else:
         assert model.layers[1].input.bits == act_bits
+    if stage == "requant":
+        assert all(la.output.kind == "requant" for la in model.layers[:-1])
     if options.get("method") == "ttq":
         assert isinstance(model.layers[0].encoding, (Lut, Ternary))
     if "pow2" in options.get("constraint", ""):
