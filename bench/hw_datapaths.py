@@ -24,12 +24,12 @@ import numpy as np
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from bitfab.hw.config import LayerConfig
-from bitfab.hw.layer import build_layer
 from rich.console import Console
 from rich.progress import Progress
 
 from bitfab.examples import random_dense
+from bitfab.hw.config import LayerConfig
+from bitfab.hw.layer import build_layer
 from bitfab.model import Binary, InputFormat, IntWeights, Lut, Pow2, Ternary
 
 #: name -> (encoding, input format, sparsity)
@@ -52,12 +52,9 @@ class Harness(wiring.Component):
     the output payload is XOR-reduced into a registered ``sout`` (so no output bit is dead).
     """
 
-    sin: In(1)
-    sout: Out(1)
-
     def __init__(self, layer_component):
         self._dut = layer_component
-        super().__init__()
+        super().__init__({"sin": In(1), "sout": Out(1)})
 
     def elaborate(self, platform):
         m = Module()

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from bitfab.sim.golden import datapath_kind
 
 from bitfab.errors import BitfabError
 from bitfab.model import Binary, Dense, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold
+from bitfab.sim.golden import datapath_kind
 
 __all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "parse_fold"]
 

@@ -20,7 +20,7 @@ The layer contract (every component in this module):
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Const, Module, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,6 +44,8 @@ def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wirin
 
 def _delay(m: Module, value, stages: int, en, name: str):
     """Return ``value`` delayed by ``stages`` registers that load only where ``en`` is 1."""
+    if isinstance(value, Const):
+        return value  # an empty sum: a constant needs no registers to stay aligned
     for k in range(stages):
         reg = Signal.like(value, name=f"{name}_d{k}") if isinstance(value, Signal) \
             else Signal(value.shape(), name=f"{name}_d{k}")

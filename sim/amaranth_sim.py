@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
+
+from bitfab.errors import VerificationError
 from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import Network, build_layer, network_configs
 from bitfab.hw.packing import pack, unpack
-
-from bitfab.errors import VerificationError
 from bitfab.model import Dense, IntegerModel
 
 __all__ = ["stream_put", "stream_get", "simulate", "SimResult", "run_stream"]

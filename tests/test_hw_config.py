@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from bitfab.hw.config import ConfigError, LayerConfig, parse_fold
-from bitfab.hw.layer import FoldedDense, UnrolledDense, build_layer
-from bitfab.hw.packing import pack, unpack
 
 from bitfab.errors import BitfabError, ModelRangeError
 from bitfab.examples import random_dense
+from bitfab.hw.config import ConfigError, LayerConfig, parse_fold
+from bitfab.hw.layer import FoldedDense, UnrolledDense, build_layer
+from bitfab.hw.packing import pack, unpack
 from bitfab.model import InputFormat, Lut, Pow2
 
 

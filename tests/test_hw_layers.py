@@ -11,16 +11,14 @@ import pytest
 from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from bitfab.hw.config import LayerConfig
-from bitfab.hw.layer import build_layer
-from bitfab.hw.packing import pack, unpack
-from bitfab.sim import golden
-from bitfab.sim.amaranth_sim import run_stream, simulate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitfab.errors import VerificationError
 from bitfab.examples import random_dense
+from bitfab.hw.config import LayerConfig
+from bitfab.hw.layer import build_layer
+from bitfab.hw.packing import pack, unpack
 from bitfab.model import (
     Binary,
     Dense,
@@ -32,6 +30,8 @@ from bitfab.model import (
     Ternary,
     Threshold,
 )
+from bitfab.sim import golden
+from bitfab.sim.amaranth_sim import run_stream, simulate
 
 #: encoding name -> weight encoding (lut_pow2: a multiplierless dictionary)
 ENCODINGS = {

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from bitfab.hw.config import ConfigError, LayerConfig
-from bitfab.hw.layer import Network, build_layer, build_network, network_configs
-from bitfab.sim import golden
-from bitfab.sim.amaranth_sim import simulate
 
 from bitfab.examples import mlp, random_dense
+from bitfab.hw.config import ConfigError, LayerConfig
+from bitfab.hw.layer import Network, build_layer, build_network, network_configs
 from bitfab.model import Dense, InputFormat, IntegerModel, Lut, NoOutput, Ternary, Threshold
+from bitfab.sim import golden
+from bitfab.sim.amaranth_sim import simulate
 
 
 def inputs(rng, model, batch):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bitfab.hw.verilog import generate, module_name, verilog_ports
 from click.testing import CliRunner
 
 from bitfab.cli import main, run
 from bitfab.examples import mlp, random_dense
+from bitfab.hw.verilog import generate, module_name, verilog_ports
 from bitfab.model import InputFormat, IntegerModel
 
 ENCODINGS = ["binary", "ternary", "pow2", "denseshift", "lut", "int"]
