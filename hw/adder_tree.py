@@ -16,9 +16,15 @@ The public interface (shared with the datapath generators, which only call it):
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 
 from amaranth.hdl import Const, Module, Shape, Signal, Value
+
+# Only to recognise ``x`` and ``~x`` bits of the same input across calls (shared totals);
+# amaranth is pinned to 0.5.x, where these are the classes of ``~a`` and ``a[i]``.
+from amaranth.hdl._ast import Operator as _Operator
+from amaranth.hdl._ast import Slice as _Slice
 
 __all__ = ["sum_terms", "popcount", "tree_latency", "value_range"]
 
@@ -153,6 +159,8 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     # 1-bit terms are counted (full adders, carry-ins); wider ones are operands of the adders.
     # A negated bit is an inverted bit minus one (-b = ~b - 1), so it is counted too.
     inverted, plain, wide = [], [], []
+    terms = [_strip_shift(t) for t in terms]
+    negated = [_strip_shift(t) for t in negated]
     for term in terms:
         if len(term) == 0:
             continue
@@ -183,13 +191,115 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
 
     sub = Module()
     m.submodules += sub
+    builder = _Builder(sub, en, domain, name)
+    bits = inverted + plain
     # Full adders are LUT logic, where an inversion is free; a carry-in enters a carry chain,
     # where it is not: inverted bits go to the full adders first.
-    builder = _Builder(sub, en, domain, name)
-    root, latency = _tree(builder, inverted + plain, wide, const, pipeline)
+    parsed = [_bit_base(b) for b in bits]
+    order = sorted(range(len(bits)), key=lambda i: not (parsed[i] and parsed[i][2]))
+    bits = [bits[i] for i in order]
+    shared = None
+    if not wide:
+        shared = _shared_sum(m, builder, [parsed[i] for i in order], const, pipeline, en, domain)
+    if shared is not None:
+        root, latency = shared
+    else:
+        root, latency = _tree(builder, bits, wide, const, pipeline)
     result = Signal(_range_shape(root.lo, root.hi), name=name)
     sub.d.comb += result.eq(root.value)
     return result, latency
+
+
+def _strip_shift(value: Value) -> Value:
+    """Return ``value`` with shifts by constant amounts turned into exact-width ``shift_left``.
+
+    ``x << Const(k)`` is ``2**len(k) - 1`` bits wider than ``x`` in Amaranth; the range of the
+    tree's nodes comes from shapes, so a term ``~x << 0`` (a weight of 1) would otherwise count
+    as a 2-bit operand and miss the full-adder and carry-in paths of a 1-bit term.
+    """
+    shift = 0
+    while isinstance(value, _Operator) and value.operator == "<<" \
+            and isinstance(value.operands[1], Const):
+        shift += value.operands[1].value
+        value = value.operands[0]
+    return value.shift_left(shift) if shift else value
+
+
+#: The smallest bit count worth sharing a total over (below it the combining adder costs more).
+_SHARE_MIN_BITS = 8
+#: Per module: the bit sets summed so far, and the shared totals built for repeated ones.
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bit_base(value: Value):
+    """Return ``(key, base, inverted)`` for a bit that is a 1-bit signal or signal slice, maybe
+    inverted (``~x``); ``None`` for any other value (which is then never shared)."""
+    inverted = False
+    while isinstance(value, _Operator) and value.operator == "~" and len(value.operands) == 1:
+        value = value.operands[0]
+        inverted = not inverted
+    if isinstance(value, Signal) and len(value) == 1 and not value.shape().signed:
+        return ("signal", id(value)), value, inverted
+    if isinstance(value, _Slice) and isinstance(value.value, Signal) \
+            and value.stop - value.start == 1:
+        return ("slice", id(value.value), value.start), value, inverted
+    return None
+
+
+def _shared_sum(m: Module, builder: _Builder, parsed: list, const: int, pipeline: int,
+                en, domain: str):
+    """Build a sum of bits over a shared total, or return ``None`` where it does not apply.
+
+    The channels of a binary layer count XNOR bits ``x_i`` or ``~x_i`` of the same inputs. With
+    ``T = sum(x_i)`` built once per layer, a channel whose plain bits are ``P`` and inverted bits
+    ``N`` is ``2 sum(P) - T + |N|`` or ``T - 2 sum(N) + |N|``: it counts only the smaller of
+    ``P`` and ``N``, about half of its bits. The first sum over a set of bits is built as a
+    plain tree (nothing to share with yet); the second builds ``T`` and every later one reuses it.
+    Latency: ``T``'s register stages plus one (the combining adder) when pipelined.
+    """
+    if len(parsed) < _SHARE_MIN_BITS or any(p is None for p in parsed):
+        return None
+    keys = frozenset(p[0] for p in parsed)
+    if len(keys) != len(parsed):
+        return None  # a repeated input: not a set of distinct bits
+    registry = _SHARED.setdefault(m, {})
+    key = (keys, pipeline, id(en), domain)
+    entry = registry.get(key)
+    if entry is None:
+        registry[key] = {"en": en, "total": None}
+        return None
+    if entry["total"] is None:
+        sub = Module()
+        m.submodules += sub
+        total_builder = _Builder(sub, en, domain, f"shared_total{len(registry)}")
+        entry["total"] = _tree(total_builder, [p[1] for p in parsed], [], 0, pipeline)
+    total, lat_t = entry["total"]
+    plain = [p[1] for p in parsed if not p[2]]
+    inverted = [p[1] for p in parsed if p[2]]
+    side = plain if len(plain) <= len(inverted) else inverted
+    if side:
+        part, lat_p = _tree(builder, side, [], 0, pipeline)
+    else:
+        part, lat_p = _Node(Const(0), 0, 0), 0
+    for _ in range(lat_p, lat_t):
+        part = builder.register(part)
+    for _ in range(lat_t, lat_p):
+        total = builder.register(total)
+    twice = _Node(part.value << 1, 2 * part.lo, 2 * part.hi)
+    offset = len(inverted) + const
+    offset_node = [_Node(Const(offset), offset, offset)] if offset else []
+    if side is plain:
+        operands = [twice, _Node(-total.value, -total.hi, -total.lo), *offset_node]
+    else:
+        operands = [total, _Node(-twice.value, -twice.hi, -twice.lo), *offset_node]
+    # The operands are correlated (the part is inside the total): the sum stays in the range of
+    # the bits it counts, which the interval sum of the operands would overstate.
+    root = builder.add(operands, bounds=(const, const + len(parsed)))
+    latency = max(lat_t, lat_p)
+    if pipeline:
+        root = builder.register(root)
+        latency += 1
+    return root, latency
 
 
 class _Builder:
@@ -206,11 +316,15 @@ class _Builder:
         return Signal(_range_shape(lo, hi), name=f"{self._name}_{what}{self._count}",
                       attrs={"keep": 1})
 
-    def add(self, operands, cin=None) -> _Node:
+    def add(self, operands, cin=None, bounds=None) -> _Node:
+        """Add ``operands`` (and the bit ``cin``); ``bounds``: the known ``(lo, hi)`` of the
+        sum where it is tighter than the operands' ranges say (correlated operands)."""
         lo = sum(op.lo for op in operands)
         hi = sum(op.hi for op in operands)
         if cin is not None:
             hi += 1
+        if bounds is not None:
+            lo, hi = bounds
         if self._m is None:
             return _Node(None, lo, hi)
         value = operands[0].value
@@ -218,7 +332,7 @@ class _Builder:
             value = value + op.value
         if cin is not None:
             value = value + cin.value
-        s = self._signal(lo, hi, "fa" if len(operands) == 3 else "add")
+        s = self._signal(lo, hi, "fa" if all(op.hi - op.lo == 1 for op in operands) else "add")
         self._m.d.comb += s.eq(value)
         return _Node(s, lo, hi)
 

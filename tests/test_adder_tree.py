@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from amaranth.hdl import Const, Fragment, Module, Shape, Signal, signed, unsigned
 from amaranth.sim import Simulator
-from bitfab.hw.adder_tree import popcount, sum_terms, tree_latency, value_range
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from bitfab.hw.adder_tree import popcount, sum_terms, tree_latency, value_range
 
 
 def _random_value(rng, shape):
@@ -242,3 +243,76 @@ def test_bad_terms():
     with pytest.raises(TypeError, match="bits must be an Amaranth value, not 'ab'"):
         popcount(m, "ab")
     _used(m)
+
+
+# -- shared totals (several sums over the same bits, as in a binary layer) ------------------
+
+def rtl_channels(n, rows, *, pipeline, seed=0, cycles=30, reference=None):
+    """Sum ``x_i`` (weight 1) or ``~x_i`` (weight 0) of one input vector for every row of
+    ``rows`` (a 0/1 matrix) in one module; return (expected, got) over the checked cycles."""
+    rng = random.Random(seed)
+    m = Module()
+    x = Signal(n)
+    en = Signal(init=1)
+    outs = []
+    for o, row in enumerate(rows):
+        bits = [x[i] if w else ~x[i] for i, w in enumerate(row)]
+        # weight-1 terms written as the datapath writes them: ``t << 0``
+        bits = [b << 0 if i % 2 else b for i, b in enumerate(bits)]
+        outs.append(sum_terms(m, bits, pipeline=pipeline, en=en, name=f"ch{o}"))
+    shared = any(e["total"] is not None for e in _SHARED_FOR_TESTS(m))
+    if reference is None:
+        def reference(v, row):
+            return sum(((v >> i) & 1) == w for i, w in enumerate(row))
+    values = [rng.getrandbits(n) for _ in range(cycles)] + [0, (1 << n) - 1] * 3
+    ens = [rng.random() < 0.7 for _ in values]
+    expected, got = [], []
+
+    async def bench(ctx):
+        history = []
+        for v, e in zip(values, ens):
+            ctx.set(x, v)
+            ctx.set(en, int(e))
+            for (s, lat), row in zip(outs, rows):
+                if lat == 0 or len(history) >= lat:
+                    expected.append(reference(history[-lat] if lat else v, row))
+                    got.append(ctx.get(s))
+            await (ctx.tick() if pipeline else ctx.delay(1e-6))
+            if e:
+                history.append(v)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, if_exists=True)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(expected, dtype=object), np.array(got, dtype=object), shared, outs
+
+
+def _SHARED_FOR_TESTS(m):
+    from bitfab.hw import adder_tree
+    return adder_tree._SHARED.get(m, {}).values()
+
+
+@pytest.mark.parametrize("pipeline", [0, 1, 2, 3])
+def test_shared_total_channels(pipeline):
+    rng = random.Random(pipeline)
+    n = 37
+    rows = [[rng.getrandbits(1) for _ in range(n)] for _ in range(5)]
+    rows.append([1] * n)  # all plain: the total itself
+    rows.append([0] * n)  # all inverted
+    rows.append([1] * 3 + [0] * (n - 3))  # few plain bits
+    expected, got, shared, outs = rtl_channels(n, rows, pipeline=pipeline)
+    assert shared, "the second and later channels must share the total"
+    assert len(got) > 0
+    np.testing.assert_array_equal(got, expected)
+    for s, _ in outs:
+        assert s.shape() == unsigned(6)  # 0..37
+
+
+def test_shared_total_wrong_reference_fails():
+    rows = [[1, 0] * 6, [0, 1] * 6, [1, 1, 0] * 4]
+    with pytest.raises(AssertionError):
+        expected, got, _, _ = rtl_channels(
+            12, rows, pipeline=1,
+            reference=lambda v, row: sum(((v >> i) & 1) == w for i, w in enumerate(row[:-1])))
+        np.testing.assert_array_equal(got, expected)

