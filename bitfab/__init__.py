@@ -5,6 +5,7 @@ The :class:`~bitfab.model.IntegerModel` is the contract: ``bitfab.quant`` writes
 """
 
 from .errors import BitfabError, ModelFormatError, ModelRangeError, ToolError, VerificationError
+from .lstm import Lstm  # registers the lstm layer kind, so IntegerModel.load reads it
 from .model import (
     Binary,
     Dense,
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BitfabError", "ModelFormatError", "ModelRangeError", "ToolError", "VerificationError",
     "IntegerModel", "Dense", "InputFormat", "Binary", "Ternary", "Pow2", "Lut", "IntWeights",
-    "Threshold", "Requant", "NoOutput", "load",
+    "Threshold", "Requant", "NoOutput", "Lstm", "load",
 ]
 
 
