@@ -97,6 +97,6 @@ def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dic
         cmd += ["--pcf-allow-unconstrained"]
     _run(cmd, workdir, f"{vfile.stem}.{device}.nextpnr.log")
     data = json.loads((workdir / report).read_text())
-    fmax = {re.sub(r"\$.*", "", k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
+    fmax = {re.sub(r"^.*\$", "", k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
     util = {k: v["used"] for k, v in data["utilization"].items() if v["used"]}
     return {"fmax_mhz": fmax, "utilization": util}
