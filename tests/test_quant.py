@@ -278,6 +278,20 @@ def test_twobit_stages():
     np.testing.assert_array_equal(w.grad.numpy(), np.ones(w.shape, dtype=np.float32))
 
 
+@pytest.mark.parametrize("make", [
+    lambda s: Pow2Weight(s), lambda s: LutQWeight(s, K=4), lambda s: IntWeight(s, bits=4),
+    lambda s: TernaryWeight(s), lambda s: TwoBitWeight(s),
+])
+def test_identity_straight_through(make):
+    w = _w(10).requires_grad_()
+    q = make(w.shape)
+    q.init_(w)
+    q.set_progress(1.0, w)  # two-bit: the hard stage
+    g = torch.randn(w.shape, generator=torch.Generator().manual_seed(11))
+    q(w).backward(g)
+    np.testing.assert_array_equal(w.grad.numpy(), g.numpy())
+
+
 def test_int_weight_range():
     w = _w(9)
     w_int, alpha, enc = IntWeight(w.shape, bits=3).integer(w)
