@@ -1,9 +1,24 @@
 """Adder trees and popcounts: ``sum(terms) - sum(negated) + const`` as pipelined hardware.
 
 Every datapath in :mod:`bitfab.hw` ends in a multi-operand sum (a popcount of XNOR bits, an
-add/subtract/skip of inputs, a shift-add of shifted inputs). :func:`sum_terms` builds that sum as
-a balanced tree of two-input adders, each sized to the exact range of its operands, with an
-optional register stage after every ``pipeline`` adder levels.
+add/subtract/skip of inputs, a shift-add of shifted inputs). :func:`sum_terms` builds it so that
+synthesis keeps its structure and maps it near the iCE40 bound (one LUT4 + carry cell removes one
+bit), where yosys would merge a plain ``sum()`` into one ``$macc`` at ~1.9 LUT4 per input bit:
+
+- 1-bit terms are packed three at a time into full adders (LUT logic, where inverting an input
+  is free, so XNOR bits with constant weights cost nothing extra);
+- the rest is a tree of carry-chain adders, pairing nodes of similar range level by level; each
+  adder takes one more 1-bit term as its carry-in, so a level of ``k``-bit adders consumes
+  ``2k + 1`` bits with ``k`` LUT4s;
+- every intermediate sum carries a ``keep`` attribute, which stops yosys's ``alumacc`` from
+  merging the adders back into one ``$macc``;
+- a register stage after every ``pipeline`` levels (registers load only where ``en`` is 1);
+- sums over the same input bits in one module (the channels of a binary layer: ``x_i`` or
+  ``~x_i`` of one input vector) share the total ``T = sum(x_i)``: a channel then counts only the
+  smaller of its plain and inverted bits ``P``/``N`` and returns ``2 sum(P) - T + |N|`` or
+  ``T - 2 sum(N) + |N|``, about half the adders.
+
+Measured by ``bench/hw_area.py``; the numbers are in the README ("Area and Fmax").
 
 The public interface (shared with the datapath generators, which only call it):
 
@@ -142,8 +157,18 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
         A signal whose shape holds every reachable value exactly (signed if any reachable value is
         negative); ``Const(const)`` for an empty sum.
     latency : int
-        The number of register stages between the terms and ``result``
-        (``ceil(ceil(log2(n)) / K)`` for ``n`` non-empty operands, ``0`` when ``K == 0``).
+        The number of register stages between the terms and ``result``: ``0`` when ``K == 0``,
+        else ``ceil(levels / K)`` with ``levels`` the depth of the tree (about
+        ``ceil(log2(n))`` for ``n`` terms; :func:`tree_latency` for a popcount), plus one for
+        a sum built over a shared total (the combining adder). Sums in one module may differ
+        by a stage: callers use the value returned here.
+
+    Notes
+    -----
+    A sum over at least 8 distinct bits (1-bit signals or signal slices, plain or inverted)
+    whose bit set was already summed in ``m`` (same ``pipeline``, ``en`` and ``domain``) is
+    built over a total shared with the earlier sums; the first such sum is built as a plain
+    tree. The result is the same function either way.
 
     Raises
     ------
