@@ -349,8 +349,15 @@ class Resize(wiring.Component):
         self._n, self._in_bits, self._out_bits, self._signed = n, in_bits, out_bits, signed
         super().__init__(layer_signature(in_bits, n, out_bits, n))
 
-    latency = 0
-    initiation_interval = 1
+    @property
+    def latency(self) -> int:
+        """0: combinational (the payload is re-encoded by wiring and sign extension)."""
+        return 0
+
+    @property
+    def initiation_interval(self) -> int:
+        """1: a vector every clock."""
+        return 1
 
     def elaborate(self, platform):
         m = Module()
