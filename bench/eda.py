@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +77,12 @@ def synth(vfile: Path, family: str = "ice40", extra: str = "") -> dict:
     return {k: int(v) for k, v in sorted(cells.items())}
 
 
+def _clock_name(net: str) -> str:
+    """``clk$SB_IO_IN_$glb_clk`` (iCE40), ``$glbnet$clk$TRELLIS_IO_IN`` (ECP5) -> ``clk``."""
+    parts = [p for p in net.split("$") if p and p != "glbnet"]
+    return parts[0] if parts else net
+
+
 def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dict:
     """Place and route the netlist of :func:`synth` on ``device``; return Fmax and cell use.
 
@@ -97,6 +102,6 @@ def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dic
         cmd += ["--pcf-allow-unconstrained"]
     _run(cmd, workdir, f"{vfile.stem}.{device}.nextpnr.log")
     data = json.loads((workdir / report).read_text())
-    fmax = {re.sub(r"^.*\$", "", k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
+    fmax = {_clock_name(k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
     util = {k: v["used"] for k, v in data["utilization"].items() if v["used"]}
     return {"fmax_mhz": fmax, "utilization": util}
