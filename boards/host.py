@@ -1,0 +1,168 @@
+"""The host side of ``bitfab board run``: stream input vectors to a board, read its results.
+
+A :class:`Transport` moves bytes; :class:`SerialTransport` is a real serial port (pyserial),
+:class:`bitfab.boards.simboard.SimTransport` the board top-level in simulation. :class:`BoardClient`
+speaks :mod:`bitfab.boards.protocol` over either, so the bytes a simulated board sees are the
+bytes a real one would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from bitfab.hw.packing import pack, unpack
+from bitfab.model import IntegerModel
+
+from .protocol import (
+    TYPE_ERROR,
+    TYPE_INPUT,
+    TYPE_RESULT,
+    Frame,
+    FrameParser,
+    ProtocolError,
+    encode_frame,
+    payload_from_bytes,
+    payload_to_bytes,
+    vector_bytes,
+)
+
+__all__ = ["Transport", "SerialTransport", "BoardClient", "RunResult"]
+
+
+class Transport(Protocol):
+    """Moves bytes to and from a board."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``."""
+
+    def read(self, n: int) -> bytes:
+        """Return up to ``n`` received bytes, waiting at most the transport's timeout; fewer (or
+        none) means nothing more came in time."""
+
+    def close(self) -> None:
+        """Release the transport."""
+
+
+class SerialTransport:
+    """A serial port (``/dev/ttyUSB1``, ``COM3``) at ``baud``, 8N1, opened with pyserial."""
+
+    def __init__(self, port: str, baud: int = 115200, timeout: float = 2.0):
+        import serial
+        try:
+            self._port = serial.Serial(port, baud, timeout=timeout)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise ProtocolError(f"cannot open serial port {port}: {exc}") from None
+
+    def write(self, data: bytes) -> None:
+        self._port.write(data)
+
+    def read(self, n: int) -> bytes:
+        return self._port.read(n)
+
+    def close(self) -> None:
+        self._port.close()
+
+
+class RunResult:
+    """What :meth:`BoardClient.run` measured: the outputs (values) and the throughput."""
+
+    def __init__(self, outputs: np.ndarray, seconds: float, bytes_sent: int,
+                 bytes_received: int):
+        self.outputs = outputs
+        self.seconds = seconds
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+
+    @property
+    def vectors_per_s(self) -> float:
+        return len(self.outputs) / self.seconds if self.seconds > 0 else 0.0
+
+
+class BoardClient:
+    """Run a model's input vectors on a board over a transport.
+
+    Parameters
+    ----------
+    transport : Transport
+    model : IntegerModel
+        The model the board was built from (it fixes the frame sizes and the value formats).
+    window : int
+        Frames in flight before the client waits for a result (the board holds one vector while
+        the network computes another; more than two risks an overrun on a slow network).
+    """
+
+    def __init__(self, transport: Transport, model: IntegerModel, window: int = 2):
+        if not isinstance(model, IntegerModel):
+            raise ProtocolError(f"model must be an IntegerModel, not {type(model).__name__}")
+        if window < 1:
+            raise ProtocolError(f"window must be at least 1, not {window!r}")
+        self._t = transport
+        self._model = model
+        self._window = window
+        first, last = model.layers[0], model.layers[-1]
+        self.in_format, self.out_format = first.input, last.out_format
+        self.n_in, self.n_out = first.in_features, last.out_features
+        self.in_bytes = vector_bytes(self.n_in, self.in_format.bits)
+        self.out_bytes = vector_bytes(self.n_out, self.out_format.bits)
+        self._parser = FrameParser()
+        self._frames: list[Frame] = []
+        self.sent = 0
+        self.received = 0
+
+    def frame_of(self, x) -> bytes:
+        """Return the input frame of one vector of values."""
+        (payload,) = pack(np.asarray(x)[None, :], self.in_format)
+        return encode_frame(TYPE_INPUT, payload_to_bytes(payload, self.in_bytes))
+
+    def send(self, frame: bytes) -> None:
+        """Send raw frame bytes (a test may send a corrupted one)."""
+        self._t.write(frame)
+        self.sent += len(frame)
+
+    def receive(self) -> Frame:
+        """Return the next frame from the board; raise :class:`ProtocolError` if none comes."""
+        while not self._frames:
+            data = self._t.read(max(1, 5 + self.out_bytes - self._parser.pending))
+            if not data:
+                raise ProtocolError(f"no answer from the board ({self._parser.pending} bytes of "
+                                    f"a frame, {self._parser.skipped} stray bytes received)")
+            self.received += len(data)
+            self._frames += self._parser.feed(data)
+        return self._frames.pop(0)
+
+    def _result(self, frame: Frame, index: int) -> int:
+        if not frame.ok:
+            raise ProtocolError(f"vector {index}: the board's answer has a bad checksum")
+        if frame.kind == TYPE_ERROR:
+            raise ProtocolError(f"vector {index}: the board rejected the frame: {frame.error}")
+        if frame.kind != TYPE_RESULT or len(frame.payload) != self.out_bytes:
+            raise ProtocolError(f"vector {index}: expected a result frame of {self.out_bytes} "
+                                f"bytes, got type 0x{frame.kind:02x} with "
+                                f"{len(frame.payload)} bytes")
+        return payload_from_bytes(frame.payload)
+
+    def run(self, x, progress=None) -> RunResult:
+        """Send every row of ``x`` (values of the first layer's input format); return the last
+        layer's output values, in order. ``progress(done)`` is called after each result."""
+        arr = np.asarray(x)
+        if arr.ndim != 2 or arr.shape[1] != self.n_in:
+            raise ProtocolError(f"inputs must have shape (batch, {self.n_in}), not {arr.shape}")
+        frames = [self.frame_of(row) for row in arr]
+        results = []
+        start = time.perf_counter()
+        sent0, received0 = self.sent, self.received
+        issued = 0
+        while len(results) < len(frames):
+            while issued < len(frames) and issued - len(results) < self._window:
+                self.send(frames[issued])
+                issued += 1
+            results.append(self._result(self.receive(), len(results)))
+            if progress is not None:
+                progress(len(results))
+        seconds = time.perf_counter() - start
+        outputs = unpack(results, self.out_format, self.n_out) if results else \
+            np.zeros((0, self.n_out), dtype=np.int64)
+        return RunResult(outputs, seconds, self.sent - sent0, self.received - received0)

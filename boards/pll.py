@@ -1,0 +1,146 @@
+"""The design clock: the board oscillator, or a PLL (iCE40 SB_PLL40_CORE, ECP5 EHXPLLL).
+
+:func:`plan` picks PLL dividers for a requested frequency (the closest one the PLL can make within
+its VCO and phase-detector ranges); :func:`clock_domain` instantiates it at the top-level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.lib import io
+
+from bitfab.errors import BitfabError
+
+__all__ = ["ClockPlan", "plan", "clock_domain"]
+
+
+@dataclass(frozen=True)
+class ClockPlan:
+    """How the design clock is made.
+
+    Members
+    -------
+    f_in, f_out : float
+        Oscillator and design clock (Hz); equal without a PLL.
+    params : dict or None
+        PLL dividers (None: the oscillator drives the design directly).
+    """
+
+    f_in: float
+    f_out: float
+    params: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"oscillator_mhz": self.f_in / 1e6, "clock_mhz": self.f_out / 1e6,
+                "pll": self.params}
+
+
+def _ice40(f_in: float, f_req: float) -> tuple[float, dict]:
+    # iCE40 sysCLOCK PLL (TN1251 / FPGA-TN-02052): F_PFD = F_in / (DIVR+1) in 10..133 MHz,
+    # F_VCO = F_PFD * (DIVF+1) in 533..1066 MHz (SIMPLE feedback), F_out = F_VCO / 2^DIVQ,
+    # DIVQ 1..6, F_out 16..275 MHz. The same search icepll does.
+    best = None
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divf in range(128):
+            vco = pfd * (divf + 1)
+            if not 533e6 <= vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                f = vco / 2 ** divq
+                if f < 16e6 or f > 275e6:
+                    continue
+                if best is None or abs(f - f_req) < abs(best[0] - f_req):
+                    best = (f, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
+                                "FILTER_RANGE": _ice40_filter(pfd)})
+    if best is None:
+        raise BitfabError(f"the iCE40 PLL cannot make {f_req / 1e6:g} MHz from "
+                          f"{f_in / 1e6:g} MHz")
+    return best
+
+
+def _ice40_filter(pfd: float) -> int:
+    for k, limit in enumerate((17e6, 26e6, 44e6, 66e6, 101e6), start=1):
+        if pfd < limit:
+            return k
+    return 6
+
+
+def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
+    # ECP5 sysCLOCK PLL (FPGA-TN-02200): F_PFD = F_in / CLKI_DIV in 3.125..400 MHz,
+    # F_out = F_PFD * CLKFB_DIV (feedback from CLKOP), F_VCO = F_out * CLKOP_DIV in 400..800 MHz.
+    best = None
+    for clki in range(1, 129):
+        pfd = f_in / clki
+        if not 3.125e6 <= pfd <= 400e6:
+            continue
+        for clkfb in range(1, 81):
+            f = pfd * clkfb
+            if not 3.125e6 <= f <= 400e6:
+                continue
+            for clkop in range(1, 129):
+                if 400e6 <= f * clkop <= 800e6:
+                    break
+            else:
+                continue
+            if best is None or abs(f - f_req) < abs(best[0] - f_req):
+                best = (f, {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop,
+                            "CLKOP_CPHASE": (clkop - 1) // 2})
+    if best is None:
+        raise BitfabError(f"the ECP5 PLL cannot make {f_req / 1e6:g} MHz from {f_in / 1e6:g} MHz")
+    return best
+
+
+def plan(board, clock_hz: float | None) -> ClockPlan:
+    """Return how to clock a design on ``board`` at ``clock_hz`` (None: the oscillator)."""
+    if clock_hz is None or abs(clock_hz - board.clock_hz) < 1:
+        return ClockPlan(board.clock_hz, board.clock_hz)
+    if clock_hz <= 0:
+        raise BitfabError(f"the clock must be a positive frequency, not {clock_hz!r}")
+    search = _ice40 if board.family == "ice40" else _ecp5
+    f, params = search(board.clock_hz, clock_hz)
+    return ClockPlan(board.clock_hz, f, params)
+
+
+def clock_domain(m: Module, platform, board, clock: ClockPlan) -> None:
+    """Add the ``sync`` domain of ``clock`` to ``m`` (the platform makes it from the oscillator
+    when there is no PLL)."""
+    if clock.params is None:
+        return  # the platform's default clock domain: the oscillator, constrained by it
+    m.domains.sync = ClockDomain("sync")
+    pin = platform.request(board.clock, 0, dir="-")
+    m.submodules.clk_buf = buf = io.Buffer("i", pin)
+    locked = Signal()
+    clk = Signal()
+    p = clock.params
+    if board.family == "ice40":
+        m.submodules.pll = Instance(
+            "SB_PLL40_CORE",
+            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+            p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
+            p_FILTER_RANGE=p["FILTER_RANGE"],
+            i_REFERENCECLK=buf.i, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+    else:
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=f"{clock.f_in / 1e6:g}",
+            a_FREQUENCY_PIN_CLKOP=f"{clock.f_out / 1e6:g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+            p_CLKOP_ENABLE="ENABLED", p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"],
+            p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+            i_CLKI=buf.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
+            i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+            o_CLKOP=clk, o_LOCK=locked)
+    # hold the design in reset until the PLL locks
+    m.d.comb += [ClockSignal("sync").eq(clk), ResetSignal("sync").eq(~locked)]
+    platform.add_clock_constraint(clk, clock.f_out)

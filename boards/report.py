@@ -1,0 +1,133 @@
+"""The build report: resources used and available, Fmax per clock, timing verdict, tools, times.
+
+:func:`yosys_counts` reads yosys ``stat -json``; :func:`build_report` merges it with nextpnr's
+``--report`` JSON into the object ``report.json`` holds and ``bitfab synth --json`` prints;
+:func:`report_table` renders it for people.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["yosys_counts", "build_report", "report_table"]
+
+# cell types per resource (yosys techmap names)
+_CELLS = {
+    "ice40": {
+        "luts": ("SB_LUT4",), "carry": ("SB_CARRY",),
+        "bram": ("SB_RAM40_4K", "SB_RAM40_4KNR", "SB_RAM40_4KNW", "SB_RAM40_4KNRNW"),
+        "spram": ("SB_SPRAM256KA",), "dsp": ("SB_MAC16",),
+    },
+    "ecp5": {
+        "luts": ("LUT4",), "carry": ("CCU2C",), "bram": ("DP16KD", "PDPW16KD"),
+        "spram": (), "dsp": ("MULT18X18D",), "distributed_ram": ("TRELLIS_DPR16X4",),
+    },
+}
+
+# nextpnr utilization entries: (report name, what it counts)
+_PNR = {
+    "ice40": {"logic_cells": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM",
+              "dsp": "ICESTORM_DSP", "pll": "ICESTORM_PLL", "io": "SB_IO"},
+    "ecp5": {"logic_cells": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD",
+             "dsp": "MULT18X18D", "pll": "EHXPLLL", "io": "TRELLIS_IO"},
+}
+
+
+def yosys_counts(stat: dict, board) -> dict:
+    """Return ``luts``, ``ffs``, ``carry``, ``bram``, ``spram``, ``dsp`` (and ``distributed_ram``
+    on ECP5) from a yosys ``stat -json`` object."""
+    cells = stat.get("design", stat).get("num_cells_by_type", {})
+    table = _CELLS[board.family]
+    out = {k: sum(int(cells.get(c, 0)) for c in names) for k, names in table.items()}
+    ff_prefix = "SB_DFF" if board.family == "ice40" else "TRELLIS_FF"
+    out["ffs"] = sum(int(n) for c, n in cells.items() if c.startswith(ff_prefix))
+    return out
+
+
+def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path,
+                 flow, seed, versions, wall_s, times, network, frame_bytes) -> dict:
+    """Return the report object of a finished build."""
+    from bitfab.hw.layer import network_configs
+    limits = board.limits
+    util = pnr.get("utilization", {})
+
+    def pnr_used(key):
+        name = _PNR[board.family].get(key)
+        entry = util.get(name) if name else None
+        return (entry["used"], entry["available"]) if entry else (None, None)
+
+    lc_used, lc_avail = pnr_used("logic_cells")
+    resources = {
+        "lut4": {"used": counts["luts"], "available": limits.luts},
+        "logic_cells": {"used": lc_used, "available": lc_avail},
+        "ff": {"used": counts["ffs"], "available": limits.ffs},
+        "carry": {"used": counts["carry"], "available": None},
+        "bram": {"used": pnr_used("bram")[0] if pnr_used("bram")[0] is not None
+                 else counts["bram"], "available": limits.bram},
+        "spram": {"used": counts["spram"], "available": limits.spram},
+        "dsp": {"used": counts["dsp"], "available": limits.dsp},
+    }
+    if "distributed_ram" in counts:
+        resources["distributed_ram"] = {"used": counts["distributed_ram"], "available": None}
+    clocks = []
+    for name, f in sorted(pnr.get("fmax", {}).items()):
+        achieved, constraint = float(f["achieved"]), float(f["constraint"])
+        clocks.append({
+            "clock": name, "fmax_mhz": round(achieved, 2), "constraint_mhz": round(constraint, 3),
+            "slack_ns": round(1e3 / constraint - 1e3 / achieved, 3),
+            "met": achieved >= constraint,
+        })
+    met = all(c["met"] for c in clocks)
+    worst = min(clocks, key=lambda c: c["fmax_mhz"] / c["constraint_mhz"]) if clocks else None
+    if worst is None:
+        verdict = "no clock constraint reported"
+    elif met:
+        verdict = (f"met: {worst['fmax_mhz']:.1f} MHz achieved for {worst['constraint_mhz']:g} "
+                   f"MHz ({worst['slack_ns']:+.2f} ns slack)")
+    else:
+        verdict = (f"FAILED by {worst['constraint_mhz'] - worst['fmax_mhz']:.1f} MHz "
+                   f"({-worst['slack_ns']:.2f} ns) on {worst['clock']}: "
+                   f"{worst['fmax_mhz']:.1f} MHz achieved, {worst['constraint_mhz']:g} MHz "
+                   f"needed; lower --clock or raise --pipeline")
+    in_bytes, out_bytes = frame_bytes
+    configs = network_configs(model, fold, pipeline)
+    return {
+        "board": board.name, "board_title": board.title, "device": board.device,
+        "family": board.family,
+        "model": model.name, "fingerprint": model.fingerprint(),
+        "fold": list(fold) if fold else None, "pipeline": pipeline,
+        "layers": [{"architecture": c.architecture, "pe": c.pe, "simd": c.simd,
+                    "datapath": c.kind, "in": c.in_features, "out": c.out_features,
+                    "initiation_interval": c.initiation_interval} for c in configs],
+        "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
+        "resources": resources,
+        "clock": clock.to_json(),
+        "clocks": clocks,
+        "fmax_mhz": worst["fmax_mhz"] if worst else None,
+        "timing_met": met, "timing": verdict,
+        "uart": {"baud": baud, "frame_in_bytes": in_bytes + 5, "frame_out_bytes": out_bytes + 5,
+                 "vectors_per_s": round(baud / 10 / (in_bytes + 5), 1)},
+        "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
+        "yosys_flow": flow, "seed": seed, "tools": versions,
+        "wall_s": round(wall_s, 2), "stage_s": {k: round(v, 2) for k, v in times.items()},
+    }
+
+
+def report_table(report: dict):
+    """Return a rich table of a report (resources, then timing)."""
+    from rich.table import Table
+    fold = report["fold"]
+    table = Table(title=f"bitfab synth — {report['model']} on {report['board_title']} "
+                        f"(fold {'x'.join(map(str, fold)) if fold else 'unrolled'})")
+    for col in ("resource", "used", "available", "use"):
+        table.add_column(col, justify="left" if col == "resource" else "right")
+    for name, r in report["resources"].items():
+        used, avail = r["used"], r["available"]
+        pct = f"{100 * used / avail:.1f} %" if used is not None and avail else "-"
+        table.add_row(name, "-" if used is None else str(used),
+                      "-" if avail is None else str(avail), pct)
+    for c in report["clocks"]:
+        colour = "green" if c["met"] else "red"
+        table.add_row(f"Fmax {c['clock']}", f"[{colour}]{c['fmax_mhz']:.1f} MHz[/]",
+                      f"{c['constraint_mhz']:g} MHz", f"{c['slack_ns']:+.2f} ns")
+    return table

@@ -1,0 +1,180 @@
+"""The board top-level: UART -> frame receiver -> input packer -> network -> output unpacker ->
+frame transmitter -> UART, and a status LED.
+
+:class:`SerialNetwork` is the whole design behind the pins (what the simulated board runs);
+:class:`BoardTop` puts it on a board: pins through ``io.Buffer``, the clock domain from the board
+oscillator or a PLL (:mod:`bitfab.boards.pll`).
+"""
+
+
+from amaranth.hdl import Elaboratable, Module, Shape, Signal, Value
+from amaranth.lib import io, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .framing import FrameReceiver, FrameTransmitter
+from .protocol import vector_bytes
+from .uart import UARTRx, UARTTx
+
+__all__ = ["Repack", "SerialNetwork", "BoardTop"]
+
+
+class Repack(wiring.Component):
+    """Pass a stream through, zero-extending or truncating its payload to another shape (the
+    input packer and output unpacker: frame bytes <-> a network's element array)."""
+
+    def __init__(self, in_shape, out_shape):
+        super().__init__({
+            "i": In(stream.Signature(in_shape)),
+            "o": Out(stream.Signature(out_shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [
+            Value.cast(self.o.payload).eq(Value.cast(self.i.payload)),
+            self.o.valid.eq(self.i.valid),
+            self.i.ready.eq(self.o.ready),
+        ]
+        return m
+
+
+def _stream_shape(component, name: str):
+    return component.signature.members[name].signature.members["payload"].shape
+
+
+class SerialNetwork(wiring.Component):
+    """A network behind a UART speaking the :mod:`bitfab.boards.protocol` frames.
+
+    Parameters
+    ----------
+    network : wiring.Component
+        A component with an ``i`` and an ``o`` stream (:class:`bitfab.hw.layer.Network` or a
+        layer), whose payloads are element arrays.
+    divisor : int
+        Clocks per UART bit.
+    heartbeat_bits : int
+        The LED blinks with counter bit ``heartbeat_bits - 1`` (23 at 12 MHz: every 0.7 s).
+
+    Members
+    -------
+    rx : In(1)
+    tx : Out(1)
+    led : Out(1)
+        The heartbeat, inverted for a while after every result frame (activity) and held on
+        after a rejected frame until the next good one.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    led: Out(1)
+
+    def __init__(self, network, divisor: int, heartbeat_bits: int = 23):
+        self._network = network
+        in_shape = _stream_shape(network, "i")
+        out_shape = _stream_shape(network, "o")
+        in_bits = Shape.cast(in_shape).width
+        out_bits = Shape.cast(out_shape).width
+        self._in_bytes = vector_bytes(in_bits, 1)
+        self._out_bytes = vector_bytes(out_bits, 1)
+        self._divisor = divisor
+        self._heartbeat = heartbeat_bits
+        self._uart_rx = UARTRx(divisor)
+        self._uart_tx = UARTTx(divisor)
+        self._frx = FrameReceiver(self._in_bytes)
+        self._ftx = FrameTransmitter(self._out_bytes)
+        self._pack = Repack(8 * self._in_bytes, in_shape)
+        self._unpack = Repack(out_shape, 8 * self._out_bytes)
+        super().__init__()
+
+    @property
+    def network(self):
+        return self._network
+
+    @property
+    def in_bytes(self) -> int:
+        """Payload bytes of an input frame: ``ceil(n_in * in_bits / 8)``."""
+        return self._in_bytes
+
+    @property
+    def out_bytes(self) -> int:
+        """Payload bytes of a result frame: ``ceil(n_out * out_bits / 8)``."""
+        return self._out_bytes
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = self._uart_rx
+        m.submodules.uart_tx = self._uart_tx
+        m.submodules.frame_rx = self._frx
+        m.submodules.frame_tx = self._ftx
+        m.submodules.pack = self._pack
+        m.submodules.unpack = self._unpack
+        m.submodules.network = self._network
+        m.d.comb += [self._uart_rx.rx.eq(self.rx), self.tx.eq(self._uart_tx.tx)]
+        wiring.connect(m, self._uart_rx.o, self._frx.i)
+        wiring.connect(m, self._frx.o, self._pack.i)
+        wiring.connect(m, self._pack.o, self._network.i)
+        wiring.connect(m, self._network.o, self._unpack.i)
+        wiring.connect(m, self._unpack.o, self._ftx.i)
+        wiring.connect(m, self._frx.err, self._ftx.err)
+        wiring.connect(m, self._ftx.o, self._uart_tx.i)
+
+        beat = Signal(self._heartbeat)
+        m.d.sync += beat.eq(beat + 1)
+        activity = Signal(max(self._heartbeat - 3, 1))
+        failed = Signal()
+        with m.If(self._ftx.i.valid & self._ftx.i.ready):
+            m.d.sync += [activity.eq(~0), failed.eq(0)]
+        with m.Elif(activity != 0):
+            m.d.sync += activity.eq(activity - 1)
+        with m.If(self._ftx.err.valid & self._ftx.err.ready):
+            m.d.sync += failed.eq(1)
+        m.d.comb += self.led.eq(failed | (beat[-1] ^ (activity != 0)))
+        return m
+
+
+class BoardTop(Elaboratable):
+    """Put a :class:`SerialNetwork` on a board.
+
+    Parameters
+    ----------
+    board : bitfab.boards.targets.Board
+        The board (platform, UART and LED resources).
+    network : wiring.Component
+        The network.
+    clock_hz : float or None
+        The design clock: None runs on the board oscillator, a frequency makes a PLL
+        (:func:`bitfab.boards.pll.clock_domain`).
+    baud : int
+        UART rate.
+    """
+
+    def __init__(self, board, network, clock_hz: float | None = None, baud: int = 115200):
+        from .pll import plan
+        from .uart import uart_divisor
+        self._board = board
+        self._plan = plan(board, clock_hz)
+        self.clock_hz = self._plan.f_out
+        self.core = SerialNetwork(network, uart_divisor(self.clock_hz, baud),
+                                  heartbeat_bits=max(8, int(self.clock_hz).bit_length() - 1))
+
+    def elaborate(self, platform):
+        from .pll import clock_domain
+        m = Module()
+        clock_domain(m, platform, self._board, self._plan)
+        m.submodules.core = self.core
+        uart = platform.request(self._board.uart, 0, dir={"rx": "-", "tx": "-"})
+        m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [self.core.rx.eq(rx.i), tx.o.eq(self.core.tx)]
+        name, _, part = self._board.led.partition(".")
+        if part:  # one colour of an RGB LED
+            led = getattr(platform.request(name, 0, dir={c: "-" for c in "rgb"}), part)
+        else:
+            led = platform.request(name, 0, dir="-")
+        m.submodules.led_buf = led_buf = io.Buffer("o", led)
+        m.d.comb += led_buf.o.eq(self.core.led)
+        for name in self._board.drive_high:
+            pin = platform.request(name, 0, dir="-")
+            m.submodules[f"{name}_buf"] = buf = io.Buffer("o", pin)
+            m.d.comb += buf.o.eq(1)
+        return m
