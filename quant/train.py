@@ -194,7 +194,7 @@ def _hidden(text: str | None) -> tuple:
 
 
 @click.command()
-@click.option("--recipe", required=True, type=click.Choice(sorted(RECIPES)),
+@click.option("--recipe", required=True, type=click.Choice(sorted(RECIPES) + ["lstm-gates"]),
               help="Quantization method.")
 @click.option("--dataset", default="digits", show_default=True,
               help="digits, mnist1d or idx:DIR (MNIST-format IDX files).")
@@ -226,6 +226,11 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     # one thread by default: these small matmuls gain little from more, and on a shared machine
     # two threads were measured 20x slower than one
     torch.set_num_threads(threads or 1)
+    if recipe == "lstm-gates":  # sequence models: bitfab.quant.lstm_train
+        from .lstm_train import train_lstm
+        train_lstm(dataset, out, epochs, seed, (_hidden(hidden) or (None,))[0],
+                   {"lr": lr, **_options(options)}, limit, reference, as_json)
+        return
     small = dataset in ("digits", "mnist1d")
     config = TrainConfig(recipe, dataset, _hidden(hidden), act_bits,
                          epochs or (30 if small else 10), batch_size or (64 if small else 128),

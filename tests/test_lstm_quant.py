@@ -1,0 +1,151 @@
+"""quant/ LSTM: gate quantizer, export, torch integer eval == golden model, F1, the recipe."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bitfab.cli import main
+from bitfab.errors import BitfabError
+from bitfab.model import InputFormat, IntegerModel
+from bitfab.quant.lstm import (
+    QuantLstm,
+    fake_fixed,
+    gate_quant,
+    integer_lstm,
+    reverse_padded,
+)
+from bitfab.quant.lstm_data import entities, entity_f1, load_ner, parse_conll
+from bitfab.quant.lstm_train import (
+    LstmConfig,
+    fit_lstm,
+    integer_forward,
+    ner_inputs,
+)
+from bitfab.sim.lstm import execute_sequences, lstm_layer
+
+
+def test_gate_quant_values_and_gradient():
+    z = torch.linspace(-6, 6, 1001, requires_grad=True)
+    q = gate_quant(z)
+    assert set(q.tolist()) == {0.0, 0.5, 1.0}
+    # the two thresholds on the pre-activation: -ln 3 and +ln 3
+    expected = (z.detach() >= -np.log(3)).float() / 2 + (z.detach() >= np.log(3)).float() / 2
+    np.testing.assert_array_equal(q.detach().numpy(), expected.numpy())
+    q.sum().backward()
+    s = torch.sigmoid(z.detach())
+    np.testing.assert_array_equal(z.grad.numpy(), (s * (1 - s)).numpy())
+    assert z.grad.min() > 0  # the straight-through gradient passes everywhere
+
+
+def test_fake_fixed_and_reverse():
+    x = torch.tensor([0.3, -2.0, 0.999, 0.0625], requires_grad=True)
+    y = fake_fixed(x, 4)
+    assert y.tolist() == [0.25, -1.0, 0.875, 0.125]  # half-up: 0.0625 * 8 = 0.5 -> 1
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0] * 4
+    seq = torch.arange(8).reshape(2, 4, 1)
+    out = reverse_padded(seq, torch.tensor([4, 2]))
+    assert out[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+
+
+@pytest.mark.parametrize("weights,directions,output", [
+    ("ternary", 2, "sequence"), ("pow2", 1, "last"), ("int8", 2, "last")])
+def test_integer_eval_equals_golden(weights, directions, output):
+    torch.manual_seed(0)
+    lstm = QuantLstm(6, 9, directions, True, weights, hidden_bits=6, output=output)
+    with torch.no_grad():
+        lstm.weight.mul_(4)  # big weights: every gate code and table end occurs
+        lstm.bias.normal_(0, 1)
+    layer = lstm.to_integer(InputFormat.int(6, signed=True), cell_bits=12, table_bits=(6, 5),
+                            max_length=20)
+    rng = np.random.default_rng(1)
+    x = rng.integers(-32, 32, (40, 20, 6))
+    lengths = rng.integers(1, 21, 40)
+    golden, hs, cs = lstm_layer(layer, x, lengths)
+    np.testing.assert_array_equal(integer_lstm(layer, x, lengths).numpy(), golden)
+    gates = np.concatenate([c.ravel() for c in cs])
+    assert gates.min() == layer.cell_range[0] or gates.max() == layer.cell_range[1] \
+        or np.abs(gates).max() > 0
+    # a deliberately wrong reference fails
+    wrong = layer.replace(cell_table=np.roll(layer.cell_table, 1, axis=1))
+    assert not np.array_equal(integer_lstm(wrong, x, lengths).numpy(), golden)
+
+
+def test_float_gates_do_not_export():
+    lstm = QuantLstm(3, 4, 1, True, "float")
+    with pytest.raises(BitfabError, match="gate weights 'float' have no integer form"):
+        lstm.to_integer(InputFormat.int(8, signed=True))
+    with pytest.raises(BitfabError, match="lstm weights must be one of"):
+        QuantLstm(3, 4, 1, True, "binary")
+
+
+def test_entities_and_f1_by_hand():
+    assert entities(["B-a", "I-a", "I-b", "O", "B-a"]) == {("a", 0, 2), ("b", 2, 3), ("a", 4, 5)}
+    true = [["B-per", "I-per", "O", "B-loc"], ["O", "B-org"]]
+    pred = [["B-per", "I-per", "O", "B-org"], ["O", "B-org"]]
+    # true: per(0,2), loc(3,4), org(1,2); pred: per, org(3,4), org(1,2): tp 2, P 2/3, R 2/3
+    assert entity_f1(true, pred) == pytest.approx(2 / 3, abs=0, rel=1e-12)
+    assert entity_f1([["O"]], [["O"]]) == 0.0
+    pred = [["B-per", "B-per", "O", "B-loc"], ["O", "I-org"]]
+    # per(0,1), per(1,2), loc, org(1,2) (I- starts a chunk): tp 2 (loc, org), P 2/4, R 2/3
+    assert entity_f1(true, pred) == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3), rel=1e-12)
+    seqeval = pytest.importorskip("seqeval.metrics")
+    assert entity_f1(true, pred) == pytest.approx(seqeval.f1_score(true, pred), rel=1e-12)
+
+
+def test_ner_corpus():
+    data = load_ner(0)
+    assert len(data.words) == 2394
+    types = {t.split("-", 1)[1] for t in data.tag_names if t != "O"}
+    assert len(types) == 10
+    assert len(data.train) + len(data.test) == 2394
+    assert max(len(w) for w in data.words) <= 64
+    assert parse_conll("a\tO\nB\tB-x\n \t\nc\tO\n") == [(["a", "B"], ["O", "B-x"]), (["c"], ["O"])]
+    with pytest.raises(BitfabError, match="is not 'word<TAB>tag'"):
+        parse_conll("a O\n")
+
+
+@pytest.mark.train
+def test_ner_export_bit_exact_on_real_sentences(tmp_path):
+    data = load_ner(0)
+    config = LstmConfig("ner", True, "ternary", hidden=8, epochs=1, limit=150)
+    result = fit_lstm(config, data)
+    model = result.model
+    model.save(tmp_path / "ner.bfm")
+    model = IntegerModel.load(tmp_path / "ner.bfm")
+    words, shapes, _, lengths = data.batch(data.test[:60])
+    x = ner_inputs(model, words, shapes)
+    h, logits = integer_forward(model, x, lengths)
+    trace = execute_sequences(model, x, lengths)
+    np.testing.assert_array_equal(trace.outputs[0], h.numpy())
+    np.testing.assert_array_equal(trace.output, logits.numpy())
+    assert 0.0 <= result.score <= 1.0
+
+
+@pytest.mark.train
+def test_digits_rows_train_and_cli(tmp_path):
+    out = tmp_path / "digits.bfm"
+    res = CliRunner().invoke(main, ["train", "--recipe", "lstm-gates", "--dataset", "digits",
+                                    "--epochs", "3", "--hidden", "16", "--limit", "600",
+                                    "--option", "weights=pow2", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["score"] > 0.5 and summary["float_score"] > 0.5
+    assert summary["delta_points"] == pytest.approx(
+        100 * (summary["score"] - summary["float_score"]))
+    model = IntegerModel.load(out)
+    from bitfab.quant.lstm_data import row_sequences
+    _, _, x_test, y_test, steps, _ = row_sequences("digits", 0)
+    lengths = np.full(len(x_test), steps)
+    golden = execute_sequences(model, x_test, lengths).output
+    np.testing.assert_array_equal(golden, integer_forward(model, x_test, lengths)[1].numpy())
+    assert np.mean(golden.argmax(1) == y_test) == pytest.approx(summary["score"], abs=0)
+
+
+def test_recipe_bad_options():
+    res = CliRunner().invoke(main, ["train", "--recipe", "lstm-gates", "--option", "K=3"])
+    assert isinstance(res.exception, BitfabError)  # bitfab.cli.run prints it on one line
+    assert "recipe 'lstm-gates' takes options weights" in str(res.exception)
