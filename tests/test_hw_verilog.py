@@ -140,3 +140,23 @@ def test_yosys_reads_back_every_encoding_and_architecture(tmp_path):
     bad = subprocess.run([tool, "-q", "-p", "read_verilog broken.v; hierarchy -check -top broken"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert bad.returncode != 0
+
+
+@pytest.mark.synth
+@pytest.mark.slow
+def test_folded_weights_land_in_block_ram(tmp_path):
+    """synth_ice40 maps a folded weight memory (here 128 words x 128 bits) to SB_RAM40_4K (EBR).
+
+    (yosys turns a small read-only memory into logic instead, which is its choice to make.)
+    """
+    tool = yosys()
+    layer = random_dense(np.random.default_rng(3), 256, 64, "binary", None, "threshold")
+    facts = generate(IntegerModel((layer,), name="folded"), tmp_path, layer=0, fold=(4, 32),
+                     pipeline=1)
+    script = (f"read_verilog {facts['verilog']}; synth_ice40 -top {facts['top']}; "
+              "tee -o stat.txt stat")
+    proc = subprocess.run([tool, "-q", "-p", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stat = (tmp_path / "stat.txt").read_text()
+    assert re.search(r"\d+\s+SB_RAM40_4K", stat), stat
