@@ -27,6 +27,7 @@ from bitfab.model import (
     Lut,
     NoOutput,
     Pow2,
+    Requant,
     Ternary,
     Threshold,
 )
@@ -254,3 +255,26 @@ class _Faulty(wiring.Component):
 def test_the_stream_checker_catches_lost_and_duplicated_vectors(mode, message):
     with pytest.raises(VerificationError, match=message):
         run_stream(_Faulty(mode), [1, 2, 3], max_cycles=200 if mode == "swallow" else None)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("case", ["negative_multiplier", "one_entry_lut", "zero_lut",
+                                  "int_min_weights_bipolar"])
+def test_corner_encodings_and_stages(arch, case):
+    rng = np.random.default_rng(9)
+    fmt = InputFormat.int(4, signed=True)
+    if case == "negative_multiplier":
+        layer = random_dense(rng, 6, 3, "ternary", fmt, "none")
+        layer = layer.replace(output=Requant(np.array([-3, 5, -1]), 2, 3, signed=False,
+                                             rounding="half_up"))
+    elif case == "one_entry_lut":
+        layer = Dense(np.full((3, 6), 3), Lut((3,)), fmt, NoOutput())
+    elif case == "zero_lut":
+        layer = Dense(np.zeros((3, 6), dtype=np.int64), Lut((0,)), fmt,
+                      Threshold(np.array([[0], [1], [-1]])))
+    else:
+        w = rng.choice(np.array([-8, 7, -1, 0]), size=(3, 6))
+        fmt = InputFormat.bipolar()
+        layer = Dense(w, IntWeights(4), fmt, NoOutput(), np.array([1, -2, 0]))
+    cfg = LayerConfig.unrolled(layer, 1) if arch == "unrolled" else LayerConfig.folded(layer, 2, 3)
+    check(cfg, random_inputs(rng, fmt, 5, 6), stall=0.2)
