@@ -130,3 +130,24 @@ def test_amaranth_simulator_through_the_same_command(tmp_path):
     r = simulate_model(tmp_path / "am.bfm", simulator="amaranth", vectors=60, stall=0.3)
     assert (r.simulator, r.vectors, r.mismatches) == ("amaranth", 60, 0)
     assert r.cycles >= 60
+
+
+@pytest.mark.train
+def test_trained_model_on_its_real_test_inputs(tmp_path):
+    """A network trained by quant/ on digits, simulated on its test split, equals the golden
+    model (and hence, by quant's own tests, the torch reference) on every image."""
+    torch = pytest.importorskip("torch")
+    from bitfab.quant.data import load_dataset
+    from bitfab.quant.recipes import TrainConfig
+    from bitfab.quant.train import export, fit
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits", 0)
+    result = fit(TrainConfig("ternary", "digits", hidden=(16,), epochs=3, seed=0), data)
+    model = export(result)
+    path = tmp_path / "digits.bfm"
+    model.save(path)
+    r = simulate_model(path, simulator="verilator", inputs=data.x_test, stall=0.1)
+    assert (r.vectors, r.mismatches) == (len(data.x_test), 0)
+    preds = golden.predict(model, data.x_test)
+    assert np.mean(preds == data.y_test) > 0.5  # a real network, not noise
