@@ -76,3 +76,21 @@ def test_cell_properties_and_errors():
         LstmCell(layer, 0, -1)
     with pytest.raises(BitfabError, match="layer must be an Lstm, not str"):
         LstmCell("lstm")
+
+
+@pytest.mark.cocotb
+@pytest.mark.slow
+def test_verilator_100_sequences(tmp_path):
+    from bitfab.model import IntegerModel
+    from bitfab.sim.lstm_verilog import run_lstm_bench
+
+    layer, rng = _case(15, Ternary(), directions=2)
+    IntegerModel((layer,)).save(tmp_path / "lstm.bfm")
+    x = rng.integers(0, 16, (100, 8, 3))
+    lengths = rng.integers(1, 9, 100)
+    verdict = run_lstm_bench(tmp_path / "lstm.bfm", x, lengths, direction=1, seed=4)
+    assert verdict["mismatches"] == 0, verdict
+    assert verdict["steps"] == int(lengths.sum()) and verdict["sequences"] == 100
+    wrong = run_lstm_bench(tmp_path / "lstm.bfm", x, lengths, direction=1, seed=4,
+                           wrong_reference=True)
+    assert wrong["mismatches"] == 1
