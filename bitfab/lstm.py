@@ -17,8 +17,8 @@ One time step of direction ``d`` (gate order ``i, f, g, o``; ``g`` is the candid
 
 ``h`` and ``c`` start at 0 for every sequence. A forward direction reads ``x_0 .. x_{L-1}``, a
 backward one ``x_{L-1} .. x_0`` (``L`` the sequence's length); the layer's output at step ``t``
-is ``concat(h_fwd[t], h_bwd[t])`` (``output="sequence"``) or the final states of the
-directions (``output="last"``, a sequence classifier).
+is ``concat(h_fwd[t], h_bwd[t])`` (``returns="sequence"``) or the final states of the
+directions (``returns="last"``, a sequence classifier).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .model import (
     signed_bits,
 )
 
-__all__ = ["Lstm", "GATES", "MAX_TABLE"]
+__all__ = ["Lstm", "LstmOutput", "GATES", "MAX_TABLE", "random_lstm"]
 
 #: Gate order of the stacked weights; ``g`` is the candidate (tanh) row.
 GATES = ("i", "f", "g", "o")
@@ -61,6 +61,19 @@ def _table(value: Any, what: str, dirs: int) -> np.ndarray:
         raise ModelFormatError(f"{what} size must be a power of two in 2..{MAX_TABLE}, "
                                f"not {size}")
     return t
+
+
+@dataclass(frozen=True)
+class LstmOutput:
+    """What an lstm layer emits: ``h`` (signed ``hidden_bits``) per step or per sequence."""
+
+    returns: str
+    hidden_bits: int
+    kind: ClassVar[str] = "lstm_hidden"
+
+    def describe(self) -> str:
+        when = "per step" if self.returns == "sequence" else "last step"
+        return f"h int{self.hidden_bits}, {when}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +101,8 @@ class Lstm:
     bias : int array, shape ``(directions, 4, hidden)``, or None (zero)
     max_length : int
         The longest sequence the layer accepts (the hardware's sequence counter width).
-    output : ``"sequence"`` or ``"last"``
+    returns : ``"sequence"`` or ``"last"``
+        Every step's hidden state, or each direction's final one (:attr:`output` describes it).
     acc_bits : int or None
         Declared gate accumulator width (``None``: the required one).
     name : str
@@ -106,7 +120,7 @@ class Lstm:
     cell_shift: np.ndarray
     bias: np.ndarray | None = None
     max_length: int = 256
-    output: str = "sequence"
+    returns: str = "sequence"
     acc_bits: int | None = None
     name: str = ""
     kind: ClassVar[str] = "lstm"
@@ -165,8 +179,9 @@ class Lstm:
         length = _index(self.max_length, "max_length")
         if not 1 <= length <= 1 << 20:
             raise ModelFormatError(f"max_length must be in 1..{1 << 20}, not {length}")
-        if self.output not in ("sequence", "last"):
-            raise ModelFormatError(f"output must be 'sequence' or 'last', not {self.output!r}")
+        if self.returns not in ("sequence", "last"):
+            raise ModelFormatError(f"returns must be 'sequence' or 'last', "
+                                   f"not {self.returns!r}")
         if not isinstance(self.name, str):
             raise ModelFormatError(f"name must be a string, not {self.name!r}")
         for key, value in (("weights", w), ("bias", b), ("gate_thresholds", t),
@@ -222,6 +237,11 @@ class Lstm:
     @property
     def out_bits(self) -> int:
         return self.hidden_bits
+
+    @property
+    def output(self) -> LstmOutput:
+        """The layer's output stage, for reports (:class:`LstmOutput`)."""
+        return LstmOutput(self.returns, self.hidden_bits)
 
     @property
     def cell_range(self) -> tuple[int, int]:
@@ -287,7 +307,7 @@ class Lstm:
 
     def describe(self) -> str:
         bi = "bi-" if self.directions == 2 else ""
-        return f"{bi}lstm {self.in_features}->{self.hidden} ({self.output})"
+        return f"{bi}lstm {self.in_features}->{self.hidden} ({self.returns})"
 
     # --- the file format --------------------------------------------------------------------------
 
@@ -315,7 +335,7 @@ class Lstm:
             "cell_table": add("cell_table", self.cell_table),
             "cand_shift": add("cand_shift", self.cand_shift),
             "cell_shift": add("cell_shift", self.cell_shift),
-            "max_length": self.max_length, "output": self.output, "acc_bits": self.acc_bits,
+            "max_length": self.max_length, "returns": self.returns, "acc_bits": self.acc_bits,
         }
 
     @classmethod
@@ -346,7 +366,7 @@ class Lstm:
             arr("gate_thresholds", (dirs, 3, hidden, 2)), arr("cand_table"),
             arr("cand_shift", (dirs,)), arr("cell_table"), arr("cell_shift", (dirs,)),
             arr("bias", (dirs, 4, hidden)), _get(d, "max_length", int, where),
-            _get(d, "output", str, where), _get(d, "acc_bits", int, where),
+            _get(d, "returns", str, where), _get(d, "acc_bits", int, where),
             _get(d, "name", str, where, ""))
 
 
@@ -356,7 +376,7 @@ register_layer_kind(Lstm)
 def random_lstm(rng: np.random.Generator, n_in: int, hidden: int, encoding: Any = None, *,
                 directions: int = 1, input: InputFormat | None = None, hidden_bits: int = 6,
                 cell_bits: int = 10, table_bits: tuple[int, int] = (5, 5),
-                output: str = "sequence", max_length: int = 64, sparsity: float = 0.3) -> Lstm:
+                returns: str = "sequence", max_length: int = 64, sparsity: float = 0.3) -> Lstm:
     """Return a random, well-formed :class:`Lstm` (tests and benchmarks).
 
     The thresholds straddle the middle of each gate's reachable accumulator range and the tables
@@ -395,4 +415,4 @@ def random_lstm(rng: np.random.Generator, n_in: int, hidden: int, encoding: Any 
     cell_shift = np.full(directions, max(0, cell_bits - 1 - table_bits[1] + 1))
     return Lstm(w, encoding, fmt, hidden_bits, cell_bits, t.astype(np.int64),
                 cand.astype(np.int64), cand_shift, cell.astype(np.int64), cell_shift,
-                bias, max_length, output)
+                bias, max_length, returns)

@@ -252,7 +252,7 @@ def integer_lstm(layer: Lstm, x, lengths) -> torch.Tensor:
         hs = torch.stack(hs, dim=1)
         outs.append(reverse_padded(hs, lengths) if d == 1 else hs)
         finals.append(h)
-    if layer.output == "last":
+    if layer.returns == "last":
         return torch.cat(finals, dim=1)
     return torch.cat(outs, dim=2)
 

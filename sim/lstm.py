@@ -129,7 +129,7 @@ def check_sequences(layer: Lstm, x, lengths=None) -> tuple[np.ndarray, np.ndarra
 def lstm_layer(layer: Lstm, x, lengths=None):
     """Run every direction of ``layer``: return ``(out, hs, cs)``.
 
-    ``out`` is ``(batch, T, hidden * directions)`` (``output="sequence"``, 0 at padding) or
+    ``out`` is ``(batch, T, hidden * directions)`` (``returns="sequence"``, 0 at padding) or
     ``(batch, hidden * directions)`` (``"last"``: each direction's final state); ``hs`` and
     ``cs`` list the per-direction states of :func:`lstm_direction`.
     """
@@ -140,7 +140,7 @@ def lstm_layer(layer: Lstm, x, lengths=None):
         hs.append(h)
         cs.append(c)
         finals.append(final)
-    if layer.output == "last":
+    if layer.returns == "last":
         return np.concatenate(finals, axis=1), hs, cs
     return np.concatenate(hs, axis=2), hs, cs
 
@@ -154,7 +154,7 @@ class SeqTrace:
     lengths : int64 array ``(batch,)``
     outputs : list of int64 arrays
         Each layer's output: ``(batch, T, features)`` per step, or ``(batch, features)`` after an
-        ``output="last"`` layer. Padding steps are 0.
+        ``returns="last"`` layer. Padding steps are 0.
     hidden, cells : list of lists
         Per lstm layer, the per-direction hidden and cell states ``(batch, T, hidden)``.
     """

@@ -100,7 +100,7 @@ def test_backward_direction_reads_reversed():
 @pytest.mark.parametrize("encoding", [Ternary(), Pow2(0, 3), IntWeights(4)])
 def test_file_round_trip(tmp_path, encoding):
     rng = np.random.default_rng(4)
-    layer = random_lstm(rng, 3, 4, encoding, directions=2, output="last")
+    layer = random_lstm(rng, 3, 4, encoding, directions=2, returns="last")
     head = Dense(rng.integers(-3, 4, (3, 8)), IntWeights(3), layer.out_format)
     model = IntegerModel((layer, head), 0.5, name="lstm")
     model.save(tmp_path / "m.bfm")
@@ -113,6 +113,7 @@ def test_file_round_trip(tmp_path, encoding):
     assert predict_sequences(model, x, lengths).shape == (4,)
     assert back.layers[0].describe() == "bi-lstm 3->4 (last)"
     assert model.weight_bits > layer.weights.size
+    assert back.layers[0].output.describe() == "h int6, last step"
 
 
 def test_sequence_model_dense_per_step():
@@ -158,11 +159,32 @@ def test_bad_layers():
         _tiny(cand_table=np.full((1, 16), 16))
     with pytest.raises(ModelFormatError, match="not ternary"):
         _tiny(weights=np.full((1, 4, 1, 2), 2))
-    with pytest.raises(ModelFormatError, match="output must be 'sequence' or 'last'"):
-        _tiny(output="all")
+    with pytest.raises(ModelFormatError, match="returns must be 'sequence' or 'last'"):
+        _tiny(returns="all")
     with pytest.raises(ModelFormatError, match="acc_bits: declared 2 bits"):
         _tiny(acc_bits=2)
     with pytest.raises(ModelFormatError, match="input must be an int InputFormat"):
         _tiny(input=InputFormat.bipolar())
     with pytest.raises(ModelFormatError, match="max_length must be in"):
         _tiny(max_length=0)
+
+
+def test_bitfab_info_reads_lstm(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bitfab.cli import main
+
+    rng = np.random.default_rng(6)
+    layer = random_lstm(rng, 3, 4, returns="last")
+    head = Dense(rng.integers(-3, 4, (2, 4)), IntWeights(3), layer.out_format)
+    IntegerModel((layer, head)).save(tmp_path / "m.bfm")
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "m.bfm"), "--json"])
+    assert res.exit_code == 0, res.output
+    facts = json.loads(res.output)
+    assert facts["layers"][0]["kind"] == "lstm"
+    assert facts["layers"][0]["output"] == "h int6, last step"
+    assert facts["layers"][0]["datapath"] == "ternary"
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "m.bfm")])
+    assert res.exit_code == 0 and "lstm" in res.output
