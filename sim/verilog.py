@@ -204,9 +204,17 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
         design = synthesize_netlist(design, netlist)
     sources = _sources(design, netlist)
     waves = vcd is not None
-    key = content_hash(*sources, design.top, simulator, waves)
+    icarus_vcd = waves and simulator == "icarus"
+    if icarus_vcd:
+        # cocotb's Icarus waves are FST in the build folder; a dump module writes a real VCD
+        dump = build_dir("sim", "dump") / f"bitfab_dump_{design.top}.v"
+        dump.write_text(f"module bitfab_dump();\ninitial begin\n  $dumpfile(\"waves.vcd\");\n"
+                        f"  $dumpvars(0, {design.top});\nend\nendmodule\n")
+        sources = sources + [dump]
+        waves = False
+    key = content_hash(*sources, design.top, simulator, waves, icarus_vcd)
     bdir = build_dir("sim", f"{design.top}-{simulator}-{key}")
-    runner = get_runner(simulator)
+    runner = _IcarusVcd() if icarus_vcd else get_runner(simulator)
     build_args, test_args = [], []
     if simulator == "verilator":
         env = verilator_env()
@@ -218,6 +226,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
     else:
         env = dict(os.environ)
         build_args = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"] if netlist == "ice40" else []
+        if icarus_vcd:
+            build_args += ["-s", "bitfab_dump"]
     stamp = bdir / "built.ok"
     log = io.StringIO()
     with _environ(env), (contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext()):
@@ -266,8 +276,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
     if num_failed and result["mismatches"] == 0 and not result.get("timed_out"):
         raise ToolError(f"the cocotb bench failed; see {run / 'test.log'}")
     wave_file = None
-    if waves:
-        found = sorted(run.glob("*.vcd")) + sorted(bdir.glob("*.vcd")) + sorted(run.glob("*.fst"))
+    if vcd is not None:
+        found = sorted(run.glob("*.vcd")) + sorted(bdir.glob("*.vcd"))
         if found:
             wave_file = str(Path(vcd))
             Path(vcd).write_bytes(found[0].read_bytes())
@@ -286,6 +296,19 @@ def check(result: SimResult) -> SimResult:
                                 f"{result.mismatches} of {result.vectors} vectors differ from "
                                 f"the golden model; first: {result.first_mismatch}")
     return result
+
+
+def _IcarusVcd():
+    """An Icarus runner whose ``vvp`` writes VCD (cocotb's passes ``-none`` without waves, and
+    ``-fst`` with them)."""
+    from cocotb_tools.runner import Icarus
+
+    class IcarusVcd(Icarus):
+        def _test_command(self):
+            return [[("-vcd" if arg == "-none" else arg) for arg in cmd]
+                    for cmd in super()._test_command()]
+
+    return IcarusVcd()
 
 
 @contextlib.contextmanager

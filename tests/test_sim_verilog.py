@@ -151,3 +151,16 @@ def test_trained_model_on_its_real_test_inputs(tmp_path):
     assert (r.vectors, r.mismatches) == (len(data.x_test), 0)
     preds = golden.predict(model, data.x_test)
     assert np.mean(preds == data.y_test) > 0.5  # a real network, not noise
+
+
+@pytest.mark.parametrize("sim", ["amaranth", "icarus"])
+def test_vcd_waveform_on_request(tmp_path, tool, sim):
+    if sim == "icarus":
+        tool("iverilog", "Icarus is optional outside CI")
+    model = mlp(np.random.default_rng(3), (10, 4, 2), "binary", name="wave")
+    model.save(tmp_path / "wave.bfm")
+    vcd = tmp_path / f"{sim}.vcd"
+    r = simulate_model(tmp_path / "wave.bfm", simulator=sim, vectors=10, vcd=vcd)
+    assert r.mismatches == 0 and r.vcd == str(vcd)
+    text = vcd.read_text()
+    assert "$enddefinitions" in text and "valid" in text
