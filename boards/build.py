@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bitfab.errors import BitfabError, ToolError
 from bitfab.model import IntegerModel
 
@@ -25,7 +27,8 @@ from .report import build_report, yosys_counts
 from .targets import Board, get_board
 
 __all__ = ["FitError", "SynthOutcome", "synthesize", "tool_env", "candidate_folds",
-           "estimate_luts", "choose_fold", "yosys_script"]
+           "estimate_luts", "memory_blocks", "choose_fold", "initiation_interval", "yosys_script",
+    "logic_cells"]
 
 
 class FitError(BitfabError):
@@ -84,44 +87,62 @@ def _default_flows(board: Board) -> tuple:
 # --- fold choice ----------------------------------------------------------------------------------
 
 
+def _effective(model: IntegerModel, fold) -> tuple:
+    """The per-layer ``(pe, simd)`` that ``fold`` gives (network_configs caps and lowers it)."""
+    from bitfab.hw.layer import network_configs
+    return tuple((c.pe, c.simd) for c in network_configs(model, fold))
+
+
+def initiation_interval(model: IntegerModel, fold) -> int:
+    """Clocks between vectors of the network with ``fold``: its slowest layer's ``SF * NF``."""
+    from bitfab.hw.layer import network_configs
+    return max(c.initiation_interval for c in network_configs(model, fold))
+
+
 def candidate_folds(model: IntegerModel) -> list:
-    """Return the folds to try, most parallel first: unrolled (None), then ``(pe, simd)`` powers
-    of two down to ``(1, 1)``."""
+    """Return the folds to try, fastest first: unrolled (None), then ``(pe, simd)`` powers of
+    two, one per distinct set of per-layer folds, by initiation interval and then by estimated
+    LUTs (the smallest fold that reaches an interval comes first)."""
     widest = max(max(la.in_features, la.out_features) for la in model.layers)
-    powers = [1 << k for k in range(widest.bit_length() + 1) if (1 << k) <= 2 * widest]
-    folds = [(pe, simd) for pe in powers for simd in powers]
-    # more lanes first; at equal lanes prefer SIMD (one wide adder tree is cheaper than PE trees)
-    folds.sort(key=lambda f: (-f[0] * f[1], f[0]))
+    powers = [1 << k for k in range(widest.bit_length() + 1) if (1 << k) <= widest]
+    seen = {}
+    for pe in powers:
+        for simd in powers:
+            key = _effective(model, (pe, simd))
+            if key not in seen:
+                seen[key] = (pe, simd)
+    folds = sorted(seen.values(),
+                   key=lambda f: (initiation_interval(model, f), estimate_luts(model, f)))
     return [None] + folds
 
 
 def _term_luts(layer) -> float:
-    # LUT4 per synapse of each datapath, measured by bench/hw_datapaths.py on iCE40 (rounded up):
-    # XNOR-popcount ~1.0, add/sub of an int input ~in_bits + 1, others more
+    # LUT4 per synapse lane of each datapath on iCE40, measured on the board top-level of the
+    # digits binary MLP (yosys stat per module, fold 2,64): XNOR-popcount ~2, add/subtract of a
+    # b-bit input ~6b (the negation and the carry-chain tree); the others are scaled from those
     from bitfab.sim.golden import datapath_kind
     kind = datapath_kind(layer)
     bits = layer.input.bits
-    return {"xnor_popcount": 1.2, "ternary": bits + 1.0, "shift_add": 2.0 * bits + 2,
-            "lut": 2.0 * bits + 4, "int": bits * 8.0}[kind]
+    return {"xnor_popcount": 2.0, "ternary": 6.0 * bits, "shift_add": 8.0 * bits,
+            "lut": 8.0 * bits, "int": 16.0 * bits}[kind]
 
 
 def estimate_luts(model: IntegerModel, fold) -> int:
-    """Return a rough LUT4 count of the network with ``fold`` (the fold choice's first guess;
-    the synthesis has the last word)."""
+    """Return a rough logic-cell count of the board top-level with ``fold`` (the fold choice's
+    first guess; the synthesis has the last word and calibrates the next guess)."""
     from bitfab.hw.layer import network_configs
-    total = 300.0  # UART, framing, packers
+    total = 350.0  # UART, framing, packers (measured: ~350 LUT4 on iCE40)
     for cfg in network_configs(model, fold):
         layer = cfg.layer
         if cfg.architecture == "unrolled":
-            terms = layer.weights.size if layer.encoding.kind != "ternary" \
-                else int((layer.weights != 0).sum())
+            terms = int(np.count_nonzero(layer.weights))
             total += terms * _term_luts(layer) + layer.out_features * layer.acc_bits
         else:
             total += cfg.pe * cfg.simd * _term_luts(layer)
-            total += cfg.pe * (2 * layer.acc_bits + 2 * cfg.out_bits)
+            total += cfg.pe * 4 * (layer.acc_bits + cfg.out_bits)
             # input buffer word select: a SF-to-1 mux per SIMD lane bit
-            total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 3
-            total += cfg.out_features * cfg.out_bits / 2
+            total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 2
+            total += cfg.out_features * cfg.out_bits * 2
     return int(total)
 
 
@@ -140,22 +161,30 @@ def memory_blocks(model: IntegerModel, fold, board: Board) -> int:
     return blocks
 
 
-def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=None):
-    """Return the most parallel fold whose estimated LUTs fit ``budget`` of the device and whose
-    weight memories fit its block RAM (the candidates after ``after`` when given)."""
+def _initial_scale(board: Board) -> float:
+    # iCE40 flip-flops that cannot pack beside their LUT take logic cells of their own: on the
+    # digits MLP at fold 1,64 nextpnr needed 2.0x the LUT estimate (pipeline 1); ECP5 slices
+    # hold LUTs and FFs apart
+    return 1.8 if board.family == "ice40" else 1.0
+
+
+def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=None,
+                scale: float | None = None):
+    """Return the fastest fold whose estimated LUTs (times ``scale``, the ratio of synthesized
+    to estimated LUTs seen so far) fit ``budget`` of the device and whose weight memories fit its
+    block RAM; only folds after ``after`` in :func:`candidate_folds` order when given."""
+    scale = _initial_scale(board) if scale is None else scale
     folds = candidate_folds(model)
-    if after is not None:
-        folds = folds[folds.index(after) + 1:] if after in folds else folds
+    if after is not None and after in folds:
+        folds = folds[folds.index(after) + 1:]
     for fold in folds:
         try:
-            if estimate_luts(model, fold) <= budget * board.limits.luts and \
+            if scale * estimate_luts(model, fold) <= budget * board.limits.luts and \
                     memory_blocks(model, fold, board) <= board.limits.bram:
                 return fold
         except BitfabError:
             continue
-    raise FitError(f"{model.name} does not fit {board.title} even at fold (1, 1): "
-                   f"{estimate_luts(model, (1, 1))} LUTs estimated, "
-                   f"{board.limits.luts} available")
+    return None
 
 
 # --- the build ------------------------------------------------------------------------------------
@@ -168,6 +197,20 @@ class SynthOutcome:
     report: dict
     bitstream: Path
     folder: Path
+
+
+def logic_cells(counts: dict, board: Board) -> int:
+    """Estimate the logic cells nextpnr will need from yosys' counts. An iCE40 logic cell is a
+    LUT4 and a flip-flop, but flip-flops pack only beside a LUT that feeds them with a
+    compatible enable/reset: measured on bitfab board top-levels, cells ~ LUT4 + 0.7 x FF (809
+    for 528 LUT4 + 482 FF; 5984 for 3646 + 3534). ECP5 slices hold LUTs and FFs apart: LUT4."""
+    if board.family == "ice40":
+        return int(counts["luts"] + 0.7 * counts["ffs"])
+    return int(counts["luts"])
+
+
+def _fold_text(fold) -> str:
+    return "unrolled" if fold is None else f"{fold[0]},{fold[1]}"
 
 
 def _run(cmd: list, cwd: Path, env: dict, log: Path) -> float:
@@ -207,7 +250,7 @@ def _versions(env: dict) -> dict:
 
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
-               pipeline: int = 1, progress=None, max_refolds: int = 3) -> SynthOutcome:
+               pipeline: int = 2, progress=None, max_refolds: int = 3) -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
     ``fold`` None chooses one (:func:`choose_fold`), and a choice whose synthesized LUTs or
@@ -228,13 +271,18 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     env = tool_env()
     say = progress or (lambda stage, detail="": None)
     auto = fold is None
+    scale = _initial_scale(board)
     if auto:
-        fold = choose_fold(model, board)
+        fold = choose_fold(model, board, scale=scale)
+        if fold is None:
+            raise FitError(f"{model.name} does not fit {board.title} even at fold 1,1: "
+                           f"{estimate_luts(model, (1, 1))} LUT4 estimated, "
+                           f"{board.limits.luts} available")
     start = time.perf_counter()
     times = {}
     flows = _default_flows(board)
     for attempt in range(max_refolds + 1):
-        say("elaborate", f"fold {fold or 'unrolled'}")
+        say("elaborate", f"fold {_fold_text(fold)}")
         t0 = time.perf_counter()
         top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud)
         platform = board.make_platform()
@@ -258,21 +306,23 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
                 if flow == flows[-1]:
                     raise
         counts = yosys_counts(json.loads((folder / "top.stat.json").read_text()), board)
-        over = [(k, counts[k], v) for k, v in (("luts", board.limits.luts),
-                                               ("bram", board.limits.bram),
-                                               ("dsp", board.limits.dsp)) if counts[k] > v]
+        cells = logic_cells(counts, board)
+        over = [(k, n, v) for k, n, v in (("logic cells (estimated)", cells, board.limits.luts),
+                                          ("LUT4", counts["luts"], board.limits.luts),
+                                          ("block RAM", counts["bram"], board.limits.bram),
+                                          ("DSP", counts["dsp"], board.limits.dsp)) if n > v]
         if over:
-            needed = ", ".join(f"{k} {n} > {v}" for k, n, v in over)
-            if auto and attempt < max_refolds:
-                nxt = choose_fold(model, board, after=fold)
-                say("refold", f"{needed} at fold {fold or 'unrolled'}; trying {nxt}")
+            needed = ", ".join(f"{k} {n} needed, {v} available" for k, n, v in over)
+            # calibrate the estimate on what yosys made of this fold
+            scale = max(scale, cells / max(estimate_luts(model, fold), 1))
+            nxt = choose_fold(model, board, after=fold, scale=scale)
+            if auto and attempt < max_refolds and nxt is not None:
+                say("refold", f"{needed} at fold {_fold_text(fold)}; trying {_fold_text(nxt)}")
                 fold = nxt
                 continue
-            smaller = choose_fold(model, board, after=fold) if fold is not None or auto \
-                else choose_fold(model, board)
+            hint = f"try --fold {_fold_text(nxt)}" if nxt else "no smaller fold is estimated to fit"
             raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
-                           f"fold {fold or 'unrolled'}); try --fold "
-                           f"{','.join(map(str, smaller)) if smaller else 'unrolled'}")
+                           f"fold {_fold_text(fold)}); {hint}")
         break
     pnr = commands[1]
     say("nextpnr", f"place and route, seed {seed}")
@@ -289,7 +339,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         board=board, model=model, fold=fold, pipeline=pipeline, clock=top._plan, baud=baud,
         counts=counts, pnr=json.loads((folder / "top.report.json").read_text()),
         bitstream=bitstream, flow=used_flow, seed=seed, versions=_versions(env),
-        wall_s=time.perf_counter() - start, times=times, network=top.core.network,
+        wall_s=time.perf_counter() - start, times=times, latency=top.core.network.latency,
+        initiation_interval=top.core.network.initiation_interval,
         frame_bytes=(top.core.in_bytes, top.core.out_bytes))
     (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     return SynthOutcome(report, bitstream, folder)

@@ -29,8 +29,8 @@ def _fold(text):
 @click.option("--clock", "clock_mhz", type=float, default=None,
               help="Design clock in MHz through a PLL (default: the board oscillator).")
 @click.option("--baud", type=int, default=115200, show_default=True)
-@click.option("--pipeline", type=click.IntRange(0, 64), default=1, show_default=True,
-              help="Register stage every K adder levels.")
+@click.option("--pipeline", type=click.IntRange(0, 64), default=2, show_default=True,
+              help="Register stage every K adder levels (0: combinational sums).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json):
     """Build a bitstream for a board and report resources and timing."""

@@ -46,7 +46,7 @@ class FrameReceiver(wiring.Component):
     A frame whose checksum, length or type is wrong gives no vector: its error code goes out on
     ``err`` (where the transmitter sends it back as an ``'E'`` frame). A frame that completes while
     the previous vector still waits on ``o`` is an overrun (the host sent faster than the network
-    computes); it too is reported and dropped. ``i`` is always ready.
+    computes); it is consumed, reported and dropped. ``i`` is always ready.
 
     Parameters
     ----------
@@ -88,8 +88,10 @@ class FrameReceiver(wiring.Component):
         length = Signal(16)
         kind = Signal(8)
         count = Signal(range(n + 1))
-        buf = Signal(8 * n)  # the frame being received
-        held = Signal(8 * n)  # the last good vector, until the network takes it
+        # one buffer: the frame being received, then the vector until the network takes it (a
+        # second copy would cost 8n flip-flops; a frame that arrives while the vector still
+        # waits is consumed and reported as an overrun instead)
+        buf = Signal(8 * n)
         out_valid = Signal()
         err_valid = Signal()
         err_code = Signal(8)
@@ -128,6 +130,8 @@ class FrameReceiver(wiring.Component):
                     with m.If((byte != n >> 8) | (length[:8] != (n & 0xFF))):
                         report(ERR_LENGTH)
                         m.next = "start"
+                    with m.Elif(out_valid & ~self.o.ready):
+                        m.next = "discard"
                     with m.Else():
                         m.next = "payload"
             with m.State("payload"):
@@ -136,18 +140,22 @@ class FrameReceiver(wiring.Component):
                                  total.eq(total + byte), count.eq(count + 1)]
                     with m.If(count == n - 1):
                         m.next = "check"
+            with m.State("discard"):
+                with m.If(self.i.valid):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == n):  # the payload and the check byte
+                        report(ERR_OVERRUN)
+                        m.next = "start"
             with m.State("check"):
                 with m.If(self.i.valid):
                     with m.If(((total + byte) & 0xFF) != 0):
                         report(ERR_CHECKSUM)
                     with m.Elif(kind != TYPE_INPUT):
                         report(ERR_TYPE)
-                    with m.Elif(out_valid & ~self.o.ready):
-                        report(ERR_OVERRUN)
                     with m.Else():
-                        m.d.sync += [out_valid.eq(1), held.eq(buf)]
+                        m.d.sync += out_valid.eq(1)
                     m.next = "start"
-        m.d.comb += self.o.payload.eq(held)
+        m.d.comb += self.o.payload.eq(buf)
         return m
 
 

@@ -45,7 +45,8 @@ def yosys_counts(stat: dict, board) -> dict:
 
 
 def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path,
-                 flow, seed, versions, wall_s, times, network, frame_bytes) -> dict:
+                 flow, seed, versions, wall_s, times, latency, initiation_interval,
+                 frame_bytes) -> dict:
     """Return the report object of a finished build."""
     from bitfab.hw.layer import network_configs
     limits = board.limits
@@ -99,7 +100,7 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "layers": [{"architecture": c.architecture, "pe": c.pe, "simd": c.simd,
                     "datapath": c.kind, "in": c.in_features, "out": c.out_features,
                     "initiation_interval": c.initiation_interval} for c in configs],
-        "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
+        "latency_cycles": latency, "initiation_interval": initiation_interval,
         "resources": resources,
         "clock": clock.to_json(),
         "clocks": clocks,

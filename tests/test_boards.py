@@ -71,7 +71,8 @@ class _Loop(wiring.Component):
         return m
 
 
-def _loop(n_bytes, sent: bytes, results=(), errors=(), out_bytes=0, cycles=None):
+def _loop(n_bytes, sent: bytes, results=(), errors=(), out_bytes=0, cycles=None,
+          vec_ready=1):
     """Send ``sent`` through the loop; return (vectors, error codes, transmitted bytes)."""
     dut = _Loop(n_bytes)
     vectors, codes, out = [], [], []
@@ -93,7 +94,7 @@ def _loop(n_bytes, sent: bytes, results=(), errors=(), out_bytes=0, cycles=None)
             ctx.set(port.valid, 0)
 
     async def monitor(ctx):
-        ctx.set(dut.vec.ready, 1)
+        ctx.set(dut.vec.ready, vec_ready)
         ctx.set(dut.err.ready, 1)
         ctx.set(dut.o.ready, 1)
         for _ in range(cycles):
@@ -142,6 +143,15 @@ def test_wrong_length_and_type_are_reported():
     assert codes == [ERR_LENGTH] and vectors == [0x090807]
     vectors, codes, _ = _loop(3, wrong_type)
     assert codes == [ERR_TYPE] and vectors == []
+
+
+def test_overrun_is_reported():
+    """A frame that arrives while the previous vector still waits is dropped and reported."""
+    first = encode_frame(TYPE_INPUT, b"\x01\x02\x03")
+    vectors, codes, _ = _loop(3, first + encode_frame(TYPE_INPUT, b"\x04\x05\x06"),
+                              vec_ready=0)
+    assert codes == [protocol.ERR_OVERRUN]
+    assert vectors == [0x030201] * len(vectors) and vectors  # the first one is held
 
 
 def test_transmitter_frames_results_and_errors():
