@@ -92,6 +92,53 @@ def run(datasets, recipes, epochs, all_seeds, out_dir: Path, log) -> list[dict]:
     return rows
 
 
+def step_ratios(datasets, recipes, rounds: int = 7, steps: int = 20, log=print) -> list[dict]:
+    """Time training steps of each recipe and of the float net of the same shape, interleaved
+    (``rounds`` alternations of ``steps`` steps each) so both see the same machine load; return
+    the ratio of the median round times."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from bitfab.quant.recipes import build_model
+
+    out = []
+    for name, spec in datasets:
+        data = load_dataset(spec, 0)
+        x = torch.as_tensor(data.x_train[: 128 * steps], dtype=torch.float32)
+        y = torch.as_tensor(data.y_train[: 128 * steps])
+        for recipe in recipes:
+            cfgs = [TrainConfig(recipe, spec, batch_size=128)]
+            cfgs.append(TrainConfig("float", spec, cfgs[0].hidden, batch_size=128))
+            nets = [build_model(c, data.features, data.classes, data.input_format,
+                                data.input_scale).train() for c in cfgs]
+            opts = [torch.optim.Adam(n.parameters(), lr=1e-3) for n in nets]
+            for n in nets:
+                n.set_progress(0.5)  # two-bit: the soft stage with its regularizer
+            times: list[list[float]] = [[], []]
+            for r in range(rounds + 1):
+                for k, (net, opt) in enumerate(zip(nets, opts)):
+                    t0 = time.perf_counter()
+                    for s in range(steps):
+                        xb, yb = x[s * 128:(s + 1) * 128], y[s * 128:(s + 1) * 128]
+                        loss = F.cross_entropy(net(xb), yb)
+                        if not net.is_float:
+                            loss = loss + net.penalty()
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        net.post_step()
+                    if r:  # round 0 warms up
+                        times[k].append(time.perf_counter() - t0)
+            ratio = statistics.median(times[0]) / statistics.median(times[1])
+            out.append({"dataset": name, "recipe": recipe, "step_ratio": ratio,
+                        "step_ms": 1000 * statistics.median(times[0]) / steps,
+                        "float_step_ms": 1000 * statistics.median(times[1]) / steps})
+            log(f"{name:8s} {recipe:14s} step {out[-1]['step_ms']:.2f} ms, float "
+                f"{out[-1]['float_step_ms']:.2f} ms, ratio x{ratio:.3f}")
+    return out
+
+
 def table(rows: list[dict], commands: list[str], threads: int) -> str:
     lines = [
         HEADING, "",
@@ -108,12 +155,16 @@ def table(rows: list[dict], commands: list[str], threads: int) -> str:
         "integer network (golden model = torch eval, 0 disagreeing predictions in every row); "
         "float is the float32 net of the same shape trained in the same run with the same "
         "epochs and seeds. Memory is the exported weight memory (`bitfab info`) against fp32; "
-        "time is training time (optimizer steps) against the float net.", "",
+        "time is the whole run's training time (optimizer steps) against the float net's; "
+        "step time (where measured) is the median time of 20 training steps against the "
+        "float net's, the two interleaved so that they see the same load (`--timing`).", "",
         "| dataset | recipe | shape | act bits | epochs x seeds | float acc | quant acc | delta | "
-        "target | weight bits | memory vs fp32 | zero weights | train time vs float |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "target | weight bits | memory vs fp32 | zero weights | train time vs float | "
+        "step time vs float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        step = f"x{r['step_ratio']:.2f}" if "step_ratio" in r else "-"
         t = r["target_points"]
         target = "-" if t is None else f"{-t:+.1f} {'met' if r['target_met'] else '**missed**'}"
         act = "bipolar" if r["act_bits"] == 1 else str(r["act_bits"])
@@ -123,7 +174,8 @@ def table(rows: list[dict], commands: list[str], threads: int) -> str:
             f"{100 * r['float_accuracy']:.2f} % | {100 * r['accuracy']:.2f} % | "
             f"{r['delta_points']:+.2f} | {target} | {r['bits_per_weight']} | "
             f"-{100 * r['memory_reduction']:.2f} % | {100 * r['sparsity']:.1f} % | "
-            f"x{r['time_ratio']:.2f} |")
+            f"x{r['time_ratio']:.2f} | "
+            f"{step} |")
     for r in rows:
         if r["recipe"] == "sparse-binary":
             kept = 1 - r["sparsity"]
@@ -159,6 +211,8 @@ def main() -> None:
     ap.add_argument("--fashion", default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder.")
     ap.add_argument("--readme", type=Path, default=None, help="Rewrite this README's section.")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "train_results.json")
+    ap.add_argument("--timing", action="store_true",
+                    help="Only time training steps against float, interleaved (no training).")
     ap.add_argument("--table-from", type=Path, nargs="+", default=None,
                     help="Write the README section from earlier runs' JSON (no training); rows "
                          "of several runs are listed in order, with every run's command.")
@@ -166,7 +220,11 @@ def main() -> None:
     if args.table_from:
         saved = [json.loads(p.read_text()) for p in args.table_from]
         commands = ["python bench/train_results.py " + " ".join(s["argv"]) for s in saved]
-        rows = [r for s in saved for r in s["rows"]]
+        rows = [dict(r) for s in saved for r in s.get("rows", [])]
+        timing = {(t["dataset"], t["recipe"]): t for s in saved for t in s.get("timing", [])}
+        for r in rows:
+            if (r["dataset"], r["recipe"]) in timing:
+                r["step_ratio"] = timing[r["dataset"], r["recipe"]]["step_ratio"]
         threads = max(s.get("threads", 1) for s in saved)  # runs before it was saved used 1
         write_readme(args.readme or ROOT / "README.md", table(rows, commands, threads))
         return
@@ -178,6 +236,15 @@ def main() -> None:
     out_dir = ROOT / "build" / "train_results"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.timing:
+        timing = step_ratios(datasets, args.recipes.split(","),
+                             log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        result = {"timing": timing, "wall_seconds": time.time() - t0, "argv": sys.argv[1:],
+                  "threads": args.threads, "torch": torch.__version__}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return
     rows = run(datasets, args.recipes.split(","), epochs,
                {"digits": [int(s) for s in args.seeds_digits.split(",")],
                 "mnist1d": [int(s) for s in args.seeds_digits.split(",")],

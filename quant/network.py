@@ -131,7 +131,7 @@ class QuantMLP(nn.Module):
             out = out + last.bias
         else:
             # whole accumulator units: unit = input unit * weight scale (exported exactly)
-            unit = self._units()[-1] * last.quantizer.integer(last.weight)[1]
+            unit = self._units()[-1] * last.quantizer.scale(last.weight)
             out = out + ste(last.bias, round_half_up(last.bias.detach() / unit) * unit)
         return out * torch.exp(self.log_scale)
 

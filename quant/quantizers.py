@@ -49,6 +49,10 @@ class WeightQuantizer(nn.Module):
     def integer(self, w: torch.Tensor) -> tuple[np.ndarray, float, object]:
         raise NotImplementedError
 
+    def scale(self, w: torch.Tensor) -> float:
+        """Return ``alpha`` of :meth:`integer` (cheaper: no integer weights are built)."""
+        return self.integer(w)[1]
+
     def post_step(self, w: torch.Tensor) -> None:
         """Run after each optimizer step (under ``torch.no_grad``)."""
 
@@ -105,6 +109,9 @@ class BinaryWeight(WeightQuantizer):
     def integer(self, w):
         return _ints(sign(w)), 1.0, Binary()
 
+    def scale(self, w):
+        return 1.0
+
 
 class SparseBinaryWeight(WeightQuantizer):
     """Sparse-binary weights (Deep Adaptive Network): ``mask * sign(w)``, values in {-1, 0, +1}.
@@ -154,6 +161,9 @@ class SparseBinaryWeight(WeightQuantizer):
 
     def integer(self, w):
         return _ints(sign(w) * self.mask), 1.0, Ternary()
+
+    def scale(self, w):
+        return 1.0
 
 
 class TernaryWeight(WeightQuantizer):
@@ -210,6 +220,9 @@ class TernaryWeight(WeightQuantizer):
         scale = (pos * self.wp + neg * self.wn + (1 - pos - neg)).detach()
         return self.wp * pos - self.wn * neg + (w - w.detach()) * scale
 
+    def scale(self, w):
+        return float(self._alpha(w)) if self.method == "twn" else self.integer(w)[1]
+
     def integer(self, w):
         pos, neg = self._regions(w)
         t = _ints(pos - neg)
@@ -246,6 +259,9 @@ class Pow2Weight(WeightQuantizer):
     def forward(self, w):
         lo, hi = self._range(w)
         return ste(w, pow2_round(w.detach(), lo, hi, self.zero))
+
+    def scale(self, w):
+        return 2.0 ** self._range(w)[0]
 
     def integer(self, w):
         lo, hi = self._range(w)
@@ -297,6 +313,9 @@ class DenseShiftWeight(WeightQuantizer):
     def post_step(self, w):
         w.clamp_(-1, 1)
         self.bits.clamp_(-1, 1)
+
+    def scale(self, w):
+        return float(self.alpha)
 
     def integer(self, w):
         s, p = self._sp(w.detach())
@@ -429,6 +448,9 @@ class LutQWeight(WeightQuantizer):
         alpha = float(d.abs().max()) / ((1 << (self.entry_bits - 1)) - 1)
         return _ints(round_half_up(d / alpha)), alpha
 
+    def scale(self, w):
+        return self.integer_dictionary()[1]
+
     def discrete(self, w):
         # the assignment: the dictionary moves every step, so integer values would all "change"
         return self.assign.cpu().numpy().copy()
@@ -497,6 +519,9 @@ class TwoBitWeight(WeightQuantizer):
     def integer(self, w):
         return _ints(self._level(w)), float(self.alpha), Lut(self.LEVELS)
 
+    def scale(self, w):
+        return float(self.alpha)
+
 
 class IntWeight(WeightQuantizer):
     """Symmetric ``bits``-bit integer weights: ``alpha = max|w| / (2**(bits-1) - 1)``,
@@ -519,6 +544,9 @@ class IntWeight(WeightQuantizer):
     def forward(self, w):
         a = self._alpha(w)
         return ste(w, torch.clamp(round_half_up(w.detach() / a), -self.top, self.top) * a)
+
+    def scale(self, w):
+        return float(self._alpha(w.double()))
 
     def integer(self, w):
         a = self._alpha(w.double())

@@ -292,6 +292,15 @@ def test_identity_straight_through(make):
     np.testing.assert_array_equal(w.grad.numpy(), g.numpy())
 
 
+@pytest.mark.parametrize("name", [n for n in quantizers.__all__
+                                  if n.endswith("Weight") and n != "FloatWeight"])
+def test_scale_is_the_integer_scale(name):
+    w = _w(12)
+    q = getattr(quantizers, name)(w.shape)
+    q.init_(w)
+    assert q.scale(w) == q.integer(w)[1]
+
+
 def test_int_weight_range():
     w = _w(9)
     w_int, alpha, enc = IntWeight(w.shape, bits=3).integer(w)
