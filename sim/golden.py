@@ -22,7 +22,16 @@ import numpy as np
 
 from bitfab.errors import ModelRangeError
 from bitfab.model import (
-    Binary, Dense, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold,
+    Binary,
+    Dense,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Requant,
+    Ternary,
+    Threshold,
 )
 
 __all__ = [
