@@ -212,9 +212,14 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
                         f"  $dumpvars(0, {design.top});\nend\nendmodule\n")
         sources = sources + [dump]
         waves = False
-    key = content_hash(*sources, design.top, simulator, waves, icarus_vcd)
+    key = content_hash(*sources, design.top, simulator, waves, icarus_vcd, "public-depth-1")
     bdir = build_dir("sim", f"{design.top}-{simulator}-{key}")
-    runner = _IcarusVcd() if icarus_vcd else get_runner(simulator)
+    if icarus_vcd:
+        runner = _IcarusVcd()
+    elif simulator == "verilator" and not waves:
+        runner = _VerilatorPorts()
+    else:
+        runner = get_runner(simulator)
     build_args, test_args = [], []
     if simulator == "verilator":
         env = verilator_env()
@@ -296,6 +301,25 @@ def check(result: SimResult) -> SimResult:
                                 f"{result.mismatches} of {result.vectors} vectors differ from "
                                 f"the golden model; first: {result.first_mismatch}")
     return result
+
+
+def _VerilatorPorts():
+    """A Verilator runner that makes only the top module public (``--public-depth 1``, not
+    ``--public-flat-rw``): the bench touches only the top-level ports, and making every internal
+    signal public stops Verilator from optimizing them."""
+    from cocotb_tools.runner import Verilator
+
+    class VerilatorPorts(Verilator):
+        def _build_command(self):
+            cmds = []
+            for cmd in super()._build_command():
+                args = []
+                for arg in cmd:
+                    args += ["--public-depth", "1"] if arg == "--public-flat-rw" else [arg]
+                cmds.append(args)
+            return cmds
+
+    return VerilatorPorts()
 
 
 def _IcarusVcd():
