@@ -172,7 +172,8 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=No
                 scale: float | None = None):
     """Return the fastest fold whose estimated LUTs (times ``scale``, the ratio of synthesized
     to estimated LUTs seen so far) fit ``budget`` of the device and whose weight memories fit its
-    block RAM; only folds after ``after`` in :func:`candidate_folds` order when given."""
+    block RAM (None: unrolled); only folds after ``after`` in :func:`candidate_folds` order when
+    given. Raises :class:`FitError` when no fold is estimated to fit."""
     scale = _initial_scale(board) if scale is None else scale
     folds = candidate_folds(model)
     if after is not None and after in folds:
@@ -184,7 +185,9 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=No
                 return fold
         except BitfabError:
             continue
-    return None
+    raise FitError(f"{model.name} does not fit {board.title} at any fold: "
+                   f"{int(scale * estimate_luts(model, (1, 1)))} logic cells estimated at fold "
+                   f"1,1, {int(budget * board.limits.luts)} usable of {board.limits.luts}")
 
 
 # --- the build ------------------------------------------------------------------------------------
@@ -274,10 +277,6 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     scale = _initial_scale(board)
     if auto:
         fold = choose_fold(model, board, scale=scale)
-        if fold is None:
-            raise FitError(f"{model.name} does not fit {board.title} even at fold 1,1: "
-                           f"{estimate_luts(model, (1, 1))} LUT4 estimated, "
-                           f"{board.limits.luts} available")
     start = time.perf_counter()
     times = {}
     flows = _default_flows(board)
@@ -315,12 +314,16 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
             needed = ", ".join(f"{k} {n} needed, {v} available" for k, n, v in over)
             # calibrate the estimate on what yosys made of this fold
             scale = max(scale, cells / max(estimate_luts(model, fold), 1))
-            nxt = choose_fold(model, board, after=fold, scale=scale)
-            if auto and attempt < max_refolds and nxt is not None:
+            try:
+                nxt = choose_fold(model, board, after=fold, scale=scale)
+            except FitError:
+                nxt = "none"
+            if auto and attempt < max_refolds and nxt != "none":
                 say("refold", f"{needed} at fold {_fold_text(fold)}; trying {_fold_text(nxt)}")
                 fold = nxt
                 continue
-            hint = f"try --fold {_fold_text(nxt)}" if nxt else "no smaller fold is estimated to fit"
+            hint = "no smaller fold is estimated to fit" if nxt == "none" else \
+                f"try --fold {_fold_text(nxt)}"
             raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
                            f"fold {_fold_text(fold)}); {hint}")
         break

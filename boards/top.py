@@ -7,6 +7,7 @@ oscillator or a PLL (:mod:`bitfab.boards.pll`).
 """
 
 
+from amaranth.build import Subsignal
 from amaranth.hdl import Elaboratable, Module, Shape, Signal, Value
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -162,7 +163,10 @@ class BoardTop(Elaboratable):
         m = Module()
         clock_domain(m, platform, self._board, self._plan)
         m.submodules.core = self.core
-        uart = platform.request(self._board.uart, 0, dir={"rx": "-", "tx": "-"})
+        # every subsignal raw (some boards also wire rts/dtr/cts to the FPGA)
+        subsignals = [io.name for io in platform.lookup(self._board.uart, 0).ios
+                      if isinstance(io, Subsignal)]
+        uart = platform.request(self._board.uart, 0, dir={n: "-" for n in subsignals})
         m.submodules.rx_buf = rx = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
         m.d.comb += [self.core.rx.eq(rx.i), tx.o.eq(self.core.tx)]

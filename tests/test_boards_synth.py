@@ -46,7 +46,11 @@ def test_fold_choice_prefers_speed_and_fits_the_estimate():
     small = choose_fold(model, get_board("icebreaker"))
     assert estimate_luts(model, big) >= estimate_luts(model, small)
     assert 1.8 * estimate_luts(model, small) <= 0.8 * 5280
-    assert choose_fold(model, get_board("icebreaker"), scale=1e6) is None
+    assert choose_fold(mlp(np.random.default_rng(1), (8, 4), "binary"), get_board("ulx3s")) is None
+    from bitfab.boards.build import FitError
+    with pytest.raises(FitError, match=r"m does not fit .* at any fold: \d+ logic cells "
+                                       r"estimated at fold 1,1, 4224 usable of 5280"):
+        choose_fold(model, get_board("icebreaker"), scale=1e6)
 
 
 def test_report_says_by_how_much_timing_fails(tmp_path):
@@ -65,3 +69,36 @@ def test_report_says_by_how_much_timing_fails(tmp_path):
     assert not report["timing_met"]
     assert report["timing"].startswith("FAILED by 10.0 MHz (5.00 ns) on clk")
     assert report["resources"]["logic_cells"] == {"used": 900, "available": 5280}
+
+
+def test_does_not_fit_says_so_with_numbers(tmp_path, monkeypatch):
+    """A synthesis bigger than the device stops with needed vs available and a fold to try;
+    without --fold, the build first moves to smaller folds."""
+    from bitfab.boards import build
+    from bitfab.boards.build import FitError
+
+    calls = []
+
+    def fake_run(cmd, cwd, env, log):  # yosys "made" 9000 LUT4 and 100 FF whatever the fold
+        calls.append(cmd[0])
+        stat = {"design": {"num_cells_by_type": {"SB_LUT4": 9000, "SB_DFFE": 100}}}
+        (cwd / "top.stat.json").write_text(json.dumps(stat))
+        return 0.0
+
+    monkeypatch.setattr(build, "_run", fake_run)
+    model = mlp(np.random.default_rng(2), (32, 16, 10), "binary", name="m")
+    with pytest.raises(FitError, match=r"m does not fit 1BitSquared iCEBreaker \(iCE40UP5K\): "
+                                       r"logic cells \(estimated\) 9070 needed, 5280 available, "
+                                       r"LUT4 9000 needed, 5280 available \(synthesized at fold "
+                                       r"1,1\); "):
+        synthesize(model, "icebreaker", fold=(1, 1), out=tmp_path / "a")
+    stages = []
+    with pytest.raises(FitError, match=r"\(synthesized at fold 2,32\); no smaller fold is "
+                                       r"estimated to fit"):
+        synthesize(model, "icebreaker", out=tmp_path / "b",
+                   progress=lambda stage, detail="": stages.append((stage, detail)))
+    # unrolled first; 9070 cells recalibrate the estimate, so the next try is a fold that the
+    # new estimate fits, and after that nothing is estimated to fit
+    refolds = [d for s, d in stages if s == "refold"]
+    assert refolds == ["logic cells (estimated) 9070 needed, 5280 available, LUT4 9000 needed, "
+                       "5280 available at fold unrolled; trying 2,32"]
