@@ -113,19 +113,23 @@ def clock_domain(m: Module, platform, board, clock: ClockPlan) -> None:
         return  # the platform's default clock domain: the oscillator, constrained by it
     m.domains.sync = ClockDomain("sync")
     pin = platform.request(board.clock, 0, dir="-")
-    m.submodules.clk_buf = buf = io.Buffer("i", pin)
     locked = Signal()
     clk = Signal()
     p = clock.params
     if board.family == "ice40":
-        m.submodules.pll = Instance(
-            "SB_PLL40_CORE",
-            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
-            p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
-            p_FILTER_RANGE=p["FILTER_RANGE"],
-            i_REFERENCECLK=buf.i, i_RESETB=1, i_BYPASS=0,
-            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        params = dict(p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+                      p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
+                      p_FILTER_RANGE=p["FILTER_RANGE"], i_RESETB=1, i_BYPASS=0,
+                      o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        if board.pll_pad:
+            # the oscillator pin is the PLL's own pad (iCEBreaker pin 35): an SB_IO there would
+            # take the pad from the PLL (nextpnr: "conflicts with input ... on pin '35'")
+            m.submodules.pll = Instance("SB_PLL40_PAD", i_PACKAGEPIN=pin.io, **params)
+        else:
+            m.submodules.clk_buf = buf = io.Buffer("i", pin)
+            m.submodules.pll = Instance("SB_PLL40_CORE", i_REFERENCECLK=buf.i, **params)
     else:
+        m.submodules.clk_buf = buf = io.Buffer("i", pin)
         m.submodules.pll = Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=f"{clock.f_in / 1e6:g}",

@@ -85,6 +85,9 @@ class Board:
         ``module:attribute`` of resources to add (a UART the platform does not name).
     drive_high : tuple of str
         Resources driven high (ULX3S: ``uart_tx_enable`` lets the FTDI hear the FPGA's TX).
+    pll_pad : bool
+        iCE40: the oscillator arrives on the PLL's dedicated pad (``SB_PLL40_PAD``), not through
+        an ``SB_IO`` (``SB_PLL40_CORE``).
     bitstream : str
         The file nextpnr + pack write (``.bin`` iCE40, ``.bit`` ECP5).
     """
@@ -100,6 +103,7 @@ class Board:
     limits: Limits
     extra_resources: str | None = None
     drive_high: tuple = field(default_factory=tuple)
+    pll_pad: bool = False
 
     @property
     def bitstream(self) -> str:
@@ -137,7 +141,7 @@ def orangecrab_uart():
 BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("icebreaker", "1BitSquared iCEBreaker (iCE40UP5K)",
           "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, "uart",
-          "led_g", UP5K),
+          "led_g", UP5K, pll_pad=True),
     Board("ice40-hx8k", "Lattice iCE40-HX8K Breakout Board (ICE40HX8K-B-EVN)",
           "amaranth_boards.ice40_hx8k_b_evn:ICE40HX8KBEVNPlatform", "ice40", "clk12", 12e6,
           "uart", "led", HX8K),
