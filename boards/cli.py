@@ -165,6 +165,10 @@ def board_run(model, port, simulate, fold, inputs, vectors, baud, timeout, seed,
         transport.close()
     result["wall_s"] = time.perf_counter() - start
     result["transport"] = "simulation" if simulate else port
+    if simulate:
+        # simulated wall time says nothing about a board: give the clock cycles it took
+        result["simulated_cycles"] = transport.cycles
+        result["cycles_per_vector"] = transport.cycles / max(len(x), 1)
     if as_json:
         emit_json(result)
     else:
@@ -180,6 +184,10 @@ def board_run(model, port, simulate, fold, inputs, vectors, baud, timeout, seed,
                       f"{result['vectors_per_s']:.1f}",
                       f"{result['bytes_sent']}/{result['bytes_received']}")
         con.print(table)
+        if simulate:
+            con.print(f"simulated: {result['simulated_cycles']} clock cycles, "
+                      f"{result['cycles_per_vector']:.0f} per vector (UART at 8 clocks per bit "
+                      f"in simulation; vectors/s above is simulator speed)")
     if result["mismatches"] or result["torch_mismatches"]:
         raise VerificationError(f"the board disagrees with the reference on "
                                 f"{max(result['mismatches'], result['torch_mismatches'] or 0)} "

@@ -365,3 +365,19 @@ def test_pll_plans():
 def test_protocol_constants_are_distinct():
     assert len({protocol.TYPE_INPUT, protocol.TYPE_RESULT, protocol.TYPE_ERROR}) == 3
     assert protocol.START not in (protocol.TYPE_INPUT, protocol.TYPE_RESULT, protocol.TYPE_ERROR)
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_board_run_on_a_trained_model_agrees_with_golden_and_torch():
+    """A trained digits net on the simulated board, compared with both references."""
+    from bitfab.boards.cli import compare_run
+    from bitfab.quant.data import load_dataset
+    from bitfab.quant.recipes import TrainConfig
+    from bitfab.quant.train import export, fit
+    data = load_dataset("digits", 0)
+    model = export(fit(TrainConfig("binary", "digits", hidden=(16,), epochs=2, limit=300), data))
+    with simulated_board(model, fold=(4, 16)) as transport:
+        result = compare_run(model, data.x_test[:3], transport)
+    assert result["mismatches"] == 0 and result["torch_mismatches"] == 0
+    assert result["golden_prediction_mismatches"] == 0
