@@ -14,7 +14,7 @@ import numpy as np
 from bitfab.errors import ModelRangeError
 from bitfab.model import InputFormat
 
-__all__ = ["pack", "unpack", "payload_bits"]
+__all__ = ["pack", "unpack", "pack_codes", "unpack_codes", "payload_bits"]
 
 
 def payload_bits(fmt: InputFormat, n: int) -> int:
@@ -42,14 +42,30 @@ def pack(values, fmt: InputFormat) -> list[int]:
                   | ((arr == 0) if fmt.kind == "bipolar" else False)]
         raise ModelRangeError(f"values must be {fmt.describe()} values in "
                               f"[{fmt.min_value}, {fmt.max_value}], not {int(bad.flat[0])}")
-    codes = fmt.to_codes(arr)
-    shifts = [k * fmt.bits for k in range(arr.shape[1])]
-    return [sum(int(c) << s for c, s in zip(row, shifts)) for row in codes]
+    return pack_codes(fmt.to_codes(arr), fmt.bits)
+
+
+def pack_codes(codes, bits: int) -> list[int]:
+    """Pack ``codes`` (``(n, count)`` hardware codes in ``[0, 2**bits)``) into payload integers."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n, count = codes.shape
+    bitmat = ((codes[:, :, None] >> np.arange(bits)) & 1).reshape(n, count * bits)
+    packed = np.packbits(bitmat.astype(np.uint8), axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
+def unpack_codes(payloads, count: int, bits: int) -> np.ndarray:
+    """Return the ``(len(payloads), count)`` int64 codes held by payload integers."""
+    width = count * bits
+    nbytes = (width + 7) // 8
+    mask = (1 << width) - 1
+    raw = np.frombuffer(b"".join((int(p) & mask).to_bytes(nbytes, "little") for p in payloads),
+                        dtype=np.uint8).reshape(len(payloads), nbytes)
+    bitmat = np.unpackbits(raw, axis=1, count=width, bitorder="little").astype(np.int64)
+    return (bitmat.reshape(len(payloads), count, bits) << np.arange(bits)).sum(axis=2)
 
 
 def unpack(payloads, fmt: InputFormat, n: int) -> np.ndarray:
     """Return the ``(batch, n)`` int64 values of payload integers holding ``n`` codes of ``fmt``."""
-    mask = (1 << fmt.bits) - 1
-    codes = np.array([[(int(p) >> (k * fmt.bits)) & mask for k in range(n)] for p in payloads],
-                     dtype=np.int64).reshape(len(payloads), n)
+    codes = unpack_codes(payloads, n, fmt.bits)
     return fmt.from_codes(codes)

@@ -26,7 +26,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
 
-from bitfab.sim.payload import pack_payloads, unpack_payloads
+from bitfab.hw.packing import pack_codes, unpack_codes
 
 
 class Driver:
@@ -117,7 +117,7 @@ class Checker:
         self.first = None
 
     def check(self, received: list[int]):
-        got = unpack_payloads(received, self.count, self.bits) if received else \
+        got = unpack_codes(received, self.count, self.bits) if received else \
             np.zeros((0, self.count), dtype=np.int64)
         want = self.model.codes
         n = min(len(got), len(want))
@@ -141,7 +141,7 @@ async def stream_matches_golden(dut):
     rng = random.Random(config.get("seed", 0))
     x = np.load(config["inputs"], allow_pickle=False)
     model = Model(config)
-    payloads = pack_payloads(np.load(config["in_codes"], allow_pickle=False),
+    payloads = pack_codes(np.load(config["in_codes"], allow_pickle=False),
                              config["in"]["bits"])
     driver = Driver(dut, names, payloads, config.get("p_bubble", 0.0), rng)
     backpressure = Backpressure(dut, names, config.get("p_stall", 0.0), rng)
