@@ -45,6 +45,7 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json
 
     m = load_model(model)
     target = get_board(board_name)
+    fold = _fold(fold)  # bad input fails before any progress display
     con = Console(stderr=as_json, highlight=False)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description:>9}"),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=con,
@@ -56,7 +57,7 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json
             if name == "refold":
                 con.print(f"[yellow]does not fit:[/] {detail}")
 
-        outcome = synthesize(m, target, fold=_fold(fold), seed=seed, out=out,
+        outcome = synthesize(m, target, fold=fold, seed=seed, out=out,
                              clock_hz=clock_mhz * 1e6 if clock_mhz else None, baud=baud,
                              pipeline=pipeline, progress=stage)
         progress.update(task, description="done", detail=str(outcome.bitstream))
