@@ -35,10 +35,14 @@ _PNR = {
 
 def yosys_counts(stat: dict, board) -> dict:
     """Return ``luts``, ``ffs``, ``carry``, ``bram``, ``spram``, ``dsp`` (and ``distributed_ram``
-    on ECP5) from a yosys ``stat -json`` object."""
+    on ECP5) from a yosys ``stat -json`` object. ECP5 ``luts`` include the two LUT4s of every
+    CCU2C carry cell."""
     cells = stat.get("design", stat).get("num_cells_by_type", {})
     table = _CELLS[board.family]
     out = {k: sum(int(cells.get(c, 0)) for c in names) for k, names in table.items()}
+    if board.family == "ecp5":
+        # a CCU2C carry cell is two LUT4s of a slice (what nextpnr counts as TRELLIS_COMB)
+        out["luts"] += 2 * out["carry"]
     ff_prefix = "SB_DFF" if board.family == "ice40" else "TRELLIS_FF"
     out["ffs"] = sum(int(n) for c, n in cells.items() if c.startswith(ff_prefix))
     return out

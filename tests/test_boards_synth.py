@@ -102,3 +102,12 @@ def test_does_not_fit_says_so_with_numbers(tmp_path, monkeypatch):
     refolds = [d for s, d in stages if s == "refold"]
     assert refolds == ["logic cells (estimated) 9070 needed, 5280 available, LUT4 9000 needed, "
                        "5280 available at fold unrolled; trying 2,32"]
+
+
+def test_ecp5_luts_count_the_carry_cells():
+    from bitfab.boards.report import yosys_counts
+    stat = {"design": {"num_cells_by_type": {"LUT4": 7021, "CCU2C": 5796, "TRELLIS_FF": 5442,
+                                             "DP16KD": 3, "MULT18X18D": 1}}}
+    counts = yosys_counts(stat, get_board("orangecrab"))
+    assert counts == {"luts": 7021 + 2 * 5796, "carry": 5796, "ffs": 5442, "bram": 3, "spram": 0,
+                      "dsp": 1, "distributed_ram": 0}
