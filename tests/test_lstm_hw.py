@@ -68,6 +68,13 @@ def test_cell_properties_and_errors():
     layer, _ = _case(14, Ternary())
     cell = LstmCell(layer, pipeline=1)
     assert cell.initiation_interval == cell.tree_latency + 2 >= 3
+    # measured: with no stalls a step is taken every initiation_interval clocks
+    from bitfab.sim.amaranth_sim import run_stream
+    x = np.random.default_rng(0).integers(0, 16, (1, 6, 3))
+    timed = LstmCell(layer, pipeline=1)
+    result = run_stream(timed, step_payloads(layer, x, np.array([6])))
+    assert set(np.diff(result.in_cycles).tolist()) == {cell.initiation_interval}
+    assert result.out_cycles[0] - result.in_cycles[0] == cell.latency
     from amaranth.back import verilog
     assert "module" in verilog.convert(cell, name="lstm_cell")
     with pytest.raises(BitfabError, match="direction must be in 0..0, not 1"):

@@ -149,3 +149,13 @@ def test_recipe_bad_options():
     res = CliRunner().invoke(main, ["train", "--recipe", "lstm-gates", "--option", "K=3"])
     assert isinstance(res.exception, BitfabError)  # bitfab.cli.run prints it on one line
     assert "recipe 'lstm-gates' takes options weights" in str(res.exception)
+
+
+def test_doctests():
+    import doctest
+
+    from bitfab.quant import lstm, lstm_data
+    from bitfab.sim import lstm as golden_lstm
+    for module in (lstm, lstm_data, golden_lstm):
+        failed, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert tried and not failed, module.__name__
