@@ -8,7 +8,8 @@ A stream of time steps comes in (``x`` and a ``last`` flag), a stream of hidden 
   add / subtract / skip and a pow2 weight a shift) into :func:`~bitfab.hw.adder_tree.sum_terms`
   trees, pipelined every ``pipeline`` levels;
 - quantizes i, f, o with two comparators each (gate code 0, 1 or 2);
-- reads the candidate tanh and the output tanh from ROMs (:class:`amaranth.lib.memory.Memory`);
+- reads the candidate tanh and the output tanh from ROMs (:class:`amaranth.lib.memory.Memory`
+  with synchronous read ports, so they map to block RAM: iCE40 EBR, ECP5 DP16KD);
 - forms the gate products with multiplexers (zero, arithmetic shift right by one, pass), adds
   and saturates the cell state;
 - keeps ``h`` and ``c`` in registers, cleared after a step flagged ``last`` (the next sequence
@@ -119,15 +120,16 @@ class LstmCell(wiring.Component):
 
     @property
     def initiation_interval(self) -> int:
-        """Clocks per time step at full throughput: ``tree_latency + 2`` (the input register,
-        the gate sums' register stages, the state and output registers)."""
-        return self.tree_latency + 2
+        """Clocks per time step at full throughput: ``tree_latency + 4`` (the input register,
+        the gate sums' register stages, two synchronous ROM reads, the state and output
+        registers)."""
+        return self.tree_latency + 4
 
     @property
     def latency(self) -> int:
         """Clocks from an input transfer to ``o.valid`` of its hidden state when the output is
-        free: ``tree_latency + 2``."""
-        return self.tree_latency + 2
+        free: ``tree_latency + 4``."""
+        return self.tree_latency + 4
 
     def elaborate(self, platform):
         if self._prebuilt is not None:
@@ -165,7 +167,7 @@ class LstmCell(wiring.Component):
                 tree = max(tree, lat)
             sums.append(row)
         self._tree = tree
-        count = Signal(range(tree + 1), name="count")
+        count = Signal(range(tree + 3), name="count")
 
         # registers of the trees keep loading every clock: the inputs (x_reg, h_reg) hold still
         # for the whole step, so after ``tree`` clocks every sum is settled
@@ -209,7 +211,7 @@ class LstmCell(wiring.Component):
         for j in range(hidden):
             qi, qf, qo = code(0, j), code(1, j), code(3, j)
             mem, size = rom(layer.cand_table[d], f"cand_rom{j}", layer.cell_bits)
-            port = mem.read_port(domain="comb")
+            port = mem.read_port()
             m.d.comb += port.addr.eq(index(acc[2][j], int(layer.cand_shift[d]), size, f"g{j}"))
             g = port.data
             total = Signal(signed(wide), name=f"csum{j}")
@@ -223,14 +225,16 @@ class LstmCell(wiring.Component):
             with m.Else():
                 m.d.comb += c.eq(total)
             mem, size = rom(layer.cell_table[d], f"cell_rom{j}", hb)
-            port = mem.read_port(domain="comb")
+            port = mem.read_port()
             m.d.comb += port.addr.eq(index(c, int(layer.cell_shift[d]), size, f"t{j}"))
             h_new.append(gate_mul(qo, port.data, hb, f"hnew{j}"))
             c_new.append(c)
 
         # --- control: take a step, wait for the sums, update the state, emit h ------
         done = Signal(name="done")
-        m.d.comb += done.eq(busy & (count == tree))
+        # two synchronous ROM reads follow the sums: the candidate, then the output tanh of the
+        # new cell state; the inputs hold still, so every value settles and stays
+        m.d.comb += done.eq(busy & (count == tree + 2))
         m.d.comb += self.i.ready.eq(~busy & (~self.o.valid | self.o.ready))
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
