@@ -19,11 +19,33 @@ import sys
 import time
 from pathlib import Path
 
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from eda import BUILD, DEVICES, place_route, synth, write_verilog  # bench/ is on sys.path
 
 from bitfab.hw.lstm import LstmCell
 from bitfab.model import IntegerModel
 from bitfab.sim.tools import SYNTH_OPTS
+
+
+class CellHarness(wiring.Component):
+    """Serial in, one pin out, so that nextpnr can place a cell with more ports than pins: the
+    input payload shifts in one bit per clock, the output payload is XOR-reduced to a pin."""
+
+    def __init__(self, cell):
+        self._cell = cell
+        super().__init__({"sin": In(1), "valid": In(1), "ready": In(1), "sout": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.cell = cell = self._cell
+        shift = Signal(len(cell.i.payload.as_value()))
+        m.d.sync += shift.eq(shift << 1 | self.sin)
+        m.d.comb += [cell.i.payload.eq(shift), cell.i.valid.eq(self.valid),
+                     cell.o.ready.eq(self.ready)]
+        m.d.sync += self.sout.eq(cell.o.payload.as_value().xor() ^ cell.o.valid ^ cell.i.ready)
+        return m
 
 
 def main() -> None:
@@ -38,7 +60,7 @@ def main() -> None:
     cell = LstmCell(layer, 0, args.pipeline)
     ii = cell.initiation_interval
     workdir = BUILD / "lstm-synth" / f"{args.model.stem}-p{args.pipeline}"
-    vfile = write_verilog(cell, "lstm_cell", workdir)
+    vfile = write_verilog(CellHarness(cell), "lstm_cell", workdir)
     out = {"model": str(args.model), "layer": layer.describe(), "encoding":
            layer.encoding.describe(), "in_features": layer.in_features, "hidden": layer.hidden,
            "nonzero_weights": int((layer.weights[0] != 0).sum()), "pipeline": args.pipeline,
