@@ -360,3 +360,36 @@ def test_synthesis_keeps_the_tree(tmp_path):
     plain = _ice40_cells(tmp_path, Pop(True), "plain")
     assert ours.get("SB_CARRY", 0) >= 30  # the carry-chain adders survived
     assert ours["SB_LUT4"] < plain["SB_LUT4"]
+
+
+def test_other_domain_without_en():
+    """Registers go to the named domain; with ``en=None`` they load on every edge of it."""
+    from amaranth.hdl import ClockDomain
+
+    m = Module()
+    m.domains.fast = ClockDomain()
+    x = Signal(12)
+    rows = [[1, 0, 1] * 4, [0, 0, 1] * 4]  # the second sum shares the first one's bits
+    outs = [sum_terms(m, [x[i] if w else ~x[i] for i, w in enumerate(row)], pipeline=1,
+                      domain="fast", name=f"c{o}") for o, row in enumerate(rows)]
+    assert [lat for _, lat in outs] == [tree_latency(12, 1), tree_latency(12, 1) + 1]
+    rng = random.Random(1)
+    values = [rng.getrandbits(12) for _ in range(20)]
+    got, expected = [], []
+
+    async def bench(ctx):
+        for t, v in enumerate(values):
+            ctx.set(x, v)
+            for (s, lat), row in zip(outs, rows):
+                if t >= lat:
+                    old = values[t - lat]
+                    expected.append(sum(((old >> i) & 1) == w for i, w in enumerate(row)))
+                    got.append(ctx.get(s))
+            await ctx.tick("fast")
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, domain="fast")
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(got) > 30
+    np.testing.assert_array_equal(got, expected)
