@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from amaranth.back import verilog
 
 from bitfab.errors import ToolError
+from bitfab.sim.tools import tool_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("BITFAB_BUILD_DIR", ROOT / "build"))
@@ -31,19 +30,8 @@ DEVICES = {
 }
 
 
-def tool(name: str) -> str:
-    """Return the path of YoWASP tool ``name``: next to this Python first (the venv), then PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    path = shutil.which(name)
-    if path is None:
-        raise ToolError(f"{name} is not installed (pip install {name.replace('-nextpnr', '')})")
-    return path
-
-
 def _run(cmd: list[str], cwd: Path, log: str) -> None:
-    cmd = [tool(cmd[0]), *cmd[1:]]
+    cmd = [tool_path(cmd[0]), *cmd[1:]]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     (cwd / log).write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
