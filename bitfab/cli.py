@@ -145,16 +145,21 @@ def info(model, as_json):
 
 def evaluate(model, x: np.ndarray, labels: np.ndarray | None) -> dict:
     """Run the golden model on ``x``; return predictions and (with labels) accuracy."""
-    from .sim.golden import predict
-    pred = predict(model, x)
+    if all(layer.kind == "dense" for layer in model.layers):
+        from .sim.golden import predict
+        pred = predict(model, x)
+    else:  # a sequence model: x is (batch, steps, features), one class per sequence or step
+        from .sim.lstm import predict_sequences
+        pred = predict_sequences(model, x)
     result = {"n": int(len(pred)), "predictions": pred}
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape != (len(pred),) or labels.dtype.kind not in "iu":
-            raise BitfabError(f"labels must be {len(pred)} integers, one per input, "
-                              f"not {labels.dtype} of shape {labels.shape}")
+        if labels.shape != pred.shape or labels.dtype.kind not in "iu":
+            raise BitfabError(f"labels must be integers of shape {pred.shape}, one per "
+                              f"{'input' if pred.ndim == 1 else 'step'}, not {labels.dtype} of "
+                              f"shape {labels.shape}")
         result["correct"] = int(np.count_nonzero(pred == labels))
-        result["accuracy"] = result["correct"] / max(len(pred), 1)
+        result["accuracy"] = result["correct"] / max(pred.size, 1)
     return result
 
 
@@ -210,7 +215,7 @@ def eval_(model, inputs, dataset, labels, out, as_json):
         con.print(f"golden model: {result['correct']}/{result['n']} correct, "
                   f"accuracy {100 * result['accuracy']:.2f} %")
     else:
-        counts = np.bincount(pred, minlength=m.out_features)
+        counts = np.bincount(pred.ravel(), minlength=m.out_features)
         con.print(f"golden model: {result['n']} predictions; per class: {counts.tolist()}")
 
 

@@ -287,6 +287,11 @@ def check_inputs(model: IntegerModel, x) -> np.ndarray:
 
 def execute(model: IntegerModel, x) -> Trace:
     """Run ``model`` on input values ``x`` (``(batch, in_features)``) and return the full trace."""
+    for i, layer in enumerate(model.layers):
+        if not isinstance(layer, Dense):
+            raise ModelRangeError(f"layers[{i}] is an {layer.kind} layer: a sequence model runs "
+                                  f"with bitfab.sim.lstm.execute_sequences on (batch, steps, "
+                                  f"features) inputs")
     values = check_inputs(model, x)
     trace = Trace([], [], [])
     for i, layer in enumerate(model.layers):

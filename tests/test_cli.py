@@ -77,7 +77,7 @@ def test_eval_accuracy_against_golden(capsys, model_file, tmp_path):
     (["eval", "{model}", "--inputs", "{tmp}/bad.npy"], r"^error: inputs must have shape"),
     (["eval", "{model}", "--inputs", "{tmp}/big.npy"], r"^error: inputs must be uint8 values in "),
     (["eval", "{model}", "--inputs", "{tmp}/x.npy", "--labels", "{tmp}/bad.npy"],
-     r"^error: labels must be 4 integers"),
+     r"^error: labels must be integers of shape \(4,\), one per input"),
     (["eval", "{model}", "--inputs", "{model}"], r"^error: inputs .*: not a readable .npy"),
 ])
 def test_errors_are_one_line_and_nonzero(capsys, tmp_path, model_file, args, message):
@@ -121,3 +121,26 @@ def test_demo_runs(capsys, tmp_path):
     code, out, err = bitfab(capsys, "demo", "--out", tmp_path)
     assert code == 0, err
     assert (tmp_path / "demo.bfm").exists()
+
+
+def test_eval_runs_sequence_models_and_execute_refuses_them(capsys, tmp_path):
+    from bitfab.errors import ModelRangeError
+    from bitfab.lstm import random_lstm
+    from bitfab.model import IntWeights
+    from bitfab.sim.golden import execute
+    from bitfab.sim.lstm import predict_sequences
+
+    rng = np.random.default_rng(6)
+    lstm = random_lstm(rng, 3, 4, returns="last")
+    head = Dense(rng.integers(-3, 4, (2, 4)), IntWeights(3), lstm.out_format)
+    model = IntegerModel((lstm, head), name="seq")
+    model.save(tmp_path / "seq.bfm")
+    x = rng.integers(lstm.input.min_value, lstm.input.max_value + 1, (6, 5, 3))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", predict_sequences(model, x))
+    code, out, err = bitfab(capsys, "eval", tmp_path / "seq.bfm", "--inputs", tmp_path / "x.npy",
+                            "--labels", tmp_path / "y.npy", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"accuracy": 1.0, "correct": 6, "n": 6}
+    with pytest.raises(ModelRangeError, match=r"layers\[0\] is an lstm layer"):
+        execute(model, x[:, 0])
