@@ -20,9 +20,9 @@ import platform
 import time
 
 import numpy as np
-from bitfab.sim import golden
 
 from bitfab.examples import sfc
+from bitfab.sim import golden
 
 
 def best(fn, repeat):
