@@ -44,7 +44,23 @@ def _divisor(divisor) -> int:
     return divisor
 
 
-class UARTTx(wiring.Component):
+class _Uart(wiring.Component):
+    """What the transmitter and the receiver share: the bit-time divisor, validated."""
+
+    def __init__(self, divisor: int):
+        try:
+            self._divisor = _divisor(divisor)
+        except BitfabError:
+            self._MustUse__silence = True  # refused, never meant to be elaborated
+            raise
+        super().__init__()
+
+    @property
+    def divisor(self) -> int:
+        return self._divisor
+
+
+class UARTTx(_Uart):
     """Send the bytes of ``i`` on ``tx``: a start bit, 8 data bits LSB first, a stop bit.
 
     Parameters
@@ -62,18 +78,6 @@ class UARTTx(wiring.Component):
 
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, divisor: int):
-        try:
-            self._divisor = _divisor(divisor)
-        except BitfabError:
-            self._MustUse__silence = True  # refused, never meant to be elaborated
-            raise
-        super().__init__()
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
@@ -93,7 +97,7 @@ class UARTTx(wiring.Component):
         return m
 
 
-class UARTRx(wiring.Component):
+class UARTRx(_Uart):
     """Receive bytes on ``rx`` and give them on ``o``.
 
     The line goes through two flip-flops (it is asynchronous to the clock); a start bit is
@@ -120,18 +124,6 @@ class UARTRx(wiring.Component):
     o: Out(stream.Signature(8))
     frame_error: Out(1)
     overrun: Out(1)
-
-    def __init__(self, divisor: int):
-        try:
-            self._divisor = _divisor(divisor)
-        except BitfabError:
-            self._MustUse__silence = True  # refused, never meant to be elaborated
-            raise
-        super().__init__()
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
