@@ -83,7 +83,7 @@ def test_folded_network_and_combinational_layer_on_verilator(tmp_path):
 
 @pytest.mark.synth
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["xnor_popcount", "shift_add"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("family, sim", [("ice40", "verilator"), ("ice40", "icarus"),
                                          ("ecp5", "verilator")])
 def test_synthesized_netlist_is_bit_exact(tmp_path, tool, kind, family, sim):
