@@ -136,7 +136,8 @@ def test_amaranth_simulator_through_the_same_command(tmp_path):
 def test_trained_model_on_its_real_test_inputs(tmp_path):
     """A network trained by quant/ on digits, simulated on its test split, equals the golden
     model (and hence, by quant's own tests, the torch reference) on every image."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from bitfab.quant.data import load_dataset
     from bitfab.quant.recipes import TrainConfig
     from bitfab.quant.train import export, fit
