@@ -82,19 +82,16 @@ def board():
 def compare_run(model, x: np.ndarray, transport, *, window: int = 2, progress=None) -> dict:
     """Run ``x`` on a board through ``transport`` and compare with the golden model (and the torch
     reference when the model carries one); return the comparison as a JSON object."""
-    from bitfab.sim.golden import execute
+    from bitfab.sim.golden import compare_outputs, execute
 
     from .host import BoardClient
     client = BoardClient(transport, model, window=window)
     run = client.run(x, progress=progress)
     trace = execute(model, x)
     golden = trace.output
-    bad = np.flatnonzero(np.any(run.outputs != golden, axis=1))
+    mismatches, first = compare_outputs(run.outputs, golden)
     result = {
-        "vectors": int(len(x)), "mismatches": int(len(bad)),
-        "first_mismatch": None if not len(bad) else {
-            "vector": int(bad[0]), "expected": golden[bad[0]].tolist(),
-            "actual": run.outputs[bad[0]].tolist()},
+        "vectors": int(len(x)), "mismatches": mismatches, "first_mismatch": first,
         "seconds": run.seconds, "vectors_per_s": run.vectors_per_s,
         "bytes_sent": run.bytes_sent, "bytes_received": run.bytes_received,
         "torch_mismatches": None,

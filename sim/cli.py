@@ -158,16 +158,7 @@ def _simulate_amaranth(model, layer, fold, pipeline, x, stall, seed, vcd) -> Sim
         elif vcd:
             os.environ["BITFAB_VCD"] = saved
     got = unpack(result.outputs, fout, expected.shape[1])
-    n = min(len(got), len(expected))
-    bad = np.flatnonzero(np.any(got[:n] != expected[:n], axis=1))
-    mismatches = len(bad) + abs(len(got) - len(expected))
-    first = None
-    if len(bad):
-        i = int(bad[0])
-        first = {"vector": i, "outputs": [int(k) for k in np.flatnonzero(got[i] != expected[i])],
-                 "expected": expected[i].tolist(), "actual": got[i].tolist()}
-    elif len(got) != len(expected):
-        first = {"vector": n, "expected": f"{len(expected)} vectors", "actual": f"{len(got)}"}
+    mismatches, first = golden.compare_outputs(got, expected)
     return SimRun("amaranth", None, len(expected), mismatches, result.cycles,
                   result.cycles / wall if wall else 0.0, wall, build_s, first,
                   type(component).__name__, str(vcd) if vcd else None)

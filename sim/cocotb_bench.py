@@ -27,6 +27,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
 
 from bitfab.hw.packing import pack_codes, unpack_codes
+from bitfab.sim.golden import compare_outputs
 
 
 class Driver:
@@ -119,16 +120,7 @@ class Checker:
     def check(self, received: list[int]):
         got = unpack_codes(received, self.count, self.bits) if received else \
             np.zeros((0, self.count), dtype=np.int64)
-        want = self.model.codes
-        n = min(len(got), len(want))
-        bad = np.flatnonzero(np.any(got[:n] != want[:n], axis=1))
-        self.mismatches = int(len(bad)) + abs(len(got) - len(want))
-        if len(bad):
-            i = int(bad[0])
-            self.first = {"vector": i, "expected": want[i].tolist(), "actual": got[i].tolist()}
-        elif len(got) != len(want):
-            self.first = {"vector": n, "expected": "a vector" if len(want) > n else "nothing",
-                          "actual": "nothing" if len(want) > n else "an extra vector"}
+        self.mismatches, self.first = compare_outputs(got, self.model.codes)
         return got
 
 

@@ -37,7 +37,7 @@ from bitfab.model import (
 __all__ = [
     "pack_bits", "xnor_popcount_matmul", "exact_matmul", "ternary_matmul", "shift_add_matmul",
     "lut_matmul", "int_matmul", "threshold", "requant", "dense_accumulate", "dense_forward",
-    "Trace", "execute", "predict", "datapath_kind",
+    "Trace", "execute", "predict", "datapath_kind", "compare_outputs",
 ]
 
 _F32_EXACT = 1 << 24
@@ -308,3 +308,24 @@ def execute(model: IntegerModel, x) -> Trace:
 def predict(model: IntegerModel, x) -> np.ndarray:
     """Return the predicted class (argmax of the last output; the first maximum wins ties)."""
     return np.argmax(execute(model, x).output, axis=1)
+
+
+def compare_outputs(got, want) -> tuple[int, dict | None]:
+    """Compare output vectors in order, bit for bit: return ``(mismatches, first)``.
+
+    ``mismatches`` counts differing vectors plus lost or extra ones; ``first`` names the first
+    differing vector (its index, the differing outputs, expected and actual values), or says how
+    many vectors came where the counts differ, or is None when everything agrees.
+    """
+    got, want = np.asarray(got), np.asarray(want)
+    n = min(len(got), len(want))
+    bad = np.flatnonzero(np.any(got[:n] != want[:n], axis=1))
+    mismatches = int(len(bad)) + abs(len(got) - len(want))
+    if len(bad):
+        i = int(bad[0])
+        return mismatches, {"vector": i, "outputs": np.flatnonzero(got[i] != want[i]).tolist(),
+                            "expected": want[i].tolist(), "actual": got[i].tolist()}
+    if len(got) != len(want):
+        return mismatches, {"vector": n, "expected": f"{len(want)} vectors",
+                            "actual": f"{len(got)} vectors"}
+    return mismatches, None

@@ -179,3 +179,16 @@ def test_a_wrong_reference_is_caught():
     wrong[2, 1] += 1
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(acc, wrong)
+
+
+def test_compare_outputs_counts_and_names_the_first_mismatch():
+    want = np.arange(12).reshape(4, 3)
+    assert golden.compare_outputs(want.copy(), want) == (0, None)
+    got = want.copy()
+    got[2, 1] += 1
+    got[3, 0] -= 1
+    assert golden.compare_outputs(got, want) == (
+        2, {"vector": 2, "outputs": [1], "expected": [6, 7, 8], "actual": [6, 8, 8]})
+    assert golden.compare_outputs(want[:3], want) == (
+        1, {"vector": 3, "expected": "4 vectors", "actual": "3 vectors"})
+    assert golden.compare_outputs(np.vstack([want, want[:1]]), want)[0] == 1
