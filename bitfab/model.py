@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, ModelRangeError
 
 __all__ = [
     "InputFormat",
@@ -157,6 +157,17 @@ class InputFormat:
         if self.kind == "bipolar":
             return bool(np.all(np.abs(values) == 1))
         return bool(values.min() >= self.min_value and values.max() <= self.max_value)
+
+    def check(self, values: np.ndarray, what: str = "values") -> None:
+        """Raise :class:`ModelRangeError` naming the first value this format cannot hold."""
+        values = np.asarray(values)
+        if self.contains(values):
+            return
+        bad = int(values[(values < self.min_value) | (values > self.max_value)
+                         | ((values == 0) if self.kind == "bipolar" else False)].flat[0])
+        raise ModelRangeError(f"{what} must be {self.describe()} values in "
+                              f"[{self.min_value}, {self.max_value}], not {bad}"
+                              f"{' (bipolar has no 0)' if self.kind == 'bipolar' else ''}")
 
     def to_codes(self, values: np.ndarray) -> np.ndarray:
         """Return the hardware bit patterns (non-negative, ``bits`` wide) of ``values``."""

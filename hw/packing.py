@@ -37,11 +37,7 @@ def pack(values, fmt: InputFormat) -> list[int]:
         raise ModelRangeError(f"values must be a (batch, n) integer array, not {arr.dtype} "
                               f"of shape {arr.shape}")
     arr = arr.astype(np.int64)
-    if not fmt.contains(arr):
-        bad = arr[(arr < fmt.min_value) | (arr > fmt.max_value)
-                  | ((arr == 0) if fmt.kind == "bipolar" else False)]
-        raise ModelRangeError(f"values must be {fmt.describe()} values in "
-                              f"[{fmt.min_value}, {fmt.max_value}], not {int(bad.flat[0])}")
+    fmt.check(arr)
     return pack_codes(fmt.to_codes(arr), fmt.bits)
 
 

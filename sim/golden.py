@@ -274,14 +274,7 @@ def check_inputs(model: IntegerModel, x) -> np.ndarray:
                                   f"not values such as {bad}")
     elif arr.dtype.kind not in "iu":
         raise ModelRangeError(f"inputs must be integers, not {arr.dtype}")
-    fmt = model.input
-    if arr.size and (arr.min() < fmt.min_value or arr.max() > fmt.max_value
-                     or (fmt.kind == "bipolar" and np.any(arr == 0))):
-        bad = arr[(arr < fmt.min_value) | (arr > fmt.max_value) |
-                  ((arr == 0) if fmt.kind == "bipolar" else False)].flat[0]
-        raise ModelRangeError(f"inputs must be {fmt.describe()} values in "
-                              f"[{fmt.min_value}, {fmt.max_value}]"
-                              f"{' (no 0)' if fmt.kind == 'bipolar' else ''}, not {bad}")
+    model.input.check(arr, "inputs")
     return arr.astype(np.int64)
 
 
