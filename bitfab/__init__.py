@@ -30,5 +30,5 @@ __all__ = [
 
 
 def load(path) -> IntegerModel:
-    """Read a ``.bfm`` model file (see :func:`bitfab.fileformat.load`)."""
+    """Read a ``.bfm`` model file (see :meth:`bitfab.model.IntegerModel.load`)."""
     return IntegerModel.load(path)

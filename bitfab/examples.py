@@ -36,27 +36,15 @@ ENCODINGS = {
 }
 
 
+def _xnor(encoding) -> bool:
+    """Whether the encoding meets bipolar inputs in an XNOR-popcount (binary weights)."""
+    return encoding.datapath(InputFormat.bipolar()) == "xnor_popcount"
+
+
 def random_weights(rng: np.random.Generator, encoding, shape, sparsity: float = 0.0) -> np.ndarray:
-    """Draw weights allowed by ``encoding``; ``sparsity`` zeroes that fraction where zeros exist."""
-    if isinstance(encoding, Binary):
-        return rng.choice(np.array([-1, 1]), size=shape)
-    if isinstance(encoding, Ternary):
-        w = rng.choice(np.array([-1, 1]), size=shape)
-    elif isinstance(encoding, Pow2):
-        e = rng.integers(encoding.e_min, encoding.e_max + 1, size=shape)
-        w = rng.choice(np.array([-1, 1]), size=shape) << e
-        if not encoding.zero:
-            return w
-    elif isinstance(encoding, Lut):
-        return rng.choice(np.array(encoding.dictionary), size=shape)
-    elif isinstance(encoding, IntWeights):
-        half = 1 << (encoding.bits - 1)
-        w = rng.integers(-half, half, size=shape)
-    else:
-        raise TypeError(f"unknown encoding {encoding!r}")
-    if sparsity:
-        w = np.where(rng.random(shape) < sparsity, 0, w)
-    return w
+    """Draw weights allowed by ``encoding``; ``sparsity`` zeroes that fraction where zeros exist
+    (:meth:`encoding.random <bitfab.encodings.Ternary.random>`)."""
+    return encoding.random(rng, shape, sparsity)
 
 
 def random_thresholds(rng: np.random.Generator, layer: Dense, count: int) -> Threshold:
@@ -80,7 +68,7 @@ def random_dense(rng: np.random.Generator, n_in: int, n_out: int, encoding="bina
     """Draw a random dense layer; ``output`` is ``none``, ``threshold`` or ``requant``."""
     enc = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
     if input_format is None:
-        input_format = InputFormat.bipolar() if isinstance(enc, Binary) else InputFormat.int(4)
+        input_format = InputFormat.bipolar() if _xnor(enc) else InputFormat.int(4)
     w = random_weights(rng, enc, (n_out, n_in), sparsity)
     b = rng.integers(-4, 5, size=n_out) if bias else None
     layer = Dense(w, enc, input_format, NoOutput(), b)
@@ -102,7 +90,7 @@ def mlp(rng: np.random.Generator, sizes, encoding="binary", name="mlp") -> Integ
     """A random MLP: bipolar activations between binary layers (1 threshold), 2-bit activations
     (3 thresholds) between other layers, raw accumulators at the end."""
     enc = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
-    binary = isinstance(enc, Binary)
+    binary = _xnor(enc)
     layers = []
     fmt = InputFormat.bipolar() if binary else InputFormat.int(8)
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -30,17 +30,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .encodings import check_encoding, encoding_from_json
 from .errors import ModelFormatError
-from .model import (
-    _ENCODINGS,
-    _INT64_SAFE,
+from .fileformat import Reader, Writer, field, input_format
+from .formats import (
+    MAX_ELEMENTS,
     InputFormat,
-    Lut,
-    _index,
-    _int_array,
-    register_layer_kind,
+    StreamFormat,
+    accumulator_range,
+    as_index,
+    int_array,
     signed_bits,
 )
+from .layers import register_layer_kind
 
 __all__ = ["Lstm", "LstmOutput", "GATES", "MAX_TABLE", "random_lstm"]
 
@@ -52,7 +54,7 @@ _QGATES = (0, 1, 3)  # rows of W that are quantized gates (i, f, o)
 
 
 def _table(value: Any, what: str, dirs: int) -> np.ndarray:
-    t = _int_array(value, what, 2)
+    t = int_array(value, what, 2)
     size = t.shape[1]
     if t.shape[0] != dirs:
         raise ModelFormatError(f"{what} must have {dirs} row(s) (one per direction), not "
@@ -126,7 +128,7 @@ class Lstm:
     kind: ClassVar[str] = "lstm"
 
     def __post_init__(self):
-        w = _int_array(self.weights, "weights", 4)
+        w = int_array(self.weights, "weights", 4)
         if w.shape[0] not in (1, 2) or w.shape[1] != 4 or 0 in w.shape:
             raise ModelFormatError(f"weights must have shape (directions 1|2, 4, hidden, "
                                    f"in_features + hidden), not {w.shape}")
@@ -134,14 +136,12 @@ class Lstm:
         if cols <= hidden:
             raise ModelFormatError(f"weights must have more than hidden ({hidden}) columns "
                                    f"(x then h), not {cols}")
-        if not isinstance(self.encoding, tuple(_ENCODINGS.values())):
-            raise ModelFormatError(f"encoding must be one of {sorted(_ENCODINGS)}, "
-                                   f"not {self.encoding!r}")
+        check_encoding(self.encoding)
         if not isinstance(self.input, InputFormat) or self.input.kind != "int":
             raise ModelFormatError(f"input must be an int InputFormat, not {self.input!r}")
         self.encoding.check(w, "weights")
-        hb = _index(self.hidden_bits, "hidden_bits")
-        cb = _index(self.cell_bits, "cell_bits")
+        hb = as_index(self.hidden_bits, "hidden_bits")
+        cb = as_index(self.cell_bits, "cell_bits")
         if not 2 <= hb <= 16:
             raise ModelFormatError(f"hidden_bits must be in 2..16, not {hb}")
         if not 2 <= cb <= 32:
@@ -150,10 +150,10 @@ class Lstm:
             b = np.zeros((dirs, 4, hidden), dtype=np.int64)
             b.flags.writeable = False
         else:
-            b = _int_array(self.bias, "bias", 3)
+            b = int_array(self.bias, "bias", 3)
         if b.shape != (dirs, 4, hidden):
             raise ModelFormatError(f"bias must have shape {(dirs, 4, hidden)}, not {b.shape}")
-        t = _int_array(self.gate_thresholds, "gate_thresholds", 4)
+        t = int_array(self.gate_thresholds, "gate_thresholds", 4)
         if t.shape != (dirs, 3, hidden, 2):
             raise ModelFormatError(f"gate_thresholds must have shape {(dirs, 3, hidden, 2)}, "
                                    f"not {t.shape}")
@@ -171,12 +171,12 @@ class Lstm:
             raise ModelFormatError(f"cell_table values must fit the {hb}-bit hidden state")
         shifts = []
         for what, value in (("cand_shift", self.cand_shift), ("cell_shift", self.cell_shift)):
-            s = _int_array(value, what, 1)
+            s = int_array(value, what, 1)
             if s.shape != (dirs,) or s.min() < 0 or s.max() > 62:
                 raise ModelFormatError(f"{what} must be {dirs} shift(s) in 0..62, "
                                        f"not {s.tolist()}")
             shifts.append(s)
-        length = _index(self.max_length, "max_length")
+        length = as_index(self.max_length, "max_length")
         if not 1 <= length <= 1 << 20:
             raise ModelFormatError(f"max_length must be in 1..{1 << 20}, not {length}")
         if self.returns not in ("sequence", "last"):
@@ -189,14 +189,11 @@ class Lstm:
                            ("cell_shift", shifts[1]), ("hidden_bits", hb), ("cell_bits", cb),
                            ("max_length", length)):
             object.__setattr__(self, key, value)
-        lo, hi = self.acc_range
-        if max(-int(lo.min()), int(hi.max())) >= _INT64_SAFE:
-            raise ModelFormatError("weights: the gate accumulator can exceed 62 bits")
         need = self.required_acc_bits
         if self.acc_bits is None:
             object.__setattr__(self, "acc_bits", need)
         else:
-            declared = _index(self.acc_bits, "acc_bits")
+            declared = as_index(self.acc_bits, "acc_bits")
             if not need <= declared <= 62:
                 raise ModelFormatError(f"acc_bits: declared {declared} bits, but the gate "
                                        f"accumulators need {need} (at most 62)")
@@ -266,12 +263,7 @@ class Lstm:
         n = self.in_features
         zmin = np.array([self.input.min_value] * n + [self.hidden_format.min_value] * self.hidden)
         zmax = np.array([self.input.max_value] * n + [self.hidden_format.max_value] * self.hidden)
-        a, b = self.weights * zmin, self.weights * zmax
-        lo = np.minimum(a, b).sum(axis=-1) + self.bias
-        hi = np.maximum(a, b).sum(axis=-1) + self.bias
-        for arr in (lo, hi):
-            arr.flags.writeable = False
-        return lo, hi
+        return accumulator_range(self.weights, zmin, zmax, self.bias, "weights (gates)")
 
     @property
     def required_acc_bits(self) -> int:
@@ -287,9 +279,7 @@ class Lstm:
     @property
     def weight_bits(self) -> int:
         """Weight memory in bits (plus the lut dictionary and both tanh tables)."""
-        bits = self.weights.size * self.encoding.bits_per_weight
-        if isinstance(self.encoding, Lut):
-            bits += len(self.encoding.dictionary) * self.encoding.entry_bits
+        bits = self.weights.size * self.encoding.bits_per_weight + self.encoding.table_bits
         cand, cell = self.table_sizes
         return bits + self.directions * (cand * self.cell_bits + cell * self.hidden_bits)
 
@@ -297,6 +287,28 @@ class Lstm:
     def macs(self) -> int:
         """Multiply-accumulates per time step, zeros included."""
         return int(self.weights.size)
+
+    @property
+    def weight_count(self) -> int:
+        """Number of weights (all directions and gates)."""
+        return int(self.weights.size)
+
+    @property
+    def datapath(self) -> str:
+        """The datapath of the gate sums (over ``[x; h]`` in :attr:`concat_format`)."""
+        return self.encoding.datapath(self.concat_format)
+
+    @property
+    def in_stream(self) -> StreamFormat:
+        """One time step per transfer, ``last`` on each sequence's final step."""
+        return StreamFormat(self.input, self.in_features, framed=True)
+
+    @property
+    def out_stream(self) -> StreamFormat:
+        """``h`` per step (``returns="sequence"``, framed like the input) or one vector per
+        sequence (``returns="last"``)."""
+        return StreamFormat(self.hidden_format, self.out_features,
+                            framed=self.returns == "sequence")
 
     def replace(self, **changes) -> Lstm:
         """Return a copy with ``changes`` applied (validated again)."""
@@ -311,23 +323,18 @@ class Lstm:
 
     # --- the file format --------------------------------------------------------------------------
 
-    def to_manifest(self, prefix: str, out) -> dict:
+    def to_manifest(self, prefix: str, out: Writer) -> dict:
         """Return the manifest entry; arrays go to ``out`` (see :mod:`bitfab.fileformat`)."""
-        from .fileformat import _smallest_int_dtype
-        enc = self.encoding
         w = self.weights
-        if hasattr(enc, "encode"):
-            stored = enc.encode(w.reshape(-1, w.shape[-1])).reshape(w.shape)
-        else:
-            stored = w.astype(_smallest_int_dtype(w))
+        stored = self.encoding.store(w.reshape(-1, w.shape[-1]))
 
         def add(key, arr):
-            return out.add(f"{prefix}/{key}.npy", arr.astype(_smallest_int_dtype(arr)))
+            return out.add_int(f"{prefix}/{key}.npy", arr)
 
         return {
             "kind": self.kind, "name": self.name, "directions": self.directions,
             "hidden": self.hidden, "in_features": self.in_features,
-            "input": self.input.to_json(), "encoding": enc.to_json(),
+            "input": self.input.to_json(), "encoding": self.encoding.to_json(),
             "weights": out.add(f"{prefix}/weights.npy", stored),
             "bias": add("bias", self.bias), "hidden_bits": self.hidden_bits,
             "cell_bits": self.cell_bits, "gate_thresholds": add("thresholds", self.gate_thresholds),
@@ -339,35 +346,33 @@ class Lstm:
         }
 
     @classmethod
-    def from_manifest(cls, d: dict, reader, where: str) -> Lstm:
+    def from_manifest(cls, d: dict, reader: Reader, where: str) -> Lstm:
         """Read a manifest entry written by :meth:`to_manifest`."""
-        from .fileformat import _encoding, _get, _input_format
-        dirs = _get(d, "directions", int, where)
-        hidden = _get(d, "hidden", int, where)
-        n_in = _get(d, "in_features", int, where)
+        dirs = field(d, "directions", int, where)
+        hidden = field(d, "hidden", int, where)
+        n_in = field(d, "in_features", int, where)
         if dirs not in (1, 2) or hidden < 1 or n_in < 1 \
-                or 4 * dirs * hidden * (n_in + hidden) > 1 << 27:
+                or 4 * dirs * hidden * (n_in + hidden) > MAX_ELEMENTS:
             raise ModelFormatError(f"{where}: directions {dirs}, hidden {hidden}, in_features "
                                    f"{n_in} are out of range")
-        enc = _encoding(_get(d, "encoding", dict, where), f"{where}.encoding")
+        enc = encoding_from_json(field(d, "encoding", dict, where), f"{where}.encoding")
         shape = (dirs, 4, hidden, n_in + hidden)
-        raw = reader.array(_get(d, "weights", str, where), f"{where}.weights", shape)
-        if hasattr(enc, "decode"):
-            w = enc.decode(raw.reshape(-1, shape[-1]), f"{where}.weights").reshape(shape)
-        else:
-            w = raw
+        rows, cols = dirs * 4 * hidden, n_in + hidden
+        raw = reader.array(field(d, "weights", str, where), f"{where}.weights",
+                           enc.stored_shape(rows, cols))
+        w = enc.restore(raw, cols, f"{where}.weights").reshape(shape)
 
         def arr(key, shape=None):
-            return reader.array(_get(d, key, str, where), f"{where}.{key}", shape)
+            return reader.array(field(d, key, str, where), f"{where}.{key}", shape)
 
         return cls(
-            w, enc, _input_format(_get(d, "input", dict, where), f"{where}.input"),
-            _get(d, "hidden_bits", int, where), _get(d, "cell_bits", int, where),
+            w, enc, input_format(field(d, "input", dict, where), f"{where}.input"),
+            field(d, "hidden_bits", int, where), field(d, "cell_bits", int, where),
             arr("gate_thresholds", (dirs, 3, hidden, 2)), arr("cand_table"),
             arr("cand_shift", (dirs,)), arr("cell_table"), arr("cell_shift", (dirs,)),
-            arr("bias", (dirs, 4, hidden)), _get(d, "max_length", int, where),
-            _get(d, "returns", str, where), _get(d, "acc_bits", int, where),
-            _get(d, "name", str, where, ""))
+            arr("bias", (dirs, 4, hidden)), field(d, "max_length", int, where),
+            field(d, "returns", str, where), field(d, "acc_bits", int, where),
+            field(d, "name", str, where, ""))
 
 
 register_layer_kind(Lstm)
@@ -382,27 +387,11 @@ def random_lstm(rng: np.random.Generator, n_in: int, hidden: int, encoding: Any 
     The thresholds straddle the middle of each gate's reachable accumulator range and the tables
     are tanh curves, so all three gate codes, both table ends and cell saturation all occur.
     """
-    from .model import IntWeights, Pow2, Ternary
+    from .encodings import Ternary
     encoding = Ternary() if encoding is None else encoding
     fmt = InputFormat.int(4, signed=False) if input is None else input
     shape = (directions, 4, hidden, n_in + hidden)
-    if isinstance(encoding, Pow2):
-        e = rng.integers(encoding.e_min, encoding.e_max + 1, shape)
-        w = rng.choice([-1, 1], shape) * (1 << e)
-    elif isinstance(encoding, IntWeights):
-        top = 1 << (encoding.bits - 1)
-        w = rng.integers(-top, top, shape)
-    elif isinstance(encoding, Lut):
-        w = rng.choice(np.array(encoding.dictionary), shape)
-    elif isinstance(encoding, Ternary):
-        w = rng.integers(-1, 2, shape)
-    else:
-        w = rng.choice([-1, 1], shape)
-    if not isinstance(encoding, (Pow2,)) or encoding.zero:
-        zero = rng.random(shape) < sparsity
-        if getattr(encoding, "kind", "") != "binary" and not (
-                isinstance(encoding, Lut) and 0 not in encoding.dictionary):
-            w = np.where(zero, 0, w)
+    w = encoding.random(rng, shape, sparsity)
     scale = float(np.abs(w).sum(axis=-1).mean()) * max(fmt.max_value, 1 << (hidden_bits - 1))
     bias = rng.integers(-int(scale) // 8 - 1, int(scale) // 8 + 2, (directions, 4, hidden))
     t = np.sort(rng.normal(0, scale / 6, (directions, 3, hidden, 2)).round(), axis=-1)
