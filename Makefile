@@ -6,7 +6,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bitfab-installed
 # everything bitfab caches (Verilator builds, the YoWASP WASM cache, synthesis runs) lives here
 export BITFAB_BUILD_DIR ?= $(CURDIR)/build
-export YOWASP_CACHE_DIR ?= $(BITFAB_BUILD_DIR)/yowasp-cache
 
 .PHONY: install demo test lint bench clean
 

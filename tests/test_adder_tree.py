@@ -326,7 +326,7 @@ def _ice40_cells(tmp_path, component, name):
 
     from amaranth.back import verilog
 
-    from bitfab.sim.tools import tool_path
+    from bitfab.toolchain import tool_path
 
     (tmp_path / f"{name}.v").write_text(verilog.convert(component, name="top"))
     script = f"read_verilog {name}.v; synth_ice40 -top top; tee -q -o {name}.json stat -json"

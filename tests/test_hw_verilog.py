@@ -1,7 +1,6 @@
 """``bitfab verilog``: Verilog for every encoding and both architectures, and its JSON sidecar."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from bitfab.cli import main, run
 from bitfab.examples import mlp, random_dense
 from bitfab.hw.verilog import generate, module_name, verilog_ports
 from bitfab.model import InputFormat, IntegerModel
+from bitfab.toolchain import tool_env
 
 ENCODINGS = ["binary", "ternary", "pow2", "denseshift", "lut", "int"]
 
@@ -129,7 +129,7 @@ def test_yosys_reads_back_every_encoding_and_architecture(tmp_path):
                 files.append((facts["verilog"], facts["top"]))
     script = "; ".join(f"read_verilog {f}; hierarchy -check -top {top}; proc; design -reset"
                        for f, top in files)
-    env = {**os.environ, "YOWASP_CACHE_DIR": os.environ["YOWASP_CACHE_DIR"]}
+    env = tool_env()
     # YoWASP tools see the working directory only: read the files relative to it
     proc = subprocess.run([tool, "-q", "-p", script], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
