@@ -16,16 +16,18 @@ from typing import Literal
 
 import numpy as np
 
+from bitfab.encodings import DATAPATHS, is_encoding
 from bitfab.errors import BitfabError
-from bitfab.model import Binary, Dense, IntWeights, Lut, NoOutput, Pow2, Requant, Ternary, Threshold
-from bitfab.sim.golden import datapath_kind
+from bitfab.model import STAGES, Dense
 
-__all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "parse_fold"]
+__all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "DEFAULT_PIPELINE",
+           "parse_fold", "check_pipeline"]
 
 #: the two architectures
 ARCHITECTURES = ("unrolled", "folded")
-#: datapath kinds (as named by :func:`bitfab.sim.golden.datapath_kind`) that hw/ can build
-DATAPATHS = ("xnor_popcount", "ternary", "shift_add", "lut", "int")
+#: the pipeline parameter ``K`` every command uses unless told otherwise (``bitfab verilog``,
+#: ``sim``, ``synth`` and ``board run`` alike: what a user simulates is what they synthesize)
+DEFAULT_PIPELINE = 1
 
 
 class ConfigError(BitfabError, ValueError):
@@ -39,6 +41,14 @@ def _index(value, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise ConfigError(f"{what} must be an integer, not {value!r}") from None
+
+
+def check_pipeline(pipeline) -> int:
+    """Return ``pipeline`` as a non-negative int, or raise :class:`ConfigError`."""
+    pipeline = _index(pipeline, "pipeline")
+    if pipeline < 0:
+        raise ConfigError(f"pipeline must be a non-negative integer, not {pipeline}")
+    return pipeline
 
 
 def parse_fold(text: str) -> tuple[int, int]:
@@ -90,16 +100,13 @@ class LayerConfig:
             raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
                               f"not {self.architecture!r}")
         enc = layer.encoding
-        if not isinstance(enc, (Binary, Ternary, Pow2, Lut, IntWeights)):
+        if not is_encoding(enc) or layer.datapath not in DATAPATHS:
             raise ConfigError(f"no datapath supports the encoding {enc!r}")
         if layer.input.kind not in ("bipolar", "int"):
             raise ConfigError(f"no datapath supports the input format {layer.input!r}")
-        if not isinstance(layer.output, (Threshold, Requant, NoOutput)):
+        if STAGES.get(getattr(layer.output, "kind", None)) is not type(layer.output):
             raise ConfigError(f"no output stage supports {layer.output!r}")
-        pipeline = _index(self.pipeline, "pipeline")
-        if pipeline < 0:
-            raise ConfigError(f"pipeline must be a non-negative integer, not {pipeline}")
-        object.__setattr__(self, "pipeline", pipeline)
+        object.__setattr__(self, "pipeline", check_pipeline(self.pipeline))
         n_in, n_out = layer.in_features, layer.out_features
         if self.architecture == "unrolled":
             if self.pe is not None or self.simd is not None:
@@ -137,8 +144,8 @@ class LayerConfig:
     @property
     def kind(self) -> str:
         """The datapath: ``xnor_popcount``, ``ternary``, ``shift_add``, ``lut`` or ``int``
-        (:func:`bitfab.sim.golden.datapath_kind`)."""
-        return datapath_kind(self.layer)
+        (the encoding's :meth:`~bitfab.encodings.Binary.datapath` on the layer's input)."""
+        return self.layer.datapath
 
     @property
     def in_features(self) -> int:
@@ -176,36 +183,14 @@ class LayerConfig:
 
     @property
     def weight_code_bits(self) -> int:
-        """Bits of one weight in the folded weight memory: binary 1, ternary 2 (positive,
-        negative), pow2 ``2 + ceil(log2(e_max - e_min + 1))`` (non-zero, negative, exponent),
-        lut the index width, int the weight width."""
-        enc = self.layer.encoding
-        if isinstance(enc, Binary):
-            return 1
-        if isinstance(enc, Ternary):
-            return 2
-        if isinstance(enc, Pow2):
-            return 2 + (enc.e_max - enc.e_min).bit_length()
-        if isinstance(enc, Lut):
-            return enc.index_bits
-        return enc.bits
+        """Bits of one weight in the folded weight memory (the encoding's ``code_bits``: binary 1,
+        ternary 2, pow2 ``2 + bit_length(e_max - e_min)``, lut the index width, int the weight
+        width)."""
+        return self.layer.encoding.code_bits
 
     def weight_codes(self) -> np.ndarray:
-        """Return the ``(out, in)`` memory codes of the weights (see :attr:`weight_code_bits`)."""
-        w = self.layer.weights
-        enc = self.layer.encoding
-        if isinstance(enc, Binary):
-            return (w > 0).astype(np.int64)
-        if isinstance(enc, Ternary):
-            return (w > 0).astype(np.int64) | ((w < 0).astype(np.int64) << 1)
-        if isinstance(enc, Pow2):
-            mag = np.abs(w)
-            e = np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(), enc.e_min).astype(np.int64)
-            return ((mag > 0).astype(np.int64) | ((w < 0).astype(np.int64) << 1)
-                    | ((e - enc.e_min) << 2))
-        if isinstance(enc, Lut):
-            return enc.encode(w).astype(np.int64)
-        return w & ((1 << enc.bits) - 1)
+        """Return the ``(out, in)`` memory codes of the weights (the encoding's ``codes``)."""
+        return self.layer.encoding.codes(self.layer.weights)
 
     def to_json(self) -> dict:
         """Return the configuration facts as a JSON object (the layer by its description)."""
@@ -223,10 +208,12 @@ class LayerConfig:
             "output": layer.output.kind,
             "acc_bits": layer.acc_bits,
             "name": layer.name,
+            "kind": layer.kind,
         }
-        if isinstance(layer.output, Threshold):
-            out["thresholds"] = layer.output.count
-        if isinstance(layer.output, Requant):
-            out["requant"] = {"shift": layer.output.shift, "bits": layer.output.bits,
-                              "signed": layer.output.signed, "rounding": layer.output.rounding}
+        stage = layer.output
+        if stage.kind == "threshold":
+            out["thresholds"] = stage.count
+        if stage.kind == "requant":
+            out["requant"] = {"shift": stage.shift, "bits": stage.bits, "signed": stage.signed,
+                              "rounding": stage.rounding, "offset": stage.offset}
         return out

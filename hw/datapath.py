@@ -28,19 +28,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 
-from bitfab.model import (
-    Binary,
-    Dense,
-    IntWeights,
-    Lut,
-    NoOutput,
-    Pow2,
-    Requant,
-    Ternary,
-    Threshold,
-    signed_bits,
-    unsigned_bits,
-)
+from bitfab.model import Dense, signed_bits, unsigned_bits
 
 from .adder_tree import sum_terms
 
@@ -124,25 +112,35 @@ def unrolled_terms(m: Module, layer: Dense, o: int, xs: list, cache: dict
             else:
                 terms.append(Mux(t, mag, 0))
         return terms, negated
+    term_of = _UNROLLED[enc.kind]
     for i, w in enumerate(row):
         if w == 0:
             continue  # skip: a zero weight produces no hardware
         mag, neg = _abs_sign(w)
-        if isinstance(enc, (Binary, Ternary)):
-            term = xs[i]
-        elif isinstance(enc, Pow2):
-            term = xs[i] << (mag.bit_length() - 1)
-        elif isinstance(enc, Lut):
-            key = (i, mag)
-            if key not in cache:
-                cache[key] = const_mul(m, xs[i], mag, f"x{i}_mul{mag}")
-            term = cache[key]
-        else:
-            assert isinstance(enc, IntWeights)
-            terms.append(xs[i] * Const(int(w), signed(enc.bits)))  # the baseline: a multiplier
+        term = term_of(m, enc, xs[i], i, int(w), mag, cache)
+        if term is None:  # a signed product: its sign is in the term
+            terms.append(xs[i] * Const(int(w), signed(enc.bits)))
             continue
         (negated if neg else terms).append(term)
     return terms, negated
+
+
+def _lut_product(m: Module, enc, x, i: int, w: int, mag: int, cache: dict):
+    key = (i, mag)
+    if key not in cache:
+        cache[key] = const_mul(m, x, mag, f"x{i}_mul{mag}")
+    return cache[key]
+
+
+#: encoding kind -> the unrolled term of ``|w| * x`` with a constant weight (None: ``x * w``, a
+#: multiplier, the int baseline)
+_UNROLLED = {
+    "binary": lambda m, enc, x, i, w, mag, cache: x,
+    "ternary": lambda m, enc, x, i, w, mag, cache: x,
+    "pow2": lambda m, enc, x, i, w, mag, cache: x << (mag.bit_length() - 1),
+    "lut": _lut_product,
+    "int": lambda m, enc, x, i, w, mag, cache: None,
+}
 
 
 def lut_lane_products(m: Module, layer: Dense, x: Value, name: str) -> dict:
@@ -161,39 +159,55 @@ def lane_terms(layer: Dense, code: Value, x: Value, products: dict | None
     ``x`` is the code bit for a bipolar input, the value otherwise; ``products`` are the lut
     lane products of :func:`lut_lane_products` (lut with integer input only).
     """
-    enc = layer.encoding
-    bipolar = layer.input.kind == "bipolar"
-    if isinstance(enc, Binary):
-        if bipolar:
-            return [~(code[0] ^ x)], []  # XNOR bit: the popcount's input
-        return [Mux(code[0], x, 0)], [Mux(code[0], 0, x)]
-    if isinstance(enc, Ternary):
-        pos, neg = code[0], code[1]
-        if bipolar:
-            return [(pos & x) | (neg & ~x)], []
-        return [Mux(pos, x, 0)], [Mux(neg, x, 0)]
-    if isinstance(enc, Pow2):
-        nz, neg = code[0], code[1]
-        exp = code[2:]
-        if bipolar:
-            t = nz & (x ^ neg)
-            return [(t << exp) << enc.e_min], []
-        v = (x << exp) << enc.e_min
-        return [Mux(nz & ~neg, v, 0)], [Mux(nz & neg, v, 0)]
-    if isinstance(enc, Lut):
-        d = enc.dictionary
-        neg = Array(Const(int(v < 0)) for v in d)[code]
-        if bipolar:
-            mag = Array(Const(abs(v), Shape.cast(range(abs(v) + 1))) for v in d)[code]
-            return [Mux(x ^ neg, mag, 0)], []
-        prod = Array(products[abs(v)] for v in d)[code]
-        return [Mux(neg, 0, prod)], [Mux(neg, prod, 0)]
-    assert isinstance(enc, IntWeights)
+    return _LANE[layer.encoding.kind](layer.encoding, code, x, layer.input.kind == "bipolar",
+                                      products)
+
+
+def _binary_lane(enc, code, x, bipolar, products):
+    if bipolar:
+        return [~(code[0] ^ x)], []  # XNOR bit: the popcount's input
+    return [Mux(code[0], x, 0)], [Mux(code[0], 0, x)]
+
+
+def _ternary_lane(enc, code, x, bipolar, products):
+    pos, neg = code[0], code[1]
+    if bipolar:
+        return [(pos & x) | (neg & ~x)], []
+    return [Mux(pos, x, 0)], [Mux(neg, x, 0)]
+
+
+def _pow2_lane(enc, code, x, bipolar, products):
+    nz, neg = code[0], code[1]
+    exp = code[2:]
+    if bipolar:
+        t = nz & (x ^ neg)
+        return [(t << exp) << enc.e_min], []
+    v = (x << exp) << enc.e_min
+    return [Mux(nz & ~neg, v, 0)], [Mux(nz & neg, v, 0)]
+
+
+def _lut_lane(enc, code, x, bipolar, products):
+    d = enc.dictionary
+    neg = Array(Const(int(v < 0)) for v in d)[code]
+    if bipolar:
+        mag = Array(Const(abs(v), Shape.cast(range(abs(v) + 1))) for v in d)[code]
+        return [Mux(x ^ neg, mag, 0)], []
+    prod = Array(products[abs(v)] for v in d)[code]
+    return [Mux(neg, 0, prod)], [Mux(neg, prod, 0)]
+
+
+def _int_lane(enc, code, x, bipolar, products):
     w = code.as_signed()
     if bipolar:
         neg = code[-1]
         return [Mux(x ^ neg, abs(w), 0)], []
     return [x * w], []
+
+
+#: encoding kind -> the folded lane: weight ``code`` (from memory, the encoding's ``codes``)
+#: times ``x``
+_LANE = {"binary": _binary_lane, "ternary": _ternary_lane, "pow2": _pow2_lane, "lut": _lut_lane,
+         "int": _int_lane}
 
 
 def _pick(values: list[int], sel: Value | None) -> Value:
@@ -215,7 +229,7 @@ def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Va
     stage = layer.output
     scale, offsets = channel_offsets(layer)
     off = [offsets[c] for c in channels]
-    if isinstance(stage, Threshold):
+    if stage.kind == "threshold":
         t = stage.thresholds
         d = stage.direction
         bits = []
@@ -235,9 +249,9 @@ def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Va
         y, _ = sum_terms(m, bits, pipeline=0, name=f"{name}_count")
         return resize(m, y, layer.out_bits, f"{name}_y")
     acc = (s << 1 if scale == 2 else s) + _pick(off, sel)
-    if isinstance(stage, NoOutput):
+    if stage.kind == "none":
         return resize(m, acc, layer.acc_bits, f"{name}_acc")
-    assert isinstance(stage, Requant)
+    assert stage.kind == "requant"
     mult = _pick([int(stage.multiplier[c]) for c in channels], sel)
     product = acc * mult + stage.offset
     shifted = Signal(signed(len(product) + 1), name=f"{name}_shifted")

@@ -1,6 +1,8 @@
-"""Layer and network components: unrolled and folded dense layers behind one stream contract.
+"""Layer and network components: unrolled and folded dense layers behind one stream contract,
+and :class:`Network`, which chains the components of every layer kind (:mod:`bitfab.hw.kinds`).
 
-The layer contract (every component in this module):
+The layer contract (every dense component in this module; :mod:`bitfab.hw.kinds` states it for
+every kind):
 
 - ``i``: ``In(stream.Signature(ArrayLayout(unsigned(in_bits), in_features)))``: one input vector
   per transfer, element ``k`` at payload bits ``[k*in_bits, (k+1)*in_bits)``, each the hardware
@@ -26,6 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from bitfab.model import IntegerModel
 
+from . import kinds
 from .adder_tree import sum_terms
 from .config import ConfigError, LayerConfig
 from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
@@ -272,7 +275,7 @@ class FoldedDense(_LayerBase):
                          last1.eq(sf_last), vlast1.eq(issue_last), nf1.eq(nf)]
         lanes = _elements(m, layer, xs1, "lane")
         products = [lut_lane_products(m, layer, x, f"lane{j}")
-                    if layer.encoding.kind == "lut" and layer.input.kind != "bipolar" else None
+                    if layer.datapath == "lut" and layer.input.kind != "bipolar" else None
                     for j, x in enumerate(lanes)]
         partials = []
         for p in range(pe):
@@ -371,11 +374,31 @@ class Resize(wiring.Component):
         return m
 
 
-def build_layer(config: LayerConfig) -> wiring.Component:
-    """Return the component of one layer configuration (unrolled or folded)."""
-    if not isinstance(config, LayerConfig):
-        raise ConfigError(f"config must be a LayerConfig, not {type(config).__name__}")
+def build_layer(config) -> wiring.Component:
+    """Return the component of one layer configuration (:func:`bitfab.hw.kinds.build`)."""
+    if not hasattr(config, "layer"):
+        raise ConfigError(f"config must be a layer configuration, not {type(config).__name__}")
+    return kinds.build(config)
+
+
+def _dense_configure(layer, fold, pipeline: int, exact: bool) -> LayerConfig:
+    if fold is None:
+        return LayerConfig.unrolled(layer, pipeline)
+    pe, simd = fold
+    if not exact:
+        # a network-wide fold rarely fits every layer (e.g. a 10-class output layer): cap pe at
+        # the outputs, lower simd to the largest divisor of the inputs
+        n = layer.in_features
+        simd = max(d for d in range(1, min(simd, n) + 1) if n % d == 0)
+        pe = min(pe, layer.out_features)
+    return LayerConfig.folded(layer, pe, simd, pipeline)
+
+
+def _dense_build(config: LayerConfig) -> wiring.Component:
     return (UnrolledDense if config.architecture == "unrolled" else FoldedDense)(config)
+
+
+kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True))
 
 
 class Network(wiring.Component):
@@ -383,13 +406,14 @@ class Network(wiring.Component):
 
     A bipolar layer reads the previous one-threshold output bit as its code; where a layer's
     output elements are narrower than the next layer's input elements a :class:`Resize` joins
-    them.
+    them. The input stream is the first layer's, the output stream the last layer's (framed
+    where they carry time steps).
 
     Parameters
     ----------
-    configs : sequence of LayerConfig
-        One per layer, in order; consecutive layers must chain (checked by
-        :class:`~bitfab.model.IntegerModel` when they come from a model).
+    configs : sequence of layer configurations
+        One per layer, in order (:func:`bitfab.hw.kinds.configure`); consecutive layers must
+        chain (checked by :class:`~bitfab.model.IntegerModel` when they come from a model).
     """
 
     def __init__(self, configs):
@@ -397,22 +421,30 @@ class Network(wiring.Component):
         if not configs:
             raise _refuse(self, "a network needs at least one layer")
         for k, cfg in enumerate(configs):
-            if not isinstance(cfg, LayerConfig):
-                raise _refuse(self, f"configs[{k}] must be a LayerConfig, "
+            if not hasattr(cfg, "layer"):
+                raise _refuse(self, f"configs[{k}] must be a layer configuration, "
                                     f"not {type(cfg).__name__}")
         for k in range(1, len(configs)):
             a, b = configs[k - 1].layer, configs[k].layer
             if a.out_features != b.in_features:
                 raise _refuse(self, f"configs[{k}] takes {b.in_features} inputs but "
                                     f"configs[{k-1}] gives {a.out_features}")
-            if a.out_bits > b.input.bits:
+            if a.out_format.bits > b.input.bits:
                 raise _refuse(self, f"configs[{k}]: {b.input.describe()} input is narrower "
                                     f"than the {a.out_format.describe()} output of configs[{k-1}]")
+            if a.out_stream.framed != b.in_stream.framed:
+                per = "one step" if a.out_stream.framed else "one vector"
+                raise _refuse(self, f"layers[{k}] ({b.kind}) cannot follow layers[{k - 1}] "
+                                    f"({a.kind}) in hardware yet: it gives {per} per transfer, "
+                                    f"layers[{k}] takes "
+                                    f"{'steps' if b.in_stream.framed else 'vectors'}")
         self._configs = configs
         self._layers = tuple(build_layer(c) for c in configs)
-        first, last = configs[0], configs[-1]
-        super().__init__(layer_signature(first.in_bits, first.in_features,
-                                         last.out_bits, last.out_features))
+        first, last = self._layers[0], self._layers[-1]
+        super().__init__(wiring.Signature({
+            "i": first.signature.members["i"],
+            "o": last.signature.members["o"],
+        }))
 
     @property
     def configs(self) -> tuple:
@@ -440,26 +472,30 @@ class Network(wiring.Component):
             m.submodules[f"layer{k}"] = layer
         wiring.connect(m, wiring.flipped(self.i), self._layers[0].i)
         for k in range(1, len(self._layers)):
-            a, b = self._configs[k - 1], self._configs[k]
-            if a.out_bits == b.in_bits:
-                wiring.connect(m, self._layers[k - 1].o, self._layers[k].i)
+            a, b = self._configs[k - 1].layer, self._configs[k].layer
+            src, dst = self._layers[k - 1], self._layers[k]
+            if src.signature.members["o"].signature == dst.signature.members["i"].signature:
+                wiring.connect(m, src.o, dst.i)
             else:
-                join = Resize(a.out_features, a.out_bits, b.in_bits, a.layer.out_format.signed)
+                join = Resize(a.out_features, a.out_format.bits, b.input.bits,
+                              a.out_format.signed)
                 m.submodules[f"resize{k}"] = join
-                wiring.connect(m, self._layers[k - 1].o, join.i)
-                wiring.connect(m, join.o, self._layers[k].i)
+                wiring.connect(m, src.o, join.i)
+                wiring.connect(m, join.o, dst.i)
         wiring.connect(m, self._layers[-1].o, wiring.flipped(self.o))
         return m
 
 
 def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
                     pipeline: int = 0) -> tuple:
-    """Return one :class:`LayerConfig` per layer of ``model``.
+    """Return one hardware configuration per layer of ``model``
+    (:func:`bitfab.hw.kinds.configure`).
 
-    Unrolled when ``fold`` is None. With ``fold = (pe, simd)`` every layer is folded with
-    ``pe`` capped at its ``out_features`` and ``simd`` lowered to the largest divisor of its
-    ``in_features`` that is at most ``simd`` (one fold rarely fits every layer of a network, e.g.
-    a 10-class output layer); the sidecar and ``bitfab verilog`` report what each layer got.
+    Unrolled when ``fold`` is None. With ``fold = (pe, simd)`` every layer is folded as its kind
+    fits it (a dense layer gets ``pe`` capped at its ``out_features`` and ``simd`` lowered to
+    the largest divisor of its ``in_features`` that is at most ``simd``: one fold rarely fits
+    every layer of a network, e.g. a 10-class output layer); the sidecar and ``bitfab verilog``
+    report what each layer got. A layer kind that cannot fold is refused by name.
     """
     if not isinstance(model, IntegerModel):
         raise ConfigError(f"model must be an IntegerModel, not {type(model).__name__}")
@@ -469,19 +505,11 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
             raise ConfigError(f"pe must be a positive integer, not {pe!r}")
         if isinstance(simd, bool) or not isinstance(simd, int) or simd < 1:
             raise ConfigError(f"simd must be a positive integer, not {simd!r}")
-    configs = []
-    for layer in model.layers:
-        if fold is None:
-            configs.append(LayerConfig.unrolled(layer, pipeline))
-            continue
-        n = layer.in_features
-        lanes = max(d for d in range(1, min(simd, n) + 1) if n % d == 0)
-        configs.append(LayerConfig.folded(layer, min(pe, layer.out_features), lanes, pipeline))
-    return tuple(configs)
+    return tuple(kinds.configure(layer, fold, pipeline, f"layers[{i}]", exact=False)
+                 for i, layer in enumerate(model.layers))
 
 
 def build_network(model: IntegerModel, fold: tuple[int, int] | None = None,
                   pipeline: int = 0) -> Network:
     """Return the :class:`Network` component of ``model``."""
     return Network(network_configs(model, fold, pipeline))
-

@@ -22,6 +22,7 @@ The recurrence makes step ``t + 1`` wait for ``h_t``: the cell takes one step ev
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -32,10 +33,12 @@ from bitfab.errors import BitfabError
 from bitfab.lstm import Lstm
 from bitfab.model import Dense, NoOutput, signed_bits
 
+from . import kinds
 from .adder_tree import sum_terms
+from .config import ConfigError
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "step_layout", "hidden_layout"]
+__all__ = ["LstmCell", "LstmConfig", "LstmLayer", "step_layout", "hidden_layout"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -250,3 +253,120 @@ class LstmCell(wiring.Component):
                 # the next sequence starts from zero state
                 m.d.sync += [h_reg[j].eq(Mux(last, 0, h_new[j])),
                              c_reg[j].eq(Mux(last, 0, c_new[j]))]
+
+
+# --- the layer component (the hw hook of the lstm kind) -------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LstmConfig:
+    """How an lstm layer becomes hardware: one unrolled :class:`LstmCell` per direction.
+
+    Members
+    -------
+    layer : Lstm
+        A forward layer (``directions == 1``; a bidirectional one needs the whole sequence
+        buffered and reversed, which hw does not build yet).
+    pipeline : int
+        A register stage every ``pipeline`` adder levels of the gate sums.
+    """
+
+    layer: Lstm
+    pipeline: int = 1
+    architecture: str = "unrolled"
+    pe: None = None
+    simd: None = None
+
+    def __post_init__(self):
+        if not isinstance(self.layer, Lstm):
+            raise ConfigError(f"layer must be an Lstm, not {type(self.layer).__name__}")
+        if self.layer.directions != 1:
+            raise ConfigError(f"a bidirectional lstm layer has no hardware yet (supported: "
+                              f"forward lstm layers, directions=1; this one has "
+                              f"{self.layer.directions})")
+
+    def to_json(self) -> dict:
+        layer = self.layer
+        return {
+            "kind": layer.kind, "architecture": self.architecture, "pe": None, "simd": None,
+            "pipeline": self.pipeline, "datapath": layer.datapath,
+            "in_features": layer.in_features, "out_features": layer.out_features,
+            "hidden": layer.hidden, "returns": layer.returns, "encoding": layer.encoding.to_json(),
+            "input": layer.input.to_json(), "acc_bits": layer.acc_bits,
+            "hidden_bits": layer.hidden_bits, "cell_bits": layer.cell_bits,
+            "max_length": layer.max_length, "name": layer.name,
+        }
+
+
+class LstmLayer(wiring.Component):
+    """An lstm layer behind the layer contract (:mod:`bitfab.hw.kinds`).
+
+    ``i`` takes one time step per transfer (:func:`step_layout`: ``x`` codes, ``last`` on a
+    sequence's final step). ``o`` gives ``h`` and ``last`` per step (``returns="sequence"``,
+    :func:`hidden_layout`) or only the final ``h`` of each sequence (``returns="last"``: an
+    element array, the steps before the last are consumed inside).
+
+    Parameters
+    ----------
+    config : LstmConfig
+    """
+
+    def __init__(self, config: LstmConfig):
+        if not isinstance(config, LstmConfig):
+            self._MustUse__silence = True
+            raise ConfigError(f"config must be an LstmConfig, not {type(config).__name__}")
+        layer = config.layer
+        self._config = config
+        self._cell = LstmCell(layer, 0, config.pipeline)
+        out = hidden_layout(layer) if layer.returns == "sequence" else \
+            data.ArrayLayout(unsigned(layer.hidden_bits), layer.hidden)
+        super().__init__({
+            "i": In(stream.Signature(step_layout(layer))),
+            "o": Out(stream.Signature(out)),
+        })
+
+    @property
+    def config(self) -> LstmConfig:
+        return self._config
+
+    @property
+    def layer(self) -> Lstm:
+        return self._config.layer
+
+    @property
+    def cell(self) -> LstmCell:
+        return self._cell
+
+    @property
+    def latency(self) -> int:
+        """The cell's latency (:attr:`LstmCell.latency`); with ``returns="last"`` counted from
+        the transfer of a sequence's final step."""
+        return self._cell.latency
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per time step (:attr:`LstmCell.initiation_interval`)."""
+        return self._cell.initiation_interval
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.cell = cell = self._cell
+        wiring.connect(m, wiring.flipped(self.i), cell.i)
+        if self.layer.returns == "sequence":
+            wiring.connect(m, cell.o, wiring.flipped(self.o))
+            return m
+        # only the final step of a sequence leaves; the others are taken and dropped here
+        final = cell.o.payload.last
+        m.d.comb += [
+            self.o.payload.eq(cell.o.payload.h),
+            self.o.valid.eq(cell.o.valid & final),
+            cell.o.ready.eq(self.o.ready | ~final),
+        ]
+        return m
+
+
+def _configure(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
+    return LstmConfig(layer, pipeline)
+
+
+kinds.register("lstm", kinds.HwKind(_configure, LstmLayer, foldable=False))

@@ -18,8 +18,9 @@ from amaranth.back import verilog
 
 from bitfab.model import IntegerModel
 
-from .config import ConfigError, LayerConfig
-from .layer import Network, build_layer, network_configs
+from . import kinds
+from .config import DEFAULT_PIPELINE, ConfigError
+from .layer import Network, build_layer, build_network
 
 __all__ = ["SIDECAR_FORMAT", "module_name", "verilog_ports", "sidecar", "write_component",
            "generate"]
@@ -51,27 +52,17 @@ def verilog_ports(source: str, top: str) -> list[dict]:
     return ports
 
 
-def _format_json(fmt, n: int) -> dict:
-    return {
-        "elements": n,
-        "kind": fmt.kind,
-        "bits": fmt.bits,
-        "signed": fmt.signed,
-        "min_value": fmt.min_value,
-        "max_value": fmt.max_value,
-        "payload_bits": n * fmt.bits,
-    }
-
-
 def _layer_json(index: int, component) -> dict:
-    cfg: LayerConfig = component.config
+    cfg = component.config
+    layer = cfg.layer
     return {
         "index": index,
+        "kind": layer.kind,
         "config": cfg.to_json(),
         "latency": component.latency,
         "initiation_interval": component.initiation_interval,
-        "input": _format_json(cfg.layer.input, cfg.in_features),
-        "output": _format_json(cfg.layer.out_format, cfg.out_features),
+        "input": layer.in_stream.to_json(),
+        "output": layer.out_stream.to_json(),
     }
 
 
@@ -80,14 +71,13 @@ def sidecar(component, model: IntegerModel, top: str, ports: list[dict],
     """Return the sidecar object of ``component`` (a layer component or a :class:`Network`)."""
     if isinstance(component, Network):
         layers = [_layer_json(k, c) for k, c in enumerate(component.layers)]
-        first, last = component.configs[0], component.configs[-1]
-        archs = {c.architecture for c in component.configs}
-        pipelines = {c.pipeline for c in component.configs}
+        configs = component.configs
     else:
         layers = [_layer_json(layer_index or 0, component)]
-        first = last = component.config
-        archs = {first.architecture}
-        pipelines = {first.pipeline}
+        configs = (component.config,)
+    first, last = configs[0].layer, configs[-1].layer
+    archs = {c.architecture for c in configs}
+    pipelines = {c.pipeline for c in configs}
     return {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -105,10 +95,12 @@ def sidecar(component, model: IntegerModel, top: str, ports: list[dict],
             "protocol": "amaranth.lib.stream: a transfer happens on a rising clk edge where "
                         "valid and ready are both 1; payload holds while valid is 1",
             "packing": "element k at payload bits [k*bits, (k+1)*bits), as its code: "
-                       "bipolar 1 = +1 and 0 = -1, signed values in two's complement",
+                       "bipolar 1 = +1 and 0 = -1, signed values in two's complement; a framed "
+                       "stream (last_bit not null) carries one time step per transfer with "
+                       "last = 1 on each sequence's final step",
         },
-        "input": _format_json(first.layer.input, first.in_features),
-        "output": _format_json(last.layer.out_format, last.out_features),
+        "input": first.in_stream.to_json(),
+        "output": last.out_stream.to_json(),
         "latency": component.latency,
         "initiation_interval": component.initiation_interval,
         "architecture": archs.pop() if len(archs) == 1 else "mixed",
@@ -131,24 +123,17 @@ def write_component(component, model: IntegerModel, out_dir, top: str,
 
 
 def generate(model: IntegerModel, out_dir, *, layer: int | None = None,
-             fold: tuple[int, int] | None = None, pipeline: int = 0) -> dict:
+             fold: tuple[int, int] | None = None, pipeline: int = DEFAULT_PIPELINE) -> dict:
     """Generate the Verilog of ``model`` (the whole network, or layer ``layer``) into ``out_dir``.
 
-    Returns the sidecar object. Raises :class:`ConfigError` for a bad layer index or a fold that
-    a layer cannot take.
+    Returns the sidecar object. Raises :class:`ConfigError` for a bad layer index, a fold that
+    a layer cannot take or a layer kind without hardware.
     """
-    configs = network_configs(model, fold, pipeline) if layer is None else None
     base = module_name(model.name)
     if layer is None:
-        return write_component(Network(configs), model, out_dir, base)
+        return write_component(build_network(model, fold, pipeline), model, out_dir, base)
     if isinstance(layer, bool) or not isinstance(layer, int) \
             or not 0 <= layer < len(model.layers):
         raise ConfigError(f"layer must be in 0..{len(model.layers) - 1}, not {layer!r}")
-    try:
-        if fold is None:
-            cfg = LayerConfig.unrolled(model.layers[layer], pipeline)
-        else:
-            cfg = LayerConfig.folded(model.layers[layer], fold[0], fold[1], pipeline)
-    except ConfigError as exc:
-        raise ConfigError(f"layers[{layer}]: {exc}") from None
+    cfg = kinds.configure(model.layers[layer], fold, pipeline, f"layers[{layer}]")
     return write_component(build_layer(cfg), model, out_dir, f"{base}_layer{layer}", layer)

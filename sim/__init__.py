@@ -1,1 +1,7 @@
-"""Simulation and verification: the numpy golden model, Amaranth and cocotb benches."""
+"""Simulation and verification: the numpy golden model, Amaranth and cocotb benches.
+
+Importing the package registers the golden function of every layer kind (:mod:`.golden` for
+dense, :mod:`.lstm` for lstm).
+"""
+
+from . import golden, lstm  # noqa: F401  (registration of the golden layer kinds)

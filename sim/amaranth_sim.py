@@ -1,9 +1,10 @@
 """Run bitfab hardware in the Amaranth simulator as a pure function: values in, values out.
 
-:func:`simulate` takes a layer, a :class:`~bitfab.hw.config.LayerConfig`, a model or an already
-built component, streams a batch of input vectors through it (optionally with a producer that
-idles and a consumer that stalls at random) and returns the output values, so that tests and
-``bitfab sim --simulator amaranth`` compare them with :mod:`bitfab.sim.golden` bit for bit.
+:func:`simulate` takes a layer (of any kind), a layer configuration, a model or an already built
+component, streams a batch of input vectors (or sequences, one step per transfer) through it
+(optionally with a producer that idles and a consumer that stalls at random) and returns the
+output values in the golden model's layout, so that tests and ``bitfab sim --simulator amaranth``
+compare them with :mod:`bitfab.sim.golden` bit for bit.
 
 :func:`stream_put` / :func:`stream_get` are the shared async testbench helpers for
 ``amaranth.lib.stream`` interfaces. Set ``BITFAB_VCD=path.vcd`` to write a waveform.
@@ -18,13 +19,14 @@ import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
 
-from bitfab.errors import VerificationError
-from bitfab.hw.config import LayerConfig
+from bitfab.errors import ModelRangeError, VerificationError
 from bitfab.hw.layer import Network, build_layer, network_configs
-from bitfab.hw.packing import pack, unpack
-from bitfab.model import Dense, IntegerModel
+from bitfab.layers import is_layer
+from bitfab.model import IntegerModel
 
-__all__ = ["stream_put", "stream_get", "simulate", "SimResult", "run_stream"]
+from .golden import check_inputs
+
+__all__ = ["stream_put", "stream_get", "simulate", "outputs_of", "StreamRun", "run_stream"]
 
 _PERIOD = 1e-8  # the simulated clock period (only cycles matter)
 
@@ -61,7 +63,7 @@ async def stream_get(ctx, stream) -> tuple[int, int]:
 
 
 @dataclass
-class SimResult:
+class StreamRun:
     """What :func:`run_stream` observed.
 
     Members
@@ -81,8 +83,9 @@ class SimResult:
 
 
 def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 0,
-               max_cycles: int | None = None) -> SimResult:
-    """Stream ``payloads`` into ``dut.i`` and collect as many from ``dut.o``.
+               max_cycles: int | None = None, outputs: int | None = None) -> StreamRun:
+    """Stream ``payloads`` into ``dut.i`` and collect ``outputs`` payloads (default: as many as
+    went in) from ``dut.o``.
 
     ``bubble``: probability that the producer idles (``valid`` low) for a clock before a vector;
     ``stall``: probability that the consumer holds ``ready`` low for a clock before taking one.
@@ -90,15 +93,15 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
     :class:`VerificationError`.
     """
     payloads = [int(p) for p in payloads]
-    n = len(payloads)
+    n = len(payloads) if outputs is None else outputs
     ii = getattr(dut, "initiation_interval", 1)
     lat = getattr(dut, "latency", 0)
     slow = 1.0 / max(1e-3, 1.0 - max(stall, bubble))
     if max_cycles is None:
-        max_cycles = int((n + 2) * ii * slow * 4 + lat + 100)
+        max_cycles = int((max(n, len(payloads)) + 2) * ii * slow * 4 + lat + 100)
     rng_in = np.random.default_rng(seed)
     rng_out = np.random.default_rng(seed + 1)
-    result = SimResult([], [], [], 0)
+    result = StreamRun([], [], [], 0)
     done = [False]
 
     async def producer(ctx):
@@ -155,58 +158,88 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
     return result
 
 
-def _target(target, pipeline: int):
-    """Return ``(build, input format, output format, in_features, out_features)``; ``build()``
-    makes the component (only once the inputs are known to be good, so that nothing is left
-    unelaborated)."""
-    if isinstance(target, Dense):
-        target = LayerConfig.unrolled(target, pipeline)
+def _design(target, pipeline: int):
+    """Return ``(build, model)``: ``build()`` makes the component (only once the inputs are
+    known to be good, so that nothing is left unelaborated), ``model`` is the IntegerModel whose
+    golden output the component must produce."""
+    if is_layer(target):
+        target = IntegerModel((target,))
     if isinstance(target, IntegerModel):
         configs = network_configs(target, pipeline=pipeline)
-        first, last = configs[0].layer, configs[-1].layer
-        return (lambda: Network(configs)), first.input, last.out_format, first.in_features, \
-            last.out_features
-    if isinstance(target, LayerConfig):
-        layer = target.layer
-        cfg = target
-        return (lambda: build_layer(cfg)), layer.input, layer.out_format, layer.in_features, \
-            layer.out_features
+        return (lambda: Network(configs)), target
     if isinstance(target, Network):
-        first, last = target.configs[0].layer, target.configs[-1].layer
-    elif hasattr(target, "config"):
-        first = last = target.config.layer
-    else:
-        raise TypeError(f"simulate needs a Dense layer, a LayerConfig, an IntegerModel or a "
+        return (lambda: target), IntegerModel(tuple(c.layer for c in target.configs))
+    config = getattr(target, "config", target)
+    if not is_layer(getattr(config, "layer", None)):
+        raise TypeError(f"simulate needs a layer, a layer configuration, an IntegerModel or a "
                         f"bitfab component, not {type(target).__name__}")
-    return (lambda: target), first.input, last.out_format, first.in_features, last.out_features
+    model = IntegerModel((config.layer,))
+    if config is target:
+        return (lambda: build_layer(config)), model
+    return (lambda: target), model
 
 
-def simulate(target, x, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 0,
+def outputs_of(model: IntegerModel, payloads, lengths=None, batch: int | None = None
+               ) -> np.ndarray:
+    """Return the output values of ``model``'s hardware from its output payloads, in the layout
+    of the golden model's output: ``(batch, out)`` vectors, or ``(batch, T, out)`` steps of a
+    framed output (0 at padding; ``lengths`` gives the steps of each sequence). Raise
+    :class:`VerificationError` where the ``last`` flags do not frame the sequences."""
+    stream = model.out_stream
+    codes = stream.unpack_codes(payloads)
+    values = stream.values(codes)
+    if not stream.framed:
+        return values
+    lengths = np.asarray(lengths)
+    expected = np.concatenate([np.arange(n) == n - 1 for n in lengths]).astype(np.int64) \
+        if len(lengths) else np.zeros(0, dtype=np.int64)
+    last = codes[:, -1]
+    if len(last) != len(expected):
+        raise VerificationError(f"{len(last)} output steps for {len(expected)} input steps")
+    if not np.array_equal(last, expected):
+        k = int(np.argmax(last != expected))
+        raise VerificationError(f"output step {k}: last flag {int(last[k])}, expected "
+                                f"{int(expected[k])}")
+    steps = int(lengths.max()) if len(lengths) else 0
+    out = np.zeros((len(lengths), steps, stream.count), dtype=np.int64)
+    valid = np.arange(steps)[None, :] < lengths[:, None]
+    out[valid] = values
+    return out
+
+
+def simulate(target, x, lengths=None, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 0,
              pipeline: int = 0) -> np.ndarray:
-    """Simulate ``target`` on input values ``x`` (``(batch, in_features)``); return its outputs.
+    """Simulate ``target`` on input values ``x``; return its outputs as the golden model lays
+    them out (:func:`outputs_of`).
 
     Parameters
     ----------
-    target : Dense, LayerConfig, IntegerModel or a bitfab layer/network component
-        A ``Dense`` is built unrolled, a model as a :class:`~bitfab.hw.layer.Network` of unrolled
-        layers, both with ``pipeline``.
+    target : a layer, a layer configuration, an IntegerModel or a bitfab component
+        A layer is built as a one-layer model, a model as a :class:`~bitfab.hw.layer.Network`,
+        both unrolled with ``pipeline``.
     x : int array
-        Input values of the first layer's input format (bipolar: -1/+1).
+        Input values of the first layer's input format (bipolar: -1/+1): ``(batch, in)``
+        vectors, or ``(batch, T, in)`` sequences with ``lengths`` for a sequence model.
     stall, bubble : float
         Probabilities of a consumer stall / producer bubble per clock (see :func:`run_stream`).
 
     Returns
     -------
-    int64 array ``(batch, out_features)``
-        Output values of the last layer (``out_format.from_codes`` of the output payloads), in
-        the order the hardware gave them; compare with the golden model's outputs.
+    int64 array ``(batch, out)`` or ``(batch, T, out)``
+        Compare with :func:`bitfab.sim.golden.execute`'s ``output``.
     """
-    build, fin, fout, n_in, n_out = _target(target, pipeline)
-    arr = np.asarray(x)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != n_in:
-        raise VerificationError(f"x must have shape (batch, {n_in}), not {np.shape(x)}")
-    payloads = pack(arr, fin)
-    result = run_stream(build(), payloads, stall=stall, bubble=bubble, seed=seed)
-    return unpack(result.outputs, fout, n_out)
+    build, model = _design(target, pipeline)
+    try:
+        arr, lengths = check_inputs(model, x, lengths)
+    except ModelRangeError as exc:
+        raise VerificationError(str(exc)) from None
+    payloads = model.in_stream.pack(arr, lengths)
+    result = run_stream(build(), payloads, stall=stall, bubble=bubble, seed=seed,
+                        outputs=_output_count(model, arr, lengths))
+    return outputs_of(model, result.outputs, lengths)
+
+
+def _output_count(model: IntegerModel, x: np.ndarray, lengths) -> int:
+    """Output transfers the hardware gives for ``x``: one per vector, per sequence, or per step
+    (a framed output)."""
+    return int(lengths.sum()) if model.out_stream.framed else len(x)

@@ -22,22 +22,15 @@ import numpy as np
 
 from bitfab.errors import ModelRangeError
 from bitfab.model import (
-    Binary,
     Dense,
     IntegerModel,
-    IntWeights,
-    Lut,
-    NoOutput,
-    Pow2,
-    Requant,
-    Ternary,
-    Threshold,
 )
 
 __all__ = [
     "pack_bits", "xnor_popcount_matmul", "exact_matmul", "ternary_matmul", "shift_add_matmul",
     "lut_matmul", "int_matmul", "threshold", "requant", "dense_accumulate", "dense_forward",
-    "Trace", "execute", "predict", "datapath_kind", "compare_outputs",
+    "register", "layer_golden", "dense_layer", "Trace", "check_inputs", "check_sequences",
+    "execute", "predict", "expected_rows", "compare_outputs",
 ]
 
 _F32_EXACT = 1 << 24
@@ -176,23 +169,6 @@ def requant(acc: np.ndarray, multiplier: np.ndarray, shift: int, lo: int, hi: in
 # --- layers and networks --------------------------------------------------------------------------
 
 
-def datapath_kind(layer: Dense) -> str:
-    """Name the datapath a dense layer maps to: ``xnor_popcount``, ``ternary`` (add/sub/skip,
-    also binary weights with int inputs), ``shift_add``, ``lut`` or ``int``."""
-    enc = layer.encoding
-    if isinstance(enc, Binary):
-        return "xnor_popcount" if layer.input.kind == "bipolar" else "ternary"
-    if isinstance(enc, Ternary):
-        return "ternary"
-    if isinstance(enc, Pow2):
-        return "shift_add"
-    if isinstance(enc, Lut):
-        return "lut"
-    if isinstance(enc, IntWeights):
-        return "int"
-    raise TypeError(f"no datapath for encoding {enc!r}")
-
-
 def _packed_weights(layer: Dense) -> np.ndarray:
     cached = layer.__dict__.get("_golden_packed")
     if cached is None:
@@ -203,15 +179,14 @@ def _packed_weights(layer: Dense) -> np.ndarray:
 
 def dense_accumulate(layer: Dense, x: np.ndarray) -> np.ndarray:
     """Return the exact accumulators ``(batch, out)`` of ``layer`` for input values ``x``."""
-    kind = datapath_kind(layer)
+    kind = layer.datapath
     w = layer.weights
     if kind == "xnor_popcount":
         acc = xnor_popcount_matmul(pack_bits(x > 0), _packed_weights(layer), layer.in_features)
     elif kind == "ternary":
         acc = ternary_matmul(x, w)
     elif kind == "shift_add":
-        mag = np.abs(w)
-        exponent = np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(), 0).astype(np.int64)
+        exponent = np.where(w != 0, layer.encoding.exponents(w), 0)
         acc = shift_add_matmul(x, np.sign(w), exponent)
     elif kind == "lut":
         acc = lut_matmul(x, layer.encoding.encode(w), layer.encoding.dictionary)
@@ -221,14 +196,58 @@ def dense_accumulate(layer: Dense, x: np.ndarray) -> np.ndarray:
 
 
 def dense_forward(layer: Dense, acc: np.ndarray) -> np.ndarray:
-    """Apply ``layer``'s output stage to its accumulators."""
-    stage = layer.output
-    if isinstance(stage, Threshold):
-        return threshold(acc, stage.thresholds, stage.direction)
-    if isinstance(stage, Requant):
-        return requant(acc, stage.multiplier, stage.shift, stage.lo, stage.hi, stage.offset)
-    assert isinstance(stage, NoOutput)
-    return acc
+    """Apply ``layer``'s output stage to its accumulators (:data:`OUTPUT_STAGES`)."""
+    return OUTPUT_STAGES[layer.output.kind](layer.output, acc)
+
+
+#: output stage kind -> ``(stage, acc) -> values``
+OUTPUT_STAGES = {
+    "threshold": lambda stage, acc: threshold(acc, stage.thresholds, stage.direction),
+    "requant": lambda stage, acc: requant(acc, stage.multiplier, stage.shift, stage.lo, stage.hi,
+                                          stage.offset),
+    "none": lambda stage, acc: acc,
+}
+
+
+#: layer kind -> its golden function ``(layer, values, lengths) -> (outputs, state)``
+_KINDS: dict = {}
+
+
+def register(kind: str):
+    """Register the golden function of a layer kind (a decorator).
+
+    The function takes the layer, its input values (``(batch, features)`` vectors, or
+    ``(batch, T, features)`` sequences with ``lengths``; padding steps are 0) and returns the
+    layer's output values in the same layout (padding 0) and its internal state for the trace.
+    """
+    def decorate(fn):
+        _KINDS[kind] = fn
+        return fn
+    return decorate
+
+
+def layer_golden(layer):
+    """Return the golden function of ``layer``'s kind (:func:`register`)."""
+    try:
+        return _KINDS[layer.kind]
+    except KeyError:
+        raise ModelRangeError(f"the golden model has no {layer.kind!r} layers "
+                              f"(it runs {sorted(_KINDS)})") from None
+
+
+@register("dense")
+def dense_layer(layer: Dense, values: np.ndarray, lengths: np.ndarray | None = None):
+    """Run a dense layer on vectors, or on every valid step of sequences (0 at padding);
+    return ``(outputs, accumulators)``."""
+    flat = values.reshape(-1, values.shape[-1])
+    acc = dense_accumulate(layer, flat)
+    out = dense_forward(layer, acc)
+    acc = acc.reshape(values.shape[:-1] + (-1,))
+    out = out.reshape(values.shape[:-1] + (-1,))
+    if values.ndim == 3:
+        valid = (np.arange(values.shape[1])[None, :] < lengths[:, None])[..., None]
+        acc, out = np.where(valid, acc, 0), np.where(valid, out, 0)
+    return out, acc
 
 
 @dataclass(frozen=True)
@@ -239,14 +258,20 @@ class Trace:
     -------
     inputs : list of int64 arrays
         The values each layer read (bipolar layers: -1/+1).
-    accumulators : list of int64 arrays, ``(batch, out)``
-    outputs : list of int64 arrays, ``(batch, out)``
-        The output stage's values (threshold counts, requantized values, or the accumulators).
+    accumulators : list
+        Each layer's internal state: a dense layer's accumulators ``(batch, out)`` (or
+        ``(batch, T, out)``), an lstm layer's per-direction ``(hidden, cells)`` states.
+    outputs : list of int64 arrays
+        Each layer's output values (threshold counts, requantized values, accumulators, hidden
+        states); ``(batch, T, features)`` per step of sequences (0 at padding).
+    lengths : int64 array or None
+        The sequence lengths (sequence models), else None.
     """
 
     inputs: list
     accumulators: list
     outputs: list
+    lengths: np.ndarray | None = None
 
     @property
     def output(self) -> np.ndarray:
@@ -254,53 +279,129 @@ class Trace:
         return self.outputs[-1]
 
 
-def check_inputs(model: IntegerModel, x) -> np.ndarray:
-    """Return ``x`` as an int64 ``(batch, in_features)`` array, or raise :class:`ModelRangeError`.
+def _integers(x, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].flat[0]
+            raise ModelRangeError(f"{what} must be integers, not values such as {bad}")
+    elif arr.dtype.kind not in "iu":
+        raise ModelRangeError(f"{what} must be integers, not {arr.dtype}")
+    return arr.astype(np.int64)
 
-    Accepts integer arrays and float arrays that hold only integers; a 1-D vector is a batch of one.
+
+def check_sequences(layer, x, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(x, lengths)`` of sequences for ``layer`` (whose input is framed) as int64
+    arrays with padding set to 0, or raise :class:`ModelRangeError`.
+
+    ``x`` is ``(batch, T, in_features)`` (a 2-D array is one sequence); ``lengths`` defaults to
+    ``T``. Refused, never truncated: a length of 0, a length above ``T`` or above the layer's
+    ``max_length``, and a valid step's value outside the input format.
     """
+    arr = np.asarray(x)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[2] != layer.in_features:
+        raise ModelRangeError(f"sequences must have shape (batch, steps, {layer.in_features}), "
+                              f"not {np.shape(x)}")
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iub":
+        raise ModelRangeError(f"sequences must hold integers, not {arr.dtype} values")
+    arr = arr.astype(np.int64)
+    batch, steps, _ = arr.shape
+    if lengths is None:
+        lengths = np.full(batch, steps, dtype=np.int64)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (batch,) or lengths.dtype.kind not in "iu":
+        raise ModelRangeError(f"lengths must be {batch} integers, not {lengths!r}"[:200])
+    lengths = lengths.astype(np.int64)
+    if batch and lengths.min() < 1:
+        raise ModelRangeError(f"sequence {int(np.argmin(lengths))} has length "
+                              f"{int(lengths.min())}: an empty sequence has no output")
+    if batch and lengths.max() > steps:
+        raise ModelRangeError(f"sequence {int(np.argmax(lengths))} has length "
+                              f"{int(lengths.max())}, more than the {steps} steps given")
+    max_length = getattr(layer, "max_length", None)
+    if batch and max_length is not None and lengths.max() > max_length:
+        raise ModelRangeError(f"sequence {int(np.argmax(lengths))} has length "
+                              f"{int(lengths.max())}, more than the layer's max_length "
+                              f"{max_length}")
+    valid = np.arange(steps)[None, :] < lengths[:, None]
+    fmt = layer.input
+    bad = valid[..., None] & ((arr < fmt.min_value) | (arr > fmt.max_value)
+                              | ((arr == 0) if fmt.kind == "bipolar" else False))
+    if np.any(bad):
+        b, t, i = np.argwhere(bad)[0]
+        raise ModelRangeError(f"sequence {b}, step {t}, input {i}: value {int(arr[b, t, i])} "
+                              f"is outside {fmt.describe()} [{fmt.min_value}, {fmt.max_value}]")
+    return np.where(valid[..., None], arr, 0), lengths
+
+
+def check_inputs(model: IntegerModel, x, lengths=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return ``(x, lengths)`` checked for ``model``: ``(batch, in_features)`` vectors (a 1-D
+    vector is a batch of one; ``lengths`` None) or, for a sequence model
+    (:attr:`IntegerModel.sequential`), ``(batch, T, in_features)`` sequences
+    (:func:`check_sequences`). Raise :class:`ModelRangeError` on anything else.
+
+    Accepts integer arrays and float arrays that hold only integers.
+    """
+    if model.sequential:
+        return check_sequences(model.layers[0], x, lengths)
+    if lengths is not None:
+        raise ModelRangeError("lengths apply to sequence models only; this model reads vectors")
     arr = np.asarray(x)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != model.in_features:
         raise ModelRangeError(f"inputs must have shape (batch, {model.in_features}), "
                               f"not {np.shape(x)}")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].flat[0]
-            raise ModelRangeError(f"inputs must be integers ({model.input.describe()}), "
-                                  f"not values such as {bad}")
-    elif arr.dtype.kind not in "iu":
-        raise ModelRangeError(f"inputs must be integers, not {arr.dtype}")
+    arr = _integers(arr, f"inputs ({model.input.describe()})")
     model.input.check(arr, "inputs")
-    return arr.astype(np.int64)
+    return arr, None
 
 
-def execute(model: IntegerModel, x) -> Trace:
-    """Run ``model`` on input values ``x`` (``(batch, in_features)``) and return the full trace."""
-    for i, layer in enumerate(model.layers):
-        if not isinstance(layer, Dense):
-            raise ModelRangeError(f"layers[{i}] is an {layer.kind} layer: a sequence model runs "
-                                  f"with bitfab.sim.lstm.execute_sequences on (batch, steps, "
-                                  f"features) inputs")
-    values = check_inputs(model, x)
-    trace = Trace([], [], [])
+def execute(model: IntegerModel, x, lengths=None) -> Trace:
+    """Run ``model`` on input values ``x`` and return the full trace.
+
+    ``x`` is ``(batch, in_features)`` vectors, or ``(batch, T, in_features)`` sequences (with
+    ``lengths``, default ``T``) for a sequence model. Each layer runs through the golden function
+    of its kind (:func:`register`).
+    """
+    values, lengths = check_inputs(model, x, lengths)
+    trace = Trace([], [], [], lengths)
     for i, layer in enumerate(model.layers):
         if i and layer.input.kind == "bipolar":
             values = 2 * values - 1  # the previous layer's 0/1 output is a bipolar code
+            if lengths is not None and values.ndim == 3:
+                valid = np.arange(values.shape[1])[None, :] < lengths[:, None]
+                values = np.where(valid[..., None], values, 0)
         trace.inputs.append(values)
-        acc = dense_accumulate(layer, values)
-        trace.accumulators.append(acc)
-        values = dense_forward(layer, acc)
+        values, state = layer_golden(layer)(layer, values, lengths)
+        trace.accumulators.append(state)
         trace.outputs.append(values)
     return trace
 
 
-def predict(model: IntegerModel, x) -> np.ndarray:
-    """Return the predicted class (argmax of the last output; the first maximum wins ties)."""
-    return np.argmax(execute(model, x).output, axis=1)
+def predict(model: IntegerModel, x, lengths=None) -> np.ndarray:
+    """Return the predicted class: the argmax of the last output (per vector, per sequence, or
+    per valid step of a per-step model, where padding is -1). The first maximum wins ties
+    (numpy's argmax): a tie between two classes always goes to the lower index."""
+    trace = execute(model, x, lengths)
+    pred = np.argmax(trace.output, axis=-1)
+    if pred.ndim == 2:  # per step: padding steps have no class
+        valid = np.arange(pred.shape[1])[None, :] < trace.lengths[:, None]
+        pred = np.where(valid, pred, -1)
+    return pred
+
+
+def expected_rows(model: IntegerModel, x, lengths=None) -> np.ndarray:
+    """Return the code rows the hardware of ``model`` must emit for inputs ``x``: one row per
+    output transfer, in order (:meth:`bitfab.formats.StreamFormat.code_rows`)."""
+    trace = execute(model, x, lengths)
+    return model.out_stream.code_rows(trace.output, trace.lengths)
 
 
 def compare_outputs(got, want) -> tuple[int, dict | None]:
