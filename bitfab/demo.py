@@ -39,15 +39,15 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 30, console=None) -> dict:
         import torch
 
         from .quant.data import load_dataset
-        from .quant.evaluate import compare
         from .quant.recipes import TrainConfig
         from .quant.train import export, fit
     except ImportError as exc:
         raise BitfabError(f"the demo trains a network and needs bitfab[train] ({exc})") from None
     from .boards.build import synthesize
+    from .cli.evaluate import compare
     from .hw.verilog import generate
     from .model import IntegerModel
-    from .sim.cli import simulate_model
+    from .sim.run import simulate_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def demo(out, seed, epochs, as_json):
     """Train on digits, export, eval, verilog, Verilator on the test set, synth for iCEBreaker."""
     from rich.console import Console
 
-    from .cli import emit_json
+    from .cli.ui import emit_json
     con = Console(stderr=as_json, highlight=False)
     summary = run_demo(out or build_dir() / "demo", seed, epochs, con)
     if as_json:

@@ -319,6 +319,18 @@ class StreamFormat:
         return np.column_stack([codes, last]) if len(payloads) else \
             np.zeros((0, self.count + 1), dtype=np.int64)
 
+    def unpack(self, payloads) -> np.ndarray:
+        """Return the ``(transfers, count)`` element values of payload integers."""
+        return self.values(self.unpack_codes(payloads))
+
+    def answers(self, out: StreamFormat, payloads_last: np.ndarray) -> np.ndarray:
+        """Return which input transfers of this stream produce an output transfer on ``out``:
+        all of them, except that a framed input with an unframed output (one vector per
+        sequence) answers only each sequence's final step (``payloads_last``)."""
+        if self.framed and not out.framed:
+            return np.asarray(payloads_last, dtype=bool)
+        return np.ones(len(payloads_last), dtype=bool)
+
     def values(self, codes: np.ndarray) -> np.ndarray:
         """Return the element values of code rows (the ``last`` column dropped)."""
         return self.element.from_codes(np.asarray(codes)[:, :self.count])

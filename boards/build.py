@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform as _platform
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import BitfabError, ToolError
+from bitfab.hw.config import DEFAULT_PIPELINE
 from bitfab.model import IntegerModel
 from bitfab.toolchain import build_dir, run_tool, tool_env, yosys_synth
 
@@ -43,15 +45,25 @@ def _effective(model: IntegerModel, fold) -> tuple:
 
 
 def initiation_interval(model: IntegerModel, fold) -> int:
-    """Clocks between vectors of the network with ``fold``: its slowest layer's ``SF * NF``."""
+    """Clocks between vectors of the folded network with ``fold``: its slowest layer's
+    ``SF * NF`` (only for models whose every layer folds: :func:`foldable`)."""
     from bitfab.hw.layer import network_configs
     return max(c.initiation_interval for c in network_configs(model, fold))
+
+
+def foldable(model: IntegerModel) -> bool:
+    """Whether every layer kind of ``model`` can be folded (:mod:`bitfab.hw.kinds`)."""
+    from bitfab.hw.kinds import hw_kind
+    return all(hw_kind(layer).foldable for layer in model.layers)
 
 
 def candidate_folds(model: IntegerModel) -> list:
     """Return the folds to try, fastest first: unrolled (None), then ``(pe, simd)`` powers of
     two, one per distinct set of per-layer folds, by initiation interval and then by estimated
-    LUTs (the smallest fold that reaches an interval comes first)."""
+    LUTs (the smallest fold that reaches an interval comes first). Only unrolled for a model
+    with a layer kind that does not fold."""
+    if not foldable(model):
+        return [None]
     widest = max(max(la.in_features, la.out_features) for la in model.layers)
     powers = [1 << k for k in range(widest.bit_length() + 1) if (1 << k) <= widest]
     seen = {}
@@ -69,8 +81,7 @@ def _term_luts(layer) -> float:
     # LUT4 per synapse lane of each datapath on iCE40, measured on the board top-level of the
     # digits binary MLP (yosys stat per module, fold 2,64): XNOR-popcount ~2, add/subtract of a
     # b-bit input ~6b (the negation and the carry-chain tree); the others are scaled from those
-    from bitfab.sim.golden import datapath_kind
-    kind = datapath_kind(layer)
+    kind = layer.datapath
     bits = layer.input.bits
     return {"xnor_popcount": 2.0, "ternary": 6.0 * bits, "shift_add": 8.0 * bits,
             "lut": 8.0 * bits, "int": 16.0 * bits}[kind]
@@ -191,7 +202,8 @@ def _versions(env: dict) -> dict:
 
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
-               pipeline: int = 2, progress=None, max_refolds: int = 3) -> SynthOutcome:
+               pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3
+               ) -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
     ``fold`` None chooses one (:func:`choose_fold`), and a choice whose synthesized LUTs or
@@ -205,7 +217,9 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     board = get_board(board) if isinstance(board, str) else board
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
-    folder = Path(out) if out is not None else build_dir("synth", f"{model.name}-{board.name}")
+    # the model's name comes from its file: only a safe identifier becomes a folder name
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", model.name) or "model"
+    folder = Path(out) if out is not None else build_dir("synth", f"{safe}-{board.name}")
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     env = tool_env()
@@ -272,8 +286,7 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         board=board, model=model, fold=fold, pipeline=pipeline, clock=top._plan, baud=baud,
         counts=counts, pnr=json.loads((folder / "top.report.json").read_text()),
         bitstream=bitstream, flow=used_flow, seed=seed, versions=_versions(env),
-        wall_s=time.perf_counter() - start, times=times, latency=top.core.network.latency,
-        initiation_interval=top.core.network.initiation_interval,
+        wall_s=time.perf_counter() - start, times=times, network=top.core.network,
         frame_bytes=(top.core.in_bytes, top.core.out_bytes))
     (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     return SynthOutcome(report, bitstream, folder)

@@ -13,7 +13,6 @@ from typing import Protocol
 
 import numpy as np
 
-from bitfab.hw.packing import pack, unpack
 from bitfab.model import IntegerModel
 
 from .protocol import (
@@ -67,7 +66,8 @@ class SerialTransport:
 
 
 class RunResult:
-    """What :meth:`BoardClient.run` measured: the outputs (values) and the throughput."""
+    """What :meth:`BoardClient.run` measured: the output code rows (one per answer, a framed
+    output's ``last`` as the final column) and the throughput."""
 
     def __init__(self, outputs: np.ndarray, seconds: float, bytes_sent: int,
                  bytes_received: int):
@@ -82,7 +82,7 @@ class RunResult:
 
 
 class BoardClient:
-    """Run a model's input vectors on a board over a transport.
+    """Run a model's inputs on a board over a transport.
 
     Parameters
     ----------
@@ -90,7 +90,7 @@ class BoardClient:
     model : IntegerModel
         The model the board was built from (it fixes the frame sizes and the value formats).
     window : int
-        Frames in flight before the client waits for a result (the board holds one vector while
+        Answers outstanding before the client waits for one (the board holds one vector while
         the network computes another; more than two risks an overrun on a slow network).
     """
 
@@ -102,19 +102,16 @@ class BoardClient:
         self._t = transport
         self._model = model
         self._window = window
-        first, last = model.layers[0], model.layers[-1]
-        self.in_format, self.out_format = first.input, last.out_format
-        self.n_in, self.n_out = first.in_features, last.out_features
-        self.in_bytes = vector_bytes(self.n_in, self.in_format.bits)
-        self.out_bytes = vector_bytes(self.n_out, self.out_format.bits)
+        self.in_stream, self.out_stream = model.in_stream, model.out_stream
+        self.in_bytes = vector_bytes(self.in_stream.payload_bits, 1)
+        self.out_bytes = vector_bytes(self.out_stream.payload_bits, 1)
         self._parser = FrameParser()
         self._frames: list[Frame] = []
         self.sent = 0
         self.received = 0
 
-    def frame_of(self, x) -> bytes:
-        """Return the input frame of one vector of values."""
-        (payload,) = pack(np.asarray(x)[None, :], self.in_format)
+    def frame_of(self, payload: int) -> bytes:
+        """Return the input frame of one payload (:meth:`~bitfab.formats.StreamFormat.pack`)."""
         return encode_frame(TYPE_INPUT, payload_to_bytes(payload, self.in_bytes))
 
     def send(self, frame: bytes) -> None:
@@ -135,34 +132,43 @@ class BoardClient:
 
     def _result(self, frame: Frame, index: int) -> int:
         if not frame.ok:
-            raise ProtocolError(f"vector {index}: the board's answer has a bad checksum")
+            raise ProtocolError(f"answer {index}: the board's frame has a bad checksum")
         if frame.kind == TYPE_ERROR:
-            raise ProtocolError(f"vector {index}: the board rejected the frame: {frame.error}")
+            raise ProtocolError(f"answer {index}: the board rejected the frame: {frame.error}")
         if frame.kind != TYPE_RESULT or len(frame.payload) != self.out_bytes:
-            raise ProtocolError(f"vector {index}: expected a result frame of {self.out_bytes} "
+            raise ProtocolError(f"answer {index}: expected a result frame of {self.out_bytes} "
                                 f"bytes, got type 0x{frame.kind:02x} with "
                                 f"{len(frame.payload)} bytes")
         return payload_from_bytes(frame.payload)
 
-    def run(self, x, progress=None) -> RunResult:
-        """Send every row of ``x`` (values of the first layer's input format); return the last
-        layer's output values, in order. ``progress(done)`` is called after each result."""
-        arr = np.asarray(x)
-        if arr.ndim != 2 or arr.shape[1] != self.n_in:
-            raise ProtocolError(f"inputs must have shape (batch, {self.n_in}), not {arr.shape}")
-        frames = [self.frame_of(row) for row in arr]
+    def run(self, x, lengths=None, progress=None) -> RunResult:
+        """Send ``x`` (vectors of the first layer's input values, or sequences with ``lengths``,
+        one frame per step); return the output code rows, one per answer, in order.
+        ``progress(done)`` is called after each answer."""
+        from bitfab.errors import ModelRangeError
+        try:
+            payloads = self.in_stream.pack(x, lengths)
+            _, last = self.in_stream.rows(x, lengths)
+        except ModelRangeError as exc:
+            raise ProtocolError(f"inputs: {exc}") from None
+        answers = self.in_stream.answers(self.out_stream, last)
+        frames = [self.frame_of(p) for p in payloads]
+        expected = int(answers.sum())
         results = []
         start = time.perf_counter()
         sent0, received0 = self.sent, self.received
-        issued = 0
-        while len(results) < len(frames):
-            while issued < len(frames) and issued - len(results) < self._window:
+        issued = pending = 0
+        while len(results) < expected:
+            while issued < len(frames) and pending < self._window:
                 self.send(frames[issued])
+                pending += int(answers[issued])
                 issued += 1
             results.append(self._result(self.receive(), len(results)))
+            pending -= 1
             if progress is not None:
                 progress(len(results))
         seconds = time.perf_counter() - start
-        outputs = unpack(results, self.out_format, self.n_out) if results else \
-            np.zeros((0, self.n_out), dtype=np.int64)
-        return RunResult(outputs, seconds, self.sent - sent0, self.received - received0)
+        stream = self.out_stream
+        codes = stream.unpack_codes(results) if results else \
+            np.zeros((0, stream.count + int(stream.framed)), dtype=np.int64)
+        return RunResult(codes, seconds, self.sent - sent0, self.received - received0)

@@ -9,13 +9,16 @@ generators. Every message in either direction is one frame::
 byte or a byte from the next frame changes the sum or the length, so a bad frame is rejected, never
 computed). Types:
 
-- ``0x49`` (``'I'``) host -> board: one input vector, its payload the vector's packed codes
-  (:func:`bitfab.hw.packing.pack`, little-endian, ``ceil(n_in * in_bits / 8)`` bytes);
-- ``0x52`` (``'R'``) board -> host: the result of one vector, ``ceil(n_out * out_bits / 8)``
-  bytes of the last layer's packed output codes, in the order the vectors came;
+- ``0x49`` (``'I'``) host -> board: one input transfer, its payload the packed codes of a vector
+  or of one time step with its ``last`` bit (:meth:`bitfab.formats.StreamFormat.pack`,
+  little-endian, ``ceil(payload_bits / 8)`` bytes);
+- ``0x52`` (``'R'``) board -> host: one output transfer, ``ceil(payload_bits / 8)`` bytes of the
+  last layer's packed output codes, in the order the inputs came;
 - ``0x45`` (``'E'``) board -> host: a rejected frame, one byte of :data:`ERRORS` code.
 
-The board answers every input frame with exactly one ``R`` or ``E`` frame, in order.
+The board answers every input frame with exactly one ``R`` or ``E`` frame, in order, except the
+steps of a sequence model that emits one vector per sequence: there only the frame of each
+sequence's final step is answered with an ``R`` frame (a rejected frame still gets its ``E``).
 """
 
 from __future__ import annotations

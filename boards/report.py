@@ -49,10 +49,8 @@ def yosys_counts(stat: dict, board) -> dict:
 
 
 def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path,
-                 flow, seed, versions, wall_s, times, latency, initiation_interval,
-                 frame_bytes) -> dict:
+                 flow, seed, versions, wall_s, times, network, frame_bytes) -> dict:
     """Return the report object of a finished build."""
-    from bitfab.hw.layer import network_configs
     limits = board.limits
     util = pnr.get("utilization", {})
 
@@ -95,16 +93,16 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
                    f"{worst['fmax_mhz']:.1f} MHz achieved, {worst['constraint_mhz']:g} MHz "
                    f"needed; lower --clock or raise --pipeline")
     in_bytes, out_bytes = frame_bytes
-    configs = network_configs(model, fold, pipeline)
     return {
         "board": board.name, "board_title": board.title, "device": board.device,
         "family": board.family,
         "model": model.name, "fingerprint": model.fingerprint(),
         "fold": list(fold) if fold else None, "pipeline": pipeline,
-        "layers": [{"architecture": c.architecture, "pe": c.pe, "simd": c.simd,
-                    "datapath": c.kind, "in": c.in_features, "out": c.out_features,
-                    "initiation_interval": c.initiation_interval} for c in configs],
-        "latency_cycles": latency, "initiation_interval": initiation_interval,
+        "layers": [{"kind": c.config.layer.kind, "architecture": c.config.architecture,
+                    "pe": c.config.pe, "simd": c.config.simd, "datapath": c.config.layer.datapath,
+                    "in": c.config.layer.in_features, "out": c.config.layer.out_features,
+                    "initiation_interval": c.initiation_interval} for c in network.layers],
+        "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
         "resources": resources,
         "clock": clock.to_json(),
         "clocks": clocks,

@@ -15,6 +15,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
 from bitfab.errors import BitfabError
+from bitfab.hw.config import DEFAULT_PIPELINE
 
 from .top import SerialNetwork
 
@@ -112,7 +113,8 @@ class SimTransport:
         self.close()
 
 
-def simulated_board(model, fold=None, pipeline: int = 1, divisor: int = 8) -> SimTransport:
+def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8
+                    ) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
     with ``fold = (pe, simd)``), its UART at ``divisor`` clocks per bit."""
     from bitfab.hw.layer import build_network

@@ -3,11 +3,14 @@
 A ``.bfm`` written by :func:`bitfab.quant.train.export` carries its training configuration in
 ``metadata`` and the float state in ``extras``. :func:`rebuild` turns them back into a
 :class:`~bitfab.quant.network.QuantMLP`, whose eval-mode integer forward recomputes every integer
-layer from the float state; :func:`compare` runs it and the golden model (on the *stored* layers)
-over a dataset's test split and counts disagreements.
+layer from the float state; :func:`reference` runs it (or an lstm model's torch integer forward)
+over a dataset's test split, which the shell compares with the golden model on the *stored*
+layers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ from .data import Dataset, load_dataset
 from .network import QuantMLP
 from .recipes import TrainConfig, build_model
 
-__all__ = ["rebuild", "compare"]
+__all__ = ["rebuild", "reference", "torch_outputs", "Reference"]
 
 
 def rebuild(model: IntegerModel) -> QuantMLP:
@@ -49,34 +52,48 @@ def rebuild(model: IntegerModel) -> QuantMLP:
     return net.eval()
 
 
-def compare(model: IntegerModel, data: Dataset | str | None = None) -> dict:
-    """Run the golden model and the rebuilt torch reference on a test split.
+@dataclass
+class Reference:
+    """A test split and the torch reference's integer outputs on it (:func:`reference`)."""
 
-    Returns ``n``, ``golden_accuracy``, ``torch_accuracy``, ``mismatches`` (disagreeing
-    predictions) and ``accumulator_mismatches`` (test vectors whose last-layer accumulators
-    differ anywhere); both counts must be 0.
-    """
-    from bitfab.sim.golden import execute
+    x: np.ndarray
+    lengths: np.ndarray | None
+    labels: np.ndarray
+    outputs: np.ndarray
+    dataset: str
+    metric: str = "accuracy"
 
-    net = rebuild(model)
+
+def _is_lstm(model: IntegerModel) -> bool:
+    return model.metadata.get("recipe") == "lstm-gates"
+
+
+def torch_outputs(model: IntegerModel, x, lengths=None) -> np.ndarray:
+    """Return the last layer's integer outputs of the torch reference a trained model carries
+    (the dense MLP rebuilt from its float state, or an lstm model's torch integer forward)."""
+    if _is_lstm(model):
+        from .lstm_train import integer_forward
+        out = integer_forward(model, x, lengths)[1].numpy()
+    else:
+        with torch.no_grad():
+            out = rebuild(model).integer_forward(np.asarray(x))[0][-1].numpy()
+    if not np.all(out == np.round(out)):
+        raise BitfabError("the torch reference produced non-integer outputs")
+    return out.astype(np.int64)
+
+
+def reference(model: IntegerModel, data: Dataset | str | None = None) -> Reference:
+    """Return the test split of ``data`` (None: the dataset the model was trained on, with its
+    split seed) and the torch reference's outputs on it."""
+    if _is_lstm(model):
+        from .lstm_train import test_split
+        x, lengths, labels, name, metric = test_split(model, data)
+        return Reference(x, lengths, labels, torch_outputs(model, x, lengths), name, metric)
+    rebuild(model)  # refuses a model without training state before any data is read
     if data is None or isinstance(data, str):
         data = load_dataset(data or model.metadata["dataset"], int(model.metadata.get("seed", 0)))
     if data.features != model.in_features:
         raise BitfabError(f"dataset {data.name} has {data.features} features; the model takes "
                           f"{model.in_features}")
-    x, y = data.x_test, data.y_test
-    trace = execute(model, x)
-    golden_acc = trace.accumulators[-1]
-    acc = net.integer_forward(x)[0][-1]
-    tp = torch.argmax(acc, dim=1).numpy()
-    torch_acc = acc.numpy()
-    if not np.all(torch_acc == np.round(torch_acc)):
-        raise BitfabError("the torch reference produced non-integer accumulators")
-    torch_acc = torch_acc.astype(np.int64)
-    gp = np.argmax(golden_acc, axis=1)
-    return {
-        "n": int(len(y)), "dataset": data.name,
-        "golden_accuracy": float(np.mean(gp == y)), "torch_accuracy": float(np.mean(tp == y)),
-        "mismatches": int(np.count_nonzero(gp != tp)),
-        "accumulator_mismatches": int(np.count_nonzero(np.any(golden_acc != torch_acc, axis=1))),
-    }
+    return Reference(data.x_test, None, data.y_test, torch_outputs(model, data.x_test),
+                     data.name)

@@ -24,7 +24,7 @@ from .lstm_data import SHAPES, Sentences, entity_f1, load_ner, row_sequences
 from .quantizers import FloatWeight, IntWeight
 
 __all__ = ["LstmConfig", "LstmNet", "LstmResult", "fit_lstm", "export_lstm", "integer_forward",
-           "evaluate_integer", "train_lstm"]
+           "evaluate_integer", "test_split", "lstm_config", "load_task"]
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,9 @@ def export_lstm(net: LstmNet, data=None) -> IntegerModel:
     scale = alpha * 2.0 ** -(cfg.hidden_bits - 1)
     bias = np.round(net.head_bias.detach().double().numpy() / scale).astype(np.int64)
     head = Dense(w_int, enc, layer.out_format, NoOutput(), bias, name="head")
-    extras, metadata = {}, {"recipe": "lstm-gates", "dataset": cfg.dataset,
-                            "weights": cfg.weights, "hidden": cfg.hidden}
+    extras, metadata = {}, {"producer": "bitfab.quant", "recipe": "lstm-gates",
+                            "dataset": cfg.dataset, "seed": cfg.seed, "weights": cfg.weights,
+                            "hidden": cfg.hidden}
     if net.ner:
         words, shapes = net.embedding_codes()
         extras = {"word_embedding": words, "shape_embedding": shapes}
@@ -180,6 +181,30 @@ def integer_forward(model: IntegerModel, x, lengths) -> tuple[torch.Tensor, torc
         live = torch.arange(logits.shape[1])[None, :] < lengths[:, None]
         logits = torch.where(live[..., None], logits, torch.zeros_like(logits))
     return h, logits
+
+
+def test_split(model: IntegerModel, spec: str | None = None):
+    """Return ``(x, lengths, labels, dataset, metric)``: the integer inputs of the test split the
+    model's task uses (``spec`` None: the dataset and seed it was trained with) and their labels
+    (per token for ``ner``, whose score is entity F1; per sequence otherwise)."""
+    meta = model.metadata
+    name = spec or meta.get("dataset")
+    if not isinstance(name, str):
+        raise BitfabError(f"{model.name}: the model names no dataset; give --dataset")
+    seed = meta.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BitfabError(f"metadata.seed must be an integer, not {seed!r}")
+    if name == "ner":
+        if "word_embedding" not in model.extras:
+            raise BitfabError(f"{model.name}: no word embedding in the model; ner needs one")
+        data = load_ner(seed)
+        words, shapes, tags, lengths = data.batch(data.test)
+        return ner_inputs(model, words, shapes), lengths, tags, name, "entity F1"
+    _, _, x_test, y_test, steps, _ = row_sequences(name, seed)
+    if x_test.shape[2] != model.in_features:
+        raise BitfabError(f"dataset {name} has rows of {x_test.shape[2]} values; the model "
+                          f"takes {model.in_features}")
+    return x_test, np.full(len(x_test), steps), y_test, name, "accuracy"
 
 
 def _ner_score(data: Sentences, index, predict) -> float:
@@ -275,58 +300,20 @@ def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
     return result
 
 
-def train_lstm(dataset: str, out, epochs: int | None, seed: int, hidden: int | None,
-               options: dict, limit: int | None, reference: bool, as_json: bool) -> dict:
-    """``bitfab train --recipe lstm-gates``: float vs gate-quantized score and the delta."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from bitfab.cli import emit_json
-
-    from .train import _progress
-
+def lstm_config(dataset: str, epochs: int | None, seed: int, hidden: int | None, options: dict,
+                limit: int | None) -> LstmConfig:
+    """Return the :class:`LstmConfig` of ``bitfab train --recipe lstm-gates`` options."""
     unknown = set(options) - {"weights", "hidden_bits", "cell_bits", "lr", "batch_size"}
     if unknown:
         raise BitfabError(f"recipe 'lstm-gates' takes options weights, hidden_bits, cell_bits, "
                           f"lr, batch_size, not {sorted(unknown)}")
-    base = LstmConfig(dataset, True, str(options.get("weights", "ternary")),
+    return LstmConfig(dataset, True, str(options.get("weights", "ternary")),
                       hidden or 32, int(options.get("hidden_bits", 8)),
                       int(options.get("cell_bits", 16)), epochs or 15,
                       int(options.get("batch_size", 32)), float(options.get("lr", 0.01)), seed,
                       limit)
-    con = Console(stderr=as_json, highlight=False)
-    data = _load(base)
-    metric = "entity F1" if dataset == "ner" else "accuracy"
-    runs = {}
-    with _progress(con) as progress:
-        runs["quant"] = fit_lstm(base, data, progress)
-        if reference:
-            runs["float"] = fit_lstm(LstmConfig(**{**base.__dict__, "gate_quant": False,
-                                                   "weights": "float"}), data, progress)
-    quant = runs["quant"]
-    summary = {"recipe": "lstm-gates", "dataset": dataset, "metric": metric,
-               "weights": base.weights, "hidden": base.hidden, "epochs": base.epochs,
-               "score": quant.score, "train_seconds": quant.seconds}
-    if "float" in runs:
-        summary["float_score"] = runs["float"].score
-        summary["delta_points"] = 100 * (quant.score - runs["float"].score)
-    if quant.model is not None and out:
-        quant.model.save(out)
-        summary["out"] = str(out)
-    if as_json:
-        emit_json(summary)
-        return summary
-    table = Table(title=f"lstm-gates on {dataset} (hidden {base.hidden})")
-    for col in ("network", metric, "train time"):
-        table.add_column(col, justify="left" if col == "network" else "right")
-    if "float" in runs:
-        table.add_row("float LSTM", f"{100 * runs['float'].score:.2f} %",
-                      f"{runs['float'].seconds:.1f} s")
-    table.add_row(f"{base.label} (integer)", f"{100 * quant.score:.2f} %",
-                  f"{quant.seconds:.1f} s")
-    con.print(table)
-    if "delta_points" in summary:
-        con.print(f"delta to float: {summary['delta_points']:+.2f} points")
-    if out:
-        con.print(f"wrote {out}")
-    return summary
+
+
+def load_task(config: LstmConfig):
+    """Return the data of a run's task (sentences for ``ner``, row sequences otherwise)."""
+    return _load(config)

@@ -2,9 +2,10 @@
 
 cocotb loads this module inside the simulator; :mod:`bitfab.sim.verilog` writes its
 configuration (a JSON file named by ``$BITFAB_BENCH``) from the design's sidecar, so one bench
-drives every design:
+drives every design, of every layer kind:
 
-- :class:`Driver` offers input vectors on the ``i`` stream, idling at random (bubbles);
+- :class:`Driver` offers input payloads (vectors, or time steps with their ``last`` bit) on the
+  ``i`` stream, idling at random (bubbles);
 - :class:`Backpressure` drops ``o.ready`` at random (stalls);
 - :class:`Monitor` records each transfer on ``o`` (valid and ready at a clock edge);
 - :class:`Model` computes the expected outputs with the golden model (:mod:`bitfab.sim.golden`);
@@ -26,7 +27,6 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge, Timer
 
-from bitfab.hw.packing import pack_codes, unpack_codes
 from bitfab.sim.golden import compare_outputs
 
 
@@ -82,44 +82,49 @@ class Monitor:
             self.received.append(int(self.data.value))
 
 
-class Model:
-    """The expected outputs: the golden model on the bench's inputs.
+def _model(config: dict):
+    from bitfab.model import IntegerModel
+    model = IntegerModel.load(config["model"])
+    return model if config.get("layer") is None else model.single(config["layer"])
 
-    ``wrong_reference`` deliberately adds one to one expected value, so that a test can show the
+
+class Model:
+    """The expected outputs: the golden model on the bench's inputs, as code rows (one per
+    output transfer, a framed stream's ``last`` as the final column).
+
+    ``wrong_reference`` deliberately adds one to one expected code, so that a test can show the
     checker catches a single wrong bit.
     """
 
     def __init__(self, config: dict):
-        from bitfab.model import IntegerModel
         from bitfab.sim import golden
 
-        model = IntegerModel.load(config["model"])
+        model = _model(config)
         x = np.load(config["inputs"], allow_pickle=False)
-        layer = config.get("layer")
-        if layer is None:
-            values = golden.execute(model, x).output
-            fmt = model.layers[-1].out_format
-        else:
-            dense = model.layers[layer]
-            values = golden.dense_forward(dense, golden.dense_accumulate(dense, x))
-            fmt = dense.out_format
-        self.values = np.array(values, dtype=np.int64)
-        if config.get("wrong_reference"):
-            self.values[len(self.values) // 2, 0] += 1
-        self.codes = fmt.to_codes(self.values)
+        lengths = np.load(config["lengths"], allow_pickle=False) if config.get("lengths") \
+            else None
+        x, lengths = golden.check_inputs(model, x, lengths)
+        #: the input payloads (vectors, or one time step each with its ``last`` bit)
+        self.inputs = model.in_stream.pack(x, lengths)
+        self.stream = model.out_stream
+        self.codes = np.array(golden.expected_rows(model, x, lengths), dtype=np.int64)
+        if config.get("wrong_reference") and len(self.codes):
+            row = self.codes[len(self.codes) // 2]
+            row[0] = (row[0] + 1) % (1 << self.stream.element.bits)
 
 
 class Checker:
     """Compares received payloads with the model, in order; keeps counts and the first mismatch."""
 
-    def __init__(self, model: Model, count: int, bits: int):
-        self.model, self.count, self.bits = model, count, bits
+    def __init__(self, model: Model):
+        self.model = model
         self.mismatches = 0
         self.first = None
 
     def check(self, received: list[int]):
-        got = unpack_codes(received, self.count, self.bits) if received else \
-            np.zeros((0, self.count), dtype=np.int64)
+        stream = self.model.stream
+        got = stream.unpack_codes(received) if received else \
+            np.zeros((0, stream.count + int(stream.framed)), dtype=np.int64)
         self.mismatches, self.first = compare_outputs(got, self.model.codes)
         return got
 
@@ -131,14 +136,12 @@ async def stream_matches_golden(dut):
         config = json.load(f)
     names = config["ports"]
     rng = random.Random(config.get("seed", 0))
-    x = np.load(config["inputs"], allow_pickle=False)
     model = Model(config)
-    payloads = pack_codes(np.load(config["in_codes"], allow_pickle=False),
-                             config["in"]["bits"])
+    payloads = model.inputs
     driver = Driver(dut, names, payloads, config.get("p_bubble", 0.0), rng)
     backpressure = Backpressure(dut, names, config.get("p_stall", 0.0), rng)
     monitor = Monitor(dut, names, backpressure)
-    checker = Checker(model, config["out"]["count"], config["out"]["bits"])
+    checker = Checker(model)
 
     getattr(dut, names["i_valid"]).value = 0
     getattr(dut, names["o_ready"]).value = 0
@@ -158,8 +161,9 @@ async def stream_matches_golden(dut):
         def edge():
             return Timer(10, "ns")
 
-    expected = len(x)
-    limit = config.get("max_cycles") or (expected * config.get("ii", 1) * 4 + 10_000)
+    expected = len(model.codes)
+    transfers = max(len(payloads), expected)
+    limit = config.get("max_cycles") or (transfers * config.get("ii", 1) * 4 + 10_000)
     cycles = 0
     start = time.perf_counter()
     # one loop, two triggers a cycle: drive after the edge, sample the settled values
@@ -172,7 +176,7 @@ async def stream_matches_golden(dut):
         monitor.sample()
         cycles += 1
     # let a design that emits too many vectors show it
-    drain = config.get("drain_cycles", 4 * config.get("latency", 0) + 8)
+    drain = config.get("drain_cycles", 4 * config.get("latency", 0) + 4 * config.get("ii", 1) + 8)
     for _ in range(drain):
         await edge()
         backpressure.state = 1
@@ -184,7 +188,7 @@ async def stream_matches_golden(dut):
     wall = time.perf_counter() - start
     got = checker.check(monitor.received)
     result = {
-        "vectors": int(expected), "received": len(monitor.received),
+        "vectors": int(expected), "inputs": len(payloads), "received": len(monitor.received),
         "mismatches": checker.mismatches, "first_mismatch": checker.first,
         "cycles": cycles, "wall_s": wall, "cycles_per_s": cycles / wall if wall else 0.0,
         "timed_out": cycles >= limit and len(monitor.received) < expected,

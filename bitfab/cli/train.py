@@ -1,0 +1,188 @@
+"""``bitfab train``: quantization-aware training with a recipe, export, float vs quantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bitfab.errors import BitfabError
+
+from .ui import emit_json, training_progress
+
+__all__ = ["train"]
+
+#: recipes of ``bitfab.quant.recipes`` (listed here so that ``--help`` needs no torch)
+RECIPES = ("binary", "denseshift", "float", "int8", "lutq", "pow2", "sparse-binary", "ternary",
+           "twobit")
+
+
+def _options(pairs) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BitfabError(f"--option must be KEY=VALUE, not {pair!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def _hidden(text: str | None) -> tuple:
+    if not text:
+        return ()
+    try:
+        sizes = tuple(int(h) for h in text.replace("-", ",").split(",") if h)
+    except ValueError:
+        raise BitfabError(f"--hidden must be sizes like 256,256, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise BitfabError(f"--hidden must be positive sizes like 256,256, not {text!r}")
+    return sizes
+
+
+@click.command()
+@click.option("--recipe", required=True, type=click.Choice(list(RECIPES) + ["lstm-gates"]),
+              help="Quantization method.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, mnist1d or idx:DIR (MNIST-format IDX files).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the exported model here (.bfm).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 30 on digits, else 10).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed (split and training).")
+@click.option("--hidden", default=None, help="Hidden sizes, e.g. 256,256.")
+@click.option("--act-bits", type=int, default=None, help="Activation bits (1 = bipolar).")
+@click.option("--batch-size", type=int, default=None, help="Minibatch (64 digits, 128 else).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Quantizer option, e.g. constraint=pow2 (lutq), method=ttq (ternary).")
+@click.option("--limit", type=int, default=None, help="Use only this many training examples.")
+@click.option("--act-stage", type=click.Choice(["threshold", "requant"]), default="threshold",
+              show_default=True, help="Fold batchnorm into thresholds or a requant stage.")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Also train the float net of the same shape, for the comparison table.")
+@click.option("--threads", type=int, default=None, help="torch threads (default 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
+          act_stage, reference, threads, as_json):
+    """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from bitfab.quant.data import load_dataset
+    from bitfab.quant.recipes import TrainConfig
+    from bitfab.quant.train import _sparsity, export, fit
+
+    # one thread by default: these small matmuls gain little from more, and on a shared machine
+    # two threads were measured 20x slower than one
+    torch.set_num_threads(threads or 1)
+    if recipe == "lstm-gates":  # sequence models: bitfab.quant.lstm_train
+        _train_lstm(dataset, out, epochs, seed, (_hidden(hidden) or (None,))[0],
+                    {"lr": lr, **_options(options)}, limit, reference, as_json)
+        return
+    small = dataset in ("digits", "mnist1d")
+    config = TrainConfig(recipe, dataset, _hidden(hidden), act_bits,
+                         epochs or (30 if small else 10), batch_size or (64 if small else 128),
+                         lr, 0.0, seed, _options(options), limit, act_stage)
+    if recipe == "float" and out:
+        raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
+    con = Console(stderr=as_json, highlight=False)
+    data = load_dataset(dataset, seed)
+    runs = {}
+    with training_progress(con) as progress:
+        runs[recipe] = fit(config, data, progress)
+        if reference and recipe != "float":
+            ref = TrainConfig("float", dataset, config.hidden, None, config.epochs,
+                              config.batch_size, lr, 0.0, seed, {}, limit)
+            runs["float"] = fit(ref, data, progress)
+    result = runs[recipe]
+    summary = {"recipe": recipe, "dataset": dataset, "hidden": list(config.hidden),
+               "act_bits": config.act_bits, "epochs": config.epochs, "accuracy": result.accuracy,
+               "train_seconds": result.seconds}
+    if "float" in runs and recipe != "float":
+        summary["float_accuracy"] = runs["float"].accuracy
+        summary["float_seconds"] = runs["float"].seconds
+        summary["time_ratio"] = result.seconds / max(runs["float"].seconds, 1e-9)
+    if recipe != "float":
+        model = export(result, extra_metadata={"float_accuracy": summary.get("float_accuracy")})
+        summary.update(weight_bits=model.weight_bits, fp32_bits=model.fp32_bits,
+                       memory_reduction=model.memory_reduction,
+                       sparsity=_sparsity([la.weights for la in model.layers]))
+        if out:
+            model.save(out)
+            summary["out"] = str(out)
+    if as_json:
+        emit_json(summary)
+        return
+    table = Table(title=f"{recipe} on {dataset} ({'-'.join(map(str, result.model.sizes))})")
+    for col in ("network", "test accuracy", "weight memory", "vs fp32", "train time"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    fp32 = 32 * sum(la.weight.numel() for la in result.model.layers)
+    if "float" in runs:
+        table.add_row("float32", f"{100 * runs['float'].accuracy:.2f} %", f"{fp32} b", "-",
+                      f"{runs['float'].seconds:.1f} s")
+    if recipe != "float":
+        ratio = f" (x{summary['time_ratio']:.2f})" if "time_ratio" in summary else ""
+        table.add_row(f"{recipe} (integer)", f"{100 * result.accuracy:.2f} %",
+                      f"{summary['weight_bits']} b",
+                      f"-{100 * summary['memory_reduction']:.2f} %",
+                      f"{result.seconds:.1f} s{ratio}")
+    con.print(table)
+    if "float_accuracy" in summary:
+        con.print(f"delta to float: {100 * (result.accuracy - summary['float_accuracy']):+.2f} "
+                  f"points")
+    if out:
+        con.print(f"wrote {out}")
+
+
+def _train_lstm(dataset: str, out, epochs: int | None, seed: int, hidden: int | None,
+                options: dict, limit: int | None, reference: bool, as_json: bool) -> dict:
+    """``bitfab train --recipe lstm-gates``: float vs gate-quantized score and the delta."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bitfab.quant.lstm_train import LstmConfig, fit_lstm, load_task, lstm_config
+
+    base = lstm_config(dataset, epochs, seed, hidden, options, limit)
+    con = Console(stderr=as_json, highlight=False)
+    data = load_task(base)
+    metric = "entity F1" if dataset == "ner" else "accuracy"
+    runs = {}
+    with training_progress(con) as progress:
+        runs["quant"] = fit_lstm(base, data, progress)
+        if reference:
+            runs["float"] = fit_lstm(LstmConfig(**{**base.__dict__, "gate_quant": False,
+                                                   "weights": "float"}), data, progress)
+    quant = runs["quant"]
+    summary = {"recipe": "lstm-gates", "dataset": dataset, "metric": metric,
+               "weights": base.weights, "hidden": base.hidden, "epochs": base.epochs,
+               "score": quant.score, "train_seconds": quant.seconds}
+    if "float" in runs:
+        summary["float_score"] = runs["float"].score
+        summary["delta_points"] = 100 * (quant.score - runs["float"].score)
+    if quant.model is not None and out:
+        quant.model.save(out)
+        summary["out"] = str(out)
+    if as_json:
+        emit_json(summary)
+        return summary
+    table = Table(title=f"lstm-gates on {dataset} (hidden {base.hidden})")
+    for col in ("network", metric, "train time"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    if "float" in runs:
+        table.add_row("float LSTM", f"{100 * runs['float'].score:.2f} %",
+                      f"{runs['float'].seconds:.1f} s")
+    table.add_row(f"{base.label} (integer)", f"{100 * quant.score:.2f} %",
+                  f"{quant.seconds:.1f} s")
+    con.print(table)
+    if "delta_points" in summary:
+        con.print(f"delta to float: {summary['delta_points']:+.2f} points")
+    if out:
+        con.print(f"wrote {out}")
+    return summary

@@ -1,0 +1,178 @@
+"""Prove the generated hardware bit-exact against the golden model (what ``bitfab sim`` runs).
+
+:func:`simulate_model` runs the chosen simulation (Amaranth, or the cocotb bench on Verilator /
+Icarus, optionally on the synthesized iCE40 / ECP5 netlist) of a model or one of its layers, of
+any layer kind, on random inputs or on real ones, compares every output with
+:mod:`bitfab.sim.golden` and returns a :class:`SimRun` naming the first mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bitfab.errors import BitfabError
+from bitfab.hw.config import DEFAULT_PIPELINE
+from bitfab.toolchain import build_dir
+
+__all__ = ["SimRun", "simulate_model", "random_inputs", "AMARANTH_MAX_SYNAPSES"]
+
+#: designs with more synapses than this default to Verilator (Amaranth's simulator is ~1000x
+#: slower on them)
+AMARANTH_MAX_SYNAPSES = 4096
+
+
+@dataclass
+class SimRun:
+    """The outcome of :func:`simulate_model`: ``vectors`` output transfers compared (vectors, or
+    time steps of a framed output) from ``inputs`` input transfers; ``flow`` the yosys flow of a
+    netlist run."""
+
+    simulator: str
+    netlist: str | None
+    vectors: int
+    mismatches: int
+    cycles: int
+    cycles_per_s: float
+    wall_s: float
+    build_s: float
+    first_mismatch: dict | None
+    design: str
+    vcd: str | None = None
+    flow: str | None = None
+    inputs: int = 0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def random_inputs(model, count: int, seed: int = 0, max_steps: int = 12
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Draw ``count`` random inputs of ``model`` (extremes included: the first two are all
+    minimum and all maximum values); return ``(x, lengths)``.
+
+    Vectors ``(count, in_features)`` with ``lengths`` None, or for a sequence model sequences
+    ``(count, T, in_features)`` of random lengths in ``1..T`` (the first two full length),
+    ``T = min(max_steps, the first layer's max_length)``.
+    """
+    rng = np.random.default_rng(seed)
+    fmt, n = model.input, model.in_features
+    steps = min(max_steps, getattr(model.layers[0], "max_length", max_steps)) \
+        if model.sequential else None
+    shape = (count, n) if steps is None else (count, steps, n)
+    x = rng.integers(fmt.min_value, fmt.max_value + 1, size=shape)
+    if fmt.kind == "bipolar":
+        x = np.where(x > 0, 1, -1)
+    if count >= 2:
+        x[0], x[1] = fmt.min_value, fmt.max_value
+    if steps is None:
+        return x, None
+    lengths = rng.integers(1, steps + 1, size=count)
+    lengths[:2] = steps
+    return x, lengths
+
+
+def _generate(model, model_path, layer, fold, pipeline) -> Path:
+    """Generate (or reuse) the Verilog and sidecar of the design under test; return the sidecar."""
+    from bitfab.hw.verilog import generate
+    tag = f"{model.fingerprint()[:16]}-l{layer}-f{fold}-p{pipeline}".replace(" ", "")
+    out = build_dir("sim", "designs", tag.replace("(", "").replace(")", "").replace(",", "x"))
+    sidecars = sorted(out.glob("*.json"))
+    if sidecars:
+        return sidecars[0]
+    facts = generate(model, out, layer=layer, fold=fold, pipeline=pipeline)
+    return out / f"{facts['top']}.json"
+
+
+def _values_mismatch(model, first: dict | None) -> dict | None:
+    """Turn a mismatch in hardware codes into one in values (what a user reads)."""
+    if not first or not isinstance(first.get("expected"), list):
+        return first
+    stream = model.out_stream
+    want = stream.values(np.array([first["expected"]]))[0]
+    got = stream.values(np.array([first["actual"]]))[0]
+    out = {"vector": first["vector"], "outputs": [int(k) for k in np.flatnonzero(want != got)],
+           "expected": want.tolist(), "actual": got.tolist()}
+    if stream.framed:
+        out["expected_last"], out["actual_last"] = first["expected"][-1], first["actual"][-1]
+    return out
+
+
+def simulate_model(model_path, *, simulator: str = "auto", netlist: str | None = None,
+                   vectors: int = 1000, inputs: np.ndarray | None = None, lengths=None,
+                   layer: int | None = None, fold: tuple[int, int] | None = None,
+                   pipeline: int = DEFAULT_PIPELINE, stall: float = 0.2, seed: int = 0,
+                   vcd: str | None = None) -> SimRun:
+    """Simulate a model (or one layer) and compare it with the golden model; see ``bitfab sim``.
+
+    ``inputs`` (and ``lengths`` for sequences) are the input values, else ``vectors`` random
+    ones (:func:`random_inputs`).
+    """
+    from bitfab.model import IntegerModel
+    from bitfab.sim import golden
+
+    model = IntegerModel.load(model_path)
+    if layer is not None and not 0 <= layer < len(model.layers):
+        raise BitfabError(f"--layer must be in 0..{len(model.layers) - 1}, not {layer}")
+    design_model = model if layer is None else model.single(layer)
+    if inputs is None:
+        x, lengths = random_inputs(design_model, vectors, seed)
+    else:
+        x, lengths = golden.check_inputs(design_model, inputs, lengths)
+    if netlist and simulator == "amaranth":
+        raise BitfabError("--netlist needs --simulator verilator or icarus")
+    if simulator == "auto":
+        synapses = sum(la.weight_count for la in design_model.layers)
+        simulator = "verilator" if netlist or synapses > AMARANTH_MAX_SYNAPSES else "amaranth"
+    if simulator == "amaranth":
+        return _simulate_amaranth(design_model, fold, pipeline, x, lengths, stall, seed, vcd)
+    if simulator not in ("verilator", "icarus"):
+        raise BitfabError(f"--simulator must be auto, amaranth, verilator or icarus, "
+                          f"not {simulator!r}")
+    from .verilog import Design, run_bench
+    start = time.perf_counter()
+    sidecar = _generate(model, model_path, layer, fold, pipeline)
+    gen_s = time.perf_counter() - start
+    design = Design.from_sidecar(sidecar)
+    result = run_bench(design, model_path, x, lengths, simulator=simulator, netlist=netlist,
+                       p_bubble=stall, p_stall=stall, seed=seed, vcd=vcd)
+    return SimRun(simulator, netlist, result.vectors, result.mismatches, result.cycles,
+                  result.cycles_per_s, result.wall_s, gen_s + result.build_s,
+                  _values_mismatch(design_model, result.first_mismatch), design.top, result.vcd,
+                  result.flow, result.inputs)
+
+
+def _simulate_amaranth(model, fold, pipeline, x, lengths, stall, seed, vcd) -> SimRun:
+    from bitfab.hw.layer import build_network
+    from bitfab.sim import golden
+
+    from .amaranth_sim import run_stream
+
+    start = time.perf_counter()
+    component = build_network(model, fold, pipeline)
+    payloads = model.in_stream.pack(x, lengths)
+    expected = golden.expected_rows(model, x, lengths)
+    build_s = time.perf_counter() - start
+    saved = os.environ.get("BITFAB_VCD")
+    if vcd:
+        os.environ["BITFAB_VCD"] = str(vcd)
+    try:
+        start = time.perf_counter()
+        result = run_stream(component, payloads, stall=stall, bubble=stall, seed=seed,
+                            outputs=len(expected))
+        wall = time.perf_counter() - start
+    finally:
+        if vcd and saved is None:
+            os.environ.pop("BITFAB_VCD", None)
+        elif vcd:
+            os.environ["BITFAB_VCD"] = saved
+    got = model.out_stream.unpack_codes(result.outputs)
+    mismatches, first = golden.compare_outputs(got, expected)
+    return SimRun("amaranth", None, len(expected), mismatches, result.cycles,
+                  result.cycles / wall if wall else 0.0, wall, build_s,
+                  _values_mismatch(model, first), type(component).__name__,
+                  str(vcd) if vcd else None, None, len(payloads))
