@@ -22,6 +22,7 @@ def _tiny():
 
 
 @pytest.mark.synth
+@pytest.mark.slow
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s"])
 def test_real_build(tmp_path, board):
     """yosys + nextpnr + pack: a bitstream, and a report within the device's limits."""
