@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from bitfab.boards.build import candidate_folds, choose_fold, estimate_luts, synthesize
+from bitfab.boards.build import (
+    candidate_folds,
+    choose_fold,
+    estimate_luts,
+    initiation_interval,
+    synthesize,
+)
 from bitfab.boards.report import build_report
 from bitfab.boards.targets import get_board
 from bitfab.examples import mlp
@@ -16,6 +22,7 @@ def _tiny():
 
 
 @pytest.mark.synth
+@pytest.mark.slow
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s"])
 def test_real_build(tmp_path, board):
     """yosys + nextpnr + pack: a bitstream, and a report within the device's limits."""
@@ -37,15 +44,17 @@ def test_real_build(tmp_path, board):
 
 
 def test_fold_choice_prefers_speed_and_fits_the_estimate():
-    from bitfab.model import IntegerModel
     model = mlp(np.random.default_rng(1), (64, 64, 32, 10), "binary", name="m")
-    assert isinstance(model, IntegerModel)
     folds = candidate_folds(model)
     assert folds[0] is None and (1, 1) in folds
+    intervals = [initiation_interval(model, f) for f in folds[1:]]
+    assert intervals == sorted(intervals) and intervals[0] == 1  # fastest first
     big = choose_fold(model, get_board("ulx3s"))
     small = choose_fold(model, get_board("icebreaker"))
     assert estimate_luts(model, big) >= estimate_luts(model, small)
     assert 1.8 * estimate_luts(model, small) <= 0.8 * 5280
+    # the fastest that fits: every faster candidate is estimated over the budget
+    assert all(1.8 * estimate_luts(model, f) > 0.8 * 5280 for f in folds[:folds.index(small)])
     assert choose_fold(mlp(np.random.default_rng(1), (8, 4), "binary"), get_board("ulx3s")) is None
     from bitfab.boards.build import FitError
     with pytest.raises(FitError, match=r"m does not fit .* at any fold: \d+ logic cells "

@@ -117,6 +117,10 @@ def test_readme_commands_are_what_ci_runs():
     assert re.search(r"^test: \$\(STAMP\)\n\t\$\(PY\) -m pytest", makefile, re.M)
 
 
+@pytest.mark.slow
+@pytest.mark.train
+@pytest.mark.cocotb
+@pytest.mark.synth
 def test_demo_runs(capsys, tmp_path):
     code, out, err = bitfab(capsys, "demo", "--out", tmp_path)
     assert code == 0, err

@@ -24,7 +24,7 @@ from bitfab.quant.lstm_train import (
     integer_forward,
     ner_inputs,
 )
-from bitfab.sim.lstm import execute_sequences, lstm_layer
+from bitfab.sim.lstm import execute_sequences, lstm_layer, lstm_step, table_lookup
 
 
 def test_gate_quant_values_and_gradient():
@@ -51,6 +51,33 @@ def test_fake_fixed_and_reverse():
     assert out[:, :, 0].tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
 
 
+def _coverage(layer, x, lengths, hs, cs):
+    """Replay every valid step of ``lstm_layer`` with ``lstm_step`` from its recorded states.
+
+    Returns the gate codes seen for i, f, o (three sets), the table indices looked up in the
+    candidate and the cell tanh tables (two sets) and every cell value.
+    """
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    codes, cand, cell, cells = [set(), set(), set()], set(), set(), []
+    for d, (h_all, c_all) in enumerate(zip(hs, cs)):
+        h_prev, c_prev = np.zeros_like(h_all), np.zeros_like(c_all)  # the state before a step
+        if d == 0:
+            h_prev[:, 1:], c_prev[:, 1:] = h_all[:, :-1], c_all[:, :-1]
+        else:  # backward: position t follows t + 1 (0 after a sequence's end: padding)
+            h_prev[:, :-1], c_prev[:, :-1] = h_all[:, 1:], c_all[:, 1:]
+        h, c, acc, q = lstm_step(layer, d, x[valid], h_prev[valid], c_prev[valid])
+        np.testing.assert_array_equal(h, h_all[valid])  # the replay is the recorded run
+        np.testing.assert_array_equal(c, c_all[valid])
+        for k in range(3):
+            codes[k] |= set(q[:, k].ravel().tolist())
+        sizes = layer.table_sizes
+        cand |= set(table_lookup(np.arange(sizes[0]), acc[:, 2], layer.cand_shift[d]).ravel()
+                    .tolist())
+        cell |= set(table_lookup(np.arange(sizes[1]), c, layer.cell_shift[d]).ravel().tolist())
+        cells.append(c.ravel())
+    return codes, cand, cell, np.concatenate(cells)
+
+
 @pytest.mark.parametrize("weights,directions,output", [
     ("ternary", 2, "sequence"), ("pow2", 1, "last"), ("int8", 2, "last")])
 def test_integer_eval_equals_golden(weights, directions, output):
@@ -66,9 +93,12 @@ def test_integer_eval_equals_golden(weights, directions, output):
     lengths = rng.integers(1, 21, 40)
     golden, hs, cs = lstm_layer(layer, x, lengths)
     np.testing.assert_array_equal(integer_lstm(layer, x, lengths).numpy(), golden)
-    gates = np.concatenate([c.ravel() for c in cs])
-    assert gates.min() == layer.cell_range[0] or gates.max() == layer.cell_range[1] \
-        or np.abs(gates).max() > 0
+    # the inputs exercise the whole cell: each gate takes every code 0, 1, 2 (0, 0.5, 1) and no
+    # other, both ends of both tanh tables are read, and the cell state saturates
+    codes, cand, cell, c = _coverage(layer, x, lengths, hs, cs)
+    assert codes == [{0, 1, 2}] * 3
+    assert {0, layer.table_sizes[0] - 1} <= cand and {0, layer.table_sizes[1] - 1} <= cell
+    assert c.min() == layer.cell_range[0] or c.max() == layer.cell_range[1]
     # a deliberately wrong reference fails
     wrong = layer.replace(cell_table=np.roll(layer.cell_table, 1, axis=1))
     assert not np.array_equal(integer_lstm(wrong, x, lengths).numpy(), golden)

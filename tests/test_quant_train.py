@@ -43,6 +43,7 @@ def assert_torch_matches_golden(result, data):
     return model
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_trains_on_digits(recipe):
     result = fit(TrainConfig(recipe, "digits", hidden=(32,), epochs=10, seed=0), DIGITS)
@@ -63,6 +64,7 @@ def test_recipe_trains_on_digits(recipe):
         assert all(np.all(la.weights != 0) for la in model.layers)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("recipe, act_bits, options", [
     ("ternary", 4, {"method": "ttq"}),
     ("lutq", 4, {"constraint": "pow2"}),
@@ -103,6 +105,7 @@ def trained(tmp_path_factory):
     return path
 
 
+@pytest.mark.train  # the `trained` fixture trains
 def test_eval_from_file_alone(trained):
     model = IntegerModel.load(trained)
     assert model.metadata["recipe"] == "pow2" and model.metadata["dataset"] == "digits"
@@ -112,6 +115,7 @@ def test_eval_from_file_alone(trained):
     assert result["golden_accuracy"] == result["torch_accuracy"]
 
 
+@pytest.mark.train
 def test_eval_catches_a_tampered_model(trained, tmp_path, capsys):
     model = IntegerModel.load(trained)
     last = model.layers[-1]
@@ -137,6 +141,7 @@ def test_eval_refuses_a_model_without_training_state(tmp_path, capsys):
     assert "carries no training state" in capsys.readouterr().err
 
 
+@pytest.mark.train
 def test_cli_train_eval_info(tmp_path, capsys):
     out = tmp_path / "b.bfm"
     run(["train", "--recipe", "sparse-binary", "--epochs", "2", "--limit", "400", "--hidden",

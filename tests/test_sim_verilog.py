@@ -133,6 +133,7 @@ def test_amaranth_simulator_through_the_same_command(tmp_path):
 
 
 @pytest.mark.train
+@pytest.mark.slow  # Verilator on the whole digits test split
 def test_trained_model_on_its_real_test_inputs(tmp_path):
     """A network trained by quant/ on digits, simulated on its test split, equals the golden
     model (and hence, by quant's own tests, the torch reference) on every image."""
