@@ -32,7 +32,7 @@ import torch
 
 from bitfab.quant.lstm_data import Sentences
 from bitfab.quant.lstm_train import LstmConfig, _load, fit_lstm, integer_forward, ner_inputs
-from bitfab.sim.lstm import execute_sequences
+from bitfab.sim.golden import execute
 
 SETTINGS = {"ner": {"hidden": 48, "lr": 0.005}, "digits": {"hidden": 32, "lr": 0.01}}
 VARIANTS = [(False, "float"), (True, "float"), (True, "ternary"), (True, "pow2")]
@@ -48,7 +48,7 @@ def _check_golden(result) -> int:
         x = data[2]
         lengths = np.full(len(x), data[4])
     h, logits = integer_forward(model, x, lengths)
-    trace = execute_sequences(model, x, lengths)
+    trace = execute(model, x, lengths)
     np.testing.assert_array_equal(trace.outputs[0], h.numpy())
     np.testing.assert_array_equal(trace.output, logits.numpy())
     return int(lengths.sum())

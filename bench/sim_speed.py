@@ -19,7 +19,7 @@ import numpy as np
 
 from bitfab import InputFormat, IntegerModel
 from bitfab.examples import random_dense
-from bitfab.sim.cli import simulate_model
+from bitfab.sim.run import simulate_model
 from bitfab.toolchain import icarus_available
 
 

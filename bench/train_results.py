@@ -3,7 +3,7 @@
 For each dataset and recipe: the float net of the same shape is trained in the same run (same
 epochs, seed, batch, threads), so accuracy deltas and training-time ratios are side by side. Every
 exported model is saved, reloaded, and compared with its rebuilt torch reference
-(:func:`bitfab.quant.evaluate.compare`); any disagreement stops the run.
+(:func:`bitfab.cli.evaluate.compare`); any disagreement stops the run.
 
 Usage::
 
@@ -27,7 +27,7 @@ import torch
 
 from bitfab.model import IntegerModel
 from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
-from bitfab.quant.evaluate import compare
+from bitfab.cli.evaluate import compare
 from bitfab.quant.recipes import RECIPES, TrainConfig
 from bitfab.quant.train import export, fit
 

@@ -66,11 +66,13 @@ class SerialTransport:
 
 
 class RunResult:
-    """What :meth:`BoardClient.run` measured: the output code rows (one per answer, a framed
-    output's ``last`` as the final column) and the throughput."""
+    """What :meth:`BoardClient.run` measured: the answers as code rows (``codes``, one per
+    answer, a framed output's ``last`` as the final column) and as element values
+    (``outputs``), and the throughput."""
 
-    def __init__(self, outputs: np.ndarray, seconds: float, bytes_sent: int,
+    def __init__(self, codes: np.ndarray, outputs: np.ndarray, seconds: float, bytes_sent: int,
                  bytes_received: int):
+        self.codes = codes
         self.outputs = outputs
         self.seconds = seconds
         self.bytes_sent = bytes_sent
@@ -111,8 +113,9 @@ class BoardClient:
         self.received = 0
 
     def frame_of(self, payload: int) -> bytes:
-        """Return the input frame of one payload (:meth:`~bitfab.formats.StreamFormat.pack`)."""
-        return encode_frame(TYPE_INPUT, payload_to_bytes(payload, self.in_bytes))
+        """Return the input frame of one payload (:meth:`~bitfab.formats.StreamFormat.pack`:
+        a vector, or one time step with its ``last`` bit)."""
+        return encode_frame(TYPE_INPUT, payload_to_bytes(int(payload), self.in_bytes))
 
     def send(self, frame: bytes) -> None:
         """Send raw frame bytes (a test may send a corrupted one)."""
@@ -171,4 +174,5 @@ class BoardClient:
         stream = self.out_stream
         codes = stream.unpack_codes(results) if results else \
             np.zeros((0, stream.count + int(stream.framed)), dtype=np.int64)
-        return RunResult(codes, seconds, self.sent - sent0, self.received - received0)
+        return RunResult(codes, stream.values(codes), seconds, self.sent - sent0,
+                         self.received - received0)

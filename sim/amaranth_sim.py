@@ -179,13 +179,12 @@ def _design(target, pipeline: int):
     return (lambda: target), model
 
 
-def outputs_of(model: IntegerModel, payloads, lengths=None, batch: int | None = None
-               ) -> np.ndarray:
-    """Return the output values of ``model``'s hardware from its output payloads, in the layout
-    of the golden model's output: ``(batch, out)`` vectors, or ``(batch, T, out)`` steps of a
-    framed output (0 at padding; ``lengths`` gives the steps of each sequence). Raise
+def outputs_of(stream, payloads, lengths=None, steps: int | None = None) -> np.ndarray:
+    """Return the values of output payloads of ``stream`` (a model's ``out_stream``) in the
+    layout of the golden model's output: ``(batch, out)`` vectors, or ``(batch, T, out)`` steps
+    of a framed output (0 at padding; ``lengths`` gives the steps of each sequence, ``steps``
+    the padded length, default the longest). Raise
     :class:`VerificationError` where the ``last`` flags do not frame the sequences."""
-    stream = model.out_stream
     codes = stream.unpack_codes(payloads)
     values = stream.values(codes)
     if not stream.framed:
@@ -200,7 +199,8 @@ def outputs_of(model: IntegerModel, payloads, lengths=None, batch: int | None = 
         k = int(np.argmax(last != expected))
         raise VerificationError(f"output step {k}: last flag {int(last[k])}, expected "
                                 f"{int(expected[k])}")
-    steps = int(lengths.max()) if len(lengths) else 0
+    if steps is None:
+        steps = int(lengths.max()) if len(lengths) else 0
     out = np.zeros((len(lengths), steps, stream.count), dtype=np.int64)
     valid = np.arange(steps)[None, :] < lengths[:, None]
     out[valid] = values
@@ -236,7 +236,8 @@ def simulate(target, x, lengths=None, *, stall: float = 0.0, bubble: float = 0.0
     payloads = model.in_stream.pack(arr, lengths)
     result = run_stream(build(), payloads, stall=stall, bubble=bubble, seed=seed,
                         outputs=_output_count(model, arr, lengths))
-    return outputs_of(model, result.outputs, lengths)
+    return outputs_of(model.out_stream, result.outputs, lengths,
+                      arr.shape[1] if model.sequential else None)
 
 
 def _output_count(model: IntegerModel, x: np.ndarray, lengths) -> int:

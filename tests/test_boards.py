@@ -257,7 +257,7 @@ def test_board_rejects_corrupted_frame_and_host_reports_it():
     x = rng.choice(np.array([-1, 1]), size=(2, 16))
     with simulated_board(model) as transport:
         client = BoardClient(transport, model)
-        frame = bytearray(client.frame_of(x[0]))
+        frame = bytearray(client.frame_of(model.in_stream.pack(x[:1])[0]))
         frame[4] ^= 0x80
         client.send(bytes(frame))
         answer = client.receive()
@@ -266,14 +266,14 @@ def test_board_rejects_corrupted_frame_and_host_reports_it():
         run = client.run(x)
         np.testing.assert_array_equal(run.outputs, execute(model, x).output)
         client.send(bytes(frame))
-        with pytest.raises(ProtocolError, match="vector 0: the board rejected the frame: "
+        with pytest.raises(ProtocolError, match="answer 0: the board rejected the frame: "
                                                 "bad checksum"):
             client.run(x[:1])
 
 
 def test_board_check_fails_on_a_wrong_reference():
     """The comparison catches a board whose answers differ from the reference."""
-    from bitfab.boards.cli import compare_run
+    from bitfab.cli.board import compare_run
     rng = np.random.default_rng(6)
     model = _tiny(rng)
     other = _tiny(np.random.default_rng(7))  # the board runs a different network
@@ -301,7 +301,7 @@ def test_host_without_answer_raises():
 
     with pytest.raises(ProtocolError, match="no answer from the board"):
         BoardClient(Silent(), model).run(np.ones((1, 16), dtype=int))
-    with pytest.raises(ProtocolError, match=r"inputs must have shape \(batch, 16\), not \(1, 3\)"):
+    with pytest.raises(ProtocolError, match=r"inputs: vectors must have shape \(batch, 16\), not \(1, 3\)"):
         BoardClient(Silent(), model).run(np.ones((1, 3), dtype=int))
 
 
@@ -371,7 +371,7 @@ def test_protocol_constants_are_distinct():
 @pytest.mark.slow
 def test_board_run_on_a_trained_model_agrees_with_golden_and_torch():
     """A trained digits net on the simulated board, compared with both references."""
-    from bitfab.boards.cli import compare_run
+    from bitfab.cli.board import compare_run
     from bitfab.quant.data import load_dataset
     from bitfab.quant.recipes import TrainConfig
     from bitfab.quant.train import export, fit

@@ -71,10 +71,16 @@ def test_report_says_by_how_much_timing_fails(tmp_path):
     pnr = {"fmax": {"clk": {"achieved": 40.0, "constraint": 50.0}},
            "utilization": {"ICESTORM_LC": {"used": 900, "available": 5280}}}
     counts = {"luts": 500, "ffs": 400, "carry": 10, "bram": 0, "spram": 0, "dsp": 0}
+    from bitfab.hw.layer import build_network
+    network = build_network(model, None, 2)
     report = build_report(board=board, model=model, fold=None, pipeline=2,
                           clock=plan(board, None), baud=115200, counts=counts, pnr=pnr,
                           bitstream=bit, flow="abc", seed=0, versions={}, wall_s=1.0, times={},
-                          latency=4, initiation_interval=1, frame_bytes=(2, 3))
+                          network=network, frame_bytes=(2, 3))
+    assert report["latency_cycles"] == network.latency
+    assert [row["kind"] for row in report["layers"]] == ["dense", "dense"]
+    from amaranth.back import rtlil
+    rtlil.convert(network)  # the design the report describes elaborates (and is used)
     assert not report["timing_met"]
     assert report["timing"].startswith("FAILED by 10.0 MHz (5.00 ns) on clk")
     assert report["resources"]["logic_cells"] == {"used": 900, "available": 5280}
@@ -83,18 +89,18 @@ def test_report_says_by_how_much_timing_fails(tmp_path):
 def test_does_not_fit_says_so_with_numbers(tmp_path, monkeypatch):
     """A synthesis bigger than the device stops with needed vs available and a fold to try;
     without --fold, the build first moves to smaller folds."""
-    from bitfab.boards import build
+    from bitfab import toolchain
     from bitfab.boards.build import FitError
 
     calls = []
 
-    def fake_run(cmd, cwd, env, log):  # yosys "made" 9000 LUT4 and 100 FF whatever the fold
-        calls.append(cmd[0])
+    def fake_run(cmd, cwd, log, env=None, timeout=None):  # yosys "made" 9000 LUT4 and 100 FF
+        calls.append(cmd[0])                               # whatever the fold
         stat = {"design": {"num_cells_by_type": {"SB_LUT4": 9000, "SB_DFFE": 100}}}
         (cwd / "top.stat.json").write_text(json.dumps(stat))
         return 0.0
 
-    monkeypatch.setattr(build, "_run", fake_run)
+    monkeypatch.setattr(toolchain, "run_tool", fake_run)
     model = mlp(np.random.default_rng(2), (32, 16, 10), "binary", name="m")
     with pytest.raises(FitError, match=r"m does not fit 1BitSquared iCEBreaker \(iCE40UP5K\): "
                                        r"logic cells \(estimated\) 9070 needed, 5280 available, "

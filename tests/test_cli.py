@@ -127,12 +127,11 @@ def test_demo_runs(capsys, tmp_path):
     assert (tmp_path / "demo.bfm").exists()
 
 
-def test_eval_runs_sequence_models_and_execute_refuses_them(capsys, tmp_path):
+def test_eval_runs_sequence_models_and_execute_checks_their_shape(capsys, tmp_path):
     from bitfab.errors import ModelRangeError
     from bitfab.lstm import random_lstm
     from bitfab.model import IntWeights
-    from bitfab.sim.golden import execute
-    from bitfab.sim.lstm import predict_sequences
+    from bitfab.sim.golden import execute, predict
 
     rng = np.random.default_rng(6)
     lstm = random_lstm(rng, 3, 4, returns="last")
@@ -141,10 +140,10 @@ def test_eval_runs_sequence_models_and_execute_refuses_them(capsys, tmp_path):
     model.save(tmp_path / "seq.bfm")
     x = rng.integers(lstm.input.min_value, lstm.input.max_value + 1, (6, 5, 3))
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", predict_sequences(model, x))
+    np.save(tmp_path / "y.npy", predict(model, x))
     code, out, err = bitfab(capsys, "eval", tmp_path / "seq.bfm", "--inputs", tmp_path / "x.npy",
                             "--labels", tmp_path / "y.npy", "--json")
     assert code == 0, err
     assert json.loads(out) == {"accuracy": 1.0, "correct": 6, "n": 6}
-    with pytest.raises(ModelRangeError, match=r"layers\[0\] is an lstm layer"):
-        execute(model, x[:, 0])
+    with pytest.raises(ModelRangeError, match=r"sequences must have shape \(batch, steps, 3\)"):
+        execute(model, x[:, 0, 0])

@@ -5,10 +5,20 @@ import pytest
 
 from bitfab.errors import BitfabError, ModelRangeError
 from bitfab.examples import random_dense
+from bitfab.formats import StreamFormat
 from bitfab.hw.config import ConfigError, LayerConfig, parse_fold
 from bitfab.hw.layer import FoldedDense, UnrolledDense, build_layer
-from bitfab.hw.packing import pack, unpack
 from bitfab.model import InputFormat, Lut, Pow2
+
+
+def pack(values, fmt):
+    """The payloads of ``values`` (rows of ``fmt`` values): :class:`StreamFormat` packing."""
+    return StreamFormat(fmt, np.asarray(values).shape[-1]).pack(values)
+
+
+def unpack(payloads, fmt, n):
+    return StreamFormat(fmt, n).unpack(payloads)
+
 
 
 @pytest.fixture
@@ -44,7 +54,7 @@ def test_components_refuse_the_other_architecture(layer):
         UnrolledDense(LayerConfig.folded(layer, 2, 3))
     with pytest.raises(ConfigError, match="FoldedDense needs the folded architecture, not 'unr"):
         FoldedDense(LayerConfig.unrolled(layer))
-    with pytest.raises(ConfigError, match="config must be a LayerConfig, not Dense"):
+    with pytest.raises(ConfigError, match="config must be a layer configuration, not Dense"):
         build_layer(layer)
 
 
@@ -100,6 +110,17 @@ def test_packing_and_config_need_no_amaranth():
     """Host code (benches, board drivers) packs payloads without importing Amaranth."""
     import subprocess
     import sys
-    code = ("import sys, bitfab.hw.packing, bitfab.hw.config; "
+    code = ("import sys, bitfab.formats, bitfab.hw.config; "
             "sys.exit('amaranth' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_framed_stream_packs_steps_with_last_above_the_elements():
+    """A framed stream: one payload per valid step, ``last`` at bit ``count * bits``."""
+    stream = StreamFormat(InputFormat.int(4), 2, framed=True)
+    x = np.array([[[1, 2], [3, 4], [9, 9]], [[5, 6], [0, 0], [0, 0]]])
+    payloads = stream.pack(x, [2, 1])
+    assert payloads == [0x21, 0x100 | 0x43, 0x100 | 0x65]
+    np.testing.assert_array_equal(stream.unpack_codes(payloads),
+                                  [[1, 2, 0], [3, 4, 1], [5, 6, 1]])
+    assert stream.payload_bits == 9

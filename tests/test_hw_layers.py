@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from bitfab.errors import VerificationError
 from bitfab.examples import random_dense
+from bitfab.formats import StreamFormat
 from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import build_layer
-from bitfab.hw.packing import pack, unpack
 from bitfab.model import (
     Binary,
     Dense,
@@ -46,6 +46,15 @@ ENCODINGS = {
 }
 OUTPUTS = ("none", "threshold", "requant")
 ARCHS = ("unrolled", "folded")
+
+def pack(values, fmt):
+    """The payloads of ``values`` (rows of ``fmt`` values): :class:`StreamFormat` packing."""
+    return StreamFormat(fmt, np.asarray(values).shape[-1]).pack(values)
+
+
+def unpack(payloads, fmt, n):
+    return StreamFormat(fmt, n).unpack(payloads)
+
 
 
 def reference(layer: Dense, x: np.ndarray) -> np.ndarray:
@@ -222,7 +231,7 @@ def test_a_wrong_reference_fails_the_comparison():
 
 def test_simulate_refuses_wrong_shapes():
     layer = random_dense(np.random.default_rng(8), 4, 2, "binary")
-    with pytest.raises(VerificationError, match=r"x must have shape \(batch, 4\)"):
+    with pytest.raises(VerificationError, match=r"inputs must have shape \(batch, 4\), not \(2, 3\)"):
         simulate(layer, np.ones((2, 3), dtype=int))
 
 

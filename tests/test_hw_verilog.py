@@ -58,7 +58,8 @@ def test_cli_writes_verilog_and_a_complete_sidecar(tmp_path, model_file):
         "o__payload": ("output", 3 * model.layers[-1].acc_bits),
     }
     assert facts["input"] == {"elements": 8, "kind": "bipolar", "bits": 1, "signed": True,
-                              "min_value": -1, "max_value": 1, "payload_bits": 8}
+                              "min_value": -1, "max_value": 1, "payload_bits": 8,
+                              "last_bit": None}
     assert facts["output"]["bits"] == model.layers[-1].acc_bits and facts["output"]["signed"]
     assert facts["latency"] == sum(f["latency"] for f in facts["layers"]) > 0
     assert facts["initiation_interval"] == 1 and facts["architecture"] == "unrolled"
@@ -88,19 +89,19 @@ def test_cli_prints_a_table(tmp_path, model_file):
     (["--layer", "1", "--fold", "2,4"], r"layers\[1\]: simd must divide in_features \(6\), not 4"),
     (["--layer", "2"], r"layer must be in 0..1, not 2"),
     (["--layer", "0", "--fold", "0,2"], r"layers\[0\]: pe must be in 1..out_features \(6\)"),
-    (["--pipeline", "-1"], "pipeline must be a non-negative integer, not -1"),
+    (["--pipeline", "-1"], r"Invalid value for '--pipeline': -1 is not in the range 0<=x<=64"),
 ])
 def test_cli_errors_are_one_line(tmp_path, model_file, args, message, capsys):
     with pytest.raises(SystemExit) as info:
         run(["verilog", str(model_file), "--out", str(tmp_path / "v"), *args])
-    assert info.value.code == 1
+    assert info.value.code == (2 if "Invalid value" in message else 1)  # 2: click's usage
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
 
 
 def test_combinational_design_has_no_clock(tmp_path):
     layer = random_dense(np.random.default_rng(1), 4, 2, "ternary", InputFormat.int(3), "none")
-    facts = generate(IntegerModel((layer,), name="comb"), tmp_path)
+    facts = generate(IntegerModel((layer,), name="comb"), tmp_path, pipeline=0)
     assert facts["latency"] == 0 and facts["clock"] is None
     assert {p["name"] for p in facts["ports"]} == {"i__valid", "i__ready", "i__payload",
                                                    "o__valid", "o__ready", "o__payload"}

@@ -6,14 +6,8 @@ import pytest
 from bitfab.errors import ModelFormatError, ModelRangeError
 from bitfab.lstm import Lstm, random_lstm
 from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, Pow2, Ternary
-from bitfab.sim.lstm import (
-    execute_sequences,
-    gate_mul,
-    lstm_layer,
-    lstm_step,
-    predict_sequences,
-    table_lookup,
-)
+from bitfab.sim.golden import execute, predict
+from bitfab.sim.lstm import gate_mul, lstm_layer, lstm_step, table_lookup
 
 
 def _tiny(**changes) -> Lstm:
@@ -108,9 +102,9 @@ def test_file_round_trip(tmp_path, encoding):
     assert back.fingerprint() == model.fingerprint()
     x = rng.integers(0, 16, (4, 5, 3))
     lengths = np.array([5, 2, 1, 3])
-    np.testing.assert_array_equal(execute_sequences(back, x, lengths).output,
-                                  execute_sequences(model, x, lengths).output)
-    assert predict_sequences(model, x, lengths).shape == (4,)
+    np.testing.assert_array_equal(execute(back, x, lengths).output,
+                                  execute(model, x, lengths).output)
+    assert predict(model, x, lengths).shape == (4,)
     assert back.layers[0].describe() == "bi-lstm 3->4 (last)"
     assert model.weight_bits > layer.weights.size
     assert back.layers[0].output.describe() == "h int6, last step"
@@ -122,7 +116,7 @@ def test_sequence_model_dense_per_step():
     head = Dense(rng.integers(-3, 4, (2, 4)), IntWeights(3), layer.out_format)
     model = IntegerModel((layer, head))
     x = rng.integers(0, 16, (2, 5, 3))
-    trace = execute_sequences(model, x, [5, 3])
+    trace = execute(model, x, [5, 3])
     assert trace.output.shape == (2, 5, 2)
     np.testing.assert_array_equal(trace.output[1, 3:], 0)
     np.testing.assert_array_equal(trace.output[0], trace.outputs[0][0] @ head.weights.T)
@@ -132,20 +126,20 @@ def test_bad_sequences():
     layer = _tiny()
     model = IntegerModel((layer,))
     with pytest.raises(ModelRangeError, match="more than the layer's max_length 8"):
-        execute_sequences(model, np.zeros((1, 9, 1), dtype=int))
+        execute(model, np.zeros((1, 9, 1), dtype=int))
     with pytest.raises(ModelRangeError, match="has length 0: an empty sequence"):
-        execute_sequences(model, np.zeros((2, 3, 1), dtype=int), [3, 0])
+        execute(model, np.zeros((2, 3, 1), dtype=int), [3, 0])
     with pytest.raises(ModelRangeError, match="more than the 3 steps given"):
-        execute_sequences(model, np.zeros((1, 3, 1), dtype=int), [4])
+        execute(model, np.zeros((1, 3, 1), dtype=int), [4])
     with pytest.raises(ModelRangeError, match=r"sequence 0, step 2, input 0: value 8 is outside "
                                               r"int4 \[-8, 7\]"):
-        execute_sequences(model, np.array([[[1], [2], [8]]]))
+        execute(model, np.array([[[1], [2], [8]]]))
     with pytest.raises(ModelRangeError, match=r"shape \(batch, steps, 1\)"):
-        execute_sequences(model, np.zeros((1, 3, 2), dtype=int))
+        execute(model, np.zeros((1, 3, 2), dtype=int))
     with pytest.raises(ModelRangeError, match="must hold integers"):
-        execute_sequences(model, np.full((1, 3, 1), 0.5))
+        execute(model, np.full((1, 3, 1), 0.5))
     # padding is never read: a value out of range there is fine
-    execute_sequences(model, np.array([[[1], [99]]]), [1])
+    execute(model, np.array([[[1], [99]]]), [1])
 
 
 def test_bad_layers():

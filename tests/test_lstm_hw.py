@@ -1,14 +1,34 @@
-"""The hardware LSTM cell against the golden model in the Amaranth simulator."""
+"""The hardware LSTM cell and the lstm layer component against the golden model, in the
+Amaranth simulator and through the one cocotb bench (the same code paths as dense layers)."""
 
 import numpy as np
 import pytest
 
 from bitfab.errors import BitfabError, VerificationError
+from bitfab.formats import StreamFormat
+from bitfab.hw.config import ConfigError
 from bitfab.hw.lstm import LstmCell
 from bitfab.lstm import random_lstm
-from bitfab.model import InputFormat, IntWeights, Lut, Pow2, Ternary
+from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Ternary
+from bitfab.sim.amaranth_sim import outputs_of, run_stream, simulate
+from bitfab.sim.golden import execute
 from bitfab.sim.lstm import lstm_layer
-from bitfab.sim.lstm_hw import rtl_lstm, step_payloads, unstream
+
+
+def rtl_lstm(layer, x, lengths=None, *, direction=0, pipeline=0, stall=0.0, bubble=0.0,
+             seed=0):
+    """The hidden states ``(batch, T, hidden)`` of one direction's cell, in input step order: a
+    backward cell is fed each sequence reversed, as the golden model reads it."""
+    x = np.asarray(x)
+    lengths = np.full(len(x), x.shape[1]) if lengths is None else np.asarray(lengths)
+    flip = np.array([[(n - 1 - t) if (direction and t < n) else t for t in range(x.shape[1])]
+                     for n in lengths])
+    fed = np.take_along_axis(x, flip[..., None], axis=1)
+    steps = StreamFormat(layer.hidden_format, layer.hidden, framed=True)
+    result = run_stream(LstmCell(layer, direction, pipeline), layer.in_stream.pack(fed, lengths),
+                        stall=stall, bubble=bubble, seed=seed)
+    hs = outputs_of(steps, result.outputs, lengths, x.shape[1])
+    return np.take_along_axis(hs, flip[..., None], axis=1) if direction else hs
 
 
 def _case(seed, encoding, directions=1, n_in=3, hidden=4, signed=False):
@@ -51,9 +71,13 @@ def test_wrong_reference_and_flags_fail():
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(got, wrong)
     # a stream whose last flags do not match the sequence lengths is refused
-    words = step_payloads(layer, x, lengths)  # input words: wrong layout on purpose
-    with pytest.raises(VerificationError, match="last flag|hidden states for"):
-        unstream(layer, words, x.shape, lengths)
+    out = IntegerModel((layer,)).out_stream
+    words = layer.in_stream.pack(x, lengths)  # input words: wrong layout on purpose
+    with pytest.raises(VerificationError, match="last flag|output steps for"):
+        outputs_of(out, words, lengths)
+    last = 1 << (out.count * out.element.bits)
+    with pytest.raises(VerificationError, match="output step 1: last flag 1, expected 0"):
+        outputs_of(out, [0, last, last], [3])
 
 
 def test_state_resets_between_sequences():
@@ -69,10 +93,9 @@ def test_cell_properties_and_errors():
     cell = LstmCell(layer, pipeline=1)
     assert cell.initiation_interval == cell.tree_latency + 4 >= 5
     # measured: with no stalls a step is taken every initiation_interval clocks
-    from bitfab.sim.amaranth_sim import run_stream
     x = np.random.default_rng(0).integers(0, 16, (1, 6, 3))
     timed = LstmCell(layer, pipeline=1)
-    result = run_stream(timed, step_payloads(layer, x, np.array([6])))
+    result = run_stream(timed, IntegerModel((layer,)).in_stream.pack(x))
     assert set(np.diff(result.in_cycles).tolist()) == {cell.initiation_interval}
     assert result.out_cycles[0] - result.in_cycles[0] == cell.latency
     from amaranth.back import verilog
@@ -85,19 +108,64 @@ def test_cell_properties_and_errors():
         LstmCell("lstm")
 
 
+def _sequence_model(seed, returns="last", encoding=None, n_in=3, hidden=4, classes=3):
+    rng = np.random.default_rng(seed)
+    layer = random_lstm(rng, n_in, hidden, encoding or Ternary(), returns=returns, max_length=16)
+    layers = (layer,)
+    if returns == "last":
+        layers += (Dense(rng.integers(-3, 4, (classes, hidden)), IntWeights(3), layer.out_format,
+                         NoOutput(), rng.integers(-5, 6, classes), name="head"),)
+    return IntegerModel(layers, name=f"seq_{returns}"), rng
+
+
+@pytest.mark.parametrize("returns", ["last", "sequence"])
+@pytest.mark.parametrize("pipeline", [0, 1])
+def test_sequence_model_network_equals_golden(returns, pipeline):
+    """The lstm layer component in a Network (with a dense head after a last-step lstm): the
+    golden model's outputs, stalls and bubbles included."""
+    model, rng = _sequence_model(20 + pipeline, returns)
+    x = rng.integers(0, 16, (12, 7, 3))
+    lengths = rng.integers(1, 8, 12)
+    got = simulate(model, x, lengths, stall=0.3, bubble=0.3, seed=1, pipeline=pipeline)
+    np.testing.assert_array_equal(got, execute(model, x, lengths).output)
+
+
+def test_lstm_hardware_refusals_name_what_is_supported():
+    from bitfab.hw.layer import build_network
+    from bitfab.hw.verilog import generate
+    model, _ = _sequence_model(21)
+    with pytest.raises(ConfigError, match=r"layers\[0\] is an lstm layer, which cannot be "
+                                          r"folded yet \(folding applies to dense layers\)"):
+        build_network(model, (2, 2))
+    rng = np.random.default_rng(3)
+    bi = random_lstm(rng, 3, 4, Ternary(), directions=2)
+    with pytest.raises(ConfigError, match="bidirectional lstm layer has no hardware yet "
+                                          r"\(supported: forward lstm layers"):
+        generate(IntegerModel((bi,)), "unused")
+    per_step = random_lstm(rng, 3, 4, Ternary(), returns="sequence")
+    head = Dense(np.ones((2, 4), int), Ternary(), per_step.out_format)
+    with pytest.raises(ConfigError, match=r"layers\[1\] \(dense\) cannot follow layers\[0\] "
+                                          r"\(lstm\) in hardware yet"):
+        build_network(IntegerModel((per_step, head)))
+
+
 @pytest.mark.cocotb
 @pytest.mark.slow
 def test_verilator_100_sequences(tmp_path):
-    from bitfab.model import IntegerModel
-    from bitfab.sim.lstm_verilog import run_lstm_bench
+    """The one cocotb bench on a sequence model: 100 sequences on Verilator, and a wrong
+    reference fails it."""
+    from bitfab.hw.verilog import generate
+    from bitfab.sim.verilog import Design, run_bench
 
-    layer, rng = _case(15, Ternary(), directions=2)
-    IntegerModel((layer,)).save(tmp_path / "lstm.bfm")
+    model, rng = _sequence_model(15)
+    model.save(tmp_path / "lstm.bfm")
     x = rng.integers(0, 16, (100, 8, 3))
     lengths = rng.integers(1, 9, 100)
-    verdict = run_lstm_bench(tmp_path / "lstm.bfm", x, lengths, direction=1, seed=4)
-    assert verdict["mismatches"] == 0, verdict
-    assert verdict["steps"] == int(lengths.sum()) and verdict["sequences"] == 100
-    wrong = run_lstm_bench(tmp_path / "lstm.bfm", x, lengths, direction=1, seed=4,
-                           wrong_reference=True)
-    assert wrong["mismatches"] == 1
+    facts = generate(model, tmp_path / "rtl", pipeline=1)
+    design = Design.from_sidecar(tmp_path / "rtl" / f"{facts['top']}.json")
+    ok = run_bench(design, tmp_path / "lstm.bfm", x, lengths, seed=4)
+    assert (ok.mismatches, ok.vectors, ok.inputs) == (0, 100, int(lengths.sum())), ok
+    np.testing.assert_array_equal(model.out_stream.values(ok.outputs),
+                                  execute(model, x, lengths).output)
+    wrong = run_bench(design, tmp_path / "lstm.bfm", x, lengths, seed=4, wrong_reference=True)
+    assert wrong.mismatches == 1

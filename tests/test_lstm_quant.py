@@ -24,7 +24,8 @@ from bitfab.quant.lstm_train import (
     integer_forward,
     ner_inputs,
 )
-from bitfab.sim.lstm import execute_sequences, lstm_layer, lstm_step, table_lookup
+from bitfab.sim.golden import execute
+from bitfab.sim.lstm import lstm_layer, lstm_step, table_lookup
 
 
 def test_gate_quant_values_and_gradient():
@@ -149,7 +150,7 @@ def test_ner_export_bit_exact_on_real_sentences(tmp_path):
     words, shapes, _, lengths = data.batch(data.test[:60])
     x = ner_inputs(model, words, shapes)
     h, logits = integer_forward(model, x, lengths)
-    trace = execute_sequences(model, x, lengths)
+    trace = execute(model, x, lengths)
     np.testing.assert_array_equal(trace.outputs[0], h.numpy())
     np.testing.assert_array_equal(trace.output, logits.numpy())
     assert 0.0 <= result.score <= 1.0
@@ -170,7 +171,7 @@ def test_digits_rows_train_and_cli(tmp_path):
     from bitfab.quant.lstm_data import row_sequences
     _, _, x_test, y_test, steps, _ = row_sequences("digits", 0)
     lengths = np.full(len(x_test), steps)
-    golden = execute_sequences(model, x_test, lengths).output
+    golden = execute(model, x_test, lengths).output
     np.testing.assert_array_equal(golden, integer_forward(model, x_test, lengths)[1].numpy())
     assert np.mean(golden.argmax(1) == y_test) == pytest.approx(summary["score"], abs=0)
 

@@ -12,7 +12,7 @@ from bitfab.cli import run
 from bitfab.errors import BitfabError
 from bitfab.model import IntegerModel, Lut, Ternary
 from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
-from bitfab.quant.evaluate import compare
+from bitfab.cli.evaluate import compare
 from bitfab.quant.recipes import RECIPES, TrainConfig
 from bitfab.quant.train import export, fit
 from bitfab.sim.golden import execute

@@ -11,7 +11,7 @@ from bitfab.cli import run
 from bitfab.examples import mlp, random_dense
 from bitfab.hw.verilog import generate
 from bitfab.sim import golden
-from bitfab.sim.cli import random_inputs, simulate_model
+from bitfab.sim.run import random_inputs, simulate_model
 from bitfab.sim.verilog import Design, run_bench
 
 pytestmark = pytest.mark.cocotb
@@ -33,7 +33,7 @@ def layer_model(tmp_path, kind, n_in=24, n_out=5):
     model = IntegerModel((layer,), name=f"k_{kind}")
     path = tmp_path / f"{kind}.bfm"
     model.save(path)
-    assert golden.datapath_kind(layer) == kind
+    assert layer.datapath == kind
     return model, path
 
 
@@ -53,7 +53,7 @@ def simulator(request, tool):
 def test_every_datapath_is_bit_exact_and_a_wrong_reference_fails(tmp_path, kind, simulator):
     model, path = layer_model(tmp_path, kind)
     design = design_of(model, tmp_path, layer=0, pipeline=1)
-    x = random_inputs(model.input, model.in_features, 1000, seed=1)
+    x = random_inputs(model, 1000, seed=1)[0]
     ok = run_bench(design, path, x, simulator=simulator, p_bubble=0.3, p_stall=0.3, seed=2)
     assert (ok.vectors, ok.mismatches, ok.first_mismatch) == (1000, 0, None)
     np.testing.assert_array_equal(
@@ -70,7 +70,7 @@ def test_folded_network_and_combinational_layer_on_verilator(tmp_path):
     model = mlp(np.random.default_rng(4), (32, 16, 6), "binary", name="fold")
     path = tmp_path / "fold.bfm"
     model.save(path)
-    x = random_inputs(model.input, 32, 1000, seed=3)
+    x = random_inputs(model, 1000, seed=3)[0]
     folded = design_of(model, tmp_path / "f", fold=(2, 8), pipeline=1)
     assert folded.initiation_interval > 1
     r = run_bench(folded, path, x, simulator="verilator", seed=5)
@@ -91,7 +91,7 @@ def test_synthesized_netlist_is_bit_exact(tmp_path, tool, kind, family, sim):
         tool("iverilog", "Icarus is optional outside CI")
     model, path = layer_model(tmp_path, kind, n_in=16, n_out=4)
     design = design_of(model, tmp_path, layer=0, pipeline=1)
-    x = random_inputs(model.input, model.in_features, 1000, seed=7)
+    x = random_inputs(model, 1000, seed=7)[0]
     r = run_bench(design, path, x, simulator=sim, netlist=family, seed=8)
     assert (r.netlist, r.vectors, r.mismatches) == (family, 1000, 0)
     bad = run_bench(design, path, x, simulator=sim, netlist=family, seed=8,
@@ -103,7 +103,7 @@ def test_bitfab_sim_cli_verdict_and_mismatch_report(tmp_path, capsys, monkeypatc
     model = mlp(np.random.default_rng(9), (20, 8, 4), "ternary", name="cli")
     path = tmp_path / "cli.bfm"
     model.save(path)
-    x = random_inputs(model.input, 20, 50, seed=1)
+    x = random_inputs(model, 50, seed=1)[0]
     np.save(tmp_path / "x.npy", x)
     run(["sim", str(path), "--simulator", "verilator", "--inputs", str(tmp_path / "x.npy"),
          "--json"])  # returns normally: exit status 0

@@ -64,7 +64,9 @@ def run(argv=None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # a bad option or argument: one line too (click's own usage text is for --help)
+        where = getattr(getattr(exc, "ctx", None), "command_path", "bitfab")
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -94,7 +94,7 @@ def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 
     trace = execute(model, x, lengths)
     stream = model.out_stream
     golden = stream.code_rows(trace.output, lengths)
-    mismatches, first = compare_outputs(run.outputs, golden)
+    mismatches, first = compare_outputs(run.codes, golden)
     result = {
         "vectors": int(len(golden)), "inputs": int(len(x)), "mismatches": mismatches,
         "first_mismatch": first, "seconds": run.seconds, "vectors_per_s": run.vectors_per_s,
@@ -102,7 +102,7 @@ def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 
         "torch_mismatches": None,
     }
     if model.layers[-1].output.kind == "none" and not stream.framed:
-        board_values = stream.values(run.outputs)
+        board_values = run.outputs
         result["golden_prediction_mismatches"] = int(np.count_nonzero(
             np.argmax(board_values, axis=1) != np.argmax(trace.output, axis=1)))
         if model.metadata.get("producer") == "bitfab.quant":
