@@ -128,15 +128,26 @@ def _initial_scale(board: Board) -> float:
     return 1.8 if board.family == "ice40" else 1.0
 
 
-def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=None,
+_FIRST = object()  # choose_fold: no fold tried yet
+
+
+def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_FIRST,
                 scale: float | None = None):
     """Return the fastest fold whose estimated LUTs (times ``scale``, the ratio of synthesized
     to estimated LUTs seen so far) fit ``budget`` of the device and whose weight memories fit its
-    block RAM (None: unrolled); only folds after ``after`` in :func:`candidate_folds` order when
-    given. Raises :class:`FitError` when no fold is estimated to fit."""
+    block RAM (None: unrolled); only folds after ``after`` (a fold already tried; None is
+    unrolled) in :func:`candidate_folds` order when given. A model with a layer kind that does not fold has one candidate, unrolled, which is
+    returned unless it was tried already (``after``): its synthesis has the word, not the
+    estimate. Raises :class:`FitError` when no fold is estimated to fit."""
     scale = _initial_scale(board) if scale is None else scale
     folds = candidate_folds(model)
-    if after is not None and after in folds:
+    if not foldable(model):
+        if after is _FIRST:
+            return None
+        raise FitError(f"{model.name} does not fit {board.title} unrolled, and its "
+                       f"{', '.join(sorted({la.kind for la in model.layers}))} layers cannot "
+                       f"be folded yet: try a smaller model or a larger board")
+    if after is not _FIRST and after in folds:
         folds = folds[folds.index(after) + 1:]
     for fold in folds:
         try:

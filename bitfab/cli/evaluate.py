@@ -32,7 +32,7 @@ def evaluate(model, x: np.ndarray, labels: np.ndarray | None, lengths=None) -> d
     return result
 
 
-def compare(model, dataset: str | None) -> dict:
+def compare(model, dataset: str | None = None) -> dict:
     """Run the golden model and the torch reference a trained model carries on the test split of
     ``dataset`` (None: the one it was trained on); count disagreeing predictions and outputs."""
     from bitfab.quant.evaluate import reference

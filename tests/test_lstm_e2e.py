@@ -1,0 +1,110 @@
+"""A trained lstm-gates model through every command, by the code paths dense models use: train,
+eval (golden vs torch), verilog, sim on Verilator and Icarus and on the iCE40 netlist, synth for
+the iCEBreaker and the ULX3S, and the simulated board, each with 0 mismatches."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bitfab.cli import run
+from bitfab.model import IntegerModel
+
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.cocotb, pytest.mark.synth]
+
+
+def bitfab(capsys, *args):
+    """Run the CLI in-process; return (exit status, the JSON it printed, stderr)."""
+    try:
+        run(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    return code, json.loads(lines[-1]) if code == 0 and lines else None, err
+
+
+@pytest.fixture(scope="module")
+def lstm_file(tmp_path_factory):
+    """The small cell: 4 hidden units of 4 bits reading 8-pixel digit rows (fits the iCEBreaker).
+    """
+    path = tmp_path_factory.mktemp("lstm") / "lstm.bfm"
+    try:
+        run(["train", "--recipe", "lstm-gates", "--dataset", "digits", "--hidden", "4",
+             "--epochs", "2", "--option", "hidden_bits=4", "--no-reference", "--out",
+             str(path), "--json"])
+    except SystemExit as exc:
+        assert not exc.code, exc
+    return path
+
+
+def test_info_eval_verilog(lstm_file, capsys, tmp_path):
+    code, info, err = bitfab(capsys, "info", lstm_file, "--json")
+    assert code == 0, err
+    assert [la["kind"] for la in info["layers"]] == ["lstm", "dense"]
+    code, result, err = bitfab(capsys, "eval", lstm_file, "--dataset", "auto", "--json")
+    assert code == 0, err
+    assert (result["mismatches"], result["accumulator_mismatches"]) == (0, 0)
+    assert result["n"] == 359 and result["golden_accuracy"] == result["torch_accuracy"]
+    code, facts, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--json")
+    assert code == 0, err
+    assert [la["kind"] for la in facts["layers"]] == ["lstm", "dense"]
+    assert facts["input"]["last_bit"] == 8 * 8 and facts["output"]["last_bit"] is None
+    assert facts["initiation_interval"] == facts["layers"][0]["initiation_interval"] > 1
+
+
+@pytest.mark.parametrize("args", [
+    ("--simulator", "verilator", "--vectors", "200"),
+    ("--simulator", "icarus", "--vectors", "40"),
+    ("--netlist", "ice40", "--vectors", "40"),
+], ids=["verilator", "icarus", "ice40-netlist"])
+def test_sim(lstm_file, capsys, tool, args):
+    if "icarus" in args:
+        tool("iverilog", "Icarus is optional outside CI")
+    code, result, err = bitfab(capsys, "sim", lstm_file, *args, "--json")
+    assert code == 0, err
+    assert result["mismatches"] == 0 and result["first_mismatch"] is None
+    vectors = int(args[-1])
+    assert result["vectors"] == vectors and result["inputs"] > vectors  # steps in, one h out
+    if "--netlist" in args:
+        assert result["netlist"] == "ice40" and result["flow"] in ("abc", "abc9-dff")
+
+
+def test_sim_on_the_test_split(lstm_file, capsys, tmp_path):
+    """The real digit rows (8 steps of 8 pixels) on Verilator: the golden model's outputs."""
+    from bitfab.quant.lstm_data import row_sequences
+    _, _, x_test, _, _, _ = row_sequences("digits", 0)
+    np.save(tmp_path / "x.npy", x_test[:100])
+    code, result, err = bitfab(capsys, "sim", lstm_file, "--simulator", "verilator", "--inputs",
+                               tmp_path / "x.npy", "--json")
+    assert code == 0, err
+    assert (result["vectors"], result["inputs"], result["mismatches"]) == (100, 800, 0)
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s"])
+def test_synth(lstm_file, capsys, tmp_path, board):
+    code, report, err = bitfab(capsys, "synth", lstm_file, "--board", board, "--out",
+                               tmp_path / board, "--json")
+    assert code == 0, err
+    assert report["fold"] is None and report["timing_met"]
+    assert [la["kind"] for la in report["layers"]] == ["lstm", "dense"]
+    assert report["resources"]["bram"]["used"] >= 2  # the tanh tables are block RAM
+    assert (tmp_path / board / report["bitstream"].split("/")[-1]).exists()
+
+
+def test_board_run_simulated(lstm_file, capsys):
+    code, result, err = bitfab(capsys, "board", "run", lstm_file, "--simulate", "--vectors", "3",
+                               "--json")
+    assert code == 0, err
+    assert (result["mismatches"], result["torch_mismatches"]) == (0, 0)
+    assert result["vectors"] == 3 and result["inputs"] == 3
+
+
+def test_fold_is_refused_by_name(lstm_file, capsys, tmp_path):
+    code, _, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,2")
+    assert code == 1
+    assert err == ("error: layers[0] is an lstm layer, which cannot be folded yet (folding "
+                   "applies to dense layers): build it unrolled (no --fold)\n")
+    model = IntegerModel.load(lstm_file)
+    assert model.sequential and not model.out_stream.framed
