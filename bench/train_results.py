@@ -1,4 +1,4 @@
-"""Train every recipe, check each export bit for bit, and write the README's training table.
+"""Train every recipe, check each export bit for bit, and write the training results page.
 
 For each dataset and recipe: the float net of the same shape is trained in the same run (same
 epochs, seed, batch, threads), so accuracy deltas and training-time ratios are side by side. Every
@@ -8,10 +8,11 @@ exported model is saved, reloaded, and compared with its rebuilt torch reference
 Usage::
 
     .venv/bin/python bench/train_results.py [--datasets digits,fashion] [--recipes ...]
-        [--epochs-digits 30] [--epochs-idx 5] [--readme README.md] [--json build/train.json]
+        [--epochs-digits 30] [--epochs-idx 5] [--out [docs/results/training.md]]
+        [--json build/train.json]
 
-Prints one JSON object (all rows) on stdout and rewrites the ``## Training results`` section at
-the end of the README.
+Prints one JSON object (all rows) on stdout; with ``--out`` it rewrites the ``## Training results``
+section of ``docs/results/training.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from bitfab.quant.train import export, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Training results"
+#: the page whose ``## Training results`` section this script rewrites (``--out``)
+RESULTS = ROOT / "docs" / "results" / "training.md"
 
 #: the issue's targets: quantized accuracy may trail float by at most this many points
 TARGETS = {"binary": 3.0, "sparse-binary": 1.0, "ternary": 1.0, "pow2": 0.5, "denseshift": 0.5,
@@ -196,7 +199,7 @@ def table(rows: list[dict], commands: list[str], threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme(path: Path, section: str) -> None:
+def write_section(path: Path, section: str) -> None:
     text = path.read_text()
     start = text.find("\n" + HEADING + "\n")
     if start < 0:
@@ -218,12 +221,13 @@ def main() -> None:
     ap.add_argument("--seeds-idx", default="0", help="Seeds averaged on IDX data.")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fashion", default=FASHION_MNIST_DIR, help="Fashion-MNIST IDX folder.")
-    ap.add_argument("--readme", type=Path, default=None, help="Rewrite this README's section.")
+    ap.add_argument("--out", type=Path, nargs="?", const=RESULTS, default=None,
+                    help=f"Rewrite the section in this page (default {RESULTS.relative_to(ROOT)}).")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "train_results.json")
     ap.add_argument("--timing", action="store_true",
                     help="Only time training steps against float, interleaved (no training).")
     ap.add_argument("--table-from", type=Path, nargs="+", default=None,
-                    help="Write the README section from earlier runs' JSON (no training); rows "
+                    help="Write the results section from earlier runs' JSON (no training); rows "
                          "of several runs are listed in order, with every run's command.")
     args = ap.parse_args()
     if args.table_from:
@@ -235,7 +239,7 @@ def main() -> None:
             if (r["dataset"], r["recipe"]) in timing:
                 r["step_ratio"] = timing[r["dataset"], r["recipe"]]["step_ratio"]
         threads = max(s.get("threads", 1) for s in saved)  # runs before it was saved used 1
-        write_readme(args.readme or ROOT / "README.md", table(rows, commands, threads))
+        write_section(args.out or RESULTS, table(rows, commands, threads))
         return
     torch.set_num_threads(args.threads)
     specs = {"digits": "digits", "fashion": f"idx:{args.fashion}", "mnist1d": "mnist1d"}
@@ -263,9 +267,9 @@ def main() -> None:
               "threads": args.threads, "torch": torch.__version__}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    if args.readme:
+    if args.out:
         command = "python bench/train_results.py " + " ".join(sys.argv[1:])
-        write_readme(args.readme, table(rows, [command], args.threads))
+        write_section(args.out, table(rows, [command], args.threads))
     print(json.dumps(result))
 
 
