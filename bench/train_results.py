@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from bitfab.cli.evaluate import compare
 from bitfab.model import IntegerModel
 from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
-from bitfab.cli.evaluate import compare
 from bitfab.quant.recipes import RECIPES, TrainConfig
 from bitfab.quant.train import export, fit
 

@@ -301,7 +301,8 @@ def test_host_without_answer_raises():
 
     with pytest.raises(ProtocolError, match="no answer from the board"):
         BoardClient(Silent(), model).run(np.ones((1, 16), dtype=int))
-    with pytest.raises(ProtocolError, match=r"inputs: vectors must have shape \(batch, 16\), not \(1, 3\)"):
+    with pytest.raises(ProtocolError,
+                       match=r"inputs: vectors must have shape \(batch, 16\), not \(1, 3\)"):
         BoardClient(Silent(), model).run(np.ones((1, 3), dtype=int))
 
 

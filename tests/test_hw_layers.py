@@ -231,7 +231,8 @@ def test_a_wrong_reference_fails_the_comparison():
 
 def test_simulate_refuses_wrong_shapes():
     layer = random_dense(np.random.default_rng(8), 4, 2, "binary")
-    with pytest.raises(VerificationError, match=r"inputs must have shape \(batch, 4\), not \(2, 3\)"):
+    with pytest.raises(VerificationError,
+                       match=r"inputs must have shape \(batch, 4\), not \(2, 3\)"):
         simulate(layer, np.ones((2, 3), dtype=int))
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bitfab.cli import run
+from bitfab.cli.evaluate import compare
 from bitfab.errors import BitfabError
 from bitfab.model import IntegerModel, Lut, Ternary
 from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
-from bitfab.cli.evaluate import compare
 from bitfab.quant.recipes import RECIPES, TrainConfig
 from bitfab.quant.train import export, fit
 from bitfab.sim.golden import execute
