@@ -138,7 +138,8 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_F
     block RAM (None: unrolled); only folds after ``after`` (a fold already tried; None is
     unrolled) in :func:`candidate_folds` order when given. A model with a layer kind that does
     not fold has one candidate, unrolled, which is returned unless it was tried already
-    (``after``): its synthesis has the word, not the estimate. Raises :class:`FitError` when no fold is estimated to fit."""
+    (``after``): its synthesis has the word, not the estimate. Raises :class:`FitError` when no
+    fold is estimated to fit."""
     scale = _initial_scale(board) if scale is None else scale
     folds = candidate_folds(model)
     if not foldable(model):
