@@ -28,6 +28,7 @@ from .formats import (
     MAX_ELEMENTS,
     InputFormat,
     StreamFormat,
+    accumulator_bits,
     accumulator_range,
     as_index,
     int_array,
@@ -296,18 +297,8 @@ class Dense:
             raise ModelFormatError(f"name must be a string, not {self.name!r}")
         lo, hi = self.acc_range
         self.output.check_acc(int(lo.min()), int(hi.max()))
-        need = self.required_acc_bits
-        if self.acc_bits is None:
-            object.__setattr__(self, "acc_bits", need)
-        else:
-            declared = as_index(self.acc_bits, "acc_bits")
-            if declared < need:
-                raise ModelFormatError(f"acc_bits: declared {declared} bits, but the accumulator "
-                                       f"can reach [{int(lo.min())}, {int(hi.max())}], "
-                                       f"which needs {need}")
-            if declared > 62:
-                raise ModelFormatError(f"acc_bits must be at most 62, not {declared}")
-            object.__setattr__(self, "acc_bits", declared)
+        object.__setattr__(self, "acc_bits",
+                           accumulator_bits(self.acc_bits, int(lo.min()), int(hi.max())))
 
     @property
     def in_features(self) -> int:

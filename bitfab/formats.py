@@ -29,7 +29,7 @@ from .errors import ModelFormatError, ModelRangeError
 
 __all__ = [
     "MAX_ELEMENTS", "INT64_SAFE", "signed_bits", "unsigned_bits", "as_index", "int_array",
-    "accumulator_range",
+    "accumulator_range", "accumulator_bits",
     "InputFormat", "StreamFormat", "pack_codes", "unpack_codes",
 ]
 
@@ -75,6 +75,22 @@ def accumulator_range(weights: np.ndarray, lo_in, hi_in, bias: np.ndarray,
     for arr in (lo, hi):
         arr.flags.writeable = False
     return lo, hi
+
+
+def accumulator_bits(declared, lo: int, hi: int) -> int:
+    """Return the accumulator width of a layer whose accumulators reach ``[lo, hi]``: the
+    ``declared`` width (at most 62, never below what the range needs) or, with ``declared``
+    None, ``signed_bits(lo, hi)``."""
+    need = signed_bits(lo, hi)
+    if declared is None:
+        return need
+    declared = as_index(declared, "acc_bits")
+    if declared < need:
+        raise ModelFormatError(f"acc_bits: declared {declared} bits, but the accumulator can "
+                               f"reach [{lo}, {hi}], which needs {need}")
+    if declared > 62:
+        raise ModelFormatError(f"acc_bits must be at most 62, not {declared}")
+    return declared
 
 
 def as_index(value: Any, what: str) -> int:

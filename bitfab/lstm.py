@@ -37,6 +37,7 @@ from .formats import (
     MAX_ELEMENTS,
     InputFormat,
     StreamFormat,
+    accumulator_bits,
     accumulator_range,
     as_index,
     int_array,
@@ -189,15 +190,9 @@ class Lstm:
                            ("cell_shift", shifts[1]), ("hidden_bits", hb), ("cell_bits", cb),
                            ("max_length", length)):
             object.__setattr__(self, key, value)
-        need = self.required_acc_bits
-        if self.acc_bits is None:
-            object.__setattr__(self, "acc_bits", need)
-        else:
-            declared = as_index(self.acc_bits, "acc_bits")
-            if not need <= declared <= 62:
-                raise ModelFormatError(f"acc_bits: declared {declared} bits, but the gate "
-                                       f"accumulators need {need} (at most 62)")
-            object.__setattr__(self, "acc_bits", declared)
+        lo, hi = self.acc_range
+        object.__setattr__(self, "acc_bits",
+                           accumulator_bits(self.acc_bits, int(lo.min()), int(hi.max())))
 
     # --- shapes and formats -----------------------------------------------------------------------
 

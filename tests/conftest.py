@@ -35,3 +35,15 @@ def require_tool(name: str, why: str = "") -> str:
 def tool():
     """The :func:`require_tool` function, as a fixture: ``tool("iverilog")``."""
     return require_tool
+
+
+def bitfab_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the ``bitfab`` CLI in-process; return ``(exit status, stdout, stderr)``."""
+    from bitfab.cli import run
+    try:
+        run(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from bitfab import Dense, InputFormat, IntegerModel, Ternary, Threshold
-from bitfab.cli import run
 from bitfab.sim.golden import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,13 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bitfab(capsys, *args):
     """Run the CLI in-process; return (exit status, stdout, stderr)."""
-    try:
-        run(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+    from conftest import bitfab_cli
+    return bitfab_cli(capsys, *args)
 
 
 @pytest.fixture

@@ -15,12 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.cocotb, pytest.ma
 
 def bitfab(capsys, *args):
     """Run the CLI in-process; return (exit status, the JSON it printed, stderr)."""
-    try:
-        run(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
+    from conftest import bitfab_cli
+    code, out, err = bitfab_cli(capsys, *args)
     lines = out.strip().splitlines()
     return code, json.loads(lines[-1]) if code == 0 and lines else None, err
 
