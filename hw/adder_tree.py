@@ -18,7 +18,7 @@ bit), where yosys would merge a plain ``sum()`` into one ``$macc`` at ~1.9 LUT4 
   smaller of its plain and inverted bits ``P``/``N`` and returns ``2 sum(P) - T + |N|`` or
   ``T - 2 sum(N) + |N|``, about half the adders.
 
-Measured by ``bench/hw_area.py``; the numbers are in the README ("Area and Fmax").
+Measured by ``bench/hw_area.py``; the numbers are in docs/results/adder-trees.md.
 
 The public interface (shared with the datapath generators, which only call it):
 
@@ -378,7 +378,7 @@ def _tree(builder: _Builder, bits: list, wide: list, const: int, pipeline: int
           ) -> tuple[_Node, int]:
     """Build the tree; return its root and the number of register stages.
 
-    Structure (chosen by measurement, see the README's "Area and Fmax"): the first level packs
+    Structure (chosen by measurement, see docs/results/adder-trees.md): the first level packs
     the bits three at a time into full adders (2 LUT4 each); every later level adds pairs of
     nodes of similar range with a carry chain whose carry-in is one more input bit, so a level of
     ``k``-bit adders consumes ``2k + 1`` bits. ``F`` full adders are made so that the remaining

@@ -4,7 +4,7 @@
 :func:`amaranth.back.verilog.convert` and writes ``<name>.v`` beside ``<name>.json``, the sidecar
 that names the top module, its ports and widths, the stream packing of the input and output
 vectors, latency, initiation interval, architecture, the layer configuration(s) and the model
-fingerprint. The README section "Hardware interface" documents the format; the cocotb bench reads
+fingerprint. docs/hardware-interface.md documents the format; the cocotb bench reads
 it to drive any generated design.
 """
 
