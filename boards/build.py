@@ -21,6 +21,7 @@ import numpy as np
 
 from bitfab.errors import BitfabError, ToolError
 from bitfab.hw.config import DEFAULT_PIPELINE
+from bitfab.hw.kinds import hw_kind
 from bitfab.model import IntegerModel
 from bitfab.toolchain import build_dir, run_tool, tool_env, yosys_synth
 
@@ -51,10 +52,13 @@ def initiation_interval(model: IntegerModel, fold) -> int:
     return max(c.initiation_interval for c in network_configs(model, fold))
 
 
+def _unfoldable(model: IntegerModel) -> list[str]:
+    return sorted({la.kind for la in model.layers if not hw_kind(la).foldable})
+
+
 def foldable(model: IntegerModel) -> bool:
     """Whether every layer kind of ``model`` can be folded (:mod:`bitfab.hw.kinds`)."""
-    from bitfab.hw.kinds import hw_kind
-    return all(hw_kind(layer).foldable for layer in model.layers)
+    return not _unfoldable(model)
 
 
 def candidate_folds(model: IntegerModel) -> list:
@@ -146,8 +150,8 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_F
         if after is _FIRST:
             return None
         raise FitError(f"{model.name} does not fit {board.title} unrolled, and its "
-                       f"{', '.join(sorted({la.kind for la in model.layers}))} layers cannot "
-                       f"be folded yet: try a smaller model or a larger board")
+                       f"{', '.join(_unfoldable(model))} layers cannot be folded yet: try a "
+                       f"smaller model or a larger board")
     if after is not _FIRST and after in folds:
         folds = folds[folds.index(after) + 1:]
     for fold in folds:
@@ -278,8 +282,13 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
                 say("refold", f"{needed} at fold {_fold_text(fold)}; trying {_fold_text(nxt)}")
                 fold = nxt
                 continue
-            hint = "no smaller fold is estimated to fit" if nxt == "none" else \
-                f"try --fold {_fold_text(nxt)}"
+            if nxt != "none":
+                hint = f"try --fold {_fold_text(nxt)}"
+            elif foldable(model):
+                hint = "no smaller fold is estimated to fit"
+            else:
+                hint = (f"its {', '.join(_unfoldable(model))} layers cannot be folded yet: try a "
+                        f"smaller model or a larger board")
             raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
                            f"fold {_fold_text(fold)}); {hint}")
         break

@@ -1,7 +1,7 @@
 """The hardware hook of every layer kind: how a layer becomes a stream component.
 
 Each kind registers one :class:`HwKind` (``dense`` in :mod:`bitfab.hw.layer`, ``lstm`` in
-:mod:`bitfab.hw.lstm`): ``configure(layer, fold, pipeline)`` returns the kind's frozen
+:mod:`bitfab.hw.lstm`): ``configure(layer, fold, pipeline, exact)`` returns the kind's frozen
 configuration (its ``architecture``, ``pe``, ``simd``, ``pipeline`` and ``to_json()`` for the
 sidecar), ``build(config)`` the ``wiring.Component``. Every component has
 

@@ -15,6 +15,7 @@ from bitfab.boards.build import (
 from bitfab.boards.report import build_report
 from bitfab.boards.targets import get_board
 from bitfab.examples import mlp
+from bitfab.model import IntegerModel
 
 
 def _tiny():
@@ -126,3 +127,23 @@ def test_ecp5_luts_count_the_carry_cells():
     counts = yosys_counts(stat, get_board("orangecrab"))
     assert counts == {"luts": 7021 + 2 * 5796, "carry": 5796, "ffs": 5442, "bram": 3, "spram": 0,
                       "dsp": 1, "distributed_ram": 0}
+
+
+def test_an_unfoldable_model_that_does_not_fit_says_why(tmp_path, monkeypatch):
+    """A model with an lstm layer is built unrolled; too big, it says its lstm cannot fold."""
+    from bitfab import toolchain
+    from bitfab.boards.build import FitError, choose_fold
+    from bitfab.lstm import random_lstm
+
+    def fake_run(cmd, cwd, log, env=None, timeout=None):  # yosys "made" 9000 LUT4
+        stat = {"design": {"num_cells_by_type": {"SB_LUT4": 9000, "SB_DFFE": 100}}}
+        (cwd / "top.stat.json").write_text(json.dumps(stat))
+        return 0.0
+
+    monkeypatch.setattr(toolchain, "run_tool", fake_run)
+    layer = random_lstm(np.random.default_rng(0), 3, 4, returns="last")
+    model = IntegerModel((layer,), name="cell")
+    assert choose_fold(model, get_board("icebreaker")) is None
+    with pytest.raises(FitError, match=r"cell does not fit .*\(synthesized at fold unrolled\); "
+                                       r"its lstm layers cannot be folded yet"):
+        synthesize(model, "icebreaker", out=tmp_path / "a")

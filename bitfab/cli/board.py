@@ -128,8 +128,8 @@ def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 
 @click.option("--lengths", type=click.Path(dir_okay=False),
               help="A .npy array of sequence lengths (sequence models; default all steps).")
 @click.option("--vectors", type=click.IntRange(1, 10**7), default=20, show_default=True,
-              help="Random inputs (ignored with --inputs); a simulated board runs about one "
-                   "8-byte frame per second.")
+              help="Random inputs (ignored with --inputs); a simulated board runs a few frames "
+                   "per second.")
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds to wait for an answer.")
