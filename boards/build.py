@@ -249,7 +249,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     for attempt in range(max_refolds + 1):
         say("elaborate", f"fold {_fold_text(fold)}")
         t0 = time.perf_counter()
-        top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud)
+        top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud,
+                       fingerprint=model.fingerprint())
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
                                 f"--seed {int(seed)}")

@@ -1,31 +1,39 @@
 """The board side of the serial protocol (:mod:`bitfab.boards.protocol`) in Amaranth.
 
-:class:`FrameReceiver` turns received bytes into input vectors and error codes;
-:class:`FrameTransmitter` turns result vectors and error codes into frames of bytes.
+:class:`FrameReceiver` turns received bytes into input vectors, identify requests and error
+codes; :class:`FrameTransmitter` turns result vectors, identify requests and error codes into
+frames of bytes. Both compute the CRC-16/CCITT-FALSE a byte per clock with
+:mod:`amaranth.lib.crc` (:data:`CRC16`).
 """
 
 from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
+from amaranth.lib.crc import catalog
 from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
 
 from .protocol import (
-    ERR_CHECKSUM,
+    ERR_CRC,
     ERR_LENGTH,
     ERR_OVERRUN,
     ERR_TYPE,
     START,
     TYPE_ERROR,
+    TYPE_IDENTIFY,
+    TYPE_IDENTITY,
     TYPE_INPUT,
     TYPE_RESULT,
 )
 
-__all__ = ["FrameReceiver", "FrameTransmitter"]
+__all__ = ["CRC16", "FrameReceiver", "FrameTransmitter"]
+
+#: the protocol's CRC (:func:`bitfab.boards.protocol.crc16`) over bytes, for ``.create()``
+CRC16 = catalog.CRC16_CCITT_FALSE(data_width=8)
 
 
 def _n_bytes(n_bytes) -> int:
@@ -41,12 +49,24 @@ def _n_bytes(n_bytes) -> int:
 
 
 class FrameReceiver(wiring.Component):
-    """Assemble ``'I'`` frames of ``n_bytes`` payload bytes into vectors.
+    """Assemble ``'I'`` frames of ``n_bytes`` payload bytes into vectors, and ``'?'`` frames
+    (no payload) into identify requests.
 
-    A frame whose checksum, length or type is wrong gives no vector: its error code goes out on
-    ``err`` (where the transmitter sends it back as an ``'E'`` frame). A frame that completes while
-    the previous vector still waits on ``o`` is an overrun (the host sent faster than the network
-    computes); it is consumed, reported and dropped. ``i`` is always ready.
+    A frame that declares up to :attr:`max_payload` bytes is read to its end as its header
+    declares it (a start byte in its payload begins no frame) and gives exactly one of: a vector
+    on ``o``, a request on ``ident``, or an error code on ``err`` (where the transmitter sends it
+    back as an ``'E'`` frame). The checks at its end, in order: the CRC (``ERR_CRC``), the type
+    (``ERR_TYPE``), the length for the type (``ERR_LENGTH``), and for an input frame whether the
+    previous vector still waits on ``o`` (``ERR_OVERRUN``: the host sent faster than the network
+    computes; the frame is consumed, reported and dropped). ``i`` is always ready.
+
+    A header that declares more than :attr:`max_payload` bytes is taken as corrupted (following it
+    could swallow 64 KiB of later frames): ``ERR_LENGTH`` goes out at once and the receiver looks
+    for the next start byte. The bytes the header declared (payload and CRC) are a quiet span: a
+    frame that starts inside it reports no error (a start byte in the payload of a long frame is
+    not a frame) and is abandoned where the span ends, while a good frame within it (the length,
+    not the frame, was corrupted) is still taken. So every frame gets exactly one answer, whatever
+    its length, unless its payload holds a whole valid frame.
 
     Parameters
     ----------
@@ -59,6 +79,8 @@ class FrameReceiver(wiring.Component):
         Received bytes.
     o : Out(stream.Signature(8 * n_bytes))
         Payloads of good frames (byte k at bits ``[8k, 8k+8)``).
+    ident : Out(stream.Signature(0))
+        Identify requests; one arriving while another waits is dropped.
     err : Out(stream.Signature(8))
         Error codes (:data:`bitfab.boards.protocol.ERRORS`); a second error while one waits is
         dropped (the first is the one worth reading).
@@ -73,6 +95,7 @@ class FrameReceiver(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(unsigned(8 * self._n))),
+            "ident": Out(stream.Signature(0)),
             "err": Out(stream.Signature(8)),
         })
 
@@ -80,103 +103,175 @@ class FrameReceiver(wiring.Component):
     def n_bytes(self) -> int:
         return self._n
 
+    @property
+    def max_payload(self) -> int:
+        """The longest payload a header may declare and be followed: ``n_bytes`` (the longest
+        frame the board accepts; an identify frame has none)."""
+        return self._n
+
     def elaborate(self, platform):
         m = Module()
         n = self._n
         byte = self.i.payload
-        total = Signal(8)  # running byte sum from TYPE on
-        length = Signal(16)
-        kind = Signal(8)
-        count = Signal(range(n + 1))
+        m.submodules.crc = crc = CRC16.create()
+        is_input = Signal()   # the frame's type
+        is_ident = Signal()
+        len_lo = Signal(8)
+        left = Signal(range(n + 1))  # payload bytes still to come (at most n are followed)
+        length_ok = Signal()  # the declared length is the one of the frame's type
+        fill = Signal()       # the payload goes into buf
+        overrun = Signal()    # an input frame came while the previous vector waits
+        # the quiet span of a disbelieved header: its payload bytes counted down, then 0 and -1 for
+        # its two CRC bytes (so the count loads without an adder, and its last byte is the one
+        # where the sign bit is set)
+        span = Signal()
+        quiet = Signal(17)
+        last = span & quiet[16]
+        muted = Signal()      # this frame started inside a quiet span
         # one buffer: the frame being received, then the vector until the network takes it (a
         # second copy would cost 8n flip-flops; a frame that arrives while the vector still
         # waits is consumed and reported as an overrun instead)
         buf = Signal(8 * n)
         out_valid = Signal()
+        ident_valid = Signal()
         err_valid = Signal()
         err_code = Signal(8)
         m.d.comb += [
             self.i.ready.eq(1),
-            self.o.valid.eq(out_valid), self.err.valid.eq(err_valid),
-            self.err.payload.eq(err_code),
+            self.o.valid.eq(out_valid), self.ident.valid.eq(ident_valid),
+            self.err.valid.eq(err_valid), self.err.payload.eq(err_code),
+            self.o.payload.eq(buf),
+            crc.data.eq(byte),
         ]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += out_valid.eq(0)
+        with m.If(self.ident.valid & self.ident.ready):
+            m.d.sync += ident_valid.eq(0)
         with m.If(self.err.valid & self.err.ready):
             m.d.sync += err_valid.eq(0)
+        with m.If(self.i.valid & span):
+            m.d.sync += [quiet.eq(quiet - 1), span.eq(~last)]
+        # the last byte of a quiet span ends a frame that started inside it
+        abandon = self.i.valid & muted & last
 
         def report(code):
-            with m.If(~err_valid | self.err.ready):
+            with m.If(~muted & (~err_valid | self.err.ready)):
                 m.d.sync += [err_valid.eq(1), err_code.eq(code)]
 
+        def hunt():
+            # a start byte that is the last byte of a quiet span begins no frame
+            with m.If(self.i.valid & (byte == START) & ~last):
+                m.d.comb += crc.start.eq(1)
+                m.d.sync += muted.eq(span)
+                m.next = "type"
+
+        def header_byte(field, following, final=False):
+            with m.If(self.i.valid):
+                m.d.comb += crc.valid.eq(1)
+                m.d.sync += field
+                m.next = following
+                if not final:
+                    with m.If(abandon):
+                        m.next = "start"
+
+        declared = Cat(len_lo, byte)
         with m.FSM():
             with m.State("start"):
-                with m.If(self.i.valid & (byte == START)):
-                    m.d.sync += total.eq(0)
-                    m.next = "type"
+                hunt()
             with m.State("type"):
-                with m.If(self.i.valid):
-                    m.d.sync += [kind.eq(byte), total.eq(byte)]
-                    m.next = "len_lo"
+                header_byte([is_input.eq(byte == TYPE_INPUT), is_ident.eq(byte == TYPE_IDENTIFY)],
+                            "len_lo")
             with m.State("len_lo"):
-                with m.If(self.i.valid):
-                    m.d.sync += [length[:8].eq(byte), total.eq(total + byte)]
-                    m.next = "len_hi"
+                header_byte(len_lo.eq(byte), "len_hi")
             with m.State("len_hi"):
+                waits = out_valid & ~self.o.ready
+                header_byte([
+                    left.eq(declared),
+                    length_ok.eq(Mux(is_ident, declared == 0, declared == n)),
+                    fill.eq(is_input & (declared == n) & ~waits),
+                    overrun.eq(waits),
+                ], "payload")
                 with m.If(self.i.valid):
-                    m.d.sync += [length[8:].eq(byte), total.eq(total + byte), count.eq(0)]
-                    # a frame of another length cannot be followed: report it and look for the
-                    # next start byte
-                    with m.If((byte != n >> 8) | (length[:8] != (n & 0xFF))):
+                    with m.If(declared > n):
                         report(ERR_LENGTH)
+                        with m.If(~muted):
+                            m.d.sync += [quiet.eq(declared), span.eq(1)]
                         m.next = "start"
-                    with m.Elif(out_valid & ~self.o.ready):
-                        m.next = "discard"
-                    with m.Else():
-                        m.next = "payload"
+                    with m.Elif(declared == 0):
+                        m.next = "crc_hi"
+                    with m.If(abandon):
+                        m.next = "start"
             with m.State("payload"):
                 with m.If(self.i.valid):
-                    m.d.sync += [buf.eq(byte << (8 * (n - 1)) | buf >> 8),
-                                 total.eq(total + byte), count.eq(count + 1)]
-                    with m.If(count == n - 1):
-                        m.next = "check"
-            with m.State("discard"):
-                with m.If(self.i.valid):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == n):  # the payload and the check byte
-                        report(ERR_OVERRUN)
+                    m.d.comb += crc.valid.eq(1)
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(fill):
+                        m.d.sync += buf.eq(byte << (8 * (n - 1)) | buf >> 8)
+                    with m.If(left == 1):
+                        m.next = "crc_hi"
+                    with m.If(abandon):
                         m.next = "start"
-            with m.State("check"):
-                with m.If(self.i.valid):
-                    with m.If(((total + byte) & 0xFF) != 0):
-                        report(ERR_CHECKSUM)
-                    with m.Elif(kind != TYPE_INPUT):
-                        report(ERR_TYPE)
-                    with m.Else():
-                        m.d.sync += out_valid.eq(1)
-                    m.next = "start"
-        m.d.comb += self.o.payload.eq(buf)
+            with m.State("crc_hi"):
+                header_byte([], "crc_lo")
+            with m.State("crc_lo"):
+                header_byte([], "verdict", final=True)
+            with m.State("verdict"):
+                # the CRC register holds the frame's CRC a clock after its last byte
+                with m.If(~crc.match_detected):
+                    report(ERR_CRC)
+                with m.Elif(~is_input & ~is_ident):
+                    report(ERR_TYPE)
+                with m.Elif(~length_ok):
+                    report(ERR_LENGTH)
+                with m.Elif(is_ident):
+                    with m.If(~ident_valid | self.ident.ready):
+                        m.d.sync += ident_valid.eq(1)
+                with m.Elif(overrun):
+                    report(ERR_OVERRUN)
+                with m.Else():
+                    m.d.sync += out_valid.eq(1)
+                m.next = "start"
+                hunt()  # a byte may follow at once
         return m
 
 
 class FrameTransmitter(wiring.Component):
-    """Send each result vector of ``i`` as an ``'R'`` frame and each code of ``err`` as an
-    ``'E'`` frame on the byte stream ``o``; an error waiting goes first.
+    """Send each code of ``err`` as an ``'E'`` frame, each request of ``ident`` as an ``'F'``
+    frame carrying ``identity``, and each result vector of ``i`` as an ``'R'`` frame on the byte
+    stream ``o``, in that priority.
 
     Parameters
     ----------
     n_bytes : int
         Payload bytes of one result frame.
+    identity : bytes
+        The payload of the identify answer (:meth:`bitfab.boards.protocol.Identity.to_bytes`),
+        constants in the bitstream.
+
+    Members
+    -------
+    i : In(stream.Signature(8 * n_bytes))
+        Result vectors.
+    ident : In(stream.Signature(0))
+        Identify requests.
+    err : In(stream.Signature(8))
+        Error codes.
+    o : Out(stream.Signature(8))
+        The bytes of the frames.
     """
 
-    def __init__(self, n_bytes: int):
+    def __init__(self, n_bytes: int, identity: bytes):
         try:
             self._n = _n_bytes(n_bytes)
+            if not isinstance(identity, (bytes, bytearray)) or not 1 <= len(identity) <= 0xFFFF:
+                raise BitfabError(f"identity must be 1..65535 bytes, not {identity!r}")
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
+        self._identity = bytes(identity)
         super().__init__({
             "i": In(stream.Signature(unsigned(8 * self._n))),
+            "ident": In(stream.Signature(0)),
             "err": In(stream.Signature(8)),
             "o": Out(stream.Signature(8)),
         })
@@ -185,60 +280,83 @@ class FrameTransmitter(wiring.Component):
     def n_bytes(self) -> int:
         return self._n
 
+    @property
+    def identity(self) -> bytes:
+        return self._identity
+
     def elaborate(self, platform):
         m = Module()
-        n = self._n
-        kind = Signal(8)
-        length = Signal(16)
+        n, ident = self._n, self._identity
+        m.submodules.crc = crc = CRC16.create()
+        # the frame being sent: an error, an identify answer (its payload from the constants of
+        # `identity`) or a result; its length is `left` before the payload goes out
+        error, rom = Signal(), Signal()
+        kind = Mux(error, TYPE_ERROR, Mux(rom, TYPE_IDENTITY, TYPE_RESULT))
         buf = Signal(8 * n)
-        left = Signal(range(n + 1))
-        total = Signal(8)
+        left = Signal(range(max(n, len(ident)) + 1))
         data = Signal(8)
         busy = Signal()
         m.d.comb += [self.o.payload.eq(data), self.o.valid.eq(busy)]
         sent = self.o.valid & self.o.ready
 
+        # identity byte k goes out when `left` is len(ident) - k
+        rom_byte = Signal(8)
+        with m.Switch(left):
+            for k, value in enumerate(ident):
+                with m.Case(len(ident) - k):
+                    m.d.comb += rom_byte.eq(value)
+
+        def load(value, following, covered=True):
+            # the CRC register takes a byte of TYPE .. PAYLOAD as it is loaded; it holds the CRC
+            # a clock later, long before the byte has gone out
+            m.d.sync += data.eq(value)
+            m.d.comb += [crc.data.eq(value), crc.valid.eq(covered)]
+            m.next = following
+
+        def load_payload():
+            load(Mux(rom, rom_byte, buf[:8]), "send_payload")
+            m.d.sync += [buf.eq(buf >> 8), left.eq(left - 1)]
+
         with m.FSM():
             with m.State("idle"):
                 with m.If(self.err.valid):
                     m.d.comb += self.err.ready.eq(1)
-                    m.d.sync += [kind.eq(TYPE_ERROR), length.eq(1), buf.eq(self.err.payload),
-                                 left.eq(1)]
+                    m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.err.payload), left.eq(1)]
+                    m.next = "start"
+                with m.Elif(self.ident.valid):
+                    m.d.comb += self.ident.ready.eq(1)
+                    m.d.sync += [error.eq(0), rom.eq(1), left.eq(len(ident))]
                     m.next = "start"
                 with m.Elif(self.i.valid):
                     m.d.comb += self.i.ready.eq(1)
-                    m.d.sync += [kind.eq(TYPE_RESULT), length.eq(n), buf.eq(self.i.payload),
-                                 left.eq(n)]
+                    m.d.sync += [error.eq(0), rom.eq(0), buf.eq(self.i.payload), left.eq(n)]
                     m.next = "start"
             with m.State("start"):
-                m.d.sync += [data.eq(START), busy.eq(1), total.eq(0)]
-                m.next = "send_start"
+                m.d.comb += crc.start.eq(1)
+                m.d.sync += busy.eq(1)
+                load(START, "send_start", covered=False)
             with m.State("send_start"):
                 with m.If(sent):
-                    m.d.sync += [data.eq(kind), total.eq(kind)]
-                    m.next = "send_type"
+                    load(kind, "send_type")
             with m.State("send_type"):
                 with m.If(sent):
-                    m.d.sync += [data.eq(length[:8]), total.eq(total + length[:8])]
-                    m.next = "send_len_lo"
+                    load(left.as_unsigned()[:8], "send_len_lo")
             with m.State("send_len_lo"):
                 with m.If(sent):
-                    m.d.sync += [data.eq(length[8:]), total.eq(total + length[8:])]
-                    m.next = "send_len_hi"
+                    load(left.as_unsigned()[8:], "send_len_hi")
             with m.State("send_len_hi"):
                 with m.If(sent):
-                    m.d.sync += [data.eq(buf[:8]), total.eq(total + buf[:8]),
-                                 buf.eq(buf >> 8), left.eq(left - 1)]
-                    m.next = "send_payload"
+                    load_payload()  # every frame the board sends has a payload
             with m.State("send_payload"):
                 with m.If(sent):
                     with m.If(left == 0):
-                        m.d.sync += data.eq(-total)
-                        m.next = "send_check"
+                        load(crc.crc[8:], "send_crc_hi", covered=False)
                     with m.Else():
-                        m.d.sync += [data.eq(buf[:8]), total.eq(total + buf[:8]),
-                                     buf.eq(buf >> 8), left.eq(left - 1)]
-            with m.State("send_check"):
+                        load_payload()
+            with m.State("send_crc_hi"):
+                with m.If(sent):
+                    load(crc.crc[:8], "send_crc_lo", covered=False)
+            with m.State("send_crc_lo"):
                 with m.If(sent):
                     m.d.sync += busy.eq(0)
                     m.next = "idle"

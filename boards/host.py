@@ -3,7 +3,8 @@
 A :class:`Transport` moves bytes; :class:`SerialTransport` is a real serial port (pyserial),
 :class:`bitfab.boards.simboard.SimTransport` the board top-level in simulation. :class:`BoardClient`
 speaks :mod:`bitfab.boards.protocol` over either, so the bytes a simulated board sees are the
-bytes a real one would.
+bytes a real one would. Before its first run it asks the board what it runs (identify) and
+refuses a board whose bitstream was built from another model.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import numpy as np
 from bitfab.model import IntegerModel
 
 from .protocol import (
+    FRAME_OVERHEAD,
+    IDENTITY_BYTES,
     TYPE_ERROR,
+    TYPE_IDENTIFY,
+    TYPE_IDENTITY,
     TYPE_INPUT,
     TYPE_RESULT,
     Frame,
     FrameParser,
+    Identity,
     ProtocolError,
     encode_frame,
     payload_from_bytes,
@@ -86,6 +92,11 @@ class RunResult:
 class BoardClient:
     """Run a model's inputs on a board over a transport.
 
+    The first :meth:`run` (or an explicit :meth:`check_board`) asks the board what it runs and
+    refuses a board whose bitstream holds another model's fingerprint. Answers are parsed with a
+    :class:`~bitfab.boards.protocol.FrameParser` that accepts no payload longer than a result
+    (or an identify answer), so a corrupted length byte is reported as such at once.
+
     Parameters
     ----------
     transport : Transport
@@ -107,10 +118,17 @@ class BoardClient:
         self.in_stream, self.out_stream = model.in_stream, model.out_stream
         self.in_bytes = vector_bytes(self.in_stream.payload_bits, 1)
         self.out_bytes = vector_bytes(self.out_stream.payload_bits, 1)
-        self._parser = FrameParser()
+        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES))
         self._frames: list[Frame] = []
         self.sent = 0
         self.received = 0
+        #: what the board said it runs (None until :meth:`check_board`)
+        self.identity: Identity | None = None
+
+    @property
+    def expected_identity(self) -> Identity:
+        """What a board built from the model answers to identify."""
+        return Identity(self._model.fingerprint(), self.in_bytes, self.out_bytes)
 
     def frame_of(self, payload: int) -> bytes:
         """Return the input frame of one payload (:meth:`~bitfab.formats.StreamFormat.pack`:
@@ -122,38 +140,90 @@ class BoardClient:
         self._t.write(frame)
         self.sent += len(frame)
 
-    def receive(self) -> Frame:
-        """Return the next frame from the board; raise :class:`ProtocolError` if none comes."""
+    def receive(self, what: str = "the answer") -> Frame:
+        """Return the next frame from the board; raise :class:`ProtocolError` if none comes
+        (``what`` names the awaited frame in the message)."""
         while not self._frames:
-            data = self._t.read(max(1, 5 + self.out_bytes - self._parser.pending))
+            # never ask for more than the frame under way holds: a read waits for all it asks
+            declared = self._parser.declared
+            want = 4 if declared is None else FRAME_OVERHEAD + declared
+            data = self._t.read(max(1, want - self._parser.pending))
             if not data:
-                raise ProtocolError(f"no answer from the board ({self._parser.pending} bytes of "
-                                    f"a frame, {self._parser.skipped} stray bytes received)")
+                if declared is not None:
+                    raise ProtocolError(
+                        f"{what}: the board's frame is incomplete: its header declared "
+                        f"{declared} bytes, {self._parser.pending - 4} of {declared + 2} "
+                        f"payload and CRC bytes came")
+                raise ProtocolError(f"{what}: no answer from the board ({self._parser.pending} "
+                                    f"bytes of a frame, {self._parser.skipped} stray bytes "
+                                    f"received)")
             self.received += len(data)
             self._frames += self._parser.feed(data)
         return self._frames.pop(0)
 
-    def _result(self, frame: Frame, index: int) -> int:
+    def _intact(self, frame: Frame, what: str, expected: str) -> None:
+        if frame.declared is not None:
+            raise ProtocolError(f"{what}: a frame header declared {frame.declared} bytes; "
+                                f"expected {expected} (a length byte corrupted on the line; "
+                                f"the host resynchronized at the next start byte)")
         if not frame.ok:
-            raise ProtocolError(f"answer {index}: the board's frame has a bad checksum")
+            raise ProtocolError(f"{what}: {frame.problem}")
         if frame.kind == TYPE_ERROR:
-            raise ProtocolError(f"answer {index}: the board rejected the frame: {frame.error}")
+            raise ProtocolError(f"{what}: the board rejected the frame: {frame.error}")
+
+    def _result(self, frame: Frame, index: int) -> int:
+        what = f"answer {index}"
+        self._intact(frame, what, str(self.out_bytes))
         if frame.kind != TYPE_RESULT or len(frame.payload) != self.out_bytes:
-            raise ProtocolError(f"answer {index}: expected a result frame of {self.out_bytes} "
+            raise ProtocolError(f"{what}: expected a result frame of {self.out_bytes} "
                                 f"bytes, got type 0x{frame.kind:02x} with "
                                 f"{len(frame.payload)} bytes")
         return payload_from_bytes(frame.payload)
 
+    def identify(self) -> Identity:
+        """Ask the board what it runs; return its answer."""
+        self.send(encode_frame(TYPE_IDENTIFY, b""))
+        what = "identify"
+        try:
+            frame = self.receive(what)
+            self._intact(frame, what, str(IDENTITY_BYTES))
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc} (is the board running a bitfab bitstream of this "
+                                f"version? build and load {self._model.name}'s bitstream)"
+                                ) from None
+        if frame.kind != TYPE_IDENTITY:
+            raise ProtocolError(f"{what}: expected an identify answer, got type "
+                                f"0x{frame.kind:02x} with {len(frame.payload)} bytes")
+        return Identity.from_bytes(frame.payload)
+
+    def check_board(self) -> Identity:
+        """Identify the board and raise :class:`ProtocolError` unless it runs the model's
+        bitstream; return its identity."""
+        got, want = self.identify(), self.expected_identity
+        if got.fingerprint != want.fingerprint:
+            raise ProtocolError(f"the board runs model {got.fingerprint}, not "
+                                f"{self._model.name}'s {want.fingerprint}: build and load its "
+                                f"bitstream")
+        if got != want:  # one model, other frame sizes: a bitstream from another bitfab
+            raise ProtocolError(f"the board runs {self._model.name} with {got.in_bytes}-byte "
+                                f"input and {got.out_bytes}-byte result frames, not "
+                                f"{want.in_bytes} and {want.out_bytes}: rebuild its bitstream")
+        self.identity = got
+        return got
+
     def run(self, x, lengths=None, progress=None) -> RunResult:
         """Send ``x`` (vectors of the first layer's input values, or sequences with ``lengths``,
         one frame per step); return the output code rows, one per answer, in order.
-        ``progress(done)`` is called after each answer."""
+        ``progress(done)`` is called after each answer. The first run checks the board first
+        (:meth:`check_board`)."""
         from bitfab.errors import ModelRangeError
         try:
             payloads = self.in_stream.pack(x, lengths)
             _, last = self.in_stream.rows(x, lengths)
         except ModelRangeError as exc:
             raise ProtocolError(f"inputs: {exc}") from None
+        if self.identity is None:
+            self.check_board()
         answers = self.in_stream.answers(self.out_stream, last)
         frames = [self.frame_of(p) for p in payloads]
         expected = int(answers.sum())
@@ -166,7 +236,8 @@ class BoardClient:
                 self.send(frames[issued])
                 pending += int(answers[issued])
                 issued += 1
-            results.append(self._result(self.receive(), len(results)))
+            index = len(results)
+            results.append(self._result(self.receive(f"answer {index}"), index))
             pending -= 1
             if progress is not None:
                 progress(len(results))

@@ -1,50 +1,73 @@
-"""The serial protocol between a host and a bitfab board: framing, checksums, vector bytes.
+"""The serial protocol between a host and a bitfab board: framing, CRC, identify, vector bytes.
 
 Pure Python and numpy (no amaranth import), so the host side runs without the hardware
-generators. Every message in either direction is one frame::
+generators. Every message in either direction is one frame (``docs/protocol.md`` has the whole
+protocol)::
 
-    START (0xA5) | TYPE | LEN_LO | LEN_HI | PAYLOAD (LEN bytes) | CHECK
+    START (0xA5) | TYPE | LEN_LO | LEN_HI | PAYLOAD (LEN bytes) | CRC_HI | CRC_LO
 
-``CHECK`` makes the byte sum of ``TYPE .. CHECK`` zero modulo 256 (a corrupted byte, a dropped
-byte or a byte from the next frame changes the sum or the length, so a bad frame is rejected, never
-computed). Types:
+``CRC`` is the CRC-16/CCITT-FALSE (:func:`crc16`: polynomial 0x1021, initial value 0xFFFF, no
+reflection, no final XOR) of ``TYPE .. PAYLOAD``, sent high byte first, so that the CRC of
+``TYPE .. CRC_LO`` is zero. It catches every odd number of bit errors, every error of up to three
+bits in a frame of up to 4,093 bytes, every burst of up to 16 bits, and bytes that were swapped or
+changed in compensating ways (which a byte sum accepts). ``LEN`` is little-endian. Types:
 
 - ``0x49`` (``'I'``) host -> board: one input transfer, its payload the packed codes of a vector
   or of one time step with its ``last`` bit (:meth:`bitfab.formats.StreamFormat.pack`,
   little-endian, ``ceil(payload_bits / 8)`` bytes);
+- ``0x3F`` (``'?'``) host -> board: identify, no payload;
 - ``0x52`` (``'R'``) board -> host: one output transfer, ``ceil(payload_bits / 8)`` bytes of the
   last layer's packed output codes, in the order the inputs came;
+- ``0x46`` (``'F'``) board -> host: the answer to identify, an :class:`Identity` (the first 8
+  bytes of the model's fingerprint, built into the bitstream, and the payload bytes of an input
+  and a result frame);
 - ``0x45`` (``'E'``) board -> host: a rejected frame, one byte of :data:`ERRORS` code.
 
-The board answers every input frame with exactly one ``R`` or ``E`` frame, in order, except the
+The board answers every frame it receives with exactly one ``R``, ``F`` or ``E`` frame, except the
 steps of a sequence model that emits one vector per sequence: there only the frame of each
 sequence's final step is answered with an ``R`` frame (a rejected frame still gets its ``E``).
+A frame that declares more payload bytes than the receiver's largest accepted frame is taken as
+a corrupted header: the receiver resynchronizes at the next start byte instead of reading that
+many bytes (the board still answers it with one ``E``; :class:`FrameParser`,
+:class:`bitfab.boards.framing.FrameReceiver`).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from bitfab.errors import BitfabError
 
 __all__ = [
-    "START", "TYPE_INPUT", "TYPE_RESULT", "TYPE_ERROR", "ERRORS", "ERR_CHECKSUM", "ERR_LENGTH",
-    "ERR_TYPE", "ERR_OVERRUN", "ProtocolError", "Frame", "FrameParser", "checksum",
-    "encode_frame", "vector_bytes", "payload_from_bytes", "payload_to_bytes",
+    "START", "TYPE_INPUT", "TYPE_IDENTIFY", "TYPE_RESULT", "TYPE_IDENTITY", "TYPE_ERROR",
+    "ERRORS", "ERR_CRC", "ERR_LENGTH", "ERR_TYPE", "ERR_OVERRUN", "CRC_INIT", "CRC_POLY",
+    "FRAME_OVERHEAD", "IDENTITY_BYTES", "ProtocolError", "Frame", "FrameParser", "Identity",
+    "crc16", "encode_frame", "vector_bytes", "payload_from_bytes", "payload_to_bytes",
 ]
 
 START = 0xA5
 TYPE_INPUT = 0x49
+TYPE_IDENTIFY = 0x3F
 TYPE_RESULT = 0x52
+TYPE_IDENTITY = 0x46
 TYPE_ERROR = 0x45
 
-ERR_CHECKSUM = 1
+#: CRC-16/CCITT-FALSE: the generator polynomial x^16 + x^12 + x^5 + 1 and the initial value
+CRC_POLY = 0x1021
+CRC_INIT = 0xFFFF
+#: bytes of a frame besides its payload: START, TYPE, LEN_LO, LEN_HI, CRC_HI, CRC_LO
+FRAME_OVERHEAD = 6
+#: payload bytes of an identify answer (:class:`Identity`)
+IDENTITY_BYTES = 12
+
+ERR_CRC = 1
 ERR_LENGTH = 2
 ERR_TYPE = 3
 ERR_OVERRUN = 4
 #: error code -> what the board rejected
 ERRORS = {
-    ERR_CHECKSUM: "bad checksum",
+    ERR_CRC: "bad CRC",
     ERR_LENGTH: "wrong payload length",
     ERR_TYPE: "unknown frame type",
     ERR_OVERRUN: "input overrun (a vector arrived before the network took the previous one)",
@@ -55,9 +78,28 @@ class ProtocolError(BitfabError):
     """A frame was malformed, rejected by the board, or never came."""
 
 
-def checksum(body: bytes) -> int:
-    """Return the byte that makes ``sum(body) + check`` zero modulo 256."""
-    return -sum(body) & 0xFF
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = (crc << 1) ^ CRC_POLY if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes, crc: int = CRC_INIT) -> int:
+    """Return the CRC-16/CCITT-FALSE of ``data``, continuing from ``crc``.
+
+    >>> hex(crc16(b"123456789"))
+    '0x29b1'
+    """
+    for byte in bytes(data):
+        crc = (crc << 8 & 0xFFFF) ^ _CRC_TABLE[(crc >> 8) ^ byte]
+    return crc
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:
@@ -68,16 +110,29 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
     if len(payload) > 0xFFFF:
         raise ProtocolError(f"a frame payload holds at most 65535 bytes, not {len(payload)}")
     body = bytes([kind, len(payload) & 0xFF, len(payload) >> 8]) + payload
-    return bytes([START]) + body + bytes([checksum(body)])
+    return bytes([START]) + body + crc16(body).to_bytes(2, "big")
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: its type, payload and whether its checksum held."""
+    """One decoded frame: its type, payload and whether its CRC held.
+
+    Members
+    -------
+    kind : int
+    payload : bytes
+    ok : bool
+        The CRC held (and the header was believable).
+    declared : int or None
+        For a header that declared more payload bytes than the parser accepts, that length: the
+        frame was not read (``payload`` is empty, ``ok`` False) and the parser resynchronized at
+        the next start byte.
+    """
 
     kind: int
     payload: bytes
     ok: bool = True
+    declared: int | None = None
 
     @property
     def error(self) -> str | None:
@@ -87,18 +142,51 @@ class Frame:
         code = self.payload[0] if self.payload else -1
         return ERRORS.get(code, f"unknown error code {code}")
 
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the frame on the line (None: it arrived intact)."""
+        if self.declared is not None:
+            return f"a frame header declared {self.declared} bytes"
+        if not self.ok:
+            return (f"the board's frame (type 0x{self.kind:02x}, {len(self.payload)} bytes) has a "
+                    f"bad CRC")
+        return None
+
 
 class FrameParser:
     """Turn a byte stream into frames (the host's receiver).
 
     Bytes before a start byte are skipped (line noise, a board that was reset mid-frame); a frame
-    whose checksum fails is returned with ``ok=False`` so that the caller reports it.
+    whose CRC fails is returned with ``ok=False`` so that the caller reports it. A header that
+    declares more than ``max_payload`` bytes is a corrupted header: it is returned as a frame
+    with ``declared`` set, and parsing resumes at the next start byte after its own (a frame is
+    never completed with the bytes of the frames after it).
+
+    Parameters
+    ----------
+    max_payload : int
+        The largest payload accepted: for a :class:`~bitfab.boards.host.BoardClient`, the larger
+        of the result size and :data:`IDENTITY_BYTES`.
     """
 
-    def __init__(self, max_payload: int = 0xFFFF):
+    def __init__(self, max_payload: int):
+        if isinstance(max_payload, bool):
+            raise ProtocolError(f"max_payload must be an integer in 0..65535, not {max_payload!r}")
+        try:
+            limit = operator.index(max_payload)
+        except TypeError:
+            raise ProtocolError(f"max_payload must be an integer in 0..65535, "
+                                f"not {max_payload!r}") from None
+        if not 0 <= limit <= 0xFFFF:
+            raise ProtocolError(f"max_payload must be an integer in 0..65535, not {max_payload!r}")
         self._buf = bytearray()
-        self._max = max_payload
+        self._max = limit
         self.skipped = 0
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload accepted; a longer declared length is a corrupted header."""
+        return self._max
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order."""
@@ -117,20 +205,75 @@ class FrameParser:
                 return frames
             length = self._buf[2] | self._buf[3] << 8
             if length > self._max:  # not a frame header: resynchronize on the next start byte
+                frames.append(Frame(self._buf[1], b"", False, declared=length))
                 self.skipped += 1
                 del self._buf[:1]
                 continue
-            if len(self._buf) < 5 + length:
+            if len(self._buf) < FRAME_OVERHEAD + length:
                 return frames
             body = bytes(self._buf[1:4 + length])
-            ok = checksum(body) == self._buf[4 + length]
+            ok = crc16(self._buf[1:FRAME_OVERHEAD + length]) == 0
             frames.append(Frame(body[0], body[3:], ok))
-            del self._buf[:5 + length]
+            del self._buf[:FRAME_OVERHEAD + length]
 
     @property
     def pending(self) -> int:
         """Bytes held that do not make a whole frame yet."""
         return len(self._buf)
+
+    @property
+    def declared(self) -> int | None:
+        """The payload length the header held in :attr:`pending` declares (None: no header)."""
+        if len(self._buf) < 4:
+            return None
+        return self._buf[2] | self._buf[3] << 8
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a board says it runs (the payload of a ``'F'`` frame, :data:`IDENTITY_BYTES` bytes:
+    the fingerprint bytes, then ``in_bytes`` and ``out_bytes`` as little-endian 16-bit numbers).
+
+    Members
+    -------
+    fingerprint : str
+        The first 8 bytes of the model's fingerprint
+        (:meth:`bitfab.model.IntegerModel.fingerprint`) as 16 hex digits.
+    in_bytes, out_bytes : int
+        Payload bytes of an input frame and of a result frame.
+    """
+
+    fingerprint: str
+    in_bytes: int
+    out_bytes: int
+
+    def __post_init__(self):
+        fp = self.fingerprint
+        if not isinstance(fp, str) or len(fp) < 16 or \
+                any(c not in "0123456789abcdef" for c in fp.lower()):
+            raise ProtocolError(f"fingerprint must be a hex string of at least 16 digits, "
+                                f"not {fp!r}")
+        object.__setattr__(self, "fingerprint", fp[:16].lower())
+        for name in ("in_bytes", "out_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    not 0 <= value <= 0xFFFF:
+                raise ProtocolError(f"{name} must be an integer in 0..65535, not {value!r}")
+
+    def to_bytes(self) -> bytes:
+        """Return the payload of the identify answer."""
+        return (bytes.fromhex(self.fingerprint) + self.in_bytes.to_bytes(2, "little")
+                + self.out_bytes.to_bytes(2, "little"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Identity:
+        """Read the payload of an identify answer."""
+        data = bytes(data)
+        if len(data) != IDENTITY_BYTES:
+            raise ProtocolError(f"an identify answer holds {IDENTITY_BYTES} bytes, "
+                                f"not {len(data)}")
+        return cls(data[:8].hex(), int.from_bytes(data[8:10], "little"),
+                   int.from_bytes(data[10:12], "little"))
 
 
 def payload_to_bytes(payload: int, n_bytes: int) -> bytes:
@@ -146,4 +289,3 @@ def payload_from_bytes(data: bytes) -> int:
 def vector_bytes(n: int, bits: int) -> int:
     """Bytes of a frame payload holding ``n`` elements of ``bits`` bits: ``ceil(n*bits/8)``."""
     return -(-n * bits // 8)
-

@@ -116,7 +116,8 @@ class SimTransport:
 def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8
                     ) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
-    with ``fold = (pe, simd)``), its UART at ``divisor`` clocks per bit."""
+    with ``fold = (pe, simd)``, answering identify with its fingerprint), its UART at ``divisor``
+    clocks per bit."""
     from bitfab.hw.layer import build_network
     return SimTransport(SerialNetwork(build_network(model, fold, pipeline), divisor,
-                                      heartbeat_bits=8))
+                                      fingerprint=model.fingerprint(), heartbeat_bits=8))

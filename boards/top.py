@@ -1,5 +1,6 @@
 """The board top-level: UART -> frame receiver -> input packer -> network -> output unpacker ->
-frame transmitter -> UART, and a status LED.
+frame transmitter -> UART, and a status LED; the frame receiver's identify requests go straight
+to the transmitter, which answers with the model's fingerprint (constants in the bitstream).
 
 :class:`SerialNetwork` is the whole design behind the pins (what the simulated board runs);
 :class:`BoardTop` puts it on a board: pins through ``io.Buffer``, the clock domain from the board
@@ -12,8 +13,10 @@ from amaranth.hdl import Elaboratable, Module, Shape, Signal, Value
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from bitfab.errors import BitfabError
+
 from .framing import FrameReceiver, FrameTransmitter
-from .protocol import vector_bytes
+from .protocol import Identity, vector_bytes
 from .uart import UARTRx, UARTTx
 
 __all__ = ["Repack", "SerialNetwork", "BoardTop"]
@@ -53,6 +56,9 @@ class SerialNetwork(wiring.Component):
         layer), whose payloads are element arrays.
     divisor : int
         Clocks per UART bit.
+    fingerprint : str
+        The fingerprint of the model the network was built from
+        (:meth:`bitfab.model.IntegerModel.fingerprint`); its first 8 bytes answer identify.
     heartbeat_bits : int
         The LED blinks with counter bit ``heartbeat_bits - 1`` (23 at 12 MHz: every 0.7 s).
 
@@ -69,7 +75,7 @@ class SerialNetwork(wiring.Component):
     tx: Out(1, init=1)
     led: Out(1)
 
-    def __init__(self, network, divisor: int, heartbeat_bits: int = 23):
+    def __init__(self, network, divisor: int, *, fingerprint: str, heartbeat_bits: int = 23):
         self._network = network
         in_shape = _stream_shape(network, "i")
         out_shape = _stream_shape(network, "o")
@@ -77,12 +83,17 @@ class SerialNetwork(wiring.Component):
         out_bits = Shape.cast(out_shape).width
         self._in_bytes = vector_bytes(in_bits, 1)
         self._out_bytes = vector_bytes(out_bits, 1)
+        try:
+            self._identity = Identity(fingerprint, self._in_bytes, self._out_bytes)
+        except BitfabError:
+            self._MustUse__silence = True  # refused, never meant to be elaborated
+            raise
         self._divisor = divisor
         self._heartbeat = heartbeat_bits
         self._uart_rx = UARTRx(divisor)
         self._uart_tx = UARTTx(divisor)
         self._frx = FrameReceiver(self._in_bytes)
-        self._ftx = FrameTransmitter(self._out_bytes)
+        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes())
         self._pack = Repack(8 * self._in_bytes, in_shape)
         self._unpack = Repack(out_shape, 8 * self._out_bytes)
         super().__init__()
@@ -90,6 +101,11 @@ class SerialNetwork(wiring.Component):
     @property
     def network(self):
         return self._network
+
+    @property
+    def identity(self) -> Identity:
+        """What the board answers to identify: the fingerprint's first 8 bytes, the frame sizes."""
+        return self._identity
 
     @property
     def in_bytes(self) -> int:
@@ -116,6 +132,7 @@ class SerialNetwork(wiring.Component):
         wiring.connect(m, self._pack.o, self._network.i)
         wiring.connect(m, self._network.o, self._unpack.i)
         wiring.connect(m, self._unpack.o, self._ftx.i)
+        wiring.connect(m, self._frx.ident, self._ftx.ident)
         wiring.connect(m, self._frx.err, self._ftx.err)
         wiring.connect(m, self._ftx.o, self._uart_tx.i)
 
@@ -142,6 +159,8 @@ class BoardTop(Elaboratable):
         The board (platform, UART and LED resources).
     network : wiring.Component
         The network.
+    fingerprint : str
+        The fingerprint of the model the network was built from (see :class:`SerialNetwork`).
     clock_hz : float or None
         The design clock: None runs on the board oscillator, a frequency makes a PLL
         (:func:`bitfab.boards.pll.clock_domain`).
@@ -149,13 +168,15 @@ class BoardTop(Elaboratable):
         UART rate.
     """
 
-    def __init__(self, board, network, clock_hz: float | None = None, baud: int = 115200):
+    def __init__(self, board, network, clock_hz: float | None = None, baud: int = 115200, *,
+                 fingerprint: str):
         from .pll import plan
         from .uart import uart_divisor
         self._board = board
         self._plan = plan(board, clock_hz)
         self.clock_hz = self._plan.f_out
         self.core = SerialNetwork(network, uart_divisor(self.clock_hz, baud),
+                                  fingerprint=fingerprint,
                                   heartbeat_bits=max(8, int(self.clock_hz).bit_length() - 1))
 
     def elaborate(self, platform):

@@ -15,18 +15,21 @@ from bitfab.boards import protocol
 from bitfab.boards.framing import FrameReceiver, FrameTransmitter
 from bitfab.boards.host import BoardClient
 from bitfab.boards.protocol import (
-    ERR_CHECKSUM,
+    ERR_CRC,
     ERR_LENGTH,
     ERR_TYPE,
     TYPE_ERROR,
     TYPE_INPUT,
     TYPE_RESULT,
     FrameParser,
+    Identity,
     ProtocolError,
+    crc16,
     encode_frame,
 )
 from bitfab.boards.simboard import SimTransport, simulated_board
 from bitfab.boards.targets import BOARDS, get_board
+from bitfab.boards.top import SerialNetwork
 from bitfab.boards.uart import UARTRx, UARTTx, uart_divisor
 from bitfab.errors import BitfabError
 from bitfab.examples import mlp, random_dense
@@ -34,6 +37,7 @@ from bitfab.model import InputFormat, IntegerModel
 from bitfab.sim.golden import execute
 
 DIV = 6  # clocks per bit in simulation
+IDENTITY = Identity("0123456789abcdef", 3, 3)
 
 
 # --- a loopback of the byte-level blocks ----------------------------------------------------------
@@ -41,7 +45,8 @@ DIV = 6  # clocks per bit in simulation
 
 class _Loop(wiring.Component):
     """Bytes -> UARTTx -> line -> UARTRx -> FrameReceiver -> (vectors, errors) and, back,
-    vectors -> FrameTransmitter -> bytes: the framing path of a board without a network."""
+    vectors -> FrameTransmitter -> bytes: the framing path of a board without a network
+    (identify requests go straight back, as on a board)."""
 
     def __init__(self, n_bytes):
         self.n = n_bytes
@@ -59,12 +64,13 @@ class _Loop(wiring.Component):
         m.submodules.tx = tx = UARTTx(DIV)
         m.submodules.rx = rx = UARTRx(DIV)
         m.submodules.frx = frx = FrameReceiver(self.n)
-        m.submodules.ftx = ftx = FrameTransmitter(self.n)
+        m.submodules.ftx = ftx = FrameTransmitter(self.n, IDENTITY.to_bytes())
         wiring.connect(m, wiring.flipped(self.i), tx.i)
         m.d.comb += rx.rx.eq(tx.tx)
         wiring.connect(m, rx.o, frx.i)
         wiring.connect(m, frx.o, wiring.flipped(self.vec))
         wiring.connect(m, frx.err, wiring.flipped(self.err))
+        wiring.connect(m, frx.ident, ftx.ident)
         wiring.connect(m, wiring.flipped(self.res), ftx.i)
         wiring.connect(m, wiring.flipped(self.res_err), ftx.err)
         wiring.connect(m, ftx.o, wiring.flipped(self.o))
@@ -127,13 +133,13 @@ def test_uart_framing_random_payloads_back_to_back(payloads):
     assert vectors == [int.from_bytes(p, "little") for p in payloads]
 
 
-def test_corrupted_checksum_is_rejected_and_reported():
+def test_corrupted_crc_is_rejected_and_reported():
     good = encode_frame(TYPE_INPUT, b"\x01\x02\x03")
     bad = bytearray(encode_frame(TYPE_INPUT, b"\x10\x20\x30"))
     bad[5] ^= 0x04  # one payload bit flipped on the line
     vectors, codes, _ = _loop(3, good + bytes(bad) + good)
     assert vectors == [0x030201, 0x030201]  # the bad frame gives no vector
-    assert codes == [ERR_CHECKSUM]
+    assert codes == [ERR_CRC]
 
 
 def test_wrong_length_and_type_are_reported():
@@ -156,13 +162,27 @@ def test_overrun_is_reported():
 
 def test_transmitter_frames_results_and_errors():
     """The board's transmitter output parses with the host parser: results, then an error."""
-    _, _, out = _loop(2, b"", results=[("r", 0xBEEF), ("r", 0x0102)], errors=[ERR_CHECKSUM],
+    _, _, out = _loop(2, b"", results=[("r", 0xBEEF), ("r", 0x0102)], errors=[ERR_CRC],
                       cycles=300)
-    frames = FrameParser().feed(out)
+    frames = FrameParser(2).feed(out)
     assert [(f.kind, f.payload, f.ok) for f in frames] == [
         (TYPE_RESULT, b"\xef\xbe", True), (TYPE_RESULT, b"\x02\x01", True),
-        (TYPE_ERROR, bytes([ERR_CHECKSUM]), True)]
-    assert frames[2].error == "bad checksum"
+        (TYPE_ERROR, bytes([ERR_CRC]), True)]
+    assert frames[2].error == "bad CRC"
+
+
+@settings(derandomize=True, deadline=None, max_examples=4)
+@given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=3))
+def test_transmitter_crc_agrees_with_the_host(results):
+    """Random result vectors framed by the board's transmitter parse with the host's CRC; a bit
+    flipped on the line does not (the check is not vacuous)."""
+    _, _, out = _loop(2, b"", results=[("r", r) for r in results], cycles=100 * len(results))
+    frames = FrameParser(2).feed(out)
+    assert [(f.payload, f.ok) for f in frames] == [(r.to_bytes(2, "little"), True)
+                                                   for r in results]
+    bad = bytearray(out)
+    bad[5] ^= 0x10
+    assert not FrameParser(2).feed(bytes(bad))[0].ok
 
 
 def test_uart_tx_rx_every_byte():
@@ -201,19 +221,19 @@ def test_uart_tx_rx_every_byte():
 # --- protocol (pure python) -----------------------------------------------------------------------
 
 
-def test_parser_skips_noise_and_flags_bad_checksum():
+def test_parser_skips_noise_and_flags_bad_crc():
     frame = encode_frame(TYPE_RESULT, b"\x05\x06")
     bad = bytearray(frame)
     bad[-1] ^= 0xFF
-    parser = FrameParser()
+    parser = FrameParser(2)
     frames = parser.feed(b"\x00\x13" + frame[:3]) + parser.feed(frame[3:] + bytes(bad))
     assert [(f.payload, f.ok) for f in frames] == [(b"\x05\x06", True), (b"\x05\x06", False)]
     assert parser.skipped == 2
 
 
-def test_checksum_makes_sum_zero():
+def test_crc_of_a_whole_frame_is_zero():
     frame = encode_frame(TYPE_INPUT, bytes(range(40)))
-    assert sum(frame[1:]) % 256 == 0
+    assert crc16(frame[1:]) == 0 and crc16(frame[1:-1]) != 0
     with pytest.raises(ProtocolError, match="at most 65535 bytes, not 65536"):
         encode_frame(TYPE_INPUT, bytes(65536))
 
@@ -236,7 +256,7 @@ def test_board_top_level_equals_golden():
     np.testing.assert_array_equal(run.outputs, execute(model, x).output)
     out_bits = model.layers[-1].out_bits * 4
     assert client.in_bytes == 2 and client.out_bytes == -(-out_bits // 8)
-    assert run.bytes_sent == 8 * (5 + 2) and run.bytes_received == 8 * (5 + client.out_bytes)
+    assert run.bytes_sent == 8 * (6 + 2) and run.bytes_received == 8 * (6 + client.out_bytes)
 
 
 def test_board_top_level_int_inputs_folded_requant():
@@ -261,24 +281,29 @@ def test_board_rejects_corrupted_frame_and_host_reports_it():
         frame[4] ^= 0x80
         client.send(bytes(frame))
         answer = client.receive()
-        assert answer.kind == TYPE_ERROR and answer.error == "bad checksum"
+        assert answer.kind == TYPE_ERROR and answer.error == "bad CRC"
         # the board goes on: the next good vectors are computed
         run = client.run(x)
         np.testing.assert_array_equal(run.outputs, execute(model, x).output)
         client.send(bytes(frame))
         with pytest.raises(ProtocolError, match="answer 0: the board rejected the frame: "
-                                                "bad checksum"):
+                                                "bad CRC"):
             client.run(x[:1])
 
 
 def test_board_check_fails_on_a_wrong_reference():
-    """The comparison catches a board whose answers differ from the reference."""
+    """The comparison catches a board whose answers differ from the reference (here a board
+    that says it runs the model but computes another network: identify does not replace the
+    comparison)."""
     from bitfab.cli.board import compare_run
+    from bitfab.hw.layer import build_network
     rng = np.random.default_rng(6)
     model = _tiny(rng)
     other = _tiny(np.random.default_rng(7))  # the board runs a different network
     x = rng.choice(np.array([-1, 1]), size=(6, 16))
-    with simulated_board(other) as transport:
+    top = SerialNetwork(build_network(other), 8, fingerprint=model.fingerprint(),
+                        heartbeat_bits=8)
+    with SimTransport(top) as transport:
         result = compare_run(model, x, transport)
     assert result["mismatches"] > 0
     assert result["first_mismatch"]["vector"] == int(
@@ -364,8 +389,10 @@ def test_pll_plans():
 
 
 def test_protocol_constants_are_distinct():
-    assert len({protocol.TYPE_INPUT, protocol.TYPE_RESULT, protocol.TYPE_ERROR}) == 3
-    assert protocol.START not in (protocol.TYPE_INPUT, protocol.TYPE_RESULT, protocol.TYPE_ERROR)
+    types = (protocol.TYPE_INPUT, protocol.TYPE_IDENTIFY, protocol.TYPE_RESULT,
+             protocol.TYPE_IDENTITY, protocol.TYPE_ERROR)
+    assert len(set(types)) == 5
+    assert protocol.START not in types
 
 
 @pytest.mark.train
