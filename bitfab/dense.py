@@ -78,9 +78,10 @@ class Threshold:
                                    f"not {d.shape}")
         if np.any(np.abs(d) != 1):
             raise ModelFormatError("output.direction must hold only -1 and +1")
-        steps = np.diff(t, axis=1) * d[:, None]
-        if np.any(steps < 0):
-            o = int(np.argwhere(steps < 0)[0, 0])
+        # compared, not subtracted: the difference of two int64 thresholds can wrap
+        unsorted = np.where(d[:, None] > 0, t[:, 1:] < t[:, :-1], t[:, 1:] > t[:, :-1])
+        if np.any(unsorted):
+            o = int(np.argwhere(unsorted)[0, 0])
             raise ModelFormatError(f"output.thresholds of channel {o} are not sorted in its "
                                    f"direction ({int(d[o]):+d}): {t[o].tolist()}")
         object.__setattr__(self, "thresholds", t)
@@ -144,7 +145,7 @@ class Requant:
 
     def __post_init__(self):
         m = int_array(self.multiplier, "output.multiplier", 1)
-        if m.size and np.abs(m).max() >= 1 << 31:
+        if m.size and (m.max() >= 1 << 31 or m.min() <= -(1 << 31)):  # np.abs wraps int64 min
             raise ModelFormatError("output.multiplier entries must fit 32 bits")
         shift = as_index(self.shift, "output.shift")
         if not 0 <= shift <= 62:
@@ -410,7 +411,7 @@ class Dense:
         fmt = input_format(get_field(d, "input", dict, where), f"{where}.input")
         enc = encoding_from_json(get_field(d, "encoding", dict, where), f"{where}.encoding")
         raw = reader.array(get_field(d, "weights", str, where), f"{where}.weights",
-                           enc.stored_shape(n_out, n_in))
+                           enc.stored_shape(n_out, n_in), widened=n_out * n_in, widen=False)
         w = enc.restore(raw, n_in, f"{where}.weights")
         bias = reader.array(get_field(d, "bias", str, where), f"{where}.bias", (n_out,))
         out = get_field(d, "output", dict, where)

@@ -32,6 +32,39 @@ __all__ = ["Binary", "Ternary", "Pow2", "Lut", "IntWeights", "WeightEncoding", "
 
 #: every datapath kind an encoding can name
 DATAPATHS = ("xnor_popcount", "ternary", "shift_add", "lut", "int")
+_BLOCK = 1 << 20  # weights per block of an elementwise pass: temporaries of a few MB
+
+
+def _first_bad(w: np.ndarray, bad) -> int | None:
+    """Return the first value of ``w`` (in C order) where ``bad(block)`` is true, or None; the
+    weights go through in blocks, so no temporary is as large as ``w``."""
+    flat = np.asarray(w).reshape(-1)
+    for start in range(0, flat.size, _BLOCK):
+        block = flat[start:start + _BLOCK]
+        hits = block[bad(block)]
+        if hits.size:
+            return int(hits[0])
+    return None
+
+
+def _blockwise(w: np.ndarray, fn, dtype) -> np.ndarray:
+    """Return the elementwise ``fn`` of ``w`` as a ``dtype`` array of its shape, computed in
+    blocks (no temporary as large as ``w``)."""
+    flat = np.asarray(w).reshape(-1)
+    out = np.empty(flat.size, dtype=dtype)
+    for start in range(0, flat.size, _BLOCK):
+        out[start:start + _BLOCK] = fn(flat[start:start + _BLOCK])
+    return out.reshape(np.shape(w))
+
+
+def _frozen_int64(w: np.ndarray) -> np.ndarray:
+    """Return ``w`` as a read-only int64 array that a layer takes without copying
+    (:func:`bitfab.formats.frozen`)."""
+    w = np.asarray(w)
+    if w.dtype != np.int64 or w.flags.writeable or w.base is not None:
+        w = w.astype(np.int64)
+        w.flags.writeable = False
+    return w
 
 
 class _Encoding:
@@ -58,8 +91,9 @@ class _Encoding:
         return w.astype(smallest_int_dtype(w))
 
     def restore(self, raw: np.ndarray, cols: int, what: str) -> np.ndarray:
-        """Return the weight values of a stored array (the inverse of :meth:`store`)."""
-        return np.asarray(raw, dtype=np.int64)
+        """Return the weight values (read-only int64) of a stored array (the inverse of
+        :meth:`store`)."""
+        return _frozen_int64(raw)
 
     def to_json(self) -> dict:
         return {"kind": self.kind}
@@ -85,9 +119,9 @@ class Binary(_Encoding):
         return False
 
     def check(self, w: np.ndarray, what: str) -> None:
-        bad = w[np.abs(w) != 1]
-        if bad.size:
-            raise ModelFormatError(f"{what}: value {int(bad.flat[0])} is not binary (-1 or +1)")
+        bad = _first_bad(w, lambda b: (b != 1) & (b != -1))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: value {bad} is not binary (-1 or +1)")
 
     def datapath(self, input: InputFormat) -> str:
         """``xnor_popcount`` on bipolar inputs, ``ternary`` (add / subtract) on integers."""
@@ -101,7 +135,12 @@ class Binary(_Encoding):
 
     def restore(self, raw: np.ndarray, cols: int, what: str) -> np.ndarray:
         bits = np.unpackbits(np.asarray(raw).astype(np.uint8), axis=1, count=cols)
-        return bits.astype(np.int64) * 2 - 1
+        w = bits.astype(np.int64)
+        del bits
+        w *= 2
+        w -= 1
+        w.flags.writeable = False  # the layer takes it as it is (bitfab.formats.frozen)
+        return w
 
     @property
     def code_bits(self) -> int:
@@ -131,9 +170,10 @@ class Ternary(_Encoding):
         return 2
 
     def check(self, w: np.ndarray, what: str) -> None:
-        bad = w[np.abs(w) > 1]
-        if bad.size:
-            raise ModelFormatError(f"{what}: value {int(bad.flat[0])} is not ternary (-1, 0 or +1)")
+        # compared, not np.abs: the absolute value of the int64 minimum is negative
+        bad = _first_bad(w, lambda b: (b < -1) | (b > 1))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: value {bad} is not ternary (-1, 0 or +1)")
 
     def datapath(self, input: InputFormat) -> str:
         """``ternary``: add, subtract or skip."""
@@ -194,41 +234,56 @@ class Pow2(_Encoding):
     def has_zero(self) -> bool:
         return self.zero
 
-    def check(self, w: np.ndarray, what: str) -> None:
-        mag = np.abs(w)
+    def _bad(self, block: np.ndarray) -> np.ndarray:
+        mag = np.abs(block)  # the int64 minimum stays negative: refused below
         ok = (mag >= (1 << self.e_min)) & (mag <= (1 << self.e_max)) & ((mag & (mag - 1)) == 0)
         if self.zero:
             ok |= mag == 0
-        bad = w[~ok]
-        if bad.size:
+        return ~ok
+
+    def check(self, w: np.ndarray, what: str) -> None:
+        bad = _first_bad(w, self._bad)
+        if bad is not None:
             zero = "0 or " if self.zero else ""
             raise ModelFormatError(
-                f"{what}: value {int(bad.flat[0])} is not {zero}+-2**e with e in "
-                f"[{self.e_min}, {self.e_max}]")
+                f"{what}: value {bad} is not {zero}+-2**e with e in [{self.e_min}, {self.e_max}]")
 
     def datapath(self, input: InputFormat) -> str:
         """``shift_add``: every weight is a shift."""
         return "shift_add"
 
+    def _exponents(self, block: np.ndarray) -> np.ndarray:
+        mag = np.abs(block)
+        return np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(), self.e_min)
+
     def exponents(self, w: np.ndarray) -> np.ndarray:
         """Return ``e`` of every weight (``e_min`` where the weight is 0)."""
-        mag = np.abs(w)
-        return np.where(mag > 0, np.log2(np.maximum(mag, 1)).round(),
-                        self.e_min).astype(np.int64)
+        return _blockwise(w, self._exponents, np.int64)
+
+    def _encode(self, block: np.ndarray) -> np.ndarray:
+        e = np.where(block != 0, self._exponents(block) - self.e_min + 1, 0)
+        return np.sign(block) * e
 
     def encode(self, w: np.ndarray) -> np.ndarray:
         """Return int8 codes: 0 for zero, ``sign * (e - e_min + 1)`` otherwise."""
-        e = np.where(np.abs(w) > 0, self.exponents(w) - self.e_min + 1, 0)
-        return (np.sign(w) * e).astype(np.int8)
+        return _blockwise(w, self._encode, np.int8)
 
     def decode(self, codes: np.ndarray, what: str) -> np.ndarray:
-        c = np.asarray(codes, dtype=np.int64)
         top = self.e_max - self.e_min + 1
-        bad = c[(np.abs(c) > top) | ((c == 0) & (not self.zero))]
-        if bad.size:
-            raise ModelFormatError(f"{what}: pow2 code {int(bad.flat[0])} is out of range")
-        mag = np.where(c == 0, 0, np.left_shift(1, np.maximum(np.abs(c) - 1 + self.e_min, 0)))
-        return np.sign(c) * mag
+        bad = _first_bad(codes, lambda c: (c > top) | (c < -top)
+                         | ((c == 0) & (not self.zero)))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: pow2 code {bad} is out of range")
+        codes = np.asarray(codes)
+        w = codes.astype(np.int64)  # |code| <= 31 after the check: np.abs cannot wrap
+        np.abs(w, out=w)
+        w += self.e_min - 1
+        np.maximum(w, 0, out=w)
+        np.left_shift(1, w, out=w)
+        w[codes == 0] = 0
+        np.negative(w, out=w, where=codes < 0)
+        w.flags.writeable = False  # the layer takes it as it is (bitfab.formats.frozen)
+        return w
 
     def store(self, w: np.ndarray) -> np.ndarray:
         return self.encode(w)
@@ -320,9 +375,10 @@ class Lut(_Encoding):
         return all(v == 0 or (abs(v) & (abs(v) - 1)) == 0 for v in self.dictionary)
 
     def check(self, w: np.ndarray, what: str) -> None:
-        bad = w[~np.isin(w, np.array(self.dictionary, dtype=np.int64))]
-        if bad.size:
-            raise ModelFormatError(f"{what}: value {int(bad.flat[0])} is not in the dictionary "
+        d = np.array(self.dictionary, dtype=np.int64)
+        bad = _first_bad(w, lambda b: ~np.isin(b, d))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: value {bad} is not in the dictionary "
                                    f"{list(self.dictionary)}")
 
     def datapath(self, input: InputFormat) -> str:
@@ -333,15 +389,18 @@ class Lut(_Encoding):
         """Return the dictionary index of every weight."""
         d = np.array(self.dictionary, dtype=np.int64)
         order = np.argsort(d)
-        return order[np.searchsorted(d[order], w)].astype(np.uint8 if len(d) <= 256 else np.uint16)
+        return _blockwise(w, lambda b: order[np.searchsorted(d[order], b)],
+                          np.uint8 if len(d) <= 256 else np.uint16)
 
     def decode(self, index: np.ndarray, what: str) -> np.ndarray:
-        idx = np.asarray(index, dtype=np.int64)
-        bad = idx[(idx < 0) | (idx >= len(self.dictionary))]
-        if bad.size:
-            raise ModelFormatError(f"{what}: index {int(bad.flat[0])} is outside the dictionary "
-                                   f"of {len(self.dictionary)} entries")
-        return np.array(self.dictionary, dtype=np.int64)[idx]
+        n = len(self.dictionary)
+        bad = _first_bad(index, lambda i: (i < 0) | (i >= n))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: index {bad} is outside the dictionary "
+                                   f"of {n} entries")
+        w = np.array(self.dictionary, dtype=np.int64)[np.asarray(index)]
+        w.flags.writeable = False  # the layer takes it as it is (bitfab.formats.frozen)
+        return w
 
     def store(self, w: np.ndarray) -> np.ndarray:
         return self.encode(w)
@@ -397,9 +456,9 @@ class IntWeights(_Encoding):
 
     def check(self, w: np.ndarray, what: str) -> None:
         lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
-        bad = w[(w < lo) | (w > hi)]
-        if bad.size:
-            raise ModelFormatError(f"{what}: value {int(bad.flat[0])} does not fit int{self.bits}")
+        bad = _first_bad(w, lambda b: (b < lo) | (b > hi))
+        if bad is not None:
+            raise ModelFormatError(f"{what}: value {bad} does not fit int{self.bits}")
 
     def datapath(self, input: InputFormat) -> str:
         """``int``: a multiplier per weight."""

@@ -1,9 +1,17 @@
 """The ``.bfm`` file: a zip holding ``manifest.json`` and ``.npy`` arrays, read without pickle.
 
 Reading is defensive: sizes declared in the zip directory, in the manifest and in every ``.npy``
-header are checked against each other and against :data:`bitfab.formats.MAX_ELEMENTS` *before* any
+header are checked against each other and against the limits (``docs/limits.md``) *before* any
 data is inflated or allocated, so a truncated, corrupted or hostile file raises
-:class:`~bitfab.errors.ModelFormatError` naming the field, never a numpy or zipfile traceback.
+:class:`~bitfab.errors.ModelFormatError` naming the field, never a numpy or zipfile traceback, and
+a small file never takes much memory:
+
+- only regular files are opened (a FIFO, a device or a directory is refused before it is opened);
+- the whole model is budgeted: every array a file names, each time it names it, counts its
+  elements as they are in memory (int64 after widening, binary weights unpacked) against
+  :data:`~bitfab.formats.MAX_MODEL_ELEMENTS`, before it is read; at most :data:`MAX_ARRAYS`
+  arrays are read;
+- an entry's data is read into one buffer of exactly the size its header declares.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import ast
 import io
 import json
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -21,16 +30,22 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFormatError
-from .formats import MAX_ELEMENTS, InputFormat
+from .formats import MAX_ELEMENTS, MAX_MODEL_ELEMENTS, InputFormat
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Writer", "Reader", "field", "input_format",
-           "smallest_int_dtype", "write_archive", "read_archive"]
+           "smallest_int_dtype", "write_archive", "read_archive", "MAX_ARRAYS",
+           "MAX_MANIFEST_BYTES"]
 
 FORMAT_NAME = "bitfab-integer-model"
 FORMAT_VERSION = 1
-_MAX_MANIFEST_BYTES = 16 << 20
-_MAX_ENTRY_BYTES = 1 << 30
-_MAX_TOTAL_BYTES = 4 << 30
+#: Arrays one file may name (each name counts each time it is used).
+MAX_ARRAYS = 4096
+#: manifest.json's size: its JSON objects take up to ~25 times their text in memory
+MAX_MANIFEST_BYTES = 4 << 20
+_HEADER_BYTES = 4096  # the longest .npy header read
+_MAX_ENTRY_BYTES = 8 * MAX_ELEMENTS + _HEADER_BYTES
+_MAX_TOTAL_BYTES = 8 * MAX_MODEL_ELEMENTS + MAX_ARRAYS * _HEADER_BYTES
+_CHUNK = 1 << 20  # bytes inflated per read into an array's buffer
 _MAX_RATIO = 1100  # deflate cannot do better than ~1032:1; more means a crafted entry
 _DTYPES = {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<f2", "<f4", "<f8"}
 
@@ -102,13 +117,24 @@ def field(d: Any, key: str, types, where: str, default: Any = ...) -> Any:
 
 
 class Reader:
-    """Reads validated arrays from an open zip file (sizes checked before anything is read)."""
+    """Reads validated arrays from an open zip file (sizes checked before anything is read).
+
+    Members
+    -------
+    elements : int
+        Elements of the arrays read so far, as they are in memory (the whole-model budget
+        :data:`~bitfab.formats.MAX_MODEL_ELEMENTS` counts them).
+    arrays : int
+        Arrays read so far (at most :data:`MAX_ARRAYS`).
+    """
 
     def __init__(self, zf: zipfile.ZipFile, declared: dict, source: str):
         self.zf = zf
         self.declared = declared
         self.source = source
         self.total = 0
+        self.elements = 0
+        self.arrays = 0
 
     def entry(self, name: str, where: str) -> zipfile.ZipInfo:
         try:
@@ -127,15 +153,29 @@ class Reader:
                                    f"{_MAX_TOTAL_BYTES} bytes")
         return info
 
+    def charge(self, elements: int, where: str) -> None:
+        """Count ``elements`` (in memory) against the whole-model budget, or refuse the file."""
+        self.elements += elements
+        if self.elements > MAX_MODEL_ELEMENTS:
+            raise ModelFormatError(f"{where}: the model holds more than {MAX_MODEL_ELEMENTS} "
+                                   f"array elements, the limit of one model (docs/limits.md)")
+
     def array(self, name: Any, where: str, shape: tuple | None = None, kinds: str = "iu",
-              ) -> np.ndarray:
-        """Return the array entry ``name`` (int64 for integer data), checked against its
-        declaration, the expected ``shape`` and the size limits."""
+              widened: int | None = None, widen: bool = True) -> np.ndarray:
+        """Return the array entry ``name``, checked against its declaration, the expected
+        ``shape`` and the limits: read-only, int64 for integer data (``widen``; else in its
+        stored dtype).
+
+        ``widened`` is the number of elements the caller turns it into (binary weights unpack
+        eight per byte; default its own count): the budget is charged that many before anything
+        is read.
+        """
         if not isinstance(name, str):
             raise ModelFormatError(f"{where} must name an array entry, not {name!r}"[:300])
         decl = self.declared.get(name)
         if not isinstance(decl, dict):
-            raise ModelFormatError(f"{where}: array {name!r} is not declared in manifest.arrays")
+            raise ModelFormatError(f"{where}: array {name!r} is not declared in "
+                                   f"manifest.arrays"[:300])
         dshape = field(decl, "shape", list, f"arrays[{name!r}]")
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in dshape) \
                 or len(dshape) > 4:
@@ -146,13 +186,17 @@ class Reader:
             count *= n
         if count > MAX_ELEMENTS:
             raise ModelFormatError(f"{where}: array {name!r} declares {count} elements, more than "
-                                   f"the limit {MAX_ELEMENTS}")
+                                   f"the limit {MAX_ELEMENTS}"[:300])
         if shape is not None and tuple(dshape) != shape:
             raise ModelFormatError(f"{where}: array {name!r} has shape {tuple(dshape)}, "
-                                   f"expected {shape}")
+                                   f"expected {shape}"[:300])
+        self.arrays += 1
+        if self.arrays > MAX_ARRAYS:
+            raise ModelFormatError(f"{where}: the file names more than {MAX_ARRAYS} arrays")
+        self.charge(max(count, widened or 0), where)
         info = self.entry(name, where)
         with self.zf.open(info) as f:
-            head = f.read(min(info.file_size, 4096))
+            head = f.read(min(info.file_size, _HEADER_BYTES))
             try:
                 version = np.lib.format.read_magic(io.BytesIO(head))
                 if version not in ((1, 0), (2, 0), (3, 0)):
@@ -170,7 +214,8 @@ class Reader:
                                        f"({str(exc)[:100]})") from None
             descr, fortran, hshape = d["descr"], d["fortran_order"], d["shape"]
             if not isinstance(descr, str) or descr not in _DTYPES:
-                raise ModelFormatError(f"{where}: array {name!r} has unsupported dtype {descr!r}")
+                raise ModelFormatError(f"{where}: array {name!r} has unsupported dtype "
+                                       f"{descr!r}"[:300])
             if descr != decl.get("dtype"):
                 raise ModelFormatError(f"{where}: array {name!r} has dtype {descr}, the manifest "
                                        f"declares {decl.get('dtype')!r}"[:300])
@@ -185,11 +230,23 @@ class Reader:
             if offset + nbytes != info.file_size:
                 raise ModelFormatError(f"{where}: array {name!r} holds {info.file_size - offset} "
                                        f"data bytes, its header needs {nbytes}")
-            data = head[offset:] + f.read(nbytes - max(len(head) - offset, 0))
-        if len(data) != nbytes:
-            raise ModelFormatError(f"{where}: array {name!r} is truncated")
-        arr = np.frombuffer(data, dtype=dtype).reshape(hshape, order="F" if fortran else "C")
-        return arr.astype(np.int64) if dtype.kind in "iub" else arr.copy()
+            # one buffer of exactly the declared size, filled a chunk at a time
+            buf = np.empty(nbytes, dtype=np.uint8)
+            got = min(len(head) - offset, nbytes)
+            buf[:got] = np.frombuffer(head, dtype=np.uint8, count=got, offset=offset)
+            while got < nbytes:
+                chunk = f.read(min(_CHUNK, nbytes - got))
+                if not chunk:
+                    raise ModelFormatError(f"{where}: array {name!r} is truncated")
+                buf[got:got + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+                got += len(chunk)
+        arr = buf.view(dtype).reshape(hshape, order="F" if fortran else "C")
+        if widen and dtype.kind in "iub":
+            arr = arr.astype(np.int64)
+        else:
+            buf.flags.writeable = False
+        arr.flags.writeable = False
+        return arr
 
 
 def input_format(d: Any, where: str) -> InputFormat:
@@ -207,12 +264,13 @@ def _manifest(zf: zipfile.ZipFile, source: str) -> dict:
         info = zf.getinfo("manifest.json")
     except KeyError:
         raise ModelFormatError(f"{source}: not a bitfab model (no manifest.json)") from None
-    if info.file_size > _MAX_MANIFEST_BYTES:
+    if info.file_size > MAX_MANIFEST_BYTES:
         raise ModelFormatError(f"manifest.json is {info.file_size} bytes, more than the limit "
-                               f"{_MAX_MANIFEST_BYTES}")
+                               f"{MAX_MANIFEST_BYTES}")
     try:
         manifest = json.loads(zf.read(info).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+        # ValueError: json.JSONDecodeError, and an integer of more than 4300 digits
         raise ModelFormatError(f"manifest.json is not valid JSON ({str(exc)[:100]})") from None
     fmt = field(manifest, "format", str, "manifest")
     if fmt != FORMAT_NAME:
@@ -224,26 +282,57 @@ def _manifest(zf: zipfile.ZipFile, source: str) -> dict:
     return manifest
 
 
+def _open_regular(path, source: str):
+    """Open ``path`` for reading if it is a regular file; refuse anything else (a FIFO would
+    block, a device would never end) before opening it, and again on the opened file."""
+    try:
+        mode = os.stat(path).st_mode
+        # O_NONBLOCK: should a FIFO replace the file after the check, open does not wait for it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)) \
+            if stat.S_ISREG(mode) else None
+    except FileNotFoundError:
+        raise ModelFormatError(f"{source}: no such model file") from None
+    except PermissionError:
+        raise ModelFormatError(f"{source}: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{source}: cannot open the model file "
+                               f"({str(exc)[:100]})") from None
+    if fd is None:
+        _refuse_kind(mode, source)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        _refuse_kind(mode, source)
+    return os.fdopen(fd, "rb")
+
+
+def _refuse_kind(mode: int, source: str):
+    if stat.S_ISDIR(mode):
+        raise ModelFormatError(f"{source}: is a directory, not a model file")
+    what = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    raise ModelFormatError(f"{source}: is {what}, not a regular file")
+
+
 def read_archive(path, build):
     """Open a ``.bfm`` file and return ``build(manifest, reader)`` (the manifest's envelope
     checked, a :class:`Reader` for its arrays). Every problem raises :class:`ModelFormatError`
-    naming the field, prefixed with the path."""
+    naming the field, prefixed with the path; only regular files are opened."""
     source = str(path)
+    file = _open_regular(path, source)
     try:
-        zf = zipfile.ZipFile(path, "r")
-    except FileNotFoundError:
-        raise ModelFormatError(f"{source}: no such model file") from None
-    except IsADirectoryError:
-        raise ModelFormatError(f"{source}: is a directory, not a model file") from None
-    except PermissionError:
-        raise ModelFormatError(f"{source}: permission denied") from None
+        zf = zipfile.ZipFile(file, "r")
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, struct.error,
             NotImplementedError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
         # zipfile raises all of these on corrupted directories
+        file.close()
         raise ModelFormatError(f"{source}: not a bitfab model (not a readable zip archive: "
                                f"{str(exc)[:100]})") from None
+    except BaseException:
+        file.close()
+        raise
     try:
-        with zf:
+        with file, zf:
             try:
                 manifest = _manifest(zf, source)
                 reader = Reader(zf, field(manifest, "arrays", dict, "manifest"), source)

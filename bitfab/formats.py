@@ -28,14 +28,26 @@ import numpy as np
 from .errors import ModelFormatError, ModelRangeError
 
 __all__ = [
-    "MAX_ELEMENTS", "INT64_SAFE", "signed_bits", "unsigned_bits", "as_index", "int_array",
+    "MAX_ELEMENTS", "MAX_MODEL_ELEMENTS", "MAX_ACC_BITS", "INT64_SAFE", "frozen",
+    "signed_bits", "unsigned_bits", "as_index", "int_array",
     "accumulator_range", "accumulator_bits",
     "InputFormat", "StreamFormat", "pack_codes", "unpack_codes",
 ]
 
-MAX_ELEMENTS = 1 << 27
+#: The whole-model budget (``docs/limits.md``): all the arrays of a model together, extras
+#: included, hold at most this many elements, counted as they are in memory (binary weights
+#: unpacked, an array named twice in a file counted twice). At 8 bytes per element (int64 after
+#: widening) that is 128 MiB, so loading any file stays within a few hundred MB.
+MAX_MODEL_ELEMENTS = 1 << 24
+#: Elements of one array (the whole budget).
+MAX_ELEMENTS = MAX_MODEL_ELEMENTS
+#: The widest accumulator, and the widest value anywhere in a model: the golden model computes in
+#: int64, and a requant stage's ``acc * multiplier + offset`` must stay in int64 too.
+MAX_ACC_BITS = 62
 #: Accumulators and requant products must stay below this magnitude so that int64 never overflows.
 INT64_SAFE = 1 << 62
+_ACC_MIN, _ACC_MAX = -(1 << (MAX_ACC_BITS - 1)), (1 << (MAX_ACC_BITS - 1)) - 1
+_BLOCK = 1 << 20  # weights per block of accumulator_range: small temporaries
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -52,26 +64,59 @@ def unsigned_bits(hi: int) -> int:
     return max(1, int(hi).bit_length())
 
 
+def _acc_refusal(what: str, value: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"{what}: the accumulator can reach {value}, outside the {MAX_ACC_BITS}-bit range "
+        f"[-2^{MAX_ACC_BITS - 1}, 2^{MAX_ACC_BITS - 1} - 1] that the golden model and the "
+        f"hardware support")
+
+
 def accumulator_range(weights: np.ndarray, lo_in, hi_in, bias: np.ndarray,
-                      what: str = "weights") -> tuple[np.ndarray, np.ndarray]:
+                      what: str = "weights", bias_what: str = "bias",
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Return the exact reachable range ``(lo, hi)`` of ``sum_i w[..., i] * x[i] + bias`` over
     independent inputs ``x[i]`` in ``[lo_in, hi_in]`` (scalars or per-column arrays).
 
-    A float bound comes first: int64 products and sums of large weights and wide inputs would
-    wrap silently, so a range that could reach ``2**61`` is refused (:data:`INT64_SAFE` leaves
-    room for one more doubling); below it every int64 partial sum is exact.
+    The bounds are exact integers, and a layer whose accumulator could leave the
+    :data:`MAX_ACC_BITS`-bit range ``[-2**61, 2**61 - 1]`` is refused, naming ``bias_what``
+    where the bias alone leaves it and ``what`` otherwise. int64 would wrap silently on large
+    weights and wide inputs, so a float bound of ``sum |w| |x| + |bias|`` comes first: where it
+    reaches ``2**62`` (far outside the range: its rounding error is below ``2**-28`` relative)
+    the layer is refused without int64 arithmetic; below it every int64 product and partial
+    sum is exact (below ``2**63``). The rows run in blocks of about a million weights, so the
+    temporaries stay small whatever the layer's size.
     """
     w = np.asarray(weights, dtype=np.int64)
-    x_mag = np.maximum(np.abs(np.asarray(lo_in, dtype=np.float64)),
-                       np.abs(np.asarray(hi_in, dtype=np.float64)))
-    bound = (np.abs(w.astype(np.float64)) * x_mag).sum(axis=-1) \
-        + np.abs(np.asarray(bias, dtype=np.float64))
-    if bound.size and float(bound.max()) >= 2.0 ** 61:
-        raise ModelFormatError(f"{what}: the accumulator can exceed 62 bits (it reaches about "
-                               f"2^{np.log2(float(bound.max())):.0f})")
-    a, b = w * np.asarray(lo_in, dtype=np.int64), w * np.asarray(hi_in, dtype=np.int64)
-    lo = np.minimum(a, b).sum(axis=-1) + bias
-    hi = np.maximum(a, b).sum(axis=-1) + bias
+    b = np.asarray(bias, dtype=np.int64)
+    if b.size and (int(b.min()) < _ACC_MIN or int(b.max()) > _ACC_MAX):
+        worst = int(b.min()) if int(b.min()) < _ACC_MIN else int(b.max())
+        raise ModelFormatError(
+            f"{bias_what}: value {worst} puts the accumulator outside the {MAX_ACC_BITS}-bit "
+            f"range [-2^{MAX_ACC_BITS - 1}, 2^{MAX_ACC_BITS - 1} - 1] that the golden model "
+            f"and the hardware support")
+    lo_in = np.asarray(lo_in, dtype=np.int64)
+    hi_in = np.asarray(hi_in, dtype=np.int64)
+    x_mag = np.maximum(np.abs(lo_in.astype(np.float64)), np.abs(hi_in.astype(np.float64)))
+    cols = w.shape[-1]
+    rows = w.reshape(int(np.prod(w.shape[:-1])), cols)
+    flat_b = b.reshape(-1)
+    lo = np.empty(len(rows), dtype=np.int64)
+    hi = np.empty(len(rows), dtype=np.int64)
+    step = max(1, _BLOCK // max(cols, 1))
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step]
+        bound = (np.abs(block.astype(np.float64)) * x_mag).sum(axis=1) \
+            + np.abs(flat_b[start:start + step].astype(np.float64))
+        if bound.size and float(bound.max()) >= 2.0 ** 62:
+            raise _acc_refusal(what, f"about 2^{np.log2(float(bound.max())):.0f}")
+        p, q = block * lo_in, block * hi_in
+        lo[start:start + step] = np.minimum(p, q).sum(axis=1) + flat_b[start:start + step]
+        hi[start:start + step] = np.maximum(p, q).sum(axis=1) + flat_b[start:start + step]
+    if lo.size and int(lo.min()) < _ACC_MIN:
+        raise _acc_refusal(what, str(int(lo.min())))
+    if hi.size and int(hi.max()) > _ACC_MAX:
+        raise _acc_refusal(what, str(int(hi.max())))
+    lo, hi = lo.reshape(w.shape[:-1]), hi.reshape(w.shape[:-1])
     for arr in (lo, hi):
         arr.flags.writeable = False
     return lo, hi
@@ -88,8 +133,8 @@ def accumulator_bits(declared, lo: int, hi: int) -> int:
     if declared < need:
         raise ModelFormatError(f"acc_bits: declared {declared} bits, but the accumulator can "
                                f"reach [{lo}, {hi}], which needs {need}")
-    if declared > 62:
-        raise ModelFormatError(f"acc_bits must be at most 62, not {declared}")
+    if declared > MAX_ACC_BITS:
+        raise ModelFormatError(f"acc_bits must be at most {MAX_ACC_BITS}, not {declared}")
     return declared
 
 
@@ -99,6 +144,19 @@ def as_index(value: Any, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise ModelFormatError(f"{what} must be an integer, not {value!r}") from None
+
+
+def frozen(arr: np.ndarray) -> bool:
+    """Return whether nobody can change ``arr`` without first making it writeable again: it is
+    read-only, and so is every array down to the one that owns its memory (what
+    :class:`bitfab.fileformat.Reader` returns). Such an array is shared instead of copied."""
+    while isinstance(arr, np.ndarray):
+        if arr.flags.writeable:
+            return False
+        if arr.base is None:
+            return True
+        arr = arr.base
+    return False
 
 
 def int_array(value: Any, what: str, ndim: int) -> np.ndarray:
@@ -119,6 +177,8 @@ def int_array(value: Any, what: str, ndim: int) -> np.ndarray:
     if arr.size > MAX_ELEMENTS:
         raise ModelFormatError(f"{what} has {arr.size} elements, more than the limit "
                                f"{MAX_ELEMENTS}")
+    if arr.dtype == np.int64 and frozen(arr):
+        return arr  # nobody can mutate it: no copy (a model's largest arrays come this way)
     arr = np.array(arr, dtype=np.int64)  # a private copy that nobody else can mutate
     arr.flags.writeable = False
     return arr
@@ -153,8 +213,8 @@ class InputFormat:
             object.__setattr__(self, "bits", 1)
             object.__setattr__(self, "signed", True)
             return
-        if not 1 <= bits <= 32:
-            raise ModelFormatError(f"input.bits must be in 1..32, not {bits}")
+        if not 1 <= bits <= MAX_ACC_BITS:
+            raise ModelFormatError(f"input.bits must be in 1..{MAX_ACC_BITS}, not {bits}")
         if not isinstance(self.signed, (bool, np.bool_)):
             raise ModelFormatError(f"input.signed must be a bool, not {self.signed!r}")
         object.__setattr__(self, "bits", bits)

@@ -45,12 +45,14 @@ from .formats import (
 )
 from .layers import register_layer_kind
 
-__all__ = ["Lstm", "LstmOutput", "GATES", "MAX_TABLE", "random_lstm"]
+__all__ = ["Lstm", "LstmOutput", "GATES", "MAX_TABLE", "MAX_INPUT_BITS", "random_lstm"]
 
 #: Gate order of the stacked weights; ``g`` is the candidate (tanh) row.
 GATES = ("i", "f", "g", "o")
 #: The largest tanh table (entries).
 MAX_TABLE = 1 << 12
+#: The widest input ``x`` (the gate datapaths read ``x`` and ``h`` in one signed format).
+MAX_INPUT_BITS = 32
 _QGATES = (0, 1, 3)  # rows of W that are quantized gates (i, f, o)
 
 
@@ -140,6 +142,9 @@ class Lstm:
         check_encoding(self.encoding)
         if not isinstance(self.input, InputFormat) or self.input.kind != "int":
             raise ModelFormatError(f"input must be an int InputFormat, not {self.input!r}")
+        if self.input.bits > MAX_INPUT_BITS:
+            raise ModelFormatError(f"input.bits must be in 1..{MAX_INPUT_BITS} (an lstm's "
+                                   f"input), not {self.input.bits}")
         self.encoding.check(w, "weights")
         hb = as_index(self.hidden_bits, "hidden_bits")
         cb = as_index(self.cell_bits, "cell_bits")
@@ -354,7 +359,7 @@ class Lstm:
         shape = (dirs, 4, hidden, n_in + hidden)
         rows, cols = dirs * 4 * hidden, n_in + hidden
         raw = reader.array(field(d, "weights", str, where), f"{where}.weights",
-                           enc.stored_shape(rows, cols))
+                           enc.stored_shape(rows, cols), widened=rows * cols, widen=False)
         w = enc.restore(raw, cols, f"{where}.weights").reshape(shape)
 
         def arr(key, shape=None):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,15 @@ from .encodings import ENCODINGS, Binary, IntWeights, Lut, Pow2, Ternary, Weight
 from .errors import ModelFormatError
 from .fileformat import FORMAT_NAME, FORMAT_VERSION, Reader, Writer, read_archive, write_archive
 from .fileformat import field as get_field
-from .formats import MAX_ELEMENTS, InputFormat, StreamFormat, signed_bits, unsigned_bits
+from .formats import (
+    MAX_ELEMENTS,
+    MAX_MODEL_ELEMENTS,
+    InputFormat,
+    StreamFormat,
+    frozen,
+    signed_bits,
+    unsigned_bits,
+)
 from .layers import is_layer, layer_kind, register_layer_kind
 
 __all__ = [
@@ -36,13 +45,38 @@ __all__ = [
     "Binary", "Ternary", "Pow2", "Lut", "IntWeights", "WeightEncoding", "ENCODINGS",
     "Threshold", "Requant", "NoOutput", "OutputStage", "STAGES",
     "Dense", "IntegerModel", "register_layer_kind",
-    "signed_bits", "unsigned_bits", "MAX_ELEMENTS",
+    "signed_bits", "unsigned_bits", "MAX_ELEMENTS", "MAX_MODEL_ELEMENTS", "array_elements",
 ]
 
 
 # --- the network ----------------------------------------------------------------------------------
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _finite(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or None if it is no such number (a bool, a string,
+    NaN, an integer too large for a float: JSON integers have no bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def array_elements(obj: Any) -> int:
+    """Return the number of array elements a layer (or an output stage) holds: its array fields,
+    and those of the dataclasses among its fields (what the model budget counts)."""
+    total = 0
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.ndarray):
+            total += value.size
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            total += array_elements(value)
+    return total
 
 
 def _check_json(value: Any, what: str, depth: int = 0) -> None:
@@ -110,14 +144,13 @@ class IntegerModel:
                 raise ModelFormatError(
                     f"layers[{i}].input: {nxt.input.describe()} cannot hold the "
                     f"{fmt.describe()} output of layers[{i - 1}]")
-        scale = self.input_scale
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) \
-                or not np.isfinite(scale) or scale <= 0:
-            raise ModelFormatError(f"input_scale must be a positive finite number, not {scale!r}")
-        if self.output_scale is not None and (not isinstance(self.output_scale, (int, float))
-                                              or not np.isfinite(self.output_scale)):
+        scale = _finite(self.input_scale)
+        if scale is None or scale <= 0:
+            raise ModelFormatError(f"input_scale must be a positive finite number, "
+                                   f"not {self.input_scale!r}"[:300])
+        if self.output_scale is not None and _finite(self.output_scale) is None:
             raise ModelFormatError(f"output_scale must be a finite number or None, "
-                                   f"not {self.output_scale!r}")
+                                   f"not {self.output_scale!r}"[:300])
         if not isinstance(self.metadata, Mapping):
             raise ModelFormatError(f"metadata must be a mapping, "
                                    f"not {type(self.metadata).__name__}")
@@ -126,16 +159,22 @@ class IntegerModel:
         for key, value in dict(self.extras).items():
             if not isinstance(key, str) or not _NAME_RE.match(key):
                 raise ModelFormatError(f"extras: name {key!r} must match {_NAME_RE.pattern}")
-            arr = np.array(value)
+            arr = value if frozen(value) else np.array(value)  # a private copy, unless frozen
             if arr.dtype.kind not in "biuf" or arr.size > MAX_ELEMENTS:
                 raise ModelFormatError(f"extras.{key} must be a numeric array of at most "
                                        f"{MAX_ELEMENTS} elements, not {arr.dtype} x {arr.size}")
             arr.flags.writeable = False
             extras[key] = arr
+        total = sum(array_elements(layer) for layer in layers) \
+            + sum(arr.size for arr in extras.values())
+        if total > MAX_MODEL_ELEMENTS:
+            raise ModelFormatError(f"the model holds {total} array elements (layers and "
+                                   f"extras), more than the limit {MAX_MODEL_ELEMENTS} of one "
+                                   f"model (docs/limits.md)")
         if not isinstance(self.name, str):
             raise ModelFormatError(f"name must be a string, not {self.name!r}")
         object.__setattr__(self, "layers", layers)
-        object.__setattr__(self, "input_scale", float(scale))
+        object.__setattr__(self, "input_scale", scale)
         object.__setattr__(self, "metadata", json.loads(json.dumps(dict(self.metadata))))
         object.__setattr__(self, "extras", extras)
 
@@ -250,7 +289,7 @@ def _from_manifest(manifest: dict, reader: Reader) -> IntegerModel:
             raise ModelFormatError(msg if msg.startswith(where) else f"{where}.{msg}") from None
     extras = {}
     for key, name in get_field(manifest, "extras", dict, "manifest").items():
-        extras[key] = reader.array(name, f"extras.{key}", kinds="biuf")
+        extras[key] = reader.array(name, f"extras.{key}", kinds="biuf", widen=False)
     scale = get_field(manifest, "input_scale", (int, float), "manifest")
     out_scale = get_field(manifest, "output_scale", (int, float, type(None)), "manifest", None)
     return IntegerModel(tuple(layers), scale, out_scale,

@@ -7,7 +7,10 @@ value of one unit (the input scale), and a train/test split that the seed fixes.
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,28 +75,58 @@ def _digits(seed: int) -> Dataset:
     return Dataset("digits", xtr, ytr, xte, yte, InputFormat.int(5), 1.0 / 16, 10)
 
 
+#: The most data one IDX file may hold (bytes, one per value): 256 MiB, five times EMNIST's
+#: largest split. The loader widens the values to int64, eight times this in memory.
+MAX_IDX_BYTES = 1 << 28
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (raw or gzip): unsigned-byte data of any rank."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Read one IDX file (raw or gzip): unsigned-byte data of any rank.
+
+    The header is checked before the data is read: at most :data:`MAX_IDX_BYTES` of data, read
+    into one buffer of the size the header declares, and a stream that holds more (a gzip bomb
+    behind a small header) or less is refused. Only regular files are read.
+    """
+    path = Path(path)
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise BitfabError(f"{path}: cannot read IDX file ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BitfabError(f"{path}: not a regular file (an IDX file must be one)")
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            return _read_idx(f, path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BitfabError(f"{path}: cannot read IDX file ({str(exc)[:120]})") from None
+
+
+def _read_idx(f, path: Path) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
         raise BitfabError(f"{path}: not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise BitfabError(f"{path}: IDX data type {raw[2]:#04x} is not unsigned byte (0x08)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
+    if magic[2] != 0x08:
+        raise BitfabError(f"{path}: IDX data type {magic[2]:#04x} is not unsigned byte (0x08)")
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise BitfabError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - header != count:
-        raise BitfabError(f"{path}: IDX header promises {count} bytes of data, "
-                          f"the file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    shape = struct.unpack(f">{ndim}I", dims)
+    count = 1
+    for n in shape:
+        count *= n
+    if count > MAX_IDX_BYTES:
+        raise BitfabError(f"{path}: IDX header declares {count} values {shape}, more than the "
+                          f"limit {MAX_IDX_BYTES}")
+    data = np.empty(count, dtype=np.uint8)
+    view = memoryview(data)
+    got = 0
+    while got < count:
+        n = f.readinto(view[got:got + (1 << 20)])
+        if not n:
+            break
+        got += n
+    if got != count or f.read(1):
+        more = "more" if got == count else str(got)
+        raise BitfabError(f"{path}: IDX header promises {count} bytes of data, the file holds "
+                          f"{more}")
+    return data.reshape(shape)
 
 
 def _find(folder: Path, prefix: str, kind: str) -> Path:

@@ -123,12 +123,13 @@ BIP = InputFormat.bipolar()
     (lambda: Dense(np.ones((2, 3)), Binary(), BIP, acc_bits=2), r"acc_bits: declared 2 bits"),
     (lambda: Lut((1, 1)), r"dictionary entries must be distinct"),
     (lambda: Pow2(3, 1), r"e_min/e_max must satisfy"),
-    (lambda: InputFormat.int(0), r"input.bits must be in 1..32"),
+    (lambda: InputFormat.int(0), r"input.bits must be in 1..62, not 0"),
+    (lambda: InputFormat.int(63, True), r"input.bits must be in 1..62, not 63"),
     (lambda: IntWeights(1), r"encoding.bits must be in 2..32"),
     (lambda: Requant(np.ones(2), shift=-1), r"output.shift must be in 0..62"),
     (lambda: Requant(np.ones(2), rounding="nearest"), r"rounding must be 'floor' or 'half_up'"),
     (lambda: Dense(np.full((1, 4), 1 << 30), IntWeights(32), InputFormat.int(32, True)),
-     r"accumulator can exceed 62 bits"),
+     r"weights: the accumulator can reach about 2\^63, outside the 62-bit range"),
 ])
 def test_bad_layers_are_refused_by_name(make, match):
     with pytest.raises(ModelFormatError, match=match):
@@ -309,16 +310,16 @@ def test_entry_that_would_inflate_to_gigabytes_is_refused_before_reading(good, t
 
 
 def test_compression_ratio_bomb_is_refused(good, tmp_path):
-    zeros = np.zeros(1 << 24, dtype=np.int8)  # 16 MiB that deflate squeezes ~1000:1
+    zeros = np.zeros(1 << 23, dtype=np.int8)  # 8 MiB that deflate squeezes ~1000:1
 
     def edit(manifest):
         manifest["extras"]["z"] = "extras/z.npy"
-        manifest["arrays"]["extras/z.npy"] = {"dtype": "|i1", "shape": [1 << 24]}
+        manifest["arrays"]["extras/z.npy"] = {"dtype": "|i1", "shape": [1 << 23]}
     rewrite(good, tmp_path / "z.bfm", edit_manifest=edit)
     with zipfile.ZipFile(tmp_path / "z.bfm", "a", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("extras/z.npy", npy(zeros))
     # an honest 1000:1 entry loads (deflate cannot exceed ~1032:1) ...
-    assert IntegerModel.load(tmp_path / "z.bfm").extras["z"].size == 1 << 24
+    assert IntegerModel.load(tmp_path / "z.bfm").extras["z"].size == 1 << 23
     # ... one whose directory claims more than deflate can produce is refused
     data = bytearray((tmp_path / "z.bfm").read_bytes())
     at = data.rfind(b"PK\x01\x02")
