@@ -123,7 +123,7 @@ def check_output_folder(path, option: str = "--out") -> Path:
         if not existing.is_dir():
             raise BitfabError(f"{option} {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise BitfabError(f"{option} {path}: {existing} is not writable")
+        raise BitfabError(f"{option} {path}: the folder {existing} is not writable")
     return path
 
 
