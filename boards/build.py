@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform as _platform
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -23,13 +22,28 @@ from bitfab.errors import BitfabError, ToolError
 from bitfab.hw.config import DEFAULT_PIPELINE
 from bitfab.hw.kinds import hw_kind
 from bitfab.model import IntegerModel
-from bitfab.toolchain import build_dir, run_tool, tool_env, yosys_synth
+from bitfab.toolchain import (
+    build_dir,
+    mark_output,
+    output_folder,
+    run_tool,
+    safe_name,
+    tool_env,
+    yosys_synth,
+)
 
+from .pll import plan as clock_plan
 from .report import build_report, yosys_counts
 from .targets import Board, get_board
+from .uart import uart_divisor
 
-__all__ = ["FitError", "SynthOutcome", "synthesize", "candidate_folds", "estimate_luts",
-           "memory_blocks", "choose_fold", "initiation_interval", "logic_cells"]
+__all__ = ["FitError", "SynthOutcome", "synthesize", "synth_folder", "candidate_folds",
+           "estimate_luts", "memory_blocks", "choose_fold", "initiation_interval",
+           "logic_cells", "STALE"]
+
+#: what a build writes and a new build removes first (only in a folder bitfab made)
+STALE = ("top.json", "top.stat.json", "top.report.json", "top.asc", "top.bin", "top.bit",
+         "top.config")
 
 
 class FitError(BitfabError):
@@ -216,6 +230,17 @@ def _versions(env: dict) -> dict:
     return out
 
 
+def synth_folder(model: IntegerModel, board: Board, out=None) -> Path:
+    """Return the build folder of ``model`` on ``board``, created and marked as bitfab's: ``out``
+    when given (:func:`bitfab.toolchain.output_folder`: a new or empty folder, or one bitfab
+    made; never a folder of the user's, which a build would clean), else
+    ``build/synth/NAME-BOARD``, NAME the model's name made a safe identifier (it comes from the
+    file: ``../x`` or ``/abs`` stay inside the build folder)."""
+    if out is not None:
+        return output_folder(out)
+    return mark_output(build_dir("synth", f"{safe_name(model.name)}-{board.name}"))
+
+
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
                pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3
@@ -224,8 +249,10 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
 
     ``fold`` None chooses one (:func:`choose_fold`), and a choice whose synthesized LUTs or
     block RAMs exceed the device moves to the next smaller fold (up to ``max_refolds`` times).
-    ``progress(stage, detail)`` is called as stages start. Raises :class:`FitError` when the
-    design does not fit, :class:`ToolError` when a tool fails.
+    ``progress(stage, detail)`` is called as stages start. The clock (a PLL within 1 %,
+    :func:`bitfab.boards.pll.plan`), the baud rate and the folder (:func:`synth_folder`) are
+    checked before any work. Raises :class:`FitError` when the design does not fit,
+    :class:`ToolError` when a tool fails.
     """
     from bitfab.hw.layer import build_network
 
@@ -233,11 +260,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     board = get_board(board) if isinstance(board, str) else board
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
-    # the model's name comes from its file: only a safe identifier becomes a folder name
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", model.name) or "model"
-    folder = Path(out) if out is not None else build_dir("synth", f"{safe}-{board.name}")
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    uart_divisor(clock_plan(board, clock_hz).f_out, baud)
+    folder = synth_folder(model, board, out)
     env = tool_env()
     say = progress or (lambda stage, detail="": None)
     auto = fold is None
@@ -254,8 +278,7 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
                                 f"--seed {int(seed)}")
-        for stale in ("top.json", "top.stat.json", "top.report.json", "top.asc", "top.bin",
-                      "top.bit", "top.config"):
+        for stale in STALE:
             (folder / stale).unlink(missing_ok=True)
         plan.extract(str(folder))
         times["elaborate_s"] = time.perf_counter() - t0

@@ -1,11 +1,13 @@
 """The design clock: the board oscillator, or a PLL (iCE40 SB_PLL40_CORE, ECP5 EHXPLLL).
 
 :func:`plan` picks PLL dividers for a requested frequency (the closest one the PLL can make within
-its VCO and phase-detector ranges); :func:`clock_domain` instantiates it at the top-level.
+its VCO and phase-detector ranges, refused when that is more than :data:`TOLERANCE` off);
+:func:`clock_domain` instantiates it at the top-level.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from amaranth.hdl import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
@@ -13,7 +15,13 @@ from amaranth.lib import io
 
 from bitfab.errors import BitfabError
 
-__all__ = ["ClockPlan", "plan", "clock_domain"]
+__all__ = ["ClockPlan", "plan", "clock_domain", "TOLERANCE", "OUTPUT_RANGE"]
+
+#: the largest relative error between a requested clock and the one the PLL makes (LiteX's PLL
+#: helpers use the same 1 % margin); a request further off is refused, naming the nearest one
+TOLERANCE = 0.01
+#: the output frequencies (Hz) each family's PLL makes (the datasheets cited below)
+OUTPUT_RANGE = {"ice40": (16e6, 275e6), "ecp5": (3.125e6, 400e6)}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def _ice40(f_in: float, f_req: float) -> tuple[float, dict]:
                 continue
             for divq in range(1, 7):
                 f = vco / 2 ** divq
-                if f < 16e6 or f > 275e6:
+                if not OUTPUT_RANGE["ice40"][0] <= f <= OUTPUT_RANGE["ice40"][1]:
                     continue
                 if best is None or abs(f - f_req) < abs(best[0] - f_req):
                     best = (f, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
@@ -80,7 +88,7 @@ def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
             continue
         for clkfb in range(1, 81):
             f = pfd * clkfb
-            if not 3.125e6 <= f <= 400e6:
+            if not OUTPUT_RANGE["ecp5"][0] <= f <= OUTPUT_RANGE["ecp5"][1]:
                 continue
             for clkop in range(1, 129):
                 if 400e6 <= f * clkop <= 800e6:
@@ -96,13 +104,29 @@ def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
 
 
 def plan(board, clock_hz: float | None) -> ClockPlan:
-    """Return how to clock a design on ``board`` at ``clock_hz`` (None: the oscillator)."""
-    if clock_hz is None or abs(clock_hz - board.clock_hz) < 1:
+    """Return how to clock a design on ``board`` at ``clock_hz`` (None: the oscillator).
+
+    Raises :class:`BitfabError` for a frequency outside the PLL's output range
+    (:data:`OUTPUT_RANGE`) or one it cannot make within :data:`TOLERANCE` (naming the nearest).
+    """
+    if clock_hz is None:
         return ClockPlan(board.clock_hz, board.clock_hz)
-    if clock_hz <= 0:
+    if isinstance(clock_hz, bool) or not isinstance(clock_hz, (int, float)) or \
+            not math.isfinite(clock_hz) or clock_hz <= 0:
         raise BitfabError(f"the clock must be a positive frequency, not {clock_hz!r}")
+    if abs(clock_hz - board.clock_hz) < 1:
+        return ClockPlan(board.clock_hz, board.clock_hz)
+    lo, hi = OUTPUT_RANGE[board.family]
+    name = "iCE40" if board.family == "ice40" else "ECP5"
+    if not lo * (1 - TOLERANCE) <= clock_hz <= hi * (1 + TOLERANCE):
+        raise BitfabError(f"the {name} PLL makes {lo / 1e6:g}..{hi / 1e6:g} MHz (or the "
+                          f"{board.clock_hz / 1e6:g} MHz oscillator), not {clock_hz / 1e6:g} MHz")
     search = _ice40 if board.family == "ice40" else _ecp5
     f, params = search(board.clock_hz, clock_hz)
+    if abs(f - clock_hz) > TOLERANCE * clock_hz:
+        raise BitfabError(f"the {name} PLL cannot make {clock_hz / 1e6:g} MHz from "
+                          f"{board.clock_hz / 1e6:g} MHz within {100 * TOLERANCE:g} %: the "
+                          f"nearest is {f / 1e6:g} MHz")
     return ClockPlan(board.clock_hz, f, params)
 
 

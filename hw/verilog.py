@@ -17,6 +17,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from bitfab.model import IntegerModel
+from bitfab.toolchain import safe_name
 
 from . import kinds
 from .config import DEFAULT_PIPELINE, ConfigError
@@ -34,8 +35,9 @@ _PORT_RE = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:signed\s+)?"
 
 
 def module_name(text: str) -> str:
-    """Return a Verilog identifier made of ``text`` (other characters become ``_``)."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", text) or "bitfab"
+    """Return a Verilog identifier made of ``text`` (other characters become ``_``; a long name
+    keeps its start and a hash, so that ``<name>_layer0.v`` is a legal file name)."""
+    name = safe_name(text, "bitfab", limit=64, keep="A-Za-z0-9_")
     return name if name[0].isalpha() else f"m_{name}"
 
 

@@ -31,6 +31,8 @@ def rebuild(model: IntegerModel) -> QuantMLP:
     if meta.get("producer") != "bitfab.quant" or "config" not in meta:
         raise BitfabError(f"{model.name}: the model carries no training state (it was not "
                           f"written by bitfab train), so there is no torch reference to compare")
+    if not isinstance(meta["config"], dict):
+        raise ModelFormatError(f"metadata.config must be a mapping, not {meta['config']!r}"[:200])
     config = TrainConfig.from_json(dict(meta["config"]))
     try:
         from bitfab.model import InputFormat
@@ -91,7 +93,13 @@ def reference(model: IntegerModel, data: Dataset | str | None = None) -> Referen
         return Reference(x, lengths, labels, torch_outputs(model, x, lengths), name, metric)
     rebuild(model)  # refuses a model without training state before any data is read
     if data is None or isinstance(data, str):
-        data = load_dataset(data or model.metadata["dataset"], int(model.metadata.get("seed", 0)))
+        name, seed = data or model.metadata.get("dataset"), model.metadata.get("seed", 0)
+        if not isinstance(name, str):
+            raise ModelFormatError(f"metadata.dataset must be a dataset name, not {name!r}; "
+                                   f"give --dataset")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ModelFormatError(f"metadata.seed must be an integer, not {seed!r}")
+        data = load_dataset(name, seed)
     if data.features != model.in_features:
         raise BitfabError(f"dataset {data.name} has {data.features} features; the model takes "
                           f"{model.in_features}")

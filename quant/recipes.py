@@ -7,6 +7,8 @@ model's metadata, so ``bitfab eval`` can rebuild the torch reference from the fi
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +29,18 @@ from .quantizers import (
     WeightQuantizer,
 )
 
-__all__ = ["RECIPES", "Recipe", "TrainConfig", "build_model", "default_hidden"]
+__all__ = ["RECIPES", "Recipe", "TrainConfig", "build_model", "default_hidden", "MAX_WEIGHTS",
+           "mlp_weights", "check_int", "check_rate"]
+
+#: the most weights a trained MLP may have (16 Mi: 64 MiB of float32, with Adam's state ~256 MiB;
+#: the default MNIST net 784-256-256-10 has 0.27 Mi). A larger ``--hidden`` is refused before any
+#: work, as is a model file whose metadata asks for one (it would allocate it to rebuild).
+MAX_WEIGHTS = 1 << 24
+
+
+def mlp_weights(sizes) -> int:
+    """Return the weights of an MLP with layer ``sizes`` (inputs, hidden..., classes)."""
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 @dataclass(frozen=True)
@@ -109,26 +122,39 @@ class TrainConfig:
     act_stage: str = "threshold"
 
     def __post_init__(self):
-        if self.recipe not in RECIPES:
+        if not isinstance(self.recipe, str) or self.recipe not in RECIPES:
             raise BitfabError(f"recipe must be one of {sorted(RECIPES)}, not {self.recipe!r}")
         recipe = RECIPES[self.recipe]
+        if not isinstance(self.options, dict):
+            raise BitfabError(f"options must be a mapping, not {self.options!r}")
         unknown = set(self.options) - set(recipe.options)
         if unknown:
             raise BitfabError(f"recipe {self.recipe!r} takes options {sorted(recipe.options)}, "
                               f"not {sorted(unknown)}")
+        if not isinstance(self.dataset, str):
+            raise BitfabError(f"dataset must be a dataset name, not {self.dataset!r}")
         if not self.hidden:
             object.__setattr__(self, "hidden", default_hidden(self.recipe, self.dataset))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "hidden", tuple(check_int("hidden", h, 1) for h in self.hidden))
+        # a lower bound (at least one input, two classes) refuses a huge net before any data
+        if mlp_weights((1,) + self.hidden + (2,)) > MAX_WEIGHTS:
+            raise BitfabError(f"hidden sizes {list(self.hidden)} make more than {MAX_WEIGHTS} "
+                              f"weights, the most bitfab trains")
+        for name, low, high in (("epochs", 1, None), ("batch_size", 2, None),
+                                ("seed", 0, 2**32 - 1)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low, high))
+        if self.limit is not None:
+            object.__setattr__(self, "limit", check_int("limit", self.limit, 2))
+        object.__setattr__(self, "lr", check_rate("lr", self.lr))
+        object.__setattr__(self, "weight_decay",
+                           check_rate("weight_decay", self.weight_decay, positive=False))
         if self.act_bits is None and recipe.act_bits is not None:
             object.__setattr__(self, "act_bits", recipe.act_bits)
         if recipe.act_bits is None:
             object.__setattr__(self, "act_bits", None)
-        elif not 1 <= self.act_bits <= 8:
+        elif isinstance(self.act_bits, bool) or not isinstance(self.act_bits, int) or \
+                not 1 <= self.act_bits <= 8:
             raise BitfabError(f"act_bits must be in 1..8, not {self.act_bits!r}")
-        if self.epochs < 1:
-            raise BitfabError(f"epochs must be at least 1, not {self.epochs!r}")
-        if self.batch_size < 2:
-            raise BitfabError(f"batch_size must be at least 2, not {self.batch_size!r}")
         object.__setattr__(self, "options", {**recipe.options, **self.options})
 
     def to_json(self) -> dict:
@@ -144,9 +170,42 @@ class TrainConfig:
             raise BitfabError(f"metadata.config is not a training configuration ({exc})") from None
 
 
+def check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an int in ``low..high``; raise :class:`BitfabError` naming ``name``
+    and the range otherwise (a training setting, from the command line or a model's metadata).
+    """
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise BitfabError(f"{name} must be an integer, not {value!r}") from None
+    if value < low or (high is not None and value > high):
+        raise BitfabError(f"{name} must be "
+                          f"{f'in {low}..{high}' if high is not None else f'at least {low}'}, "
+                          f"not {value!r}")
+    return value
+
+
+def check_rate(name: str, value, positive: bool = True) -> float:
+    """Return ``value`` as a finite float, > 0 (``positive``) or >= 0; raise
+    :class:`BitfabError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise BitfabError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                          f"not {value!r}")
+    return float(value)
+
+
 def build_model(config: TrainConfig, n_in: int, n_out: int, input_format,
                 input_scale: float) -> QuantMLP:
-    """Return the untrained network of ``config``."""
+    """Return the untrained network of ``config``; refuse one of more than :data:`MAX_WEIGHTS`
+    weights (before allocating it)."""
+    weights = mlp_weights((n_in,) + config.hidden + (n_out,))
+    if weights > MAX_WEIGHTS:
+        sizes = "-".join(map(str, (n_in,) + config.hidden + (n_out,)))
+        raise BitfabError(f"a {sizes} network has {weights} weights, more than {MAX_WEIGHTS}, "
+                          f"the most bitfab trains")
     recipe = RECIPES[config.recipe]
     factory = partial(recipe.quantizer, **config.options)
     return QuantMLP(n_in, config.hidden, n_out, lambda shape: factory(shape), config.act_bits,

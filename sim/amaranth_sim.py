@@ -83,9 +83,10 @@ class StreamRun:
 
 
 def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: int = 0,
-               max_cycles: int | None = None, outputs: int | None = None) -> StreamRun:
+               max_cycles: int | None = None, outputs: int | None = None,
+               progress=None) -> StreamRun:
     """Stream ``payloads`` into ``dut.i`` and collect ``outputs`` payloads (default: as many as
-    went in) from ``dut.o``.
+    went in) from ``dut.o``; ``progress(k)`` is called with the count after each one.
 
     ``bubble``: probability that the producer idles (``valid`` low) for a clock before a vector;
     ``stall``: probability that the consumer holds ``ready`` low for a clock before taking one.
@@ -124,6 +125,8 @@ def run_stream(dut, payloads, *, stall: float = 0.0, bubble: float = 0.0, seed: 
             result.outputs.append(word)
             result.out_cycles.append(cycle + ticks - 1)
             cycle += ticks
+            if progress is not None:
+                progress(len(result.outputs))
         result.cycles = cycle
         # a design that emits more vectors than it was given duplicates some: watch for one
         ctx.set(dut.o.ready, 1)

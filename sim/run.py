@@ -19,11 +19,16 @@ from bitfab.errors import BitfabError
 from bitfab.hw.config import DEFAULT_PIPELINE
 from bitfab.toolchain import build_dir
 
-__all__ = ["SimRun", "simulate_model", "random_inputs", "AMARANTH_MAX_SYNAPSES"]
+__all__ = ["SimRun", "simulate_model", "random_inputs", "choose_simulator", "amaranth_seconds",
+           "AMARANTH_SECONDS_PER_SYNAPSE", "AUTO_SECONDS"]
 
-#: designs with more synapses than this default to Verilator (Amaranth's simulator is ~1000x
-#: slower on them)
-AMARANTH_MAX_SYNAPSES = 4096
+#: seconds Amaranth's simulator takes per synapse and vector, the larger of two measurements on
+#: 2-core machines: 2.3 us (the digits MLP 64-64-32-10, 6,464 synapses, 1,000 vectors in 15 s on
+#: a loaded one) and 5.6 us (a 784 x 32 bipolar layer on an idle one, docs/results/speed.md)
+AMARANTH_SECONDS_PER_SYNAPSE = 5.6e-6
+#: ``auto`` simulates in Amaranth when that is estimated to take at most this long: a Verilator
+#: build of the same design takes minutes (the digits MLP: 2.8 MB of Verilog), though only once
+AUTO_SECONDS = 60.0
 
 
 @dataclass
@@ -76,14 +81,34 @@ def random_inputs(model, count: int, seed: int = 0, max_steps: int = 12
     return x, lengths
 
 
-def _generate(model, model_path, layer, fold, pipeline) -> Path:
+def amaranth_seconds(model, x: np.ndarray, lengths=None) -> float:
+    """Estimate the seconds Amaranth's simulator takes on ``model`` with inputs ``x`` (vectors,
+    or sequences of ``lengths`` steps): :data:`AMARANTH_SECONDS_PER_SYNAPSE` per synapse and
+    input transfer."""
+    synapses = sum(la.weight_count for la in model.layers)
+    transfers = len(x) if lengths is None else int(np.sum(lengths))
+    return AMARANTH_SECONDS_PER_SYNAPSE * synapses * transfers
+
+
+def choose_simulator(model, x: np.ndarray, lengths=None, netlist: str | None = None) -> str:
+    """The ``auto`` choice: Verilator for a netlist, else Amaranth when it is estimated to take
+    at most :data:`AUTO_SECONDS` (:func:`amaranth_seconds`), else Verilator."""
+    if netlist or amaranth_seconds(model, x, lengths) > AUTO_SECONDS:
+        return "verilator"
+    return "amaranth"
+
+
+def _generate(model, model_path, layer, fold, pipeline, say) -> Path:
     """Generate (or reuse) the Verilog and sidecar of the design under test; return the sidecar."""
     from bitfab.hw.verilog import generate
     tag = f"{model.fingerprint()[:16]}-l{layer}-f{fold}-p{pipeline}".replace(" ", "")
     out = build_dir("sim", "designs", tag.replace("(", "").replace(")", "").replace(",", "x"))
     sidecars = sorted(out.glob("*.json"))
     if sidecars:
+        say("generate", "Verilog cached")
         return sidecars[0]
+    what = f"layer {layer}" if layer is not None else f"{len(model.layers)} layer(s)"
+    say("generate", f"Verilog of {what}")
     facts = generate(model, out, layer=layer, fold=fold, pipeline=pipeline)
     return out / f"{facts['top']}.json"
 
@@ -106,11 +131,13 @@ def simulate_model(model_path, *, simulator: str = "auto", netlist: str | None =
                    vectors: int = 1000, inputs: np.ndarray | None = None, lengths=None,
                    layer: int | None = None, fold: tuple[int, int] | None = None,
                    pipeline: int = DEFAULT_PIPELINE, stall: float = 0.2, seed: int = 0,
-                   vcd: str | None = None) -> SimRun:
+                   vcd: str | None = None, progress=None) -> SimRun:
     """Simulate a model (or one layer) and compare it with the golden model; see ``bitfab sim``.
 
     ``inputs`` (and ``lengths`` for sequences) are the input values, else ``vectors`` random
-    ones (:func:`random_inputs`).
+    ones (:func:`random_inputs`). ``simulator`` ``auto`` is :func:`choose_simulator`.
+    ``progress(stage, detail)`` is called as stages start (``generate``, ``netlist``,
+    ``build``, ``simulate``) and, in Amaranth, with the vectors done.
     """
     from bitfab.model import IntegerModel
     from bitfab.sim import golden
@@ -125,34 +152,36 @@ def simulate_model(model_path, *, simulator: str = "auto", netlist: str | None =
         x, lengths = golden.check_inputs(design_model, inputs, lengths)
     if netlist and simulator == "amaranth":
         raise BitfabError("--netlist needs --simulator verilator or icarus")
+    say = progress or (lambda stage, detail="": None)
     if simulator == "auto":
-        synapses = sum(la.weight_count for la in design_model.layers)
-        simulator = "verilator" if netlist or synapses > AMARANTH_MAX_SYNAPSES else "amaranth"
+        simulator = choose_simulator(design_model, x, lengths, netlist)
     if simulator == "amaranth":
-        return _simulate_amaranth(design_model, fold, pipeline, x, lengths, stall, seed, vcd)
+        return _simulate_amaranth(design_model, fold, pipeline, x, lengths, stall, seed, vcd,
+                                  say)
     if simulator not in ("verilator", "icarus"):
         raise BitfabError(f"--simulator must be auto, amaranth, verilator or icarus, "
                           f"not {simulator!r}")
     from .verilog import Design, run_bench
     start = time.perf_counter()
-    sidecar = _generate(model, model_path, layer, fold, pipeline)
+    sidecar = _generate(model, model_path, layer, fold, pipeline, say)
     gen_s = time.perf_counter() - start
     design = Design.from_sidecar(sidecar)
     result = run_bench(design, model_path, x, lengths, simulator=simulator, netlist=netlist,
-                       p_bubble=stall, p_stall=stall, seed=seed, vcd=vcd)
+                       p_bubble=stall, p_stall=stall, seed=seed, vcd=vcd, progress=say)
     return SimRun(simulator, netlist, result.vectors, result.mismatches, result.cycles,
                   result.cycles_per_s, result.wall_s, gen_s + result.build_s,
                   _values_mismatch(design_model, result.first_mismatch), design.top, result.vcd,
                   result.flow, result.inputs)
 
 
-def _simulate_amaranth(model, fold, pipeline, x, lengths, stall, seed, vcd) -> SimRun:
+def _simulate_amaranth(model, fold, pipeline, x, lengths, stall, seed, vcd, say) -> SimRun:
     from bitfab.hw.layer import build_network
     from bitfab.sim import golden
 
     from .amaranth_sim import run_stream
 
     start = time.perf_counter()
+    say("elaborate", f"{len(model.layers)} layer(s) for Amaranth's simulator")
     component = build_network(model, fold, pipeline)
     payloads = model.in_stream.pack(x, lengths)
     expected = golden.expected_rows(model, x, lengths)
@@ -162,8 +191,16 @@ def _simulate_amaranth(model, fold, pipeline, x, lengths, stall, seed, vcd) -> S
         os.environ["BITFAB_VCD"] = str(vcd)
     try:
         start = time.perf_counter()
+        n = len(expected)
+        say("simulate", f"0/{n} vectors, about {amaranth_seconds(model, x, lengths):.0f} s")
+
+        def done(k):
+            if k % 50 == 0 or k == n:
+                elapsed = time.perf_counter() - start
+                say("simulate", f"{k}/{n} vectors, {elapsed * (n - k) / k:.0f} s left")
+
         result = run_stream(component, payloads, stall=stall, bubble=stall, seed=seed,
-                            outputs=len(expected))
+                            outputs=n, progress=done)
         wall = time.perf_counter() - start
     finally:
         if vcd and saved is None:

@@ -29,7 +29,28 @@ from bitfab.toolchain import (
     yosys_synth,
 )
 
-__all__ = ["Design", "SimResult", "run_bench", "synthesize_netlist"]
+__all__ = ["Design", "SimResult", "run_bench", "synthesize_netlist", "build_estimate",
+           "VERILATOR_BASE_SECONDS", "VERILATOR_SECONDS_PER_MB"]
+
+#: seconds a Verilator build (translation and C++ compile) takes: a fixed part (the runtime and
+#: the cocotb glue: 17 s for a 0.1 MB design on a loaded 2-core machine) and a part per MB of
+#: Verilog, on an idle and on a loaded 2-core machine: the 784 x 32 layer of
+#: docs/results/speed.md, 4 MB, took 118 s idle; the digits MLP 64-64-32-10, 2.8 MB, took 337 s
+#: loaded (711 s on a busier one)
+VERILATOR_BASE_SECONDS = 15.0
+VERILATOR_SECONDS_PER_MB = (25.0, 115.0)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s"
+
+
+def build_estimate(sources) -> str:
+    """Describe a Verilator build of ``sources`` (paths): their size and the time it takes
+    (:data:`VERILATOR_BASE_SECONDS`, :data:`VERILATOR_SECONDS_PER_MB`)."""
+    mb = sum(Path(s).stat().st_size for s in sources) / 1e6
+    idle, loaded = (_duration(VERILATOR_BASE_SECONDS + k * mb) for k in VERILATOR_SECONDS_PER_MB)
+    return f"{mb:.1f} MB of Verilog, about {idle} (idle 2-core machine) to {loaded} (loaded)"
 
 
 @dataclass(frozen=True)
@@ -121,9 +142,10 @@ class SimResult:
         return d
 
 
-def synthesize_netlist(design: Design, family: str) -> Design:
+def synthesize_netlist(design: Design, family: str, progress=None) -> Design:
     """Synthesize ``design`` for ``family`` (``ice40``/``ecp5``) and return the netlist as a
     :class:`Design` whose Verilog is the mapped netlist (cached by content hash)."""
+    say = progress or (lambda stage, detail="": None)
     if family not in ("ice40", "ecp5"):
         raise ToolError(f"netlist family must be 'ice40' or 'ecp5', not {family!r}")
     # ECP5 DSP blocks (MULT18X18D) have no simulation model in yosys' share: map multipliers
@@ -132,6 +154,7 @@ def synthesize_netlist(design: Design, family: str) -> Design:
     key = content_hash(Path(design.verilog), design.top, family, opts, FLOW_ORDER[family])
     out = build_dir("netlist", f"{design.top}-{family}-{key}")
     netlist = out / "netlist.v"
+    say("netlist", f"yosys synth_{family}" + ("" if not netlist.exists() else ", cached"))
     if not netlist.exists():
         (out / "design.v").write_bytes(Path(design.verilog).read_bytes())
         # -noattr: no yosys attributes; the cell library is read by the simulator, not here
@@ -153,7 +176,7 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
               simulator: str = "verilator",
               netlist: str | None = None, p_bubble: float = 0.2, p_stall: float = 0.2,
               seed: int = 0, vcd: str | os.PathLike | None = None,
-              wrong_reference: bool = False, quiet: bool = True) -> SimResult:
+              wrong_reference: bool = False, quiet: bool = True, progress=None) -> SimResult:
     """Simulate ``design`` on input values ``x`` and compare with the golden model.
 
     Parameters
@@ -173,6 +196,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
         Chance per cycle that the driver idles / the output is not ready.
     wrong_reference : bool
         Corrupt one expected value (to prove that the checker fails).
+    progress : callable or None
+        ``progress(stage, detail)`` as the ``netlist``, ``build`` and ``simulate`` stages start.
 
     Returns
     -------
@@ -198,10 +223,11 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
         x, lengths = check_inputs(model, x, lengths)
     except ModelRangeError as exc:
         raise ToolError(f"inputs: {exc}") from None
+    say = progress or (lambda stage, detail="": None)
     flow = None
     build_start = time.perf_counter()
     if netlist:
-        design = synthesize_netlist(design, netlist)
+        design = synthesize_netlist(design, netlist, say)
         flow = (Path(design.verilog).parent / "flow.txt").read_text()
     sources = _sources(design, netlist)
     waves = vcd is not None
@@ -237,7 +263,11 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
     stamp = bdir / "built.ok"
     log = io.StringIO()
     with _environ(env), (contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext()):
-        if not stamp.exists():
+        if stamp.exists():
+            say("build", f"{simulator}: cached")
+        else:
+            say("build", f"{simulator}: " + (build_estimate(sources) if simulator == "verilator"
+                                             else "compiling") + "; cached afterwards")
             runner.build(sources=[str(s) for s in sources], hdl_toplevel=design.top,
                          build_dir=str(bdir), build_args=build_args, waves=waves, always=True,
                          timescale=("1ns", "1ps"),
@@ -261,6 +291,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
             "save_outputs": str(run / "outputs.npy"),
         }
         (run / "bench.json").write_text(json.dumps(config))
+        say("simulate", f"{len(x)} {'sequences' if lengths is not None else 'vectors'} on "
+                        f"{simulator}")
         try:
             xml = runner.test(hdl_toplevel=design.top, hdl_toplevel_lang="verilog",
                               test_module="bitfab.sim.cocotb_bench",

@@ -17,7 +17,10 @@ import click
 
 from bitfab.errors import BitfabError
 
-from .ui import emit_json  # noqa: F401  (the --json printer, for scripts that import the CLI)
+from .ui import emit_json, plain
+
+#: ``emit_json`` is the --json printer, for scripts that import the CLI
+__all__ = ["main", "run", "COMMANDS", "emit_json"]
 
 #: name -> "module:attribute" of a click command, imported on first use.
 COMMANDS = {
@@ -58,7 +61,7 @@ def run(argv=None) -> None:
     try:
         main.main(args=argv, prog_name="bitfab", standalone_mode=False)
     except BitfabError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {plain(exc)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -66,7 +69,7 @@ def run(argv=None) -> None:
     except click.ClickException as exc:
         # a bad option or argument: one line too (click's own usage text is for --help)
         where = getattr(getattr(exc, "ctx", None), "command_path", "bitfab")
-        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        click.echo(f"error: {plain(exc.format_message())} (see {where} --help)", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -76,6 +79,6 @@ def run(argv=None) -> None:
     except Exception as exc:  # a bug in bitfab: one line, the traceback on request
         if os.environ.get("BITFAB_DEBUG"):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} "
+        click.echo(f"internal error: {type(exc).__name__}: {plain(exc)} "
                    f"(set BITFAB_DEBUG=1 for the traceback)", err=True)
         sys.exit(2)

@@ -11,9 +11,14 @@ import numpy as np
 from bitfab.errors import BitfabError, VerificationError
 
 from .ui import (
+    SEED,
+    FiniteFloat,
+    Stages,
+    check_output_folder,
+    console,
     emit_json,
-    escape,
     hardware_options,
+    label,
     load_array,
     load_lengths,
     load_model,
@@ -28,40 +33,38 @@ __all__ = ["synth", "board", "board_run", "compare_run"]
 @click.option("--board", "board_name", required=True,
               help="icebreaker, ice40-hx8k, ulx3s or orangecrab.")
 @hardware_options
-@click.option("--seed", type=int, default=0, show_default=True, help="nextpnr placement seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="nextpnr placement seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Build folder (default: build/synth/MODEL-BOARD).")
-@click.option("--clock", "clock_mhz", type=float, default=None,
-              help="Design clock in MHz through a PLL (default: the board oscillator).")
-@click.option("--baud", type=int, default=115200, show_default=True)
+              help="Build folder (default: build/synth/MODEL-BOARD): a new or empty one, or one "
+                   "bitfab built in before (a build replaces its files there).")
+@click.option("--clock", "clock_mhz", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Design clock in MHz through a PLL, made within 1 % (iCE40 16..275 MHz, "
+                   "ECP5 3.125..400 MHz; default: the board oscillator).")
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json):
     """Build a bitstream for a board and report resources and timing."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from bitfab.boards.build import synthesize
+    from bitfab.boards.pll import plan
     from bitfab.boards.report import report_table
     from bitfab.boards.targets import get_board
 
+    if out is not None:
+        check_output_folder(out)
     m = load_model(model)
     target = get_board(board_name)
     fold = parse_fold(fold)  # bad input fails before any progress display
-    con = Console(stderr=as_json, highlight=False)
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description:>9}"),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=con,
-                  transient=as_json) as progress:
-        task = progress.add_task("start", detail="", total=None)
-
+    clock_hz = clock_mhz * 1e6 if clock_mhz is not None else None
+    plan(target, clock_hz)  # a clock the PLL cannot make fails before any work too
+    con = console(stderr=as_json)
+    with Stages(con, transient=as_json) as stages:
         def stage(name, detail=""):
-            progress.update(task, description=name, detail=detail)
+            stages(name, detail)
             if name == "refold":
-                con.print(f"[yellow]does not fit:[/] {detail}")
+                con.print(f"[yellow]does not fit:[/] {label(detail)}")
 
-        outcome = synthesize(m, target, fold=fold, seed=seed, out=out,
-                             clock_hz=clock_mhz * 1e6 if clock_mhz else None, baud=baud,
-                             pipeline=pipeline, progress=stage)
-        progress.update(task, description="done", detail=str(outcome.bitstream))
+        outcome = synthesize(m, target, fold=fold, seed=seed, out=out, clock_hz=clock_hz,
+                             baud=baud, pipeline=pipeline, progress=stage)
     report = outcome.report
     if as_json:
         emit_json(report)
@@ -69,8 +72,9 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json
         con.print(report_table(report))
         colour = "green" if report["timing_met"] else "red"
         con.print(f"timing: [{colour}]{report['timing']}[/]")
-        con.print(f"bitstream: {report['bitstream']} ({report['bitstream_bytes']} bytes)   "
-                  f"report: {outcome.folder / 'report.json'}   wall {report['wall_s']:.1f} s")
+        con.print(f"bitstream: {label(report['bitstream'])} ({report['bitstream_bytes']} "
+                  f"bytes)   report: {label(outcome.folder / 'report.json')}   "
+                  f"wall {report['wall_s']:.1f} s")
     if not report["timing_met"]:
         raise BitfabError(f"timing {report['timing']}")
 
@@ -130,16 +134,22 @@ def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 
 @click.option("--vectors", type=click.IntRange(1, 10**7), default=20, show_default=True,
               help="Random inputs (ignored with --inputs); a simulated board runs a few frames "
                    "per second.")
-@click.option("--baud", type=int, default=115200, show_default=True)
-@click.option("--timeout", type=float, default=2.0, show_default=True,
-              help="Seconds to wait for an answer.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True)
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=2.0,
+              show_default=True, help="Seconds to wait for an answer.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, baud, timeout,
               seed, as_json):
     """Stream inputs to a board, read its results, compare with the golden model and torch."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from bitfab.sim.golden import check_inputs
     from bitfab.sim.run import random_inputs
@@ -160,11 +170,12 @@ def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, b
     else:
         from bitfab.boards.host import SerialTransport
         transport = SerialTransport(port, baud, timeout)
-    con = Console(stderr=as_json, highlight=False)
+    con = console(stderr=as_json)
     start = time.perf_counter()
     try:
         with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=con, transient=as_json) as progress:
+                      TimeElapsedColumn(), TextColumn("elapsed,"), TimeRemainingColumn(),
+                      TextColumn("left"), console=con, transient=as_json) as progress:
             answers = int(steps.sum()) if m.out_stream.framed else len(x)
             task = progress.add_task("board", total=answers)
             result = compare_run(m, x, transport, lengths=steps,
@@ -181,8 +192,8 @@ def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, b
         emit_json(result)
     else:
         from rich.table import Table
-        table = Table(title=f"bitfab board run — {escape(str(model))} on "
-                            f"{escape(str(result['transport']))}")
+        table = Table(title=f"bitfab board run — {label(model)} on "
+                            f"{label(result['transport'])}")
         for col in ("vectors", "vs golden", "vs torch", "vectors/s", "bytes out/in"):
             table.add_column(col, justify="right")
         torch_txt = "-" if result["torch_mismatches"] is None else \

@@ -9,7 +9,15 @@ import numpy as np
 
 from bitfab.errors import BitfabError, VerificationError
 
-from .ui import console, emit_json, load_array, load_lengths, load_model
+from .ui import (
+    check_output_file,
+    console,
+    emit_json,
+    label,
+    load_array,
+    load_lengths,
+    load_model,
+)
 
 __all__ = ["eval_", "evaluate", "compare"]
 
@@ -75,17 +83,19 @@ def eval_(model, inputs, lengths, dataset, labels, out, as_json):
     With ``--dataset``, rebuild the torch reference stored in a trained model and report golden
     accuracy, torch accuracy and the number of disagreeing predictions (which must be 0).
     """
+    if dataset is not None and (inputs or labels or out or lengths):
+        raise BitfabError("--dataset cannot be combined with --inputs, --lengths, --labels "
+                          "or --out")
+    if out:
+        out = check_output_file(out)
     m = load_model(model)
     if dataset is not None:
-        if inputs or labels or out or lengths:
-            raise BitfabError("--dataset cannot be combined with --inputs, --lengths, --labels "
-                              "or --out")
         result = compare(m, None if dataset == "auto" else dataset)
         if as_json:
             emit_json(result)
         else:
             con = console()
-            con.print(f"{result['dataset']}: {result['n']} test "
+            con.print(f"{label(result['dataset'])}: {result['n']} test "
                       f"{'vectors' if result['metric'] == 'accuracy' else 'predictions'}")
             con.print(f"golden model accuracy {100 * result['golden_accuracy']:.2f} %   "
                       f"torch accuracy {100 * result['torch_accuracy']:.2f} %   "
@@ -100,7 +110,11 @@ def eval_(model, inputs, lengths, dataset, labels, out, as_json):
     y = load_array(labels, "labels") if labels else None
     result = evaluate(m, x, y, load_lengths(lengths, m))
     if out:
-        np.save(out, result["predictions"])
+        try:  # to the very name given (np.save would add .npy to a name without it)
+            with open(out, "wb") as f:
+                np.save(f, result["predictions"])
+        except OSError as exc:
+            raise BitfabError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     pred = result.pop("predictions")
     if as_json:
         emit_json(result)

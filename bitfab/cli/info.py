@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .ui import console, emit_json, escape, load_model
+from .ui import console, emit_json, label, load_model
 
 __all__ = ["info", "model_info"]
 
@@ -50,13 +50,13 @@ def info(model, as_json):
         emit_json(facts)
         return
     from rich.table import Table
-    table = Table(title=f"{escape(str(model))} — {escape(m.name)}")
+    table = Table(title=f"{label(model)} — {label(m.name)}")
     for col in ("#", "layer", "input", "weights", "output", "acc", "sparsity", "memory"):
         table.add_column(col, justify="right" if col in ("#", "acc", "sparsity", "memory")
                          else "left")
     for layer, f in zip(m.layers, facts["layers"]):
-        table.add_row(str(f["index"]), escape(layer.describe()), f["input"],
-                      escape(layer.encoding.describe()),
+        table.add_row(str(f["index"]), label(layer.describe()), f["input"],
+                      label(layer.encoding.describe()),
                       f["output"], f"{f['acc_bits']} b", f"{100 * f['sparsity']:.2f} %",
                       _bits(f["weight_bits"]))
     con = console()

@@ -13,7 +13,17 @@ import click
 
 from bitfab.errors import BitfabError, VerificationError
 
-from .ui import console, emit_json, escape, hardware_options, load_array, parse_fold
+from .ui import (
+    SEED,
+    Stages,
+    check_output_file,
+    console,
+    emit_json,
+    hardware_options,
+    label,
+    load_array,
+    parse_fold,
+)
 
 __all__ = ["sim"]
 
@@ -22,7 +32,8 @@ __all__ = ["sim"]
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--simulator", type=click.Choice(["auto", "amaranth", "verilator", "icarus"]),
               default="auto", show_default=True,
-              help="auto: Amaranth for small designs, Verilator for large ones.")
+              help="auto: Amaranth when it is estimated to take at most a minute, else "
+                   "Verilator (a build of minutes, cached).")
 @click.option("--netlist", type=click.Choice(["ice40", "ecp5"]),
               help="Synthesize with yosys and simulate the mapped netlist with the cell models.")
 @click.option("--vectors", type=click.IntRange(1, 10**7), default=1000, show_default=True,
@@ -31,11 +42,12 @@ __all__ = ["sim"]
               help="A .npy array of real input values (e.g. the test set).")
 @click.option("--lengths", type=click.Path(dir_okay=False),
               help="A .npy array of sequence lengths (sequence models; default all steps).")
-@click.option("--layer", type=int, help="Simulate one layer instead of the whole network.")
+@click.option("--layer", type=click.IntRange(min=0),
+              help="Simulate one layer instead of the whole network.")
 @hardware_options
 @click.option("--stall", type=click.FloatRange(0, 0.95), default=0.2, show_default=True,
               help="Chance per cycle of a producer bubble and of a consumer stall.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--vcd", type=click.Path(dir_okay=False), help="Write a waveform to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeline, stall, seed,
@@ -43,26 +55,24 @@ def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeli
     """Simulate the generated hardware and compare it bit for bit with the golden model."""
     from bitfab.sim.run import simulate_model
 
+    if vcd is not None:
+        vcd = str(check_output_file(vcd, "--vcd"))
     x = load_array(inputs, "inputs") if inputs else None
     steps = load_array(lengths, "lengths") if lengths else None
     if steps is not None and x is None:
         raise BitfabError("--lengths needs --inputs")
     fold = parse_fold(fold)
     con = console()
-    options = dict(simulator=simulator, netlist=netlist, vectors=vectors, inputs=x,
-                   lengths=steps, layer=layer, fold=fold, pipeline=pipeline, stall=stall,
-                   seed=seed, vcd=vcd)
-    if as_json:
-        run = simulate_model(model, **options)
-    else:
-        with con.status(f"simulating {escape(str(model))} ({simulator}"
-                        f"{', ' + netlist + ' netlist' if netlist else ''})..."):
-            run = simulate_model(model, **options)
+    # with --json the stages go to stderr: stdout carries the one JSON object only
+    with Stages(console(stderr=as_json), transient=as_json) as stages:
+        run = simulate_model(model, simulator=simulator, netlist=netlist, vectors=vectors,
+                             inputs=x, lengths=steps, layer=layer, fold=fold, pipeline=pipeline,
+                             stall=stall, seed=seed, vcd=vcd, progress=stages)
     if as_json:
         emit_json(run.to_json())
     else:
         from rich.table import Table
-        table = Table(title=f"bitfab sim — {escape(str(model))}")
+        table = Table(title=f"bitfab sim — {label(model)}")
         for col in ("simulator", "design", "vectors", "mismatches", "cycles", "cycles/s",
                     "build s"):
             table.add_column(col, justify="left" if col in ("simulator", "design") else "right")
@@ -73,7 +83,7 @@ def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeli
                       str(run.cycles), f"{run.cycles_per_s:,.0f}", f"{run.build_s:.1f}")
         con.print(table)
         if run.vcd:
-            con.print(f"waveform: {run.vcd}")
+            con.print(f"waveform: {label(run.vcd)}")
     if run.mismatches:
         first = run.first_mismatch or {}
         detail = json.dumps(first)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from bitfab.errors import BitfabError
 
-from .ui import emit_json, training_progress
+from .ui import SEED, FiniteFloat, check_output_file, emit_json, label, training_progress
 
 __all__ = ["train"]
 
@@ -35,13 +36,12 @@ def _options(pairs) -> dict:
 
 
 def _hidden(text: str | None) -> tuple:
-    if not text:
+    if text is None:
         return ()
-    try:
-        sizes = tuple(int(h) for h in text.replace("-", ",").split(",") if h)
-    except ValueError:
-        raise BitfabError(f"--hidden must be sizes like 256,256, not {text!r}") from None
-    if not sizes or min(sizes) < 1:
+    if not re.fullmatch(r"\s*\d+(\s*[,-]\s*\d+)*\s*", text):
+        raise BitfabError(f"--hidden must be sizes like 256,256, not {text!r}")
+    sizes = tuple(int(h) for h in re.split(r"[,-]", text))
+    if min(sizes) < 1:
         raise BitfabError(f"--hidden must be positive sizes like 256,256, not {text!r}")
     return sizes
 
@@ -53,24 +53,43 @@ def _hidden(text: str | None) -> tuple:
               help="digits, mnist1d or idx:DIR (MNIST-format IDX files).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the exported model here (.bfm).")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 30 on digits, else 10).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed (split and training).")
-@click.option("--hidden", default=None, help="Hidden sizes, e.g. 256,256.")
-@click.option("--act-bits", type=int, default=None, help="Activation bits (1 = bipolar).")
-@click.option("--batch-size", type=int, default=None, help="Minibatch (64 digits, 128 else).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None,
+              help="Epochs (default 30 on digits and mnist1d, else 10; lstm-gates 15).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed (split and training).")
+@click.option("--hidden", default=None,
+              help="Hidden sizes, e.g. 256,256 (at most 16 Mi weights in all; lstm-gates: one "
+                   "size, at most 1024).")
+@click.option("--act-bits", type=int, default=None, help="Activation bits, 1..8 (1 = bipolar).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None,
+              help="Minibatch (64 digits, 128 else).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.01, show_default=True,
+              help="Adam learning rate.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Quantizer option, e.g. constraint=pow2 (lutq), method=ttq (ternary).")
-@click.option("--limit", type=int, default=None, help="Use only this many training examples.")
+@click.option("--limit", type=click.IntRange(min=2), default=None,
+              help="Use only this many training examples.")
 @click.option("--act-stage", type=click.Choice(["threshold", "requant"]), default="threshold",
               show_default=True, help="Fold batchnorm into thresholds or a requant stage.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Also train the float net of the same shape, for the comparison table.")
-@click.option("--threads", type=int, default=None, help="torch threads (default 1).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="torch threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
           act_stage, reference, threads, as_json):
     """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
+    # everything a user can get wrong is refused here, before torch is imported
+    if recipe == "float" and out:
+        raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
+    if out is not None:
+        out = check_output_file(out)
+    sizes, opts = _hidden(hidden), _options(options)
+    if recipe == "lstm-gates" and len(sizes) > 1:
+        raise BitfabError(f"lstm-gates takes one hidden size, not {hidden!r}")
+    if recipe == "lstm-gates" and (act_bits is not None or batch_size is not None):
+        raise BitfabError("lstm-gates takes no --act-bits or --batch-size (give "
+                          "--option hidden_bits=N or --option batch_size=N)")
+
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -81,17 +100,16 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
 
     # one thread by default: these small matmuls gain little from more, and on a shared machine
     # two threads were measured 20x slower than one
-    torch.set_num_threads(threads or 1)
+    torch.set_num_threads(threads)
     if recipe == "lstm-gates":  # sequence models: bitfab.quant.lstm_train
-        _train_lstm(dataset, out, epochs, seed, (_hidden(hidden) or (None,))[0],
-                    {"lr": lr, **_options(options)}, limit, reference, as_json)
+        _train_lstm(dataset, out, epochs, seed, (sizes or (None,))[0],
+                    {"lr": lr, **opts}, limit, reference, as_json)
         return
     small = dataset in ("digits", "mnist1d")
-    config = TrainConfig(recipe, dataset, _hidden(hidden), act_bits,
-                         epochs or (30 if small else 10), batch_size or (64 if small else 128),
-                         lr, 0.0, seed, _options(options), limit, act_stage)
-    if recipe == "float" and out:
-        raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
+    config = TrainConfig(recipe, dataset, sizes, act_bits,
+                         epochs if epochs is not None else (30 if small else 10),
+                         batch_size if batch_size is not None else (64 if small else 128),
+                         lr, 0.0, seed, opts, limit, act_stage)
     con = Console(stderr=as_json, highlight=False)
     data = load_dataset(dataset, seed)
     runs = {}
@@ -115,12 +133,12 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
                        memory_reduction=model.memory_reduction,
                        sparsity=_sparsity([la.weights for la in model.layers]))
         if out:
-            model.save(out)
+            _save(model, out)
             summary["out"] = str(out)
     if as_json:
         emit_json(summary)
         return
-    table = Table(title=f"{recipe} on {dataset} ({'-'.join(map(str, result.model.sizes))})")
+    table = Table(title=f"{recipe} on {label(dataset)} ({'-'.join(map(str, result.model.sizes))})")
     for col in ("network", "test accuracy", "weight memory", "vs fp32", "train time"):
         table.add_column(col, justify="left" if col == "network" else "right")
     fp32 = 32 * sum(la.weight.numel() for la in result.model.layers)
@@ -138,7 +156,14 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
         con.print(f"delta to float: {100 * (result.accuracy - summary['float_accuracy']):+.2f} "
                   f"points")
     if out:
-        con.print(f"wrote {out}")
+        con.print(f"wrote {label(out)}")
+
+
+def _save(model, out: Path) -> None:
+    try:
+        model.save(out)
+    except OSError as exc:
+        raise BitfabError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
 
 
 def _train_lstm(dataset: str, out, epochs: int | None, seed: int, hidden: int | None,
@@ -167,12 +192,12 @@ def _train_lstm(dataset: str, out, epochs: int | None, seed: int, hidden: int | 
         summary["float_score"] = runs["float"].score
         summary["delta_points"] = 100 * (quant.score - runs["float"].score)
     if quant.model is not None and out:
-        quant.model.save(out)
+        _save(quant.model, out)
         summary["out"] = str(out)
     if as_json:
         emit_json(summary)
         return summary
-    table = Table(title=f"lstm-gates on {dataset} (hidden {base.hidden})")
+    table = Table(title=f"lstm-gates on {label(dataset)} (hidden {base.hidden})")
     for col in ("network", metric, "train time"):
         table.add_column(col, justify="left" if col == "network" else "right")
     if "float" in runs:
@@ -184,5 +209,5 @@ def _train_lstm(dataset: str, out, epochs: int | None, seed: int, hidden: int | 
     if "delta_points" in summary:
         con.print(f"delta to float: {summary['delta_points']:+.2f} points")
     if out:
-        con.print(f"wrote {out}")
+        con.print(f"wrote {label(out)}")
     return summary

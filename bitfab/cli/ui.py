@@ -5,16 +5,47 @@ module level (``bitfab info`` stays free of torch and amaranth)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
+import unicodedata
 
 import click
 import numpy as np
 from rich.markup import escape
 
 from bitfab.errors import BitfabError
+from bitfab.toolchain import check_output_file, check_output_folder
 
 __all__ = ["emit_json", "console", "load_model", "load_array", "load_lengths", "escape",
-           "hardware_options", "parse_fold", "training_progress"]
+           "hardware_options", "parse_fold", "training_progress", "label", "plain",
+           "FiniteFloat", "SEED", "check_output_file", "check_output_folder", "Stages"]
+
+
+def plain(text) -> str:
+    """Return ``text`` with every control or format character (ANSI escapes, newlines,
+    bidirectional overrides) written as a Python escape such as ``\\x1b``: a name or path read
+    from a file or typed by a user can neither restyle the terminal nor break a line."""
+    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+                   else ch for ch in str(text))
+
+
+def label(text) -> str:
+    """Return a name or path as rich markup shows it verbatim (markup and control characters
+    escaped)."""
+    return escape(plain(text))
+
+
+class FiniteFloat(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses ``nan`` and ``inf``."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+#: the range of every ``--seed`` (what numpy and torch both take)
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def emit_json(obj) -> None:
@@ -23,9 +54,12 @@ def emit_json(obj) -> None:
 
 
 def console(stderr: bool = False):
-    """Return a rich console (on stderr when stdout carries JSON)."""
+    """Return a rich console (on stderr when stdout carries JSON), bound to the stream it starts
+    on: a live display keeps drawing while a tool's output is redirected (the cocotb runner's)."""
+    import sys
+
     from rich.console import Console
-    return Console(highlight=False, stderr=stderr)
+    return Console(highlight=False, file=sys.stderr if stderr else sys.stdout)
 
 
 def load_model(path):
@@ -94,6 +128,41 @@ def training_progress(con):
                     TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=con)
 
 
-def path_label(path) -> str:
-    """A path or name as rich markup shows it verbatim."""
-    return escape(str(Path(path)) if not isinstance(path, str) else path)
+class Stages:
+    """The progress display of a long command: one line per stage (a spinner, then a tick), what
+    it works on, and the time that stage took. Call it as ``stages(stage, detail)``: a new stage
+    name ends the previous stage's line, the same name updates its detail (a count, an estimate).
+    A context manager; ``transient`` clears the lines at the end (``--json`` runs)."""
+
+    def __init__(self, con, transient: bool = False):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        self.progress = Progress(SpinnerColumn(finished_text="[green]✓"),
+                                 TextColumn("[bold]{task.description:>9}"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+                                 console=con, transient=transient)
+        self.console = con
+        self._task = None
+        self._stage = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._finish()
+        return self.progress.__exit__(*exc)
+
+    def _finish(self):
+        if self._task is not None:
+            self.progress.update(self._task, total=1, completed=1)
+            self.progress.stop_task(self._task)
+            self._task = None
+
+    def __call__(self, stage: str, detail: str = "") -> None:
+        detail = label(detail)
+        if stage == self._stage and self._task is not None:
+            self.progress.update(self._task, detail=detail)
+            return
+        self._finish()
+        self._stage = stage
+        self._task = self.progress.add_task(stage, detail=detail, total=None)
