@@ -103,6 +103,16 @@ class _Encoding:
         return cls()
 
 
+class _Coded(_Encoding):
+    """An encoding stored as its codes (``encode`` / ``decode``), not as its values."""
+
+    def store(self, w: np.ndarray) -> np.ndarray:
+        return self.encode(w)
+
+    def restore(self, raw: np.ndarray, cols: int, what: str) -> np.ndarray:
+        return self.decode(raw, what)
+
+
 @dataclass(frozen=True)
 class Binary(_Encoding):
     """Weights in {-1, +1}, one bit each (bit 1 = +1)."""
@@ -196,7 +206,7 @@ class Ternary(_Encoding):
 
 
 @dataclass(frozen=True)
-class Pow2(_Encoding):
+class Pow2(_Coded):
     """Weights ``s * 2**e``, ``s`` in {-1, +1}, ``e`` in ``[e_min, e_max]``, and 0 if ``zero``.
 
     ``zero=False`` is DenseShift's zero-free encoding. Exponents are non-negative: any scale below 1
@@ -285,12 +295,6 @@ class Pow2(_Encoding):
         w.flags.writeable = False  # the layer takes it as it is (bitfab.formats.frozen)
         return w
 
-    def store(self, w: np.ndarray) -> np.ndarray:
-        return self.encode(w)
-
-    def restore(self, raw: np.ndarray, cols: int, what: str) -> np.ndarray:
-        return self.decode(raw, what)
-
     @property
     def code_bits(self) -> int:
         """Bits of one weight in a folded weight memory: ``2 + bit_length(e_max - e_min)``
@@ -323,7 +327,7 @@ class Pow2(_Encoding):
 
 
 @dataclass(frozen=True)
-class Lut(_Encoding):
+class Lut(_Coded):
     """Weights drawn from a small integer dictionary (LUT-Q): ``w = dictionary[index]``.
 
     Entries are distinct integers, so the index of every weight is determined by its value.
@@ -401,12 +405,6 @@ class Lut(_Encoding):
         w = np.array(self.dictionary, dtype=np.int64)[np.asarray(index)]
         w.flags.writeable = False  # the layer takes it as it is (bitfab.formats.frozen)
         return w
-
-    def store(self, w: np.ndarray) -> np.ndarray:
-        return self.encode(w)
-
-    def restore(self, raw: np.ndarray, cols: int, what: str) -> np.ndarray:
-        return self.decode(raw, what)
 
     @property
     def code_bits(self) -> int:
