@@ -175,7 +175,9 @@ how, path = sys.argv[1], sys.argv[2]
 if how == "info":
     from bitfab.cli import run
     run(["info", path])
-    print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's peak across exec)
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    print("peak", int(hwm.split()[1]))
 else:
     from bitfab.errors import BitfabError
     try:
