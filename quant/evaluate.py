@@ -70,15 +70,18 @@ def _is_lstm(model: IntegerModel) -> bool:
     return model.metadata.get("recipe") == "lstm-gates"
 
 
-def torch_outputs(model: IntegerModel, x, lengths=None) -> np.ndarray:
+def torch_outputs(model: IntegerModel, x, lengths=None, net: QuantMLP | None = None
+                  ) -> np.ndarray:
     """Return the last layer's integer outputs of the torch reference a trained model carries
-    (the dense MLP rebuilt from its float state, or an lstm model's torch integer forward)."""
+    (the dense MLP rebuilt from its float state, or ``net`` when it was rebuilt already; an lstm
+    model's torch integer forward)."""
     if _is_lstm(model):
         from .lstm_train import integer_forward
         out = integer_forward(model, x, lengths)[1].numpy()
     else:
         with torch.no_grad():
-            out = rebuild(model).integer_forward(np.asarray(x))[0][-1].numpy()
+            net = rebuild(model) if net is None else net
+            out = net.integer_forward(np.asarray(x))[0][-1].numpy()
     if not np.all(out == np.round(out)):
         raise BitfabError("the torch reference produced non-integer outputs")
     return out.astype(np.int64)
@@ -91,7 +94,7 @@ def reference(model: IntegerModel, data: Dataset | str | None = None) -> Referen
         from .lstm_train import test_split
         x, lengths, labels, name, metric = test_split(model, data)
         return Reference(x, lengths, labels, torch_outputs(model, x, lengths), name, metric)
-    rebuild(model)  # refuses a model without training state before any data is read
+    net = rebuild(model)  # refuses a model without training state before any data is read
     if data is None or isinstance(data, str):
         name, seed = data or model.metadata.get("dataset"), model.metadata.get("seed", 0)
         if not isinstance(name, str):
@@ -103,5 +106,5 @@ def reference(model: IntegerModel, data: Dataset | str | None = None) -> Referen
     if data.features != model.in_features:
         raise BitfabError(f"dataset {data.name} has {data.features} features; the model takes "
                           f"{model.in_features}")
-    return Reference(data.x_test, None, data.y_test, torch_outputs(model, data.x_test),
+    return Reference(data.x_test, None, data.y_test, torch_outputs(model, data.x_test, net=net),
                      data.name)
