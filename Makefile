@@ -12,7 +12,7 @@ export BITFAB_BUILD_DIR ?= $(CURDIR)/build
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("bitfab needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev,interop,sweep]'
 	touch $@
 
 install: $(STAMP)
