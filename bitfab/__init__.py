@@ -4,6 +4,7 @@ The :class:`~bitfab.model.IntegerModel` is the contract: ``bitfab.quant`` writes
 (the golden model), ``bitfab.hw`` and ``bitfab.boards`` read it.
 """
 
+from .conv import Add, AvgPool, Conv, Flatten, MaxPool  # register the image kinds
 from .errors import BitfabError, ModelFormatError, ModelRangeError, ToolError, VerificationError
 from .lstm import Lstm  # registers the lstm layer kind, so IntegerModel.load reads it
 from .model import (
@@ -25,7 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BitfabError", "ModelFormatError", "ModelRangeError", "ToolError", "VerificationError",
     "IntegerModel", "Dense", "InputFormat", "Binary", "Ternary", "Pow2", "Lut", "IntWeights",
-    "Threshold", "Requant", "NoOutput", "Lstm", "load",
+    "Threshold", "Requant", "NoOutput", "Lstm", "Conv", "MaxPool", "AvgPool", "Flatten", "Add",
+    "load",
 ]
 
 

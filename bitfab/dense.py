@@ -37,7 +37,8 @@ from .formats import (
 )
 from .layers import register_layer_kind
 
-__all__ = ["Threshold", "Requant", "NoOutput", "OutputStage", "Dense"]
+__all__ = ["Threshold", "Requant", "NoOutput", "OutputStage", "STAGES", "check_stage", "read_stage",
+           "Dense"]
 
 
 # --- output stages --------------------------------------------------------------------------------
@@ -242,6 +243,23 @@ STAGES: dict[str, type] = {c.kind: c for c in (Threshold, Requant, NoOutput)}
 OutputStage = Union[Threshold, Requant, NoOutput]
 
 
+def check_stage(output) -> None:
+    """Refuse ``output`` unless it is one of the output stages (:data:`STAGES`)."""
+    if STAGES.get(getattr(output, "kind", None)) is not type(output):
+        raise ModelFormatError(f"output must be a Threshold, Requant or NoOutput, "
+                               f"not {output!r}"[:300])
+
+
+def read_stage(d: dict, reader: Reader, where: str, channels: int) -> OutputStage:
+    """Read the ``output`` entry of the layer manifest ``d`` (a stage for ``channels``)."""
+    out = get_field(d, "output", dict, where)
+    okind = get_field(out, "kind", str, f"{where}.output")
+    if okind not in STAGES:
+        raise ModelFormatError(f"{where}.output.kind must be 'threshold', 'requant' or "
+                               f"'none', not {okind!r}"[:300])
+    return STAGES[okind].from_manifest(out, reader, f"{where}.output", channels)
+
+
 # --- layers ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -280,9 +298,7 @@ class Dense:
         check_encoding(self.encoding)
         if not isinstance(self.input, InputFormat):
             raise ModelFormatError(f"input must be an InputFormat, not {self.input!r}")
-        if STAGES.get(getattr(self.output, "kind", None)) is not type(self.output):
-            raise ModelFormatError(f"output must be a Threshold, Requant or NoOutput, "
-                                   f"not {self.output!r}")
+        check_stage(self.output)
         self.encoding.check(w, "weights")
         if self.bias is None:
             b = np.zeros(w.shape[0], dtype=np.int64)
@@ -310,6 +326,16 @@ class Dense:
     def out_features(self) -> int:
         """Output vector length (channels)."""
         return int(self.weights.shape[0])
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor it reads: a vector ``(in_features,)``."""
+        return (self.in_features,)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor it emits: a vector ``(out_features,)``."""
+        return (self.out_features,)
 
     @cached_property
     def acc_range(self) -> tuple[np.ndarray, np.ndarray]:
@@ -414,12 +440,7 @@ class Dense:
                            enc.stored_shape(n_out, n_in), widened=n_out * n_in, widen=False)
         w = enc.restore(raw, n_in, f"{where}.weights")
         bias = reader.array(get_field(d, "bias", str, where), f"{where}.bias", (n_out,))
-        out = get_field(d, "output", dict, where)
-        okind = get_field(out, "kind", str, f"{where}.output")
-        if okind not in STAGES:
-            raise ModelFormatError(f"{where}.output.kind must be 'threshold', 'requant' or "
-                                   f"'none', not {okind!r}"[:300])
-        stage = STAGES[okind].from_manifest(out, reader, f"{where}.output", n_out)
+        stage = read_stage(d, reader, where, n_out)
         return cls(w, enc, fmt, stage, bias, get_field(d, "acc_bits", int, where),
                    get_field(d, "name", str, where, ""))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conv import Add, AvgPool, Conv, Flatten, MaxPool
 from .model import (
     Binary,
     Dense,
@@ -23,7 +24,8 @@ from .model import (
     Threshold,
 )
 
-__all__ = ["ENCODINGS", "random_weights", "random_dense", "random_thresholds", "sfc", "mlp"]
+__all__ = ["ENCODINGS", "random_weights", "random_dense", "random_thresholds", "sfc", "mlp",
+           "random_conv", "cnn", "resnet1d"]
 
 #: encoding name -> a default instance
 ENCODINGS = {
@@ -105,3 +107,86 @@ def mlp(rng: np.random.Generator, sizes, encoding="binary", name="mlp") -> Integ
 def sfc(rng: np.random.Generator) -> IntegerModel:
     """FINN's SFC topology 784-256-256-256-10, bipolar weights and activations."""
     return mlp(rng, (784, 256, 256, 256, 10), "binary", name="sfc")
+
+
+def random_conv(rng: np.random.Generator, in_shape, out_channels: int, kernel, encoding="binary",
+                input_format: InputFormat | None = None, output: str = "none",
+                thresholds: int = 1, stride=1, padding=0, groups: int = 1,
+                sparsity: float = 0.0, requant_bits: int = 4, name: str = "",
+                source: str = "") -> Conv:
+    """Draw a random conv layer (1-D or 2-D by ``in_shape``); ``output`` as
+    :func:`random_dense`. Bipolar inputs pad with -1 or +1 at random, int inputs with 0."""
+    enc = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
+    if input_format is None:
+        input_format = InputFormat.bipolar() if _xnor(enc) else InputFormat.int(4)
+    kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,) * (len(in_shape) - 1)
+    w = random_weights(rng, enc, (out_channels,) + kernel + (in_shape[-1] // groups,), sparsity)
+    pad = int(rng.choice([-1, 1])) if input_format.kind == "bipolar" else 0
+    layer = Conv(w, enc, input_format, tuple(in_shape), stride, padding, pad, groups,
+                 bias=rng.integers(-4, 5, size=out_channels), name=name, source=source)
+    if output == "threshold":
+        layer = layer.replace(output=random_thresholds(rng, layer, thresholds))
+    elif output == "requant":
+        lo, hi = layer.acc_range
+        mag = max(int(np.abs(lo).max()), int(np.abs(hi).max()), 1)
+        # a typical accumulator (about sqrt of the bound) maps to the middle of the range
+        shift = max((int(np.sqrt(mag)) * 16).bit_length() - requant_bits, 0)
+        layer = layer.replace(output=Requant(rng.integers(1, 16, size=out_channels), shift,
+                                             requant_bits, signed=False))
+    elif output != "none":
+        raise ValueError(f"output must be 'none', 'threshold' or 'requant', not {output!r}")
+    return layer
+
+
+def cnn(rng: np.random.Generator, image=(8, 8, 1), channels=(4, 8), classes: int = 10,
+        encoding="binary", name: str = "cnn") -> IntegerModel:
+    """A random small CNN: (conv 3x3 pad 1 -> maxpool 2) per entry of ``channels``, flatten,
+    dense. Binary encodings get bipolar activations (1 threshold), others 2-bit ones."""
+    enc = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
+    binary = _xnor(enc)
+    act = InputFormat.int(1) if binary else InputFormat.int(2)
+    fmt = InputFormat.bipolar() if binary else InputFormat.int(4)
+    shape, layers = tuple(image), []
+    for i, c in enumerate(channels):
+        conv = random_conv(rng, shape, c, 3, enc, fmt, "threshold", 1 if binary else 3,
+                           padding=1, name=f"conv{i}")
+        pool = MaxPool(act, conv.out_shape, 2, name=f"pool{i}")
+        layers += [conv, pool]
+        shape = pool.out_shape
+        fmt = InputFormat.bipolar() if binary else act
+    layers.append(Flatten(act, shape, name="flatten"))
+    layers.append(random_dense(rng, int(np.prod(shape)), classes, enc, fmt, "none")
+                  .replace(name="fc"))
+    return IntegerModel(tuple(layers), name=name)
+
+
+def resnet1d(rng: np.random.Generator, length: int = 16, channels: int = 4, classes: int = 4,
+             encoding="pow2", name: str = "resnet1d") -> IntegerModel:
+    """A random small 1-D ResNet on 4-bit signals: a stem conv, one residual block (two convs
+    and an add on the identity), a stride-2 block whose skip path is a 1x1 conv, global average
+    pooling (a sum and a requant), flatten and a dense classifier. Activations are unsigned
+    3-bit requantized values; every skip edge is aligned by a shift."""
+    enc = ENCODINGS[encoding] if isinstance(encoding, str) else encoding
+    act = InputFormat.int(3)
+
+    def conv(shape, c, k, name, source="", stride=1, padding=1, fmt=act):
+        return random_conv(rng, shape, c, k, enc, fmt, "requant", stride=stride,
+                           padding=padding, requant_bits=3, name=name, source=source)
+
+    stem = conv((length, 1), channels, 3, "stem", fmt=InputFormat.int(4, signed=True))
+    a1 = conv(stem.out_shape, channels, 3, "a1")
+    a2 = conv(a1.out_shape, channels, 3, "a2")
+    add1 = Add(act, act, a2.out_shape, "stem", 0, 1,
+               Requant(np.ones(channels, dtype=np.int64), 1, 3), name="add1")
+    b1 = conv(add1.out_shape, 2 * channels, 3, "b1", stride=2)
+    b2 = conv(b1.out_shape, 2 * channels, 3, "b2")
+    proj = conv(add1.out_shape, 2 * channels, 1, "proj", source="add1", stride=2, padding=0)
+    add2 = Add(act, act, b2.out_shape, "proj", 0, 0,
+               Requant(np.ones(2 * channels, dtype=np.int64), 1, 3), name="add2", source="b2")
+    window = b2.out_shape[0]
+    gap = AvgPool(act, add2.out_shape, window, output=Requant(
+        np.full(2 * channels, 1, dtype=np.int64), max(window.bit_length() - 1, 0), 3),
+        name="gap")
+    flat = Flatten(act, gap.out_shape, name="flatten")
+    fc = random_dense(rng, flat.out_shape[0], classes, enc, act, "none").replace(name="fc")
+    return IntegerModel((stem, a1, a2, add1, b1, b2, proj, add2, gap, flat, fc), name=name)

@@ -37,7 +37,10 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Writer", "Reader", "field", "input_
            "MAX_MANIFEST_BYTES"]
 
 FORMAT_NAME = "bitfab-integer-model"
-FORMAT_VERSION = 1
+#: The newest version this bitfab writes and reads. A file says the oldest version that holds what
+#: it uses (1: dense and lstm layers in a chain; 2: the image kinds and ``source``/``skip`` edges
+#: of :mod:`bitfab.conv`), so version-1 readers still read every model they could.
+FORMAT_VERSION = 2
 #: Arrays one file may name (each name counts each time it is used).
 MAX_ARRAYS = 4096
 #: manifest.json's size: its JSON objects take up to ~25 times their text in memory
@@ -276,9 +279,9 @@ def _manifest(zf: zipfile.ZipFile, source: str) -> dict:
     if fmt != FORMAT_NAME:
         raise ModelFormatError(f"manifest.format must be {FORMAT_NAME!r}, not {fmt!r}"[:300])
     version = field(manifest, "version", int, "manifest")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(f"manifest.version is {version}; this bitfab reads version "
-                               f"{FORMAT_VERSION}")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ModelFormatError(f"manifest.version is {version}; this bitfab reads versions "
+                               f"1..{FORMAT_VERSION}")
     return manifest
 
 

@@ -222,6 +222,16 @@ class Lstm:
         return self.hidden * self.directions
 
     @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of what it reads per time step: ``(in_features,)``."""
+        return (self.in_features,)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of what it emits per step (or per sequence): ``(out_features,)``."""
+        return (self.out_features,)
+
+    @property
     def hidden_format(self) -> InputFormat:
         """The signed ``hidden_bits`` format of ``h``."""
         return InputFormat.int(self.hidden_bits, signed=True)

@@ -27,7 +27,7 @@ import numpy as np
 from .dense import STAGES, Dense, NoOutput, OutputStage, Requant, Threshold
 from .encodings import ENCODINGS, Binary, IntWeights, Lut, Pow2, Ternary, WeightEncoding
 from .errors import ModelFormatError
-from .fileformat import FORMAT_NAME, FORMAT_VERSION, Reader, Writer, read_archive, write_archive
+from .fileformat import FORMAT_NAME, Reader, Writer, read_archive, write_archive
 from .fileformat import field as get_field
 from .formats import (
     MAX_ELEMENTS,
@@ -94,6 +94,88 @@ def _check_json(value: Any, what: str, depth: int = 0) -> None:
         raise ModelFormatError(f"{what} must be JSON data, not {type(value).__name__}")
 
 
+def _shape_of(layer, side: str) -> tuple:
+    return tuple(getattr(layer, f"{side}_shape", None)
+                 or ((layer.in_features,) if side == "in" else (layer.out_features,)))
+
+
+def _check_edge(layers, src: int, dst: int, fmt_in: InputFormat, shape_in: tuple,
+                what: str) -> None:
+    """Check that what layer ``src`` emits (``-1``: the model input, checked by the caller)
+    is what ``fmt_in`` / ``shape_in`` of layer ``dst`` reads (``what`` names the field)."""
+    prev = layers[src]
+    shape = _shape_of(prev, "out")
+    if shape != shape_in:
+        if len(shape) == 1 and len(shape_in) == 1:
+            raise ModelFormatError(f"layers[{dst}].{what}: takes {shape_in[0]} inputs but "
+                                   f"layers[{src}] gives {shape[0]}")
+        hint = " (a flatten layer turns an image into a vector)" \
+            if len(shape) > 1 and len(shape_in) == 1 else ""
+        raise ModelFormatError(f"layers[{dst}].{what}: reads shape {shape_in} but layers[{src}] "
+                               f"gives {shape}{hint}")
+    fmt = prev.out_format
+    field_name = "input" if what in ("weights", "in_shape", "shape") else "skip_input"
+    if fmt_in.kind == "bipolar":
+        if not (fmt.kind == "int" and fmt.bits == 1 and not fmt.signed):
+            raise ModelFormatError(
+                f"layers[{dst}].{field_name}: bipolar input needs a 1-bit unsigned output from "
+                f"layers[{src}], which gives {fmt.describe()}")
+    elif fmt.min_value < fmt_in.min_value or fmt.max_value > fmt_in.max_value:
+        raise ModelFormatError(
+            f"layers[{dst}].{field_name}: {fmt_in.describe()} cannot hold the "
+            f"{fmt.describe()} output of layers[{src}]")
+
+
+def _edges(layers: tuple) -> tuple[tuple[int, ...], ...]:
+    """Resolve every layer's ``sources`` (names; ``""`` the previous layer, ``"input"`` the
+    model's input) to layer indices (``-1`` the input), checking shapes, formats, order and
+    that every tensor but the last is read."""
+    index: dict[str, int] = {}
+    edges = []
+    read = [False] * len(layers)
+    first = layers[0]
+    for i, layer in enumerate(layers):
+        names = getattr(layer, "sources", ("",))
+        srcs = []
+        for k, name in enumerate(names):
+            where = "source" if k == 0 else "skip"
+            if name == "":
+                src = i - 1
+            elif name == "input":
+                src = -1
+            elif name in index:
+                src = index[name]
+                if src < 0:
+                    raise ModelFormatError(f"layers[{i}].{where}: more than one layer is named "
+                                           f"{name!r}")
+            else:
+                raise ModelFormatError(f"layers[{i}].{where}: no earlier layer is named "
+                                       f"{name!r}"[:300])
+            if src >= 0:
+                read[src] = True
+                what = ("weights" if hasattr(layer, "weights") else
+                        "shape" if layer.kind == "add" else "in_shape") if k == 0 else "skip"
+                fmt = layer.input if k == 0 else layer.skip_input
+                shape = _shape_of(layer, "in")
+                _check_edge(layers, src, i, fmt, shape, what)
+            elif i > 0:  # the model's input, read again: the same format and shape
+                fmt = layer.input if k == 0 else layer.skip_input
+                if fmt != first.input or _shape_of(layer, "in") != _shape_of(first, "in"):
+                    raise ModelFormatError(f"layers[{i}].{where}: reads the model input "
+                                           f"({first.input.describe()}, shape "
+                                           f"{_shape_of(first, 'in')}) as "
+                                           f"{fmt.describe()}, shape {_shape_of(layer, 'in')}")
+            srcs.append(src)
+        edges.append(tuple(srcs))
+        if layer.name:
+            index[layer.name] = -2 if layer.name in index else i
+    unread = [i for i in range(len(layers) - 1) if not read[i]]
+    if unread:
+        raise ModelFormatError(f"layers[{unread[0]}]: its output is read by no layer (a "
+                               f"dangling tensor); only the last layer's output leaves the model")
+    return tuple(edges)
+
+
 @dataclass(frozen=True, eq=False)
 class IntegerModel:
     """A quantized network as integers: what quant/ exports and sim/, hw/, boards/ read.
@@ -128,22 +210,7 @@ class IntegerModel:
         for i, layer in enumerate(layers):
             if not is_layer(layer):
                 raise ModelFormatError(f"layers[{i}] must be a layer, not {type(layer).__name__}")
-        for i in range(1, len(layers)):
-            prev, nxt = layers[i - 1], layers[i]
-            if prev.out_features != nxt.in_features:
-                raise ModelFormatError(
-                    f"layers[{i}].weights: takes {nxt.in_features} inputs but layers[{i - 1}] "
-                    f"gives {prev.out_features}")
-            fmt = prev.out_format
-            if nxt.input.kind == "bipolar":
-                if not (fmt.kind == "int" and fmt.bits == 1 and not fmt.signed):
-                    raise ModelFormatError(
-                        f"layers[{i}].input: bipolar input needs a 1-bit unsigned output from "
-                        f"layers[{i - 1}], which gives {fmt.describe()}")
-            elif fmt.min_value < nxt.input.min_value or fmt.max_value > nxt.input.max_value:
-                raise ModelFormatError(
-                    f"layers[{i}].input: {nxt.input.describe()} cannot hold the "
-                    f"{fmt.describe()} output of layers[{i - 1}]")
+        object.__setattr__(self, "edges", _edges(layers))
         scale = _finite(self.input_scale)
         if scale is None or scale <= 0:
             raise ModelFormatError(f"input_scale must be a positive finite number, "
@@ -184,6 +251,17 @@ class IntegerModel:
         return self.layers[0].input
 
     @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(in_features,)`` for vectors (and per time step of sequences),
+        ``(L, C)`` or ``(H, W, C)`` for images."""
+        return _shape_of(self.layers[0], "in")
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of one output (the last layer's)."""
+        return _shape_of(self.layers[-1], "out")
+
+    @property
     def in_features(self) -> int:
         return self.layers[0].in_features
 
@@ -204,7 +282,7 @@ class IntegerModel:
     @property
     def memory_reduction(self) -> float:
         """``1 - weight_bits / fp32_bits``: 0.9375 for 2-bit weights."""
-        return 1.0 - self.weight_bits / self.fp32_bits
+        return 1.0 - self.weight_bits / self.fp32_bits if self.fp32_bits else 0.0
 
     def replace(self, **changes) -> IntegerModel:
         """Return a copy with ``changes`` applied (validated again)."""
@@ -243,7 +321,8 @@ class IntegerModel:
         extras = {key: out.add(f"extras/{key}.npy", arr) for key, arr in self.extras.items()}
         manifest = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            # the oldest version that holds every kind used: a dense or lstm model stays version 1
+            "version": max(getattr(layer, "version", 1) for layer in self.layers),
             "name": self.name,
             "input_scale": self.input_scale,
             "output_scale": self.output_scale,

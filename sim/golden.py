@@ -16,6 +16,7 @@ here are checked against the input format, so the int64 arithmetic never overflo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from bitfab.model import (
 
 __all__ = [
     "pack_bits", "xnor_popcount_matmul", "exact_matmul", "ternary_matmul", "shift_add_matmul",
-    "lut_matmul", "int_matmul", "threshold", "requant", "dense_accumulate", "dense_forward",
+    "lut_matmul", "int_matmul", "threshold", "requant", "matrix_accumulate", "dense_accumulate",
+    "dense_forward", "stage_forward",
     "register", "layer_golden", "dense_layer", "Trace", "check_inputs", "check_sequences",
     "execute", "predict", "expected_rows", "compare_outputs",
 ]
@@ -177,22 +179,36 @@ def _packed_weights(layer: Dense) -> np.ndarray:
     return cached
 
 
+def matrix_accumulate(datapath: str, encoding, w: np.ndarray, x: np.ndarray,
+                      packed: np.ndarray | None = None) -> np.ndarray:
+    """Return ``x @ w.T`` exactly ``(batch, out)`` through the kernel of ``datapath`` (the
+    weights' encoding on the input format), for weight values ``w`` ``(out, n)`` of ``encoding``
+    and input values ``x`` ``(batch, n)``; ``packed`` is ``pack_bits(w > 0)`` where known."""
+    if datapath == "xnor_popcount":
+        packed = pack_bits(w > 0) if packed is None else packed
+        return xnor_popcount_matmul(pack_bits(x > 0), packed, w.shape[1])
+    if datapath == "ternary":
+        return ternary_matmul(x, w)
+    if datapath == "shift_add":
+        exponent = np.where(w != 0, encoding.exponents(w), 0)
+        return shift_add_matmul(x, np.sign(w), exponent)
+    if datapath == "lut":
+        return lut_matmul(x, encoding.encode(w), encoding.dictionary)
+    return int_matmul(x, w)
+
+
 def dense_accumulate(layer: Dense, x: np.ndarray) -> np.ndarray:
     """Return the exact accumulators ``(batch, out)`` of ``layer`` for input values ``x``."""
-    kind = layer.datapath
-    w = layer.weights
-    if kind == "xnor_popcount":
-        acc = xnor_popcount_matmul(pack_bits(x > 0), _packed_weights(layer), layer.in_features)
-    elif kind == "ternary":
-        acc = ternary_matmul(x, w)
-    elif kind == "shift_add":
-        exponent = np.where(w != 0, layer.encoding.exponents(w), 0)
-        acc = shift_add_matmul(x, np.sign(w), exponent)
-    elif kind == "lut":
-        acc = lut_matmul(x, layer.encoding.encode(w), layer.encoding.dictionary)
-    else:
-        acc = int_matmul(x, w)
-    return acc + layer.bias
+    packed = _packed_weights(layer) if layer.datapath == "xnor_popcount" else None
+    return matrix_accumulate(layer.datapath, layer.encoding, layer.weights, x, packed) \
+        + layer.bias
+
+
+def stage_forward(stage, acc: np.ndarray) -> np.ndarray:
+    """Apply an output stage to accumulators ``(..., channels)`` (:data:`OUTPUT_STAGES`)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    flat = acc.reshape(-1, acc.shape[-1])
+    return OUTPUT_STAGES[stage.kind](stage, flat).reshape(acc.shape)
 
 
 def dense_forward(layer: Dense, acc: np.ndarray) -> np.ndarray:
@@ -265,13 +281,18 @@ class Trace:
         Each layer's output values (threshold counts, requantized values, accumulators, hidden
         states); ``(batch, T, features)`` per step of sequences (0 at padding).
     lengths : int64 array or None
-        The sequence lengths (sequence models), else None.
+        The sequence lengths (sequence models; every image's pixel count for image models),
+        else None.
+    out_lengths : int64 array or None
+        Transfers per item of the last output where it is framed (a sequence's steps, an
+        image's pixels), else None.
     """
 
     inputs: list
     accumulators: list
     outputs: list
     lengths: np.ndarray | None = None
+    out_lengths: np.ndarray | None = None
 
     @property
     def output(self) -> np.ndarray:
@@ -346,8 +367,15 @@ def check_inputs(model: IntegerModel, x, lengths=None) -> tuple[np.ndarray, np.n
     (:attr:`IntegerModel.sequential`), ``(batch, T, in_features)`` sequences
     (:func:`check_sequences`). Raise :class:`ModelRangeError` on anything else.
 
+    An image model (whose first layer reads an image ``shape``, :attr:`IntegerModel.in_shape`)
+    takes ``(batch, *shape)``, ``(batch, pixels, channels)`` or flat ``(batch, prod(shape))``
+    inputs in stream order and returns them as ``(batch, pixels, channels)`` with every
+    image's ``lengths`` its pixel count.
+
     Accepts integer arrays and float arrays that hold only integers.
     """
+    if getattr(model.layers[0], "frame_length", None):
+        return _check_images(model, x, lengths)
     if model.sequential:
         return check_sequences(model.layers[0], x, lengths)
     if lengths is not None:
@@ -363,6 +391,36 @@ def check_inputs(model: IntegerModel, x, lengths=None) -> tuple[np.ndarray, np.n
     return arr, None
 
 
+def _check_images(model: IntegerModel, x, lengths) -> tuple[np.ndarray, np.ndarray]:
+    shape = model.in_shape
+    pixels, channels = int(np.prod(shape[:-1])), shape[-1]
+    arr = np.asarray(x)
+    if arr.ndim == 2 and arr.shape[1] == pixels * channels:
+        arr = arr.reshape(len(arr), pixels, channels)
+    elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+        arr = arr.reshape(len(arr), pixels, channels)
+    elif not (arr.ndim == 3 and arr.shape[1:] == (pixels, channels)):
+        raise ModelRangeError(f"images must have shape (batch, {', '.join(map(str, shape))}), "
+                              f"(batch, {pixels}, {channels}) or (batch, {pixels * channels}), "
+                              f"not {np.shape(x)}")
+    arr = _integers(arr, f"inputs ({model.input.describe()})")
+    model.input.check(arr, "inputs")
+    full = np.full(len(arr), pixels, dtype=np.int64)
+    if lengths is not None and not np.array_equal(np.asarray(lengths), full):
+        raise ModelRangeError(f"an image has {pixels} pixels: lengths must all be {pixels} "
+                              f"(or not given)")
+    return arr, full
+
+
+def _bipolar(values: np.ndarray, lengths) -> np.ndarray:
+    """The 0/1 output codes of a layer as the -1/+1 values a bipolar layer reads (padding 0)."""
+    values = 2 * values - 1
+    if lengths is not None and values.ndim == 3:
+        valid = np.arange(values.shape[1])[None, :] < lengths[:, None]
+        values = np.where(valid[..., None], values, 0)
+    return values
+
+
 def execute(model: IntegerModel, x, lengths=None) -> Trace:
     """Run ``model`` on input values ``x`` and return the full trace.
 
@@ -372,17 +430,28 @@ def execute(model: IntegerModel, x, lengths=None) -> Trace:
     """
     values, lengths = check_inputs(model, x, lengths)
     trace = Trace([], [], [], lengths)
+    out_lengths = []
     for i, layer in enumerate(model.layers):
-        if i and layer.input.kind == "bipolar":
-            values = 2 * values - 1  # the previous layer's 0/1 output is a bipolar code
-            if lengths is not None and values.ndim == 3:
-                valid = np.arange(values.shape[1])[None, :] < lengths[:, None]
-                values = np.where(valid[..., None], values, 0)
-        trace.inputs.append(values)
-        values, state = layer_golden(layer)(layer, values, lengths)
+        reads = []
+        for k, src in enumerate(model.edges[i]):
+            if src < 0:
+                reads.append((values, lengths))
+                continue
+            v, n = trace.outputs[src], out_lengths[src]
+            if k == 0 and layer.input.kind == "bipolar":
+                v = _bipolar(v, n)  # the 0/1 output codes of a threshold stage, as -1/+1
+            reads.append((v, n))
+        layer_in = reads[0][0] if len(reads) == 1 else tuple(v for v, _ in reads)
+        trace.inputs.append(layer_in)
+        out, state = layer_golden(layer)(layer, layer_in, reads[0][1])
         trace.accumulators.append(state)
-        trace.outputs.append(values)
-    return trace
+        trace.outputs.append(out)
+        frame = getattr(layer, "out_frame_length", None)
+        if frame:
+            out_lengths.append(np.full(len(out), frame, dtype=np.int64))
+        else:
+            out_lengths.append(reads[0][1] if out.ndim == 3 else None)  # per step: as read
+    return dataclasses.replace(trace, out_lengths=out_lengths[-1])
 
 
 def predict(model: IntegerModel, x, lengths=None) -> np.ndarray:
@@ -392,7 +461,7 @@ def predict(model: IntegerModel, x, lengths=None) -> np.ndarray:
     trace = execute(model, x, lengths)
     pred = np.argmax(trace.output, axis=-1)
     if pred.ndim == 2:  # per step: padding steps have no class
-        valid = np.arange(pred.shape[1])[None, :] < trace.lengths[:, None]
+        valid = np.arange(pred.shape[1])[None, :] < trace.out_lengths[:, None]
         pred = np.where(valid, pred, -1)
     return pred
 
@@ -401,7 +470,7 @@ def expected_rows(model: IntegerModel, x, lengths=None) -> np.ndarray:
     """Return the code rows the hardware of ``model`` must emit for inputs ``x``: one row per
     output transfer, in order (:meth:`bitfab.formats.StreamFormat.code_rows`)."""
     trace = execute(model, x, lengths)
-    return model.out_stream.code_rows(trace.output, trace.lengths)
+    return model.out_stream.code_rows(trace.output, trace.out_lengths)
 
 
 def compare_outputs(got, want) -> tuple[int, dict | None]:

@@ -2,13 +2,13 @@
 :meth:`IntegerModel.load`.
 
 The mutator starts from a few valid models (dense layers of every encoding and output stage, wide
-int and lut dictionaries, a bidirectional lstm and an lstm classifier, metadata and extras) and
-applies, per mutant, one of: bit flips, truncations, byte overwrites of the file; mutations of one
-zip entry (its ``.npy`` header, its data, extreme values, a dropped, renamed, duplicated or stored
-entry); mutations of ``manifest.json`` (a value replaced by another type, a big or negative
-integer, a non-finite float, another array's name; a key dropped or added; a declared shape or
-dtype changed). A mutant that loads must also describe itself (``bitfab info``'s facts), save,
-and run through the golden model.
+int and lut dictionaries, a bidirectional lstm and an lstm classifier, a CNN and a 1-D ResNet,
+metadata and extras) and applies, per mutant, one of: bit flips, truncations, byte overwrites of
+the file; mutations of one zip entry (its ``.npy`` header, its data, extreme values, a dropped,
+renamed, duplicated or stored entry); mutations of ``manifest.json`` (a value replaced by another
+type, a big or negative integer, a non-finite float, another array's name; a key dropped or added;
+a declared shape or dtype changed). A mutant that loads must also describe itself (``bitfab
+info``'s facts), save, and run through the golden model.
 
 The test suite runs a few thousand mutants (:mod:`tests.test_fuzz`). A longer run, by hand::
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import ModelFormatError
-from bitfab.examples import ENCODINGS, random_dense
+from bitfab.examples import ENCODINGS, cnn, random_dense, resnet1d
 from bitfab.lstm import random_lstm
 from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, Lut, Pow2, Threshold
 
@@ -93,6 +93,10 @@ def seed_models() -> list[IntegerModel]:
     head = random_dense(rng, 3, 2, "int", last.out_format, "none")
     models.append(IntegerModel((last, head), 0.5, None, {"task": "fuzz"},
                                {"emb": rng.integers(-8, 8, (6, 4)).astype(np.int8)}, "lstm"))
+    # image kinds: a binary CNN (padding with -1, maxpool, flatten) and a 1-D ResNet (strides,
+    # a 1x1 projection on a skip edge, adds aligned by shifts, global average pooling)
+    models.append(cnn(rng, (6, 6, 2), (3,), 4, "binary", name="cnn"))
+    models.append(resnet1d(rng, 8, 2, 3, "ternary"))
     return models
 
 
@@ -299,10 +303,12 @@ def check_file(path) -> str:
     model_info(model)
     model.save(Path(path).with_name("resaved.bfm"))
     fmt = model.input
-    x = np.array([[fmt.min_value] * model.in_features, [fmt.max_value] * model.in_features])
+    n = int(np.prod(model.in_shape))  # a vector, a time step, or a flat image
+    x = np.array([[fmt.min_value] * n, [fmt.max_value] * n])
     if fmt.kind == "bipolar":
-        x = np.array([[-1] * model.in_features, [1] * model.in_features])
-    execute(model, x[:, None, :] if model.sequential else x)
+        x = np.array([[-1] * n, [1] * n])
+    image = len(model.in_shape) > 1
+    execute(model, x[:, None, :] if model.sequential and not image else x)
     return "loaded"
 
 
@@ -310,7 +316,7 @@ def run(mutants: int, seed: int = 0, folder=None, keep=None, limit_s: float | No
         ) -> tuple[Counter, list]:
     """Run ``mutants`` mutants (spread over :func:`seed_models`) from ``seed``; return the
     outcome counts and the escapes ``(mutant id, kind, error line)``."""
-    import bitfab.sim.lstm  # noqa: F401  (registers the lstm golden model)
+    import bitfab.sim  # noqa: F401  (registers the golden model of every kind)
     mutators = [Mutator(m) for m in seed_models()]
     if folder is None and os.access("/dev/shm", os.W_OK):
         folder = "/dev/shm"  # a mutant is written and loaded at memory speed, not disk speed

@@ -221,7 +221,7 @@ def set_in(path, value):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (set_in(["version"], 99), r"manifest.version is 99; this bitfab reads version 1"),
+    (set_in(["version"], 99), r"manifest.version is 99; this bitfab reads versions 1..2"),
     (set_in(["format"], "onnx"), r"manifest.format must be 'bitfab-integer-model'"),
     (set_in(["layers"], []), r"manifest.layers must not be empty"),
     (set_in(["layers", 0, "in_features"], 20), r"layers\[0\].weights: array .* has shape"),

@@ -50,7 +50,7 @@ def compare(model, dataset: str | None = None) -> dict:
     trace = execute(model, ref.x, ref.lengths)
     golden = trace.output
     valid = np.ones(golden.shape[:-1], dtype=bool) if golden.ndim == 2 else \
-        np.arange(golden.shape[1])[None, :] < trace.lengths[:, None]
+        np.arange(golden.shape[1])[None, :] < trace.out_lengths[:, None]
     gp, tp = np.argmax(golden, axis=-1), np.argmax(ref.outputs, axis=-1)
     return {
         "n": int(valid.sum()), "dataset": ref.dataset, "metric": ref.metric,

@@ -18,19 +18,25 @@ def model_info(model) -> dict:
         layers.append({
             "index": i, "name": layer.name, "kind": layer.kind,
             "in_features": layer.in_features, "out_features": layer.out_features,
-            "input": layer.input.describe(), "encoding": layer.encoding.to_json(),
+            "in_shape": list(getattr(layer, "in_shape", (layer.in_features,))),
+            "out_shape": list(getattr(layer, "out_shape", (layer.out_features,))),
+            "sources": list(model.edges[i]),
+            "input": layer.input.describe(),
+            "encoding": None if layer.encoding is None else layer.encoding.to_json(),
             "datapath": layer.datapath,
             "output": layer.output.describe(), "acc_bits": layer.acc_bits,
             "out_bits": layer.out_bits, "sparsity": layer.sparsity,
             "weight_bits": layer.weight_bits, "fp32_bits": 32 * layer.weight_count,
         })
+    weights = sum(la.weight_count for la in model.layers)
     return {
         "name": model.name, "layers": layers, "input": model.input.describe(),
-        "input_scale": model.input_scale, "weights": sum(la.weight_count for la in model.layers),
+        "in_shape": list(model.in_shape), "out_shape": list(model.out_shape),
+        "input_scale": model.input_scale, "weights": weights,
         "weight_bits": model.weight_bits, "fp32_bits": model.fp32_bits,
         "memory_reduction": model.memory_reduction,
         "sparsity": float(sum(la.sparsity * la.weight_count for la in model.layers)
-                          / sum(la.weight_count for la in model.layers)),
+                          / max(weights, 1)),
         "fingerprint": model.fingerprint(), "metadata": model.metadata,
     }
 
@@ -56,7 +62,7 @@ def info(model, as_json):
                          else "left")
     for layer, f in zip(m.layers, facts["layers"]):
         table.add_row(str(f["index"]), label(layer.describe()), f["input"],
-                      label(layer.encoding.describe()),
+                      "—" if layer.encoding is None else label(layer.encoding.describe()),
                       f["output"], f"{f['acc_bits']} b", f"{100 * f['sparsity']:.2f} %",
                       _bits(f["weight_bits"]))
     con = console()
