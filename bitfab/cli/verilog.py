@@ -40,6 +40,8 @@ def verilog(model, out, layer, fold, pipeline, as_json):
     fold_pair = parse_fold(fold)
     if layer is not None and layer >= len(m.layers):
         raise BitfabError(f"--layer must be in 0..{len(m.layers) - 1}, not {layer}")
+    from bitfab.hw.layer import network_configs
+    network_configs(m if layer is None else m.single(layer), fold_pair, pipeline)  # before --out
     from rich.console import Console
     what = f"layer {layer}" if layer is not None else f"{len(m.layers)} layer(s)"
     try:
