@@ -21,7 +21,8 @@ from bitfab.toolchain import safe_name
 
 from . import kinds
 from .config import DEFAULT_PIPELINE, ConfigError
-from .layer import Network, build_layer, build_network
+from .layer import Network, build_layer
+from .layer import network_configs as build_configs
 
 __all__ = ["SIDECAR_FORMAT", "module_name", "verilog_ports", "sidecar", "write_component",
            "generate"]
@@ -124,18 +125,29 @@ def write_component(component, model: IntegerModel, out_dir, top: str,
     return facts
 
 
+def configs(model: IntegerModel, *, layer: int | None = None,
+            fold: tuple[int, int] | None = None, pipeline: int = DEFAULT_PIPELINE) -> tuple:
+    """Return the hardware configurations :func:`generate` would build, without building them.
+
+    Raises :class:`ConfigError` for a bad layer index, a fold that a layer cannot take or a
+    layer kind without hardware, so a caller can refuse bad input before it writes anything.
+    """
+    if layer is None:
+        return build_configs(model, fold, pipeline)
+    if isinstance(layer, bool) or not isinstance(layer, int) \
+            or not 0 <= layer < len(model.layers):
+        raise ConfigError(f"layer must be in 0..{len(model.layers) - 1}, not {layer!r}")
+    return (kinds.configure(model.layers[layer], fold, pipeline, f"layers[{layer}]"),)
+
+
 def generate(model: IntegerModel, out_dir, *, layer: int | None = None,
              fold: tuple[int, int] | None = None, pipeline: int = DEFAULT_PIPELINE) -> dict:
     """Generate the Verilog of ``model`` (the whole network, or layer ``layer``) into ``out_dir``.
 
-    Returns the sidecar object. Raises :class:`ConfigError` for a bad layer index, a fold that
-    a layer cannot take or a layer kind without hardware.
+    Returns the sidecar object. Raises :class:`ConfigError` as :func:`configs` does.
     """
     base = module_name(model.name)
+    cfgs = configs(model, layer=layer, fold=fold, pipeline=pipeline)
     if layer is None:
-        return write_component(build_network(model, fold, pipeline), model, out_dir, base)
-    if isinstance(layer, bool) or not isinstance(layer, int) \
-            or not 0 <= layer < len(model.layers):
-        raise ConfigError(f"layer must be in 0..{len(model.layers) - 1}, not {layer!r}")
-    cfg = kinds.configure(model.layers[layer], fold, pipeline, f"layers[{layer}]")
-    return write_component(build_layer(cfg), model, out_dir, f"{base}_layer{layer}", layer)
+        return write_component(Network(cfgs), model, out_dir, base)
+    return write_component(build_layer(cfgs[0]), model, out_dir, f"{base}_layer{layer}", layer)

@@ -32,7 +32,7 @@ __all__ = ["verilog"]
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as one JSON object.")
 def verilog(model, out, layer, fold, pipeline, as_json):
     """Write Verilog of a model (or one layer) and a JSON sidecar describing its ports."""
-    from bitfab.hw.verilog import generate
+    from bitfab.hw.verilog import configs, generate
     from bitfab.toolchain import output_folder
 
     check_output_folder(out)
@@ -40,8 +40,7 @@ def verilog(model, out, layer, fold, pipeline, as_json):
     fold_pair = parse_fold(fold)
     if layer is not None and layer >= len(m.layers):
         raise BitfabError(f"--layer must be in 0..{len(m.layers) - 1}, not {layer}")
-    from bitfab.hw.layer import network_configs
-    network_configs(m if layer is None else m.single(layer), fold_pair, pipeline)  # before --out
+    configs(m, layer=layer, fold=fold_pair, pipeline=pipeline)  # refuse before --out exists
     from rich.console import Console
     what = f"layer {layer}" if layer is not None else f"{len(m.layers)} layer(s)"
     try:
