@@ -32,6 +32,8 @@ COMMANDS = {
     "sim": "bitfab.cli.sim:sim",
     "synth": "bitfab.cli.board:synth",
     "board": "bitfab.cli.board:board",
+    "import": "bitfab.cli.interop:import_",
+    "export": "bitfab.cli.interop:export",
 }
 
 
