@@ -20,9 +20,8 @@ from fractions import Fraction
 import numpy as np
 
 from bitfab.model import IntegerModel
+from bitfab.quant.qonnx_import import INPUT_SCALE_KEY, clean, quant_boundaries, require_interop
 from bitfab.sim import golden
-
-from .qonnx_import import INPUT_SCALE_KEY, clean, quant_boundaries, require_interop
 
 __all__ = ["run_qonnx", "real_inputs", "qonnx_codes", "exact_execute", "Comparison",
            "compare_with_qonnx"]
