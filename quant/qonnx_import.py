@@ -111,18 +111,34 @@ def _check_static(model) -> None:
 
 
 def clean(model):
-    """Return ``model`` cleaned with qonnx's transformations (quantizers kept)."""
+    """Return ``model`` cleaned with qonnx's transformations, quantizers kept and node names
+    left as the file has them (so that a refusal names the node the user sees)."""
     from qonnx.transformation.batchnorm_to_affine import BatchNormToAffine
-    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import (
+        GiveUniqueParameterTensors,
+        RemoveStaticGraphInputs,
+        RemoveUnusedTensors,
+    )
     from qonnx.transformation.infer_shapes import InferShapes
-    from qonnx.util.cleanup import cleanup_model
     _check_static(model)
-    model = cleanup_model(model)
+    for node in model.graph.node:  # qonnx's executor finds its ops by this domain
+        if node.op_type in ("Quant", "BipolarQuant", "Trunc", "MultiThreshold"):
+            node.domain = "qonnx.custom_op.general"
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    steps = [InferShapes(), GiveUniqueParameterTensors(),
+             FoldConstants(exclude_op_types=["Quant", "BipolarQuant"]), RemoveUnusedTensors(),
+             RemoveStaticGraphInputs()]
     if model.get_nodes_by_op_type("BatchNormalization"):
-        model = model.transform(BatchNormToAffine())
-        model = model.transform(InferShapes())
-        model = cleanup_model(model)
-    return model.transform(GiveUniqueNodeNames())
+        steps += [BatchNormToAffine(), InferShapes(),
+                  FoldConstants(exclude_op_types=["Quant", "BipolarQuant"])]
+    for step in steps:
+        model = model.transform(step)
+    return model
 
 
 # --- exact numbers --------------------------------------------------------------------------------

@@ -1,0 +1,301 @@
+"""QONNX interop: Brevitas-trained nets imported, golden == qonnx's execute_onnx (integer codes),
+RTL == golden, bitfab's export round trip, bad input, and the checker's wrong reference."""
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import bitfab_cli
+from qonnx.core.modelwrapper import ModelWrapper
+
+from bitfab.model import IntegerModel
+from bitfab.quant.data import load_dataset
+from bitfab.quant.qonnx_export import to_qonnx
+from bitfab.quant.qonnx_import import import_qonnx, load_onnx
+from bitfab.sim import golden
+from bitfab.sim.qonnx_check import compare_with_qonnx, qonnx_codes
+
+pytestmark = [
+    pytest.mark.train,
+    # brevitas 0.13 at import: an optional accelerated kernel is missing (its pure-torch path is
+    # used), and its export imports its own deprecated brevitas.fx module
+    pytest.mark.filterwarnings("ignore:fast_hadamard_transform package not found:UserWarning"),
+    pytest.mark.filterwarnings("ignore:brevitas.fx is deprecated:DeprecationWarning"),
+]
+
+DIGITS = load_dataset("digits", 0)
+torch.set_num_threads(1)
+
+
+def _brevitas():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "fast_hadamard_transform", UserWarning)
+        import brevitas.nn as qnn
+        import brevitas.quant as bq
+    return qnn, bq
+
+
+def _net(kind: str):
+    """A small Brevitas MLP 64-16-10 of one of the test kinds."""
+    qnn, bq = _brevitas()
+    torch.manual_seed(0)
+    inp = qnn.QuantIdentity(act_quant=bq.Uint8ActPerTensorFixedPoint, bit_width=5,
+                            return_quant_tensor=True)
+    if kind == "binary":
+        return torch.nn.Sequential(
+            inp,
+            qnn.QuantLinear(64, 32, bias=False, weight_quant=bq.SignedBinaryWeightPerTensorConst),
+            torch.nn.BatchNorm1d(32),
+            qnn.QuantIdentity(act_quant=bq.SignedBinaryActPerTensorConst,
+                              return_quant_tensor=True),
+            qnn.QuantLinear(32, 10, bias=False, weight_quant=bq.SignedBinaryWeightPerTensorConst))
+    if kind == "ternary":  # 2-bit narrow-range weights {-1, 0, 1}, 3-bit ReLU, pow2 scales
+        return torch.nn.Sequential(
+            inp,
+            qnn.QuantLinear(64, 16, bias=False, weight_quant=bq.Int8WeightPerTensorFixedPoint,
+                            weight_bit_width=2, weight_narrow_range=True),
+            qnn.QuantReLU(act_quant=bq.Uint8ActPerTensorFixedPoint, bit_width=3,
+                          return_quant_tensor=True),
+            qnn.QuantLinear(16, 10, bias=False, weight_quant=bq.Int8WeightPerTensorFixedPoint,
+                            weight_bit_width=2, weight_narrow_range=True))
+    if kind == "int4-pow2":  # 4-bit weights, 4-bit ReLU, power-of-two scales
+        return torch.nn.Sequential(
+            inp,
+            qnn.QuantLinear(64, 16, bias=False, weight_quant=bq.Int8WeightPerTensorFixedPoint,
+                            weight_bit_width=4),
+            qnn.QuantReLU(act_quant=bq.Uint8ActPerTensorFixedPoint, bit_width=4,
+                          return_quant_tensor=True),
+            qnn.QuantLinear(16, 10, bias=False, weight_quant=bq.Int8WeightPerTensorFixedPoint,
+                            weight_bit_width=4))
+    assert kind == "float"  # per-channel float weight scales, float act scales, a float bias
+    return torch.nn.Sequential(
+        inp,
+        qnn.QuantLinear(64, 16, bias=True, weight_quant=bq.Int8WeightPerChannelFloat,
+                        weight_bit_width=4),
+        qnn.QuantReLU(act_quant=bq.Uint8ActPerTensorFloat, bit_width=3,
+                      return_quant_tensor=True),
+        qnn.QuantLinear(16, 10, bias=False, weight_quant=bq.Int8WeightPerTensorFloat,
+                        weight_bit_width=4),
+        qnn.QuantIdentity(act_quant=bq.Int8ActPerTensorFloat, bit_width=8))
+
+
+def _train(net, epochs: int = 3):
+    x = torch.as_tensor(DIGITS.x_train / 16.0, dtype=torch.float32)
+    y = torch.as_tensor(DIGITS.y_train)
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            out = net(x[idx])
+            out = out.value if hasattr(out, "value") else out
+            torch.nn.functional.cross_entropy(out, y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+def _export(net, path):
+    from brevitas.export import export_qonnx
+    export_qonnx(net, torch.zeros(1, 64), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def brevitas_models(tmp_path_factory):
+    """kind -> path of the exported QONNX file of a trained net."""
+    folder = tmp_path_factory.mktemp("brevitas")
+    return {k: _export(_train(_net(k)), folder / f"{k}.onnx")
+            for k in ("binary", "ternary", "int4-pow2", "float")}
+
+
+def _codes(model: IntegerModel) -> np.ndarray:
+    """The digits test split as the input codes of ``model`` (its input quantizer, exactly)."""
+    fmt = model.input
+    return np.clip(np.round(DIGITS.x_test / 16.0 / model.input_scale), fmt.min_value,
+                   fmt.max_value).astype(np.int64)
+
+
+#: the encoding each kind's layers must get, detected from the integer weight codes
+ENCODINGS = {"binary": ["binary", "binary"], "ternary": ["ternary", "ternary"],
+             "int4-pow2": ["int", "int"], "float": ["int", "int"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["binary", "ternary", "int4-pow2", "float"])
+def test_brevitas_net_golden_equals_qonnx(brevitas_models, kind):
+    model = import_qonnx(brevitas_models[kind])
+    assert [la.encoding.kind for la in model.layers] == ENCODINGS[kind]
+    x = _codes(model)
+    result = compare_with_qonnx(model, load_onnx(brevitas_models[kind]), x)
+    print(kind, json.dumps(result.to_json()))
+    assert result.samples == len(DIGITS.x_test)
+    assert result.unexplained == [], result.details
+    if kind != "float":
+        # power-of-two scales (and a bipolar sign, whose boundary 0 is exact): no difference
+        assert result.differing == []
+        np.testing.assert_array_equal(
+            qonnx_codes(model, load_onnx(brevitas_models[kind]), x),
+            golden.execute(model, x).output)
+    # the imported net still classifies digits
+    accuracy = float(np.mean(golden.predict(model, x) == DIGITS.y_test))
+    assert accuracy > 0.5, accuracy
+
+
+@pytest.mark.slow
+def test_brevitas_binary_net_is_bipolar_xnor(brevitas_models):
+    model = import_qonnx(brevitas_models["binary"])
+    assert model.layers[1].input.kind == "bipolar"
+    assert model.layers[1].datapath == "xnor_popcount"
+    assert model.layers[0].output.count == 1
+
+
+@pytest.mark.slow
+@pytest.mark.cocotb
+def test_imported_net_rtl_equals_golden(brevitas_models, tmp_path):
+    from bitfab.sim.run import simulate_model
+    model = import_qonnx(brevitas_models["ternary"])
+    path = tmp_path / "net.bfm"
+    model.save(path)
+    x = _codes(model)[:300]
+    r = simulate_model(path, simulator="verilator", inputs=x, stall=0.1)
+    assert (r.vectors, r.mismatches) == (300, 0)
+
+
+def test_checker_fails_on_a_wrong_reference():
+    model = IntegerModel.load(_trained("ternary"))
+    wrapper = ModelWrapper(to_qonnx(model))
+    want = golden.execute(model, DIGITS.x_test).output.copy()
+    assert compare_with_qonnx(model, wrapper, DIGITS.x_test, want).differing == []
+    want[7, 3] += 1
+    result = compare_with_qonnx(model, wrapper, DIGITS.x_test, want)
+    assert result.differing == [7] and result.unexplained == [7] and result.boundary == []
+
+
+# --- bitfab's own export ----------------------------------------------------------------------
+
+
+_TRAINED: dict = {}
+
+
+def _trained(recipe: str):
+    """A short `bitfab train` run (cached per session in a temporary folder)."""
+    if recipe not in _TRAINED:
+        import tempfile
+
+        from bitfab.quant.recipes import TrainConfig
+        from bitfab.quant.train import export, fit
+        cfg = TrainConfig(recipe=recipe, hidden=(16,), epochs=2, seed=0)
+        model = export(fit(cfg, DIGITS))
+        path = tempfile.mkdtemp(prefix="bitfab-interop-") + f"/{recipe}.bfm"
+        model.save(path)
+        _TRAINED[recipe] = path
+    return _TRAINED[recipe]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["binary", "ternary", "pow2", "int8"])
+def test_bitfab_model_round_trip(recipe, tmp_path, capsys):
+    src = _trained(recipe)
+    out = tmp_path / "net.onnx"
+    code, _, err = bitfab_cli(capsys, "export", src, "--qonnx", out)
+    assert code == 0, err
+    model = IntegerModel.load(src)
+    x = DIGITS.x_test
+    np.testing.assert_array_equal(qonnx_codes(model, load_onnx(out), x),
+                                  golden.execute(model, x).output)
+    code, stdout, err = bitfab_cli(capsys, "import", out, "--out", tmp_path / "back.bfm",
+                                   "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["fingerprint"] == model.fingerprint()
+    assert IntegerModel.load(tmp_path / "back.bfm").fingerprint() == model.fingerprint()
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys, *args) -> str:
+    code, out, err = bitfab_cli(capsys, *args)
+    assert code == 1, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def _ternary_onnx(tmp_path):
+    path = tmp_path / "ok.onnx"
+    path.write_bytes(to_qonnx(IntegerModel.load(_trained("ternary"))).SerializeToString())
+    return path
+
+
+def test_not_onnx_and_truncated(tmp_path, capsys):
+    (tmp_path / "a.onnx").write_text("this is no model\n")
+    err = _one_line_error(capsys, "import", tmp_path / "a.onnx", "--out", tmp_path / "a.bfm")
+    assert "not an ONNX model" in err
+    good = _ternary_onnx(tmp_path).read_bytes()
+    (tmp_path / "t.onnx").write_bytes(good[: len(good) // 2])
+    err = _one_line_error(capsys, "import", tmp_path / "t.onnx", "--out", tmp_path / "t.bfm")
+    assert "not an ONNX model" in err
+    assert not (tmp_path / "a.bfm").exists() and not (tmp_path / "t.bfm").exists()
+
+
+def _edit(tmp_path, change) -> str:
+    proto = onnx.load(str(_ternary_onnx(tmp_path)))
+    change(proto)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_unsupported_op_names_node_op_and_what_is_supported(tmp_path, capsys):
+    def tanh(proto):
+        node = next(n for n in proto.graph.node if n.op_type == "MatMul")
+        old = node.output[0]
+        node.output[0] = old + "_pre"
+        proto.graph.node.insert(list(proto.graph.node).index(node) + 1,
+                                onnx.helper.make_node("Tanh", [old + "_pre"], [old],
+                                                      name="squash"))
+    err = _one_line_error(capsys, "import", _edit(tmp_path, tanh), "--out", tmp_path / "x.bfm")
+    assert "'squash' (Tanh)" in err and "MultiThreshold" in err and "Gemm/MatMul" in err
+    assert not (tmp_path / "x.bfm").exists()
+
+
+def test_non_integer_zero_point(tmp_path, capsys):
+    def zp(proto):
+        for init in proto.graph.initializer:
+            if init.name == "zero":
+                init.CopyFrom(onnx.numpy_helper.from_array(np.float32(0.5), "zero"))
+    err = _one_line_error(capsys, "import", _edit(tmp_path, zp), "--out", tmp_path / "x.bfm")
+    assert "zero point" in err and "(Quant)" in err and "not an integer" in err
+
+
+def test_dynamic_shape(tmp_path, capsys):
+    def dynamic(proto):
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    err = _one_line_error(capsys, "import", _edit(tmp_path, dynamic), "--out", tmp_path / "x.bfm")
+    assert "dynamic shape" in err and "global_in" in err
+
+
+def test_export_of_an_lstm_model(tmp_path, capsys):
+    from bitfab.lstm import random_lstm
+    path = tmp_path / "lstm.bfm"
+    IntegerModel((random_lstm(np.random.default_rng(4), 3, 4, returns="last"),), 0.5).save(path)
+    err = _one_line_error(capsys, "export", path, "--qonnx", tmp_path / "x.onnx")
+    assert "lstm" in err and "QONNX export covers dense" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_extra_is_named(tmp_path):
+    """Without the interop extra (onnx made unimportable in a fresh interpreter), one line
+    names the extra."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['onnx'] = None; from bitfab.cli import run; "
+            "run(['import', 'm.onnx', '--out', 'm.bfm'])")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'bitfab[interop]'" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "m.bfm").exists()
