@@ -175,6 +175,47 @@ def test_checker_fails_on_a_wrong_reference():
     assert result.differing == [7] and result.unexplained == [7] and result.boundary == []
 
 
+def _one_weight_graph(s_w: np.float32, s_out: np.float32):
+    """in (5-bit unsigned, scale 1/16) -> MatMul by one weight (code 1, scale ``s_w``) ->
+    Quant (4-bit unsigned, scale ``s_out``): a QONNX graph written by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+    f = np.float32
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=f), n) for n, v in (
+        ("s_in", 1 / 16), ("zero", 0), ("b5", 5), ("b4", 4), ("w", [[s_w]]), ("s_w", s_w),
+        ("s_out", s_out))]
+    q = dict(domain="qonnx.custom_op.general", rounding_mode="ROUND", narrow=0)
+    nodes = [helper.make_node("Quant", ["x", "s_in", "zero", "b5"], ["xq"], name="in_q",
+                              signed=0, **q),
+             helper.make_node("Quant", ["w", "s_w", "zero", "b4"], ["wq"], name="w_q",
+                              signed=1, **q),
+             helper.make_node("MatMul", ["xq", "wq"], ["y"], name="mm"),
+             helper.make_node("Quant", ["y", "s_out", "zero", "b4"], ["out"], name="act",
+                              signed=0, **q)]
+    graph = helper.make_graph(nodes, "one", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 1])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, [1, 1])], inits)
+    return ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_float_scale_boundary_case_is_counted_and_proven():
+    """``s_w / s_out`` is just below 1.5 in exact arithmetic but 1.5 in float32, which rounds
+    (half to even) to 2: at input 1.0 QONNX says 2, the exact quantizer (and bitfab) says 1."""
+    s_w = np.float32(17 / 997)
+    s_out = np.float32(s_w / np.float32(1.5))
+    model = import_qonnx(_one_weight_graph(s_w, s_out))
+    x = np.arange(32)[:, None]
+    result = compare_with_qonnx(model, _one_weight_graph(s_w, s_out), x)
+    assert 16 in result.differing
+    assert result.boundary == result.differing and result.unexplained == []
+    assert golden.execute(model, x).output[16, 0] == 1
+    detail = next(d for d in result.details if d["row"] == 16)
+    assert detail["node"] == "act" and detail["distance"] <= detail["float32_error"]
+    # a wrong reference elsewhere is no boundary case: exact arithmetic disagrees with it
+    want = golden.execute(model, x).output.copy()
+    want[5, 0] += 1
+    assert compare_with_qonnx(model, _one_weight_graph(s_w, s_out), x, want).unexplained == [5]
+
+
 # --- bitfab's own export ----------------------------------------------------------------------
 
 
