@@ -216,6 +216,45 @@ def test_float_scale_boundary_case_is_counted_and_proven():
     assert compare_with_qonnx(model, _one_weight_graph(s_w, s_out), x, want).unexplained == [5]
 
 
+def _finn_graph():
+    """A FINN-streamlined-style graph: integer weights as plain constants, a per-channel ``Mul``
+    (one channel negative: direction -1), float ``MultiThreshold`` thresholds with signed levels
+    (``out_bias=-2``), then a second integer layer."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+    f = np.float32
+    scale = rng.choice([0.25, 0.5, 1.0, 2.0], 8) * rng.choice([-1, 1], 8, p=[0.25, 0.75])
+    t = np.sort(rng.integers(-40, 40, (8, 3)) + rng.choice([0, 0.25, 0.5], (8, 3)), axis=1)
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=f), n) for n, v in (
+        ("s_in", 0.5), ("zero", 0), ("b4", 4), ("w1", rng.integers(-3, 4, (12, 8))),
+        ("mul", scale), ("t", t), ("w2", rng.integers(-7, 8, (8, 5))))]
+    nodes = [helper.make_node("Quant", ["x", "s_in", "zero", "b4"], ["xq"], name="in_q",
+                              domain="qonnx.custom_op.general", signed=0, narrow=0,
+                              rounding_mode="ROUND"),
+             helper.make_node("MatMul", ["xq", "w1"], ["a1"], name="mm1"),
+             helper.make_node("Mul", ["a1", "mul"], ["m1"], name="bn_mul"),
+             helper.make_node("MultiThreshold", ["m1", "t"], ["y1"], name="thr",
+                              domain="qonnx.custom_op.general", out_dtype="INT2",
+                              out_scale=1.0, out_bias=-2.0),
+             helper.make_node("MatMul", ["y1", "w2"], ["out"], name="mm2")]
+    graph = helper.make_graph(nodes, "finn", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 12])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, [1, 5])], inits)
+    return ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_finn_multithreshold_graph():
+    model = import_qonnx(_finn_graph())
+    assert model.layers[0].output.kind == "threshold"
+    assert set(model.layers[0].output.direction.tolist()) == {-1, 1}
+    assert model.layers[0].encoding.kind == "int"
+    x = np.random.default_rng(4).integers(0, 16, (500, 12))
+    result = compare_with_qonnx(model, _finn_graph(), x)
+    assert result.differing == []
+    np.testing.assert_array_equal(qonnx_codes(model, _finn_graph(), x),
+                                  golden.execute(model, x).output)
+
+
 # --- bitfab's own export ----------------------------------------------------------------------
 
 
