@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitfab.conv import Conv, Flatten, MaxPool
 from bitfab.errors import ModelFormatError, ToolError
 from bitfab.fileformat import input_format
 from bitfab.model import (
@@ -159,14 +160,23 @@ def _floor(f: Fraction) -> int:
     return f.numerator // f.denominator
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Act:
     """An activation tensor: ``scale * (code + offset)`` (``int``) or ``scale * b`` with
     ``b = 2 * code - 1`` (``bipolar``); ``fmt`` the integer format of what bitfab carries."""
 
     scale: Fraction
     offset: int
-    fmt: InputFormat
+    fmt: InputFormat | None
+    #: ``(features,)`` or an image ``(H, W, C)``
+    shape: tuple = ()
+    #: after a flatten: bitfab's vector index -> the file's (c, h, w) index
+    perm: np.ndarray | None = None
+
+
+def _carrier(fmt: InputFormat) -> InputFormat:
+    """The format a pool or flatten carries: the 0/1 codes of a bipolar activation."""
+    return InputFormat.int(1, signed=False) if fmt.kind == "bipolar" else fmt
 
 
 def quant_boundaries(lo: int, hi: int, rounding: str) -> list[tuple[Fraction, bool]]:
@@ -267,12 +277,14 @@ class _Walk:
         return {"bipolar": False, "scale": scale, "bits": nbits, "signed": signed, "lo": lo,
                 "hi": hi, "rounding": rounding}
 
-    def weights(self, node, name: str, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(codes (out, in) int64, scale (out,) of Fractions)`` of a layer's weights."""
+    def weights(self, node, name: str, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(codes, scale)`` of a layer's weights: the integer codes with the output
+        channel first (the other axes as the file has them) and the per-output-channel scale
+        (exact fractions)."""
         q = self.m.find_producer(name)
         if q is None or q.op_type not in ("Quant", "BipolarQuant"):
             w = self.const(name, node, "the weights")
-            if w.ndim != 2 or not np.all(np.isfinite(w)) or not np.all(w == np.round(w)):
+            if not np.all(np.isfinite(w)) or not np.all(w == np.round(w)):
                 raise self.fail(node, "the weights are neither quantized (Quant/BipolarQuant) "
                                       "nor integers")
             codes, scale = w.astype(np.int64), np.ones(1, dtype=np.float32)
@@ -281,8 +293,6 @@ class _Walk:
             w = self.const(q.input[0], q, "the float weights").astype(np.float32)
             p = self.quant_params(q)
             scale = p["scale"]
-            if w.ndim != 2:
-                raise self.fail(node, f"weights of shape {list(w.shape)}: a dense layer needs 2")
             if p["bipolar"]:
                 codes = np.where(w >= 0, 1, -1).astype(np.int64)
             else:
@@ -291,15 +301,13 @@ class _Walk:
                 v = np.where(v > p["hi"], np.float32(p["hi"]), v)
                 v = np.where(v < p["lo"], np.float32(p["lo"]), v)
                 codes = np.round(v).astype(np.int64)
-        if not transposed:
-            codes = codes.T
         full = np.broadcast_to(scale, w.shape) if scale.ndim else np.full(w.shape, scale)
-        if not transposed:
-            full = full.T
-        if np.any(full != full[:, :1]):
-            raise self.fail(node, "weight scales vary along the input axis (per-output-channel "
+        codes, full = np.moveaxis(codes, out_axis, 0), np.moveaxis(full, out_axis, 0)
+        flat = full.reshape(len(full), -1)
+        if np.any(flat != flat[:, :1]):
+            raise self.fail(node, "weight scales vary along an input axis (per-output-channel "
                                   "or per-tensor scales are supported)")
-        return codes, _fractions(full[:, 0])
+        return codes, _fractions(flat[:, 0])
 
     # --- the model --------------------------------------------------------------------------------
 
@@ -307,11 +315,17 @@ class _Walk:
         g = self.m.graph
         inp = [i for i in g.input if i.name not in self.inits][0]
         shape = self.m.get_tensor_shape(inp.name)
-        features = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+        if len(shape) == 4:  # NCHW: bitfab's images are (H, W, C), channels last
+            tshape: tuple = (shape[2], shape[3], shape[1])
+        elif len(shape) in (1, 2):
+            tshape = (int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0]),)
+        else:
+            raise ModelFormatError(f"input {inp.name!r} of shape {shape}: bitfab imports "
+                                   f"vectors (batch, features) and images (batch, C, H, W)")
         node = self.consumer(inp.name)
         if node is None:
             raise ModelFormatError("the graph input feeds no node")
-        while node is not None and node.op_type in _NOOPS:
+        while node is not None and node.op_type in _NOOPS and len(tshape) == 1:
             node = self.consumer(node.output[0])
         if node is None or node.op_type not in ("Quant", "BipolarQuant"):
             what = "nothing" if node is None else f"node {node.name!r} ({node.op_type})"
@@ -321,32 +335,51 @@ class _Walk:
         if np.asarray(p["scale"]).size != 1:
             raise self.fail(node, "per-channel input scales are not supported")
         s_in = float(np.asarray(p["scale"]).reshape(-1)[0])
-        if p["bipolar"]:
-            act = _Act(Fraction(s_in), 0, InputFormat.bipolar())
-        else:
-            if p["lo"] < 0 and not p["signed"]:
-                raise self.fail(node, "unexpected range")
-            act = _Act(Fraction(s_in), 0, InputFormat.int(p["bits"], p["signed"]))
+        fmt = InputFormat.bipolar() if p["bipolar"] else InputFormat.int(p["bits"], p["signed"])
+        act = _Act(Fraction(s_in), 0, fmt, tshape)
         input_scale = s_in
         tensor = node.output[0]
-        layers: list[Dense] = []
+        layers: list = []
         out_scale = None
         self.decode: dict = {}
         while True:
             node = self.consumer(tensor)
-            while node is not None and node.op_type in _NOOPS:
+            while node is not None and node.op_type in ("Identity", "Dropout"):
                 tensor = node.output[0]
                 node = self.consumer(tensor)
             if node is None:
                 break
-            layer, tensor, act, out_scale = self.layer(node, act, features, len(layers))
-            features = layer.out_features
+            index = len(layers)
+            if node.op_type in _NOOPS:
+                if len(act.shape) > 1:  # an image becomes a vector: a flatten layer
+                    out = self.m.get_tensor_shape(node.output[0])
+                    if out is None or int(np.prod(out[1:])) != int(np.prod(act.shape)) \
+                            or len(out) != 2:
+                        raise self.fail(node, f"reshapes the image {act.shape} to {out}; "
+                                              f"only flattening to (1, features) is supported")
+                    layers.append(Flatten(_carrier(act.fmt), act.shape, name=f"flatten{index}"))
+                    h, w, c = act.shape
+                    # bitfab's vector is (h, w, c) in stream order; ONNX's flatten is (c, h, w)
+                    perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+                    act = _Act(act.scale, act.offset, act.fmt, (h * w * c,), perm)
+                tensor = node.output[0]
+                continue
+            if node.op_type == "MaxPool":
+                layer = self.maxpool(node, act, index)
+                layers.append(layer)
+                act = _Act(act.scale, act.offset, act.fmt, layer.out_shape)
+                tensor = node.output[0]
+                continue
+            layer, tensor, act, out_scale = self.layer(node, act, index)
             layers.append(layer)
             if act is None:
                 break
-        if not layers:
-            raise ModelFormatError("the graph has no Gemm or MatMul layer after its input "
+        if not any(la.kind in ("dense", "conv") for la in layers):
+            raise ModelFormatError("the graph has no Gemm, MatMul or Conv layer after its input "
                                    "quantizer")
+        if layers[-1].kind != "dense":
+            raise ModelFormatError(f"the graph ends in a {layers[-1].kind} layer; bitfab imports "
+                                   f"graphs that end in a dense (Gemm/MatMul) layer")
         if tensor not in [o.name for o in g.output]:
             raise ModelFormatError(f"tensor {tensor!r} is not the graph output; bitfab imports "
                                    f"one chain of layers ending at the output")
@@ -365,30 +398,55 @@ class _Walk:
         return IntegerModel(tuple(layers), input_scale, out_scale,
                             {"source": "qonnx", "qonnx_output": self.decode})
 
-    def layer(self, node, act: _Act, features: int, index: int):
-        """Map one Gemm/MatMul (and what follows it up to the next quantizer) to a Dense."""
-        if node.op_type == "Gemm":
-            if self.attr(node, "transA", 0):
-                raise self.fail(node, "transA=1 is not supported")
-            transposed = bool(self.attr(node, "transB", 0))
-            alpha = Fraction(float(np.float32(self.attr(node, "alpha", 1.0))))
-            beta = Fraction(float(np.float32(self.attr(node, "beta", 1.0))))
-        elif node.op_type == "MatMul":
-            transposed, alpha, beta = False, Fraction(1), Fraction(1)
+    def maxpool(self, node, act: _Act, index: int) -> MaxPool:
+        if len(act.shape) != 3:
+            raise self.fail(node, "max pooling of a vector")
+        kernel = tuple(self.attr(node, "kernel_shape", []))
+        strides = tuple(self.attr(node, "strides", kernel))
+        if any(self.attr(node, "pads", [0])) or self.attr(node, "ceil_mode", 0) \
+                or any(d != 1 for d in self.attr(node, "dilations", [1])) \
+                or self.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise self.fail(node, "padding, ceil_mode and dilations are not supported in pooling")
+        return MaxPool(_carrier(act.fmt), act.shape, kernel, strides, name=f"pool{index}")
+
+    def layer(self, node, act: _Act, index: int):
+        """Map one Gemm/MatMul/Conv (and what follows it up to the next quantizer) to a layer;
+        return ``(layer, output tensor, the activation it emits or None, output scale)``."""
+        alpha = beta = Fraction(1)
+        if node.op_type in ("Gemm", "MatMul"):
+            if len(act.shape) != 1:
+                raise self.fail(node, f"reads the image {act.shape}; flatten it first")
+            out_axis = 1
+            if node.op_type == "Gemm":
+                if self.attr(node, "transA", 0):
+                    raise self.fail(node, "transA=1 is not supported")
+                out_axis = 0 if self.attr(node, "transB", 0) else 1
+                alpha = Fraction(float(np.float32(self.attr(node, "alpha", 1.0))))
+                beta = Fraction(float(np.float32(self.attr(node, "beta", 1.0))))
+            codes, s_w = self.weights(node, node.input[1], out_axis)
+            if codes.ndim != 2 or codes.shape[1] != act.shape[0]:
+                raise self.fail(node, f"weights of shape {list(codes.shape)} for "
+                                      f"{act.shape[0]} inputs")
+            if act.perm is not None:
+                codes = codes[:, act.perm]
+        elif node.op_type == "Conv":
+            if len(act.shape) != 3:
+                raise self.fail(node, "a 2-D convolution of a vector")
+            codes, s_w = self.weights(node, node.input[1], 0)
+            if codes.ndim != 4:
+                raise self.fail(node, "only 2-D convolutions are imported")
+            codes = codes.transpose(0, 2, 3, 1)  # (O, C/g, kh, kw) -> (O, kh, kw, C/g)
         else:
-            raise self.fail(node, "expected a Gemm or MatMul layer here")
-        codes, s_w = self.weights(node, node.input[1], transposed)
-        if codes.shape[1] != features:
-            raise self.fail(node, f"weights take {codes.shape[1]} inputs, the tensor has "
-                                  f"{features}")
+            raise self.fail(node, "expected a Gemm, MatMul or Conv layer here")
         n_out = codes.shape[0]
         a = np.array([alpha * act.scale * s for s in s_w], dtype=object)
         b = np.array([Fraction(0)] * n_out, dtype=object)
-        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        if node.op_type in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2]:
             bias = self.const(node.input[2], node, "the bias").astype(np.float32)
             b = b + beta * np.broadcast_to(_fractions(bias), (n_out,))
-        # what the codes add: offset * row sum (a code + offset activation)
-        int_bias = act.offset * codes.sum(axis=1)
+        # what the codes add: offset * the weights' sum (a code + offset activation)
+        int_bias = act.offset * codes.reshape(n_out, -1).sum(axis=1)
+        build = self.builder(node, codes, act, index)
         tensor = node.output[0]
         relu = False
         while True:
@@ -396,7 +454,7 @@ class _Walk:
             if nxt is None:
                 break
             op = nxt.op_type
-            if op in _NOOPS:
+            if op in ("Identity", "Dropout") or (op in _NOOPS and node.op_type != "Conv"):
                 pass
             elif op in ("Add", "Sub", "Mul", "Div") and not relu:
                 other = [i for i in nxt.input if i != tensor]
@@ -424,10 +482,10 @@ class _Walk:
             elif op == "Relu" and not relu:
                 relu = True
             elif op in ("Quant", "BipolarQuant", "MultiThreshold"):
-                return self.stage(nxt, codes, int_bias, a, b, relu, act, index)
+                return self.stage(nxt, build, int_bias, a, b, relu, act)
             else:
                 raise self.fail(nxt, "cannot be absorbed between a layer and its activation "
-                                     "quantizer" if op not in ("Gemm", "MatMul")
+                                     "quantizer" if op not in ("Gemm", "MatMul", "Conv")
                                 else "a second layer with no activation quantizer between")
             tensor = nxt.output[0]
         # the last layer: accumulators out, which must be the real outputs' integer grid
@@ -442,15 +500,37 @@ class _Walk:
                                       f"whole number of accumulator units; add an output "
                                       f"quantizer")
             extra.append(int(q))
-        layer = Dense(codes, weight_encoding(codes), act.fmt, NoOutput(),
-                      int_bias + np.array(extra, dtype=np.int64), name=f"fc{index}")
+        layer = build(NoOutput(), int_bias + np.array(extra, dtype=np.int64))
         scale = float(a[0]) if all(v == a[0] for v in a) and a[0] > 0 else None
         self.decode = {"scale": [float(v) for v in a], "offset": 0, "bipolar": False}
         return layer, tensor, None, scale
 
-    def stage(self, q, codes, int_bias, a, b, relu: bool, act: _Act, index: int):
-        """Turn the quantizer ``q`` of ``y = a * acc + b`` into a Dense with thresholds."""
-        n_out = codes.shape[0]
+    def builder(self, node, codes, act: _Act, index: int):
+        """``(output stage, integer bias) -> layer`` of a Gemm/MatMul or Conv node."""
+        enc = weight_encoding(codes)
+        if node.op_type != "Conv":
+            return lambda stage, bias: Dense(codes, enc, act.fmt, stage, bias, name=f"fc{index}")
+        if self.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+                or any(d != 1 for d in self.attr(node, "dilations", [1])):
+            raise self.fail(node, "auto_pad and dilations are not supported")
+        pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
+        strides = tuple(self.attr(node, "strides", [1, 1]))
+        groups = int(self.attr(node, "group", 1))
+        padding = ((pads[0], pads[2]), (pads[1], pads[3]))
+        pad_value = None
+        if any(pads):
+            if act.fmt.kind == "bipolar":
+                raise self.fail(node, "zero padding of a bipolar (-1/+1) activation has no code")
+            pad_value = -act.offset  # the code of the real value 0
+            if not act.fmt.min_value <= pad_value <= act.fmt.max_value:
+                raise self.fail(node, f"zero padding needs code {pad_value}, outside "
+                                      f"{act.fmt.describe()}")
+        return lambda stage, bias: Conv(codes, enc, act.fmt, act.shape, strides, padding,
+                                        pad_value, groups, stage, bias, name=f"conv{index}")
+
+    def stage(self, q, build, int_bias, a, b, relu: bool, act: _Act):
+        """Turn the quantizer ``q`` of ``y = a * acc + b`` into the layer's threshold stage."""
+        n_out = len(a)
         int_bias = int_bias.copy()
         b = b.copy()
         for o in range(n_out):  # a whole number of accumulator units is the layer's bias
@@ -458,8 +538,7 @@ class _Walk:
             if units.denominator == 1 and abs(units) < _CLAMP:
                 int_bias[o] += int(units)
                 b[o] = Fraction(0)
-        layer0 = Dense(codes, weight_encoding(codes), act.fmt, NoOutput(), int_bias)
-        acc_lo, acc_hi = layer0.acc_range
+        acc_lo, acc_hi = build(NoOutput(), int_bias).acc_range
         if q.op_type == "MultiThreshold":
             t = self.const(q.input[1], q, "the thresholds").astype(np.float32)
             if t.ndim != 2 or t.shape[0] not in (1, n_out):
@@ -515,7 +594,8 @@ class _Walk:
         stage = Threshold(thresholds, direction)
         if nxt.fmt is None:
             nxt = _Act(nxt.scale, nxt.offset, InputFormat.int(stage.out_bits, signed=False))
-        layer = Dense(codes, weight_encoding(codes), act.fmt, stage, int_bias, name=f"fc{index}")
+        layer = build(stage, int_bias)
+        nxt = _Act(nxt.scale, nxt.offset, nxt.fmt, layer.out_shape)
         self.decode = {"scale": [float(nxt.scale)] * n_out, "offset": nxt.offset,
                        "bipolar": nxt.fmt.kind == "bipolar"}
         return layer, q.output[0], nxt, float(nxt.scale)

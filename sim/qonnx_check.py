@@ -58,6 +58,9 @@ def real_inputs(model: IntegerModel, wrapper, x_int: np.ndarray) -> np.ndarray:
     (the codes themselves for bitfab's own export, which reads codes)."""
     x = np.asarray(x_int, dtype=np.float64)
     scale = 1.0 if _reads_codes(wrapper) else model.input_scale
+    shape = model.in_shape
+    if len(shape) == 3:  # bitfab's images are (H, W, C) in stream order; ONNX's (C, H, W)
+        x = x.reshape((len(x),) + shape).transpose(0, 3, 1, 2)
     return (x * scale).astype(np.float32)
 
 
@@ -126,6 +129,48 @@ def _quant(node, x, s, zp, bits) -> np.ndarray:
     return (q - zp) * s
 
 
+def _windows(x: np.ndarray, kernel, strides, pads) -> tuple[np.ndarray, int, int]:
+    """``(padded x, out height, out width)`` of an NCHW object array (padding with 0)."""
+    n, c, h, w = x.shape
+    top, left, bottom, right = pads
+    xp = np.full((n, c, h + top + bottom, w + left + right), Fraction(0), dtype=object)
+    xp[:, :, top:top + h, left:left + w] = x
+    oh = (xp.shape[2] - kernel[0]) // strides[0] + 1
+    ow = (xp.shape[3] - kernel[1]) // strides[1] + 1
+    return xp, oh, ow
+
+
+def _conv(node, x, w, bias) -> np.ndarray:
+    if int(_attr(node, "group", 1)) != 1:
+        raise ValueError(f"exact execution of grouped convolutions ({node.name!r}) is not "
+                         f"implemented")
+    kernel = w.shape[2:]
+    strides = list(_attr(node, "strides", [1, 1]))
+    xp, oh, ow = _windows(x, kernel, strides, list(_attr(node, "pads", [0, 0, 0, 0])))
+    out = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=object)
+    for i in range(oh):
+        for j in range(ow):
+            win = xp[:, :, i * strides[0]:i * strides[0] + kernel[0],
+                     j * strides[1]:j * strides[1] + kernel[1]]
+            out[:, :, i, j] = np.tensordot(win, w, axes=([1, 2, 3], [1, 2, 3]))
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def _maxpool(node, x) -> np.ndarray:
+    kernel = list(_attr(node, "kernel_shape", [2, 2]))
+    strides = list(_attr(node, "strides", kernel))
+    _, oh, ow = _windows(x, kernel, strides, [0, 0, 0, 0])
+    out = np.empty(x.shape[:2] + (oh, ow), dtype=object)
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, :, i * strides[0]:i * strides[0] + kernel[0],
+                    j * strides[1]:j * strides[1] + kernel[1]]
+            out[:, :, i, j] = np.max(win.reshape(win.shape[:2] + (-1,)), axis=2)
+    return out
+
+
 def exact_execute(wrapper, x: np.ndarray) -> dict:
     """Run the cleaned graph on inputs ``x`` in exact rational arithmetic (the float32 numbers
     of the inputs and constants taken exactly); return every tensor by name (object arrays of
@@ -168,6 +213,10 @@ def exact_execute(wrapper, x: np.ndarray) -> dict:
             a, b = ins
             out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
                    "Div": np.divide}[op](a, b)
+        elif op == "Conv":
+            out = _conv(node, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+        elif op == "MaxPool":
+            out = _maxpool(node, ins[0])
         elif op == "Relu":
             out = np.vectorize(lambda e: max(e, Fraction(0)), otypes=[object])(ins[0])
         elif op in ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze"):
