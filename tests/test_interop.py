@@ -82,8 +82,10 @@ def _net(kind: str):
         qnn.QuantIdentity(act_quant=bq.Int8ActPerTensorFloat, bit_width=8))
 
 
-def _train(net, epochs: int = 3):
+def _train(net, epochs: int = 3, image: bool = False):
     x = torch.as_tensor(DIGITS.x_train / 16.0, dtype=torch.float32)
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
     y = torch.as_tensor(DIGITS.y_train)
     opt = torch.optim.Adam(net.parameters(), lr=0.02)
     gen = torch.Generator().manual_seed(0)
@@ -214,6 +216,46 @@ def test_float_scale_boundary_case_is_counted_and_proven():
     want = golden.execute(model, x).output.copy()
     want[5, 0] += 1
     assert compare_with_qonnx(model, _one_weight_graph(s_w, s_out), x, want).unexplained == [5]
+
+
+def _cnn():
+    """A small Brevitas CNN on the 8x8 digits: conv 3x3 (ternary) -> ReLU 3-bit -> maxpool ->
+    conv 3x3 (4-bit) -> ReLU 3-bit -> maxpool -> flatten -> linear (4-bit); power-of-two
+    scales."""
+    qnn, bq = _brevitas()
+    torch.manual_seed(0)
+    w, a = bq.Int8WeightPerTensorFixedPoint, bq.Uint8ActPerTensorFixedPoint
+    return torch.nn.Sequential(
+        qnn.QuantIdentity(act_quant=a, bit_width=5, return_quant_tensor=True),
+        qnn.QuantConv2d(1, 4, 3, padding=1, bias=False, weight_quant=w, weight_bit_width=2,
+                        weight_narrow_range=True),
+        qnn.QuantReLU(act_quant=a, bit_width=3, return_quant_tensor=True),
+        torch.nn.MaxPool2d(2),
+        qnn.QuantConv2d(4, 8, 3, padding=1, bias=False, weight_quant=w, weight_bit_width=4),
+        qnn.QuantReLU(act_quant=a, bit_width=3, return_quant_tensor=True),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        qnn.QuantLinear(32, 10, bias=False, weight_quant=w, weight_bit_width=4))
+
+
+@pytest.mark.slow
+def test_brevitas_cnn_golden_equals_qonnx(tmp_path):
+    """Conv / MaxPool / Flatten import to conv kinds (their hardware does not exist yet, so
+    this is golden against QONNX only)."""
+    from brevitas.export import export_qonnx
+    net = _train(_cnn(), epochs=2, image=True)
+    export_qonnx(net, torch.zeros(1, 1, 8, 8), str(tmp_path / "cnn.onnx"))
+    model = import_qonnx(tmp_path / "cnn.onnx")
+    assert [la.kind for la in model.layers] == ["conv", "maxpool", "conv", "maxpool", "flatten",
+                                                "dense"]
+    assert model.layers[0].encoding.kind == "ternary" and model.in_shape == (8, 8, 1)
+    x = _codes(model)
+    result = compare_with_qonnx(model, load_onnx(tmp_path / "cnn.onnx"), x)
+    print("cnn", json.dumps(result.to_json()))
+    assert result.differing == []
+    np.testing.assert_array_equal(qonnx_codes(model, load_onnx(tmp_path / "cnn.onnx"), x),
+                                  golden.execute(model, x).output)
+    assert float(np.mean(golden.predict(model, x) == DIGITS.y_test)) > 0.5
 
 
 def _finn_graph():
