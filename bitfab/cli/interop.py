@@ -37,9 +37,13 @@ def import_(model, out, as_json):
                    "output": imported.metadata.get("qonnx_output")})
         return
     con = console()
-    for f in facts["layers"]:
-        con.print(f"layer {f['index']}: {f['in_features']} -> {f['out_features']}, "
-                  f"{f['input']} in, {f['encoding']['kind']} weights, {f['output']}")
+    for i, layer in enumerate(imported.layers):
+        parts = [layer.describe(), f"{layer.input.describe()} in"]
+        if getattr(layer, "encoding", None) is not None:
+            parts.append(f"{layer.encoding.describe()} weights")
+        if getattr(layer, "output", None) is not None:
+            parts.append(layer.output.describe())
+        con.print(f"layer {i}: {label(', '.join(parts))}")
     con.print(f"wrote {label(out)}")
 
 
