@@ -239,13 +239,17 @@ def _cnn():
 
 
 @pytest.mark.slow
-def test_brevitas_cnn_golden_equals_qonnx(tmp_path):
+def test_brevitas_cnn_golden_equals_qonnx(tmp_path, capsys):
     """Conv / MaxPool / Flatten import to conv kinds (their hardware does not exist yet, so
     this is golden against QONNX only)."""
     from brevitas.export import export_qonnx
     net = _train(_cnn(), epochs=2, image=True)
     export_qonnx(net, torch.zeros(1, 1, 8, 8), str(tmp_path / "cnn.onnx"))
     model = import_qonnx(tmp_path / "cnn.onnx")
+    code, _, err = bitfab_cli(capsys, "import", tmp_path / "cnn.onnx", "--out",
+                              tmp_path / "cnn.bfm")
+    assert code == 0, err
+    assert IntegerModel.load(tmp_path / "cnn.bfm").fingerprint() == model.fingerprint()
     assert [la.kind for la in model.layers] == ["conv", "maxpool", "conv", "maxpool", "flatten",
                                                 "dense"]
     assert model.layers[0].encoding.kind == "ternary" and model.in_shape == (8, 8, 1)

@@ -40,9 +40,7 @@ def import_(model, out, as_json):
     for i, layer in enumerate(imported.layers):
         parts = [layer.describe(), f"{layer.input.describe()} in"]
         if getattr(layer, "encoding", None) is not None:
-            parts.append(f"{layer.encoding.describe()} weights")
-        if getattr(layer, "output", None) is not None:
-            parts.append(layer.output.describe())
+            parts += [f"{layer.encoding.describe()} weights", layer.output.describe()]
         con.print(f"layer {i}: {label(', '.join(parts))}")
     con.print(f"wrote {label(out)}")
 
