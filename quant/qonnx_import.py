@@ -623,7 +623,7 @@ def weight_encoding(codes: np.ndarray):
     >>> weight_encoding(np.array([[1, -1], [-1, 1]])).kind
     'binary'
     >>> weight_encoding(np.array([[0, -4], [2, 1]])).describe()
-    'pow2 (e in 0..2, with zero)'
+    'pow2 (2^0..2^2)'
     """
     values = set(np.unique(codes).tolist())
     if values <= {-1, 1}:
