@@ -425,3 +425,11 @@ def test_missing_extra_is_named(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "pip install 'bitfab[interop]'" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "m.bfm").exists()
+
+
+@pytest.mark.parametrize("module", ["bitfab.quant.qonnx_import", "bitfab.quant.qonnx_export"])
+def test_doctests(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
