@@ -6,14 +6,14 @@ The graph computes in the integer domain, where float32 is exact::
       -> [ MatMul (weights: Quant|BipolarQuant of integers, scale 1) [Add bias]
            [Mul +-1 (direction -1 channels)] MultiThreshold | (accumulators) ]*  -> global_out
 
-The input is the integer codes ``round(x / input_scale)``; ``input_scale`` (and the output
-scale, the layer names, accumulator widths and input formats) travel in ``metadata_props`` under
-``bitfab.*`` keys, so :func:`~bitfab.quant.qonnx_import.import_qonnx` rebuilds the same model
-(equal fingerprints). Threshold stages become ``MultiThreshold`` nodes (FINN's form), a requant
-stage the equivalent thresholds; a layer whose output feeds a bipolar layer emits -1/+1
-(``out_scale=2, out_bias=-1``). Every value, threshold and partial sum is an integer below
-``2**24``, so ``execute_onnx`` (float32) computes the golden model's outputs exactly; a model
-outside that is refused.
+The input is the integer codes ``round(x / input_scale)``; ``input_scale`` (and the output scale,
+the layer names, accumulator widths, input formats and weight encodings) travel in
+``metadata_props`` under ``bitfab.*`` keys, so :func:`~bitfab.quant.qonnx_import.import_qonnx`
+rebuilds the same model (equal fingerprints). Threshold stages become ``MultiThreshold`` nodes
+(FINN's form), a requant stage the equivalent thresholds; a layer whose output feeds a bipolar
+layer emits -1/+1 (``out_scale=2, out_bias=-1``). Every value, threshold and partial sum is an
+integer below ``2**24``, so ``execute_onnx`` (float32) computes the golden model's outputs exactly;
+a model outside that is refused.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def to_qonnx(model: IntegerModel):
                                           out_dtype=dtype, out_scale=scale, out_bias=bias))
             x = f"{p}_y"
         facts.append({"name": layer.name, "acc_bits": layer.acc_bits,
-                      "input": layer.input.to_json()})
+                      "input": layer.input.to_json(), "encoding": layer.encoding.to_json()})
     nodes.append(helper.make_node("Identity", [x], ["global_out"], name="output"))
     graph = helper.make_graph(
         nodes, model.name or "bitfab",

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.conv import Conv, Flatten, MaxPool
+from bitfab.encodings import encoding_from_json
 from bitfab.errors import ModelFormatError, ToolError
 from bitfab.fileformat import input_format
 from bitfab.model import (
@@ -608,7 +609,9 @@ def _restore(layers: list, text: str) -> list:
         if not isinstance(facts, list) or len(facts) != len(layers):
             return layers
         return [la.replace(name=f["name"], acc_bits=f["acc_bits"],
-                           input=input_format(f["input"], f"{LAYERS_KEY}[{i}].input"))
+                           input=input_format(f["input"], f"{LAYERS_KEY}[{i}].input"),
+                           encoding=encoding_from_json(f["encoding"],
+                                                       f"{LAYERS_KEY}[{i}].encoding"))
                 for i, (la, f) in enumerate(zip(layers, facts))]
     except (ValueError, TypeError, KeyError):
         raise ModelFormatError(f"metadata_props {LAYERS_KEY} does not fit the graph") from None

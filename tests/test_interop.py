@@ -340,6 +340,26 @@ def test_bitfab_model_round_trip(recipe, tmp_path, capsys):
     assert IntegerModel.load(tmp_path / "back.bfm").fingerprint() == model.fingerprint()
 
 
+@pytest.mark.parametrize("encoding", ["binary", "ternary", "pow2", "lut", "int"])
+def test_random_models_export_exactly(encoding):
+    """Every encoding, threshold stages of both directions and a signed requant stage (written as
+    its thresholds): execute_onnx == golden; what is not requant comes back identical."""
+    from bitfab.examples import mlp, random_dense
+    from bitfab.sim.run import random_inputs
+    rng = np.random.default_rng(7)
+    model = mlp(rng, (24, 12, 8, 5), encoding)
+    x, _ = random_inputs(model, 400, seed=1)
+    wrapper = ModelWrapper(to_qonnx(model))
+    np.testing.assert_array_equal(qonnx_codes(model, wrapper, x), golden.execute(model, x).output)
+    assert import_qonnx(ModelWrapper(to_qonnx(model))).fingerprint() == model.fingerprint()
+    if encoding != "binary":
+        last = model.layers[-1]
+        head = random_dense(rng, last.in_features, 5, last.encoding, last.input, "requant")
+        model = model.replace(layers=model.layers[:-1] + (head,))
+        np.testing.assert_array_equal(qonnx_codes(model, ModelWrapper(to_qonnx(model)), x),
+                                      golden.execute(model, x).output)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
