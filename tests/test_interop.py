@@ -158,13 +158,15 @@ def test_brevitas_binary_net_is_bipolar_xnor(brevitas_models):
 @pytest.mark.slow
 @pytest.mark.cocotb
 def test_imported_net_rtl_equals_golden(brevitas_models, tmp_path):
-    from bitfab.sim.run import simulate_model
+    from bitfab.sim.run import random_inputs, simulate_model
     model = import_qonnx(brevitas_models["ternary"])
     path = tmp_path / "net.bfm"
     model.save(path)
-    x = _codes(model)[:300]
+    # the whole test split and random vectors (the first all-minimum and all-maximum): 500
+    extra, _ = random_inputs(model, 500 - len(DIGITS.x_test), seed=3)
+    x = np.concatenate([_codes(model), extra])
     r = simulate_model(path, simulator="verilator", inputs=x, stall=0.1)
-    assert (r.vectors, r.mismatches) == (300, 0)
+    assert (r.vectors, r.mismatches) == (500, 0)
 
 
 def test_checker_fails_on_a_wrong_reference():
