@@ -426,6 +426,22 @@ def test_dynamic_shape(tmp_path, capsys):
     assert "dynamic shape" in err and "global_in" in err
 
 
+def test_float_onnx_without_quantizers(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    path = tmp_path / "float.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    err = _one_line_error(capsys, "import", path, "--out", tmp_path / "x.bfm")
+    assert "'mm' (MatMul)" in err and "Quant or BipolarQuant" in err
+    err = _one_line_error(capsys, "import", tmp_path / "missing.onnx", "--out", tmp_path / "x.bfm")
+    assert "cannot read" in err
+    assert not (tmp_path / "x.bfm").exists()
+
+
 def test_export_of_an_lstm_model(tmp_path, capsys):
     from bitfab.lstm import random_lstm
     path = tmp_path / "lstm.bfm"
