@@ -2,10 +2,14 @@
 :class:`~bitfab.model.IntegerModel`.
 
 The graph is cleaned with qonnx's own transformations (shape inference, constant folding with the
-quantizers kept, batchnorm to affine, unique names), then walked from the input along one chain::
+quantizers kept, batchnorm to affine), then walked from the input along one chain::
 
-    Quant|BipolarQuant (the input)  ->  [ Gemm|MatMul (weights: Quant|BipolarQuant|integers)
-    [Add] [Mul] ... [Relu]  ->  Quant|BipolarQuant|MultiThreshold ]*  ->  [ Gemm|MatMul [Add] ]
+    Quant|BipolarQuant (the input)  ->  [ Gemm|MatMul|Conv (weights: Quant|BipolarQuant|integers)
+    [Add] [Mul] ... [Relu]  ->  Quant|BipolarQuant|MultiThreshold  [MaxPool] [Flatten] ]*
+    ->  Gemm|MatMul [Add]
+
+Images (``(1, C, H, W)`` inputs) become the conv kinds of :mod:`bitfab.conv` (channels last);
+a flatten permutes the next dense layer's columns from ONNX's ``(c, h, w)`` order.
 
 Every activation between two quantizers is ``scale * (code + offset)`` (or ``scale * (+-1)``),
 so a layer's real pre-activation is ``y[o] = A[o] * acc[o] + B[o]`` with ``acc`` the exact integer
@@ -55,8 +59,8 @@ OUTPUT_SCALE_KEY = "bitfab.output_scale"
 LAYERS_KEY = "bitfab.layers"
 #: what the walk accepts, named in every refusal
 SUPPORTED = ("Quant/BipolarQuant (input, weights, activations), MultiThreshold, Gemm/MatMul, "
-             "Add/Sub/Mul with constants, Relu, BatchNormalization (absorbed), "
-             "Flatten/Reshape/Identity/Dropout (no-ops on a vector)")
+             "Conv (2-D), MaxPool, Add/Sub/Mul/Div with constants, Relu, BatchNormalization "
+             "(absorbed), Flatten/Reshape, Identity/Dropout")
 _ROUNDING = ("ROUND", "HALF_EVEN", "FLOOR", "CEIL")
 _NOOPS = ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze", "Unsqueeze")
 #: bitfab threshold stages hold at most this many thresholds (8-bit activations)
