@@ -170,7 +170,7 @@ def test_imported_net_rtl_equals_golden(brevitas_models, tmp_path):
 
 
 def test_checker_fails_on_a_wrong_reference():
-    model = IntegerModel.load(_trained("ternary"))
+    model = _trained("ternary")
     wrapper = ModelWrapper(to_qonnx(model))
     want = golden.execute(model, DIGITS.x_test).output.copy()
     assert compare_with_qonnx(model, wrapper, DIGITS.x_test, want).differing == []
@@ -309,25 +309,21 @@ def test_finn_multithreshold_graph():
 _TRAINED: dict = {}
 
 
-def _trained(recipe: str):
-    """A short `bitfab train` run (cached per session in a temporary folder)."""
+def _trained(recipe: str) -> IntegerModel:
+    """The model of a short `bitfab train` run (kept in memory for the session)."""
     if recipe not in _TRAINED:
-        import tempfile
-
         from bitfab.quant.recipes import TrainConfig
         from bitfab.quant.train import export, fit
-        cfg = TrainConfig(recipe=recipe, hidden=(16,), epochs=2, seed=0)
-        model = export(fit(cfg, DIGITS))
-        path = tempfile.mkdtemp(prefix="bitfab-interop-") + f"/{recipe}.bfm"
-        model.save(path)
-        _TRAINED[recipe] = path
+        _TRAINED[recipe] = export(fit(TrainConfig(recipe=recipe, hidden=(16,), epochs=2,
+                                                  seed=0), DIGITS))
     return _TRAINED[recipe]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["binary", "ternary", "pow2", "int8"])
 def test_bitfab_model_round_trip(recipe, tmp_path, capsys):
-    src = _trained(recipe)
+    src = tmp_path / "src.bfm"
+    _trained(recipe).save(src)
     out = tmp_path / "net.onnx"
     code, _, err = bitfab_cli(capsys, "export", src, "--qonnx", out)
     assert code == 0, err
@@ -374,7 +370,7 @@ def _one_line_error(capsys, *args) -> str:
 
 def _ternary_onnx(tmp_path):
     path = tmp_path / "ok.onnx"
-    path.write_bytes(to_qonnx(IntegerModel.load(_trained("ternary"))).SerializeToString())
+    path.write_bytes(to_qonnx(_trained("ternary")).SerializeToString())
     return path
 
 
