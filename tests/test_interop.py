@@ -252,6 +252,8 @@ def test_brevitas_cnn_golden_equals_qonnx(tmp_path, capsys):
                               tmp_path / "cnn.bfm")
     assert code == 0, err
     assert IntegerModel.load(tmp_path / "cnn.bfm").fingerprint() == model.fingerprint()
+    err = _one_line_error(capsys, "export", tmp_path / "cnn.bfm", "--qonnx", tmp_path / "c.onnx")
+    assert "conv" in err and not (tmp_path / "c.onnx").exists()
     assert [la.kind for la in model.layers] == ["conv", "maxpool", "conv", "maxpool", "flatten",
                                                 "dense"]
     assert model.layers[0].encoding.kind == "ternary" and model.in_shape == (8, 8, 1)
