@@ -32,6 +32,7 @@ COMMANDS = {
     "sim": "bitfab.cli.sim:sim",
     "synth": "bitfab.cli.board:synth",
     "board": "bitfab.cli.board:board",
+    "sweep": "bitfab.cli.sweep:sweep",
 }
 
 
