@@ -2,8 +2,8 @@
 
 A part of its own, above the others: a point trains (:mod:`bitfab.quant`), evaluates against the
 golden model (:mod:`bitfab.sim`), generates Verilog (:mod:`bitfab.hw`) and builds
-(:mod:`bitfab.boards`). The command line (``bitfab sweep``) renders its progress; nothing here
-imports the shell, click or rich. See docs/sweep.md.
+(:mod:`bitfab.boards`). The command line (``bitfab sweep``) renders its progress through a
+callback; nothing here imports the shell or click. See docs/sweep.md.
 
 - :mod:`.spec`: the TOML specification, checked before any work (:class:`SpecError`).
 - :mod:`.tasks`: what a worker runs (one training, one point).

@@ -55,6 +55,11 @@ ALLOWED_FAILURES = 1
 SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                     "distributed.scheduler.worker-saturation": 1.0}
 
+#: the embedded cluster's own setting, for the whole sweep: a LocalCluster closes a worker's nanny
+#: for good when the worker is found gone 15 s (the default) after it left; a worker killed again
+#: while restarting looks gone, and the cluster would shrink under a run of crashing points
+CLUSTER_CONFIG = {"distributed.deploy.lost-worker-timeout": "1 day"}
+
 #: failures that a rerun retries (not a property of the point: its worker died, a bug)
 RETRIED = ("crash",)
 
@@ -148,7 +153,7 @@ def connect(scheduler: str | None, workers: int | None, timeout: float = CONNECT
                             f"{timeout:g} s ({one_line(exc, 160)})") from None
         return client, None
     n = workers or os.cpu_count() or 1
-    with dask.config.set(SCHEDULER_CONFIG):
+    with dask.config.set({**SCHEDULER_CONFIG, **CLUSTER_CONFIG}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=logging.CRITICAL)
     return Client(cluster), cluster
@@ -210,6 +215,12 @@ def run_sweep(spec: Spec, out, *, scheduler: str | None = None, workers: int | N
     that finished last). Bad input (the folder, the scheduler) raises :class:`SpecError` before
     any work.
     """
+    import dask
+    with dask.config.set(CLUSTER_CONFIG):  # read when a worker leaves, not at the start
+        return _sweep(spec, out, scheduler, workers, progress, timeout)
+
+
+def _sweep(spec, out, scheduler, workers, progress, timeout) -> SweepResult:
     start = time.perf_counter()
     check_out(out)
     versions = tool_versions()
@@ -320,7 +331,7 @@ def _flatten(prefix: str, obj, out: dict) -> None:
         for k, v in obj.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     elif isinstance(obj, (list, tuple)):
-        out[prefix] = json.dumps(obj, separators=(",", ":"))
+        out[prefix] = json.dumps(obj, separators=(",", ":"), sort_keys=True)
     else:
         out[prefix] = obj
 

@@ -86,8 +86,9 @@ def _fault(fault: str, folder: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fold(text: str, model, board):
-    """The fold of a point: ``auto`` (None here, the build chooses), ``unrolled``, or a pair."""
+def _fold(text: str):
+    """The fold of a point for the build: ``auto`` (the build chooses), ``unrolled``, or a
+    ``(pe, simd)`` pair."""
     if text in ("auto", "unrolled"):
         return text
     pe, simd = text.split(",")
@@ -127,7 +128,7 @@ def _run_steps(values: dict, steps: tuple, synth: dict, model_path: str, folder:
     model = IntegerModel.load(model_path)
     record["fingerprint"] = model.fingerprint()
     board = get_board(values["board"])
-    fold = _fold(values["fold"], model, board)
+    fold = _fold(values["fold"])
     pipeline = values["pipeline"]
     if "eval" in steps:
         t0 = time.perf_counter()
