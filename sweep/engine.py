@@ -154,8 +154,12 @@ def connect(scheduler: str | None, workers: int | None, timeout: float = CONNECT
         return client, None
     n = workers or os.cpu_count() or 1
     with dask.config.set({**SCHEDULER_CONFIG, **CLUSTER_CONFIG}):
+        # no dashboard, and the scheduler's HTTP routes on a free port: its default 8787 may be
+        # another cluster's (a UserWarning, then another port)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=None, silence_logs=logging.CRITICAL,
+                               scheduler_kwargs={"dashboard": False,
+                                                 "dashboard_address": "127.0.0.1:0"})
     return Client(cluster), cluster
 
 

@@ -291,3 +291,42 @@ def test_pareto_front():
     assert pareto(pts, minimize_x=True) == [0, 1, 4]
     assert pareto(pts, minimize_x=False) == [4]
     assert pareto([(1, 0.5), (2, 0.9), (3, 0.8)], minimize_x=False) == [1, 2]
+
+
+# --- bitfab synth --fold auto ---------------------------------------------------------------------
+
+
+def test_fold_candidates_start_one_faster_than_the_estimate():
+    from bitfab.boards.build import candidate_folds, choose_fold
+    from bitfab.boards.targets import get_board
+    from bitfab.examples import mlp
+    from bitfab.sweep.folds import fold_candidates
+    model = mlp(np.random.default_rng(1), (64, 64, 32, 10), "binary", name="m")
+    board = get_board("icebreaker")
+    folds = candidate_folds(model)
+    pick = choose_fold(model, board)
+    got = fold_candidates(model, board, count=3, faster=1)
+    assert got[:2] == folds[folds.index(pick) - 1: folds.index(pick) + 1]
+    assert got[2] == choose_fold(model, board, after=pick) and len(got) == 3
+
+
+@pytest.mark.synth
+def test_synth_fold_auto_builds_candidates_in_parallel(tmp_path, capsys):
+    """Two candidate folds of a tiny net, placed and routed on a LocalCluster of two workers:
+    the fastest (unrolled, one vector per clock) wins."""
+    from bitfab.examples import mlp
+    path = tmp_path / "tiny.bfm"
+    mlp(np.random.default_rng(0), (16, 8, 4), "binary", name="tiny").save(path)
+    code, out, err = bitfab_cli(capsys, "synth", path, "--board", "icebreaker", "--fold", "auto",
+                                "--candidates", "2", "--workers", "2", "--out",
+                                tmp_path / "build", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["fold"] for r in result["tried"]][0] == "unrolled" and len(result["tried"]) == 2
+    assert all(r["status"] == "ok" for r in result["tried"]), result["tried"]
+    best = result["best"]
+    assert best["fold"] is None and best["initiation_interval"] == 1 and best["timing_met"]
+    assert Path(best["bitstream"]).parent == tmp_path / "build" / "unrolled"
+    assert (tmp_path / "build" / "unrolled" / "report.json").is_file()
+    code, _, err = bitfab_cli(capsys, "synth", path, "--board", "icebreaker", "--workers", "2")
+    assert code == 2 and "--workers and --candidates go with --fold auto" in err
