@@ -38,7 +38,7 @@ from .tasks import one_line, point_task, train_task
 
 __all__ = ["SweepResult", "Planned", "plan", "run_sweep", "connect", "check_out",
            "tool_versions", "CONNECT_TIMEOUT", "ALLOWED_FAILURES", "SCHEDULER_CONFIG",
-           "write_results"]
+           "CLUSTER_CONFIG", "dask_config", "write_results"]
 
 #: seconds to wait for a scheduler given by address before giving up (one line, no work done)
 CONNECT_TIMEOUT = 10.0
@@ -142,7 +142,6 @@ def connect(scheduler: str | None, workers: int | None, timeout: float = CONNECT
     or of a new embedded ``LocalCluster`` of ``workers`` processes (default: the cores), one
     thread each. Raise :class:`SpecError` when the scheduler cannot be reached within
     ``timeout`` seconds."""
-    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -153,7 +152,7 @@ def connect(scheduler: str | None, workers: int | None, timeout: float = CONNECT
                             f"{timeout:g} s ({one_line(exc, 160)})") from None
         return client, None
     n = workers or os.cpu_count() or 1
-    with dask.config.set({**SCHEDULER_CONFIG, **CLUSTER_CONFIG}):
+    with dask_config({**SCHEDULER_CONFIG, **CLUSTER_CONFIG}):
         # no dashboard, and the scheduler's HTTP routes on a free port: its default 8787 may be
         # another cluster's (a UserWarning, then another port)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
@@ -219,9 +218,19 @@ def run_sweep(spec: Spec, out, *, scheduler: str | None = None, workers: int | N
     that finished last). Bad input (the folder, the scheduler) raises :class:`SpecError` before
     any work.
     """
-    import dask
-    with dask.config.set(CLUSTER_CONFIG):  # read when a worker leaves, not at the start
+    with dask_config(CLUSTER_CONFIG):  # read when a worker leaves, not at the start
         return _sweep(spec, out, scheduler, workers, progress, timeout)
+
+
+def dask_config(settings: dict):
+    """Return ``dask.config.set(settings)`` with distributed's defaults loaded first: set on a
+    config without its ``distributed`` section records the section as new and drops all of it
+    on exit (the next cluster then fails on a missing ``distributed.comm``)."""
+    import importlib
+
+    import dask
+    importlib.import_module("distributed")
+    return dask.config.set(settings)
 
 
 def _sweep(spec, out, scheduler, workers, progress, timeout) -> SweepResult:

@@ -80,19 +80,18 @@ def search_folds(model_path, board, out: Path, *, count: int = 3, faster: int = 
     """Build the :func:`fold_candidates` of the model at ``model_path`` for ``board`` in
     parallel into ``out/fold-PE-SIMD`` (``out/unrolled``); return the :class:`FoldSearch`.
     ``progress(record)`` is called as each build ends."""
-    import dask
     from distributed import as_completed
 
     from bitfab.boards.targets import get_board
     from bitfab.model import IntegerModel
 
-    from .engine import CLUSTER_CONFIG, connect
+    from .engine import CLUSTER_CONFIG, connect, dask_config
 
     start = time.perf_counter()
     target = get_board(board) if isinstance(board, str) else board
     model = IntegerModel.load(model_path)
     folds = fold_candidates(model, target, count, faster)
-    with dask.config.set(CLUSTER_CONFIG):
+    with dask_config(CLUSTER_CONFIG):
         client, cluster = connect(scheduler, workers or min(len(folds), 8))
         try:
             futures = [client.submit(

@@ -330,3 +330,16 @@ def test_synth_fold_auto_builds_candidates_in_parallel(tmp_path, capsys):
     assert (tmp_path / "build" / "unrolled" / "report.json").is_file()
     code, _, err = bitfab_cli(capsys, "synth", path, "--board", "icebreaker", "--workers", "2")
     assert code == 2 and "--workers and --candidates go with --fold auto" in err
+
+
+def test_dask_settings_keep_the_distributed_section():
+    """A fresh interpreter (distributed not imported yet): a sweep's dask settings leave the
+    distributed defaults in place, so a second cluster in the same process starts."""
+    code = ("import dask\nfrom bitfab.sweep.engine import CLUSTER_CONFIG, dask_config\n"
+            "with dask_config(CLUSTER_CONFIG):\n    pass\n"
+            "dask.config.get('distributed.comm.require-encryption')\n"
+            "assert dask.config.get('distributed.deploy.lost-worker-timeout') != '1 day'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
