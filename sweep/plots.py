@@ -6,6 +6,7 @@ matplotlib with the Agg backend (files only, no display); one PNG per board,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 __all__ = ["pareto", "plot_boards"]
@@ -25,10 +26,29 @@ def pareto(points: list[tuple[float, float]], minimize_x: bool) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _label(row: dict) -> str:
-    fold = row.get("chosen_fold") or row.get("fold")
-    what = row["recipe"] if not row.get("model") else Path(row["model"]).stem
-    return f"{what} {fold} p{row['pipeline']}"
+#: axes named in a point's label when they vary among the plotted points
+_LABELLED = ("model", "recipe", "hidden", "act_bits", "epochs", "seed", "fold", "pipeline",
+             "clock")
+
+
+def _label(row: dict, varying: list) -> str:
+    parts = []
+    for axis in varying:
+        value = row.get(axis)
+        if axis == "model" and value:
+            value = Path(value).stem
+        elif axis == "hidden" and value:
+            value = "h" + "-".join(map(str, json.loads(value)))
+        elif axis == "fold":
+            value = row.get("chosen_fold") or value
+        elif axis == "pipeline":
+            value = f"p{value}"
+        elif axis == "clock":
+            value = "board clock" if value is None else f"{value:g} MHz"
+        elif axis in ("epochs", "seed", "act_bits"):
+            value = f"{axis} {value}"
+        parts.append(str(value))
+    return " ".join(parts)
 
 
 def plot_boards(folder: Path, rows: list) -> list[Path]:
@@ -45,6 +65,8 @@ def plot_boards(folder: Path, rows: list) -> list[Path]:
                 r.get("accuracy") is not None and r.get("lut4") is not None]
         if not good:
             continue
+        varying = [a for a in _LABELLED if len({str(r.get(a)) for r in good}) > 1] or \
+            ["recipe"]
         fig = Figure(figsize=(11, 4.5), layout="constrained")
         panels = fig.subplots(1, 2)
         for ax, column, title, minimize in (
@@ -67,14 +89,14 @@ def plot_boards(folder: Path, rows: list) -> list[Path]:
             ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=120,
                        facecolors="none", edgecolors="k")
             for i in front:
-                ax.annotate(_label(rows_here[i]), pts[i], fontsize=7, xytext=(4, -10),
+                ax.annotate(_label(rows_here[i], varying), pts[i], fontsize=7, xytext=(4, -10),
                             textcoords="offset points")
             if not minimize:
                 ax.set_xscale("log")
             ax.set_xlabel(title)
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
         failed = sum(r["board"] == board and r["status"] != "ok" for r in rows)
         fig.suptitle(f"{board}: {len(good)} points ({failed} failed)")
         path = folder / f"plot-{board}.png"
