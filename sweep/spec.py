@@ -279,7 +279,9 @@ def parse_spec(data: dict, source: str = "spec") -> Spec:
     if unknown:
         raise SpecError(f"{source}: unknown key {unknown[0]!r} (a spec has steps, [axes], "
                         f"[train], [synth])")
-    steps = data.get("steps", ["train", "eval", "synth"])
+    axes_given = data.get("axes") if isinstance(data.get("axes"), dict) else {}
+    default = ["synth"] if "model" in axes_given else ["train", "eval", "synth"]
+    steps = data.get("steps", default)
     if not isinstance(steps, list) or not steps:
         raise SpecError(f"{source}: steps must be a list of {', '.join(STEPS)}, not {steps!r}")
     for step in steps:

@@ -127,6 +127,19 @@ def test_a_rerun_runs_no_point(local_sweep):
     assert ratio < 0.1
 
 
+def test_the_command_line_reads_the_cache(local_sweep, capsys):
+    """``bitfab sweep --json`` on the cached folder: every row, nothing run, no cluster."""
+    _, first, _, _, _ = local_sweep
+    spec = first.folder.parent / "spec.toml"
+    code, out, err = bitfab_cli(capsys, "sweep", spec, "--out", first.folder, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["ran"] == 0 and result["cached"] == 8 and result["workers"] == 0
+    assert _design(result["rows"]) == _design(first.rows)
+    code, out, err = bitfab_cli(capsys, "sweep", spec, "--out", first.folder)
+    assert code == 0 and "8 cached, 0 failed" in out and "plot-icebreaker.png" in out
+
+
 def test_one_more_axis_value_runs_only_the_new_points(local_sweep):
     """Growing the spec reuses the cache: here one more pipeline value on the cached folder
     would run 4 points; checked on the plan, without running them."""
@@ -201,9 +214,13 @@ model = ["{tiny}", "{huge}"]
 fold = ["unrolled"]
 fault = ["none", "kill-worker", "kill-worker-once"]
 """))
-    result = run_sweep(spec, tmp_path / "out", workers=2)
+    states = []
+    result = run_sweep(spec, tmp_path / "out", workers=2, progress=states.append)
     rows = {(Path(r["model"]).stem, r["fault"]): r for r in result.rows}
     assert len(rows) == 6 and result.failed == 4
+    done = [s["done"] for s in states]
+    assert done == sorted(done) and done[0] == 0 and states[-1]["done"] == 6
+    assert states[-1]["failed"] == 4 and states[-1]["running"] == 0
 
     def attempts(row):
         return int((result.folder / "points" / row["key"] / "attempts").read_text())
@@ -243,11 +260,18 @@ fault = ["none", "kill-worker", "kill-worker-once"]
     ("[axes]\nrecipe = ['binary']\n[train]\nlimt = 5\n", r"\[train\] has unknown option 'limt'"),
     ("[axes]\nrecipe = ['binary', 'binary']\n", r"axis 'recipe' has 'binary' twice"),
     ("[axes\n", r"not valid TOML"),
+    ("[axes]\nmodel = ['{spec}']\n", r"axis model '.*spec.toml': "),
+    ("steps = ['eval']\n[axes]\nmodel = ['{spec}']\nrecipe = ['binary']\n",
+     r"cannot be combined with the training axis 'recipe'"),
+    ("[axes]\nmodel = ['/nonexistent.bfm']\n", r"axis model '/nonexistent.bfm': no such file"),
+    ("steps = ['yosys', 'synth']\n[axes]\nfold = ['auto']\n", r"steps has yosys and synth"),
+    ("[axes]\nclock = [-3]\n", r"axis clock must be a clock in MHz"),
+    ("[axes]\nfault = ['segfault']\n", r"axis fault must be one of none, kill-worker"),
 ])
 def test_bad_specs_are_one_line_before_any_work(tmp_path, capsys, text, message):
-    path = _spec(tmp_path, text)
+    path = _spec(tmp_path, text.replace("{spec}", str(tmp_path / "spec.toml")))
     with pytest.raises(SpecError, match=message):
-        load_spec(path)
+        run_sweep(load_spec(path), tmp_path / "out")
     code, out, err = bitfab_cli(capsys, "sweep", path, "--out", tmp_path / "out")
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
