@@ -251,6 +251,8 @@ def _sweep(spec, out, scheduler, workers, progress, timeout) -> SweepResult:
             old = _load(pdir / "result.json")
             if old is not None and old.get("failure") not in RETRIED:
                 records[p.key] = old
+            elif any(t.key == p.key for t in todo):
+                continue  # two model files with the same model: one point, two rows
             else:
                 todo.append(p)
                 pdir.mkdir(exist_ok=True)
@@ -260,7 +262,7 @@ def _sweep(spec, out, scheduler, workers, progress, timeout) -> SweepResult:
                      "train": spec.train, "train_key": p.train_key, "versions": versions},
                     indent=1, sort_keys=True) + "\n")
         cached = len(records)
-        state = {"total": len(planned), "done": cached, "running": 0,
+        state = {"total": cached + len(todo), "done": cached, "running": 0,
                  "failed": sum(r["status"] != "ok" for r in records.values()),
                  "cached": cached, "last": None}
         if progress:
