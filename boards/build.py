@@ -39,7 +39,7 @@ from .uart import uart_divisor
 
 __all__ = ["FitError", "SynthOutcome", "synthesize", "synth_folder", "candidate_folds",
            "estimate_luts", "memory_blocks", "choose_fold", "initiation_interval",
-           "logic_cells", "STALE"]
+           "logic_cells", "check_estimate", "STALE"]
 
 #: what a build writes and a new build removes first (only in a folder bitfab made)
 STALE = ("top.json", "top.stat.json", "top.report.json", "top.asc", "top.bin", "top.bit",
@@ -180,6 +180,25 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_F
                    f"1,1, {int(budget * board.limits.luts)} usable of {board.limits.luts}")
 
 
+def check_estimate(model: IntegerModel, board: Board, fold, margin: float = 4.0) -> None:
+    """Refuse, before any synthesis, a ``fold`` (None: unrolled) that cannot fit ``board``: its
+    folded weight memories need more block RAM than the device has, or its estimated LUTs
+    (:func:`estimate_luts`) exceed ``margin`` times the device's. The estimate is rough (it was
+    1.5x the synthesized LUT4 of an unrolled binary 64-16-10 MLP), hence the margin: a design
+    refused here would not have fitted, and yosys on a large unrolled net takes minutes.
+    Raises :class:`FitError`."""
+    blocks = memory_blocks(model, fold, board)
+    if blocks > board.limits.bram:
+        raise FitError(f"{model.name} does not fit {board.title} at fold {_fold_text(fold)}: "
+                       f"{blocks} block RAMs needed, {board.limits.bram} available (before "
+                       f"synthesis)")
+    luts = estimate_luts(model, fold)
+    if luts > margin * board.limits.luts:
+        raise FitError(f"{model.name} does not fit {board.title} at fold {_fold_text(fold)}: "
+                       f"{luts} LUT4 estimated, more than {margin:g}x the {board.limits.luts} "
+                       f"available (before synthesis)")
+
+
 # --- the build ------------------------------------------------------------------------------------
 
 
@@ -243,12 +262,15 @@ def synth_folder(model: IntegerModel, board: Board, out=None) -> Path:
 
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
-               pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3
-               ) -> SynthOutcome:
+               pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3,
+               place: bool = True) -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
-    ``fold`` None chooses one (:func:`choose_fold`), and a choice whose synthesized LUTs or
-    block RAMs exceed the device moves to the next smaller fold (up to ``max_refolds`` times).
+    ``fold`` None or ``"auto"`` chooses one (:func:`choose_fold`), and a choice whose
+    synthesized LUTs or block RAMs exceed the device moves to the next smaller fold (up to
+    ``max_refolds`` times); ``"unrolled"`` builds unrolled without a choice; ``(pe, simd)`` that
+    fold. ``place`` False stops after yosys (resources counted, no place and route, no Fmax, no
+    bitstream: the report's ``bitstream`` and ``timing_met`` are None).
     ``progress(stage, detail)`` is called as stages start. The clock (a PLL within 1 %,
     :func:`bitfab.boards.pll.plan`), the baud rate and the folder (:func:`synth_folder`) are
     checked before any work. Raises :class:`FitError` when the design does not fit,
@@ -264,7 +286,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     folder = synth_folder(model, board, out)
     env = tool_env()
     say = progress or (lambda stage, detail="": None)
-    auto = fold is None
+    auto = fold is None or fold == "auto"
+    fold = None if fold in ("auto", "unrolled") else fold
     scale = _initial_scale(board)
     if auto:
         fold = choose_fold(model, board, scale=scale)
@@ -316,6 +339,14 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
             raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
                            f"fold {_fold_text(fold)}); {hint}")
         break
+    if not place:
+        report = build_report(
+            board=board, model=model, fold=fold, pipeline=pipeline, clock=top._plan, baud=baud,
+            counts=counts, pnr=None, bitstream=None, flow=used_flow, seed=seed,
+            versions=_versions(env), wall_s=time.perf_counter() - start, times=times,
+            network=top.core.network, frame_bytes=(top.core.in_bytes, top.core.out_bytes))
+        (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        return SynthOutcome(report, None, folder)
     pnr = commands[1]
     say("nextpnr", f"place and route, seed {seed}")
     times["nextpnr_s"] = run_tool(pnr, folder, folder / "nextpnr.log", env)

@@ -48,10 +48,13 @@ def yosys_counts(stat: dict, board) -> dict:
     return out
 
 
-def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path,
+def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path | None,
                  flow, seed, versions, wall_s, times, network, frame_bytes) -> dict:
-    """Return the report object of a finished build."""
+    """Return the report object of a finished build; ``pnr`` and ``bitstream`` None for a
+    synthesis that was not placed and routed (then ``timing_met`` is None)."""
     limits = board.limits
+    placed = pnr is not None
+    pnr = pnr or {}
     util = pnr.get("utilization", {})
 
     def pnr_used(key):
@@ -82,7 +85,9 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         })
     met = all(c["met"] for c in clocks)
     worst = min(clocks, key=lambda c: c["fmax_mhz"] / c["constraint_mhz"]) if clocks else None
-    if worst is None:
+    if not placed:
+        met, verdict = None, "not placed and routed (synthesis only)"
+    elif worst is None:
         verdict = "no clock constraint reported"
     elif met:
         verdict = (f"met: {worst['fmax_mhz']:.1f} MHz achieved for {worst['constraint_mhz']:g} "
@@ -110,7 +115,8 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "timing_met": met, "timing": verdict,
         "uart": {"baud": baud, "frame_in_bytes": in_bytes + 5, "frame_out_bytes": out_bytes + 5,
                  "vectors_per_s": round(baud / 10 / (in_bytes + 5), 1)},
-        "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
+        "bitstream": str(bitstream) if bitstream else None,
+        "bitstream_bytes": bitstream.stat().st_size if bitstream else None,
         "yosys_flow": flow, "seed": seed, "tools": versions,
         "wall_s": round(wall_s, 2), "stage_s": {k: round(v, 2) for k, v in times.items()},
     }

@@ -24,7 +24,8 @@ def test_imports_point_down():
     assert "0 broken" in proc.stdout
     text = (ROOT / "pyproject.toml").read_text()
     assert "ignore_imports" not in text and "unmatched_ignore" not in text
-    assert 'layers = [\n    "cli : demo",\n    "sim | boards",\n    "hw | quant",' in text
+    assert ('layers = [\n    "cli : demo",\n    "sweep",\n    "sim | boards",\n    "hw | quant",'
+            in text)
 
 
 def test_a_reversed_contract_fails(tmp_path):

@@ -34,6 +34,7 @@ COMMANDS = {
     "board": "bitfab.cli.board:board",
     "import": "bitfab.cli.interop:import_",
     "export": "bitfab.cli.interop:export",
+    "sweep": "bitfab.cli.sweep:sweep",
 }
 
 

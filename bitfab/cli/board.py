@@ -41,9 +41,19 @@ __all__ = ["synth", "board", "board_run", "compare_run"]
               help="Design clock in MHz through a PLL, made within 1 % (iCE40 16..275 MHz, "
                    "ECP5 3.125..400 MHz; default: the board oscillator).")
 @click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="With --fold auto: worker processes building candidate folds in parallel "
+                   "(default: one per candidate, at most 8).")
+@click.option("--candidates", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="With --fold auto: how many folds to build (the estimate's pick, one faster, "
+                   "the next slower ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json):
-    """Build a bitstream for a board and report resources and timing."""
+def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers, candidates,
+          as_json):
+    """Build a bitstream for a board and report resources and timing.
+
+    --fold auto builds several candidate folds in parallel (Dask, as bitfab sweep) and keeps the
+    fastest that fits and meets timing."""
     from bitfab.boards.build import synthesize
     from bitfab.boards.pll import plan
     from bitfab.boards.report import report_table
@@ -53,6 +63,12 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json
         check_output_folder(out)
     m = load_model(model)
     target = get_board(board_name)
+    if fold == "auto":
+        _synth_auto(model, m, target, out, seed, clock_mhz, baud, pipeline, workers, candidates,
+                    as_json)
+        return
+    if workers is not None or candidates != 3:
+        raise click.UsageError("--workers and --candidates go with --fold auto")
     fold = parse_fold(fold)  # bad input fails before any progress display
     clock_hz = clock_mhz * 1e6 if clock_mhz is not None else None
     plan(target, clock_hz)  # a clock the PLL cannot make fails before any work too
@@ -77,6 +93,58 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, as_json
                   f"wall {report['wall_s']:.1f} s")
     if not report["timing_met"]:
         raise BitfabError(f"timing {report['timing']}")
+
+
+def _synth_auto(path, m, target, out, seed, clock_mhz, baud, pipeline, workers, candidates,
+                as_json):
+    """``bitfab synth --fold auto``: :func:`bitfab.sweep.folds.search_folds`."""
+    from rich.table import Table
+
+    from bitfab.boards.build import synth_folder
+    from bitfab.boards.pll import plan
+    from bitfab.boards.report import report_table
+    from bitfab.sweep.folds import search_folds
+
+    clock_hz = clock_mhz * 1e6 if clock_mhz is not None else None
+    plan(target, clock_hz)
+    folder = synth_folder(m, target, out)
+    con = console(stderr=as_json)
+    with con.status("building candidate folds in parallel"):
+        def done(rec):
+            if not as_json:
+                con.print(f"  fold {rec['fold']}: "
+                          f"{'ok' if rec['status'] == 'ok' else label(rec['reason'])}")
+
+        search = search_folds(path, target, folder, count=candidates, workers=workers,
+                              seed=seed, clock_hz=clock_hz, baud=baud, pipeline=pipeline,
+                              progress=done)
+    best = search.best
+    if as_json:
+        emit_json({"best": best and best["report"], "tried": [
+            {k: v for k, v in r.items() if k != "report"} | (
+                {"initiation_interval": r["report"]["initiation_interval"],
+                 "lut4": r["report"]["resources"]["lut4"]["used"],
+                 "fmax_mhz": r["report"]["fmax_mhz"]} if r["report"] else {})
+            for r in search.tried], "wall_s": search.seconds})
+    else:
+        table = Table(title=f"--fold auto: {len(search.tried)} folds built in parallel "
+                            f"({search.seconds:.1f} s)")
+        for col in ("fold", "interval", "LUT4", "Fmax", "verdict"):
+            table.add_column(col, justify="left" if col in ("fold", "verdict") else "right")
+        for r in search.tried:
+            rep = r["report"] or {}
+            table.add_row(r["fold"], str(rep.get("initiation_interval", "-")),
+                          str(rep.get("resources", {}).get("lut4", {}).get("used", "-")),
+                          "-" if rep.get("fmax_mhz") is None else f"{rep['fmax_mhz']:.1f} MHz",
+                          "[green]chosen[/]" if r is best else
+                          ("ok" if r["status"] == "ok" else f"[red]{label(r['reason'])}[/]"))
+        con.print(table)
+        if best:
+            con.print(report_table(best["report"]))
+            con.print(f"bitstream: {label(best['report']['bitstream'])}")
+    if best is None:
+        raise BitfabError(f"no candidate fold of {m.name} fits {target.title} and meets timing: "
+                          + "; ".join(f"{r['fold']}: {r['reason']}" for r in search.tried))
 
 
 @click.group()

@@ -111,7 +111,8 @@ def hardware_options(fn):
     fn = click.option("--fold", default=None, metavar="PE,SIMD",
                       help="Fold the dense layers: PE channels x SIMD inputs per clock (capped "
                            "at each layer's outputs, SIMD lowered to a divisor of its inputs; "
-                           "default unrolled, or for synth the fastest fold that fits).")(fn)
+                           "default unrolled, or for synth the fastest fold that fits; synth "
+                           "--fold auto builds candidate folds in parallel).")(fn)
     return fn
 
 
