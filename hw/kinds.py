@@ -89,4 +89,4 @@ def build(config):
 
 def _load() -> None:
     # the kinds register on import of their modules
-    from . import layer, lstm  # noqa: F401
+    from . import conv, layer, lstm  # noqa: F401

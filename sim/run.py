@@ -66,6 +66,13 @@ def random_inputs(model, count: int, seed: int = 0, max_steps: int = 12
     """
     rng = np.random.default_rng(seed)
     fmt, n = model.input, model.in_features
+    if getattr(model.layers[0], "frame_length", None):  # images: (count, *in_shape), full frames
+        x = rng.integers(fmt.min_value, fmt.max_value + 1, size=(count, *model.in_shape))
+        if fmt.kind == "bipolar":
+            x = np.where(x > 0, 1, -1)
+        if count >= 2:
+            x[0], x[1] = fmt.min_value, fmt.max_value
+        return x, None
     steps = min(max_steps, getattr(model.layers[0], "max_length", max_steps)) \
         if model.sequential else None
     shape = (count, n) if steps is None else (count, steps, n)
