@@ -65,6 +65,13 @@ def _codes(bits: int, n: int) -> stream.Signature:
     return stream.Signature(data.ArrayLayout(unsigned(bits), n))
 
 
+def _owned(component):
+    """Mark a sub-component made in its parent's constructor as used: the parent elaborates
+    it, and a parent that is never elaborated warns for both."""
+    component._MustUse__silence = True
+    return component
+
+
 def _silenced(component, message: str) -> ConfigError:
     component._MustUse__silence = True
     return ConfigError(message)
@@ -439,11 +446,11 @@ class ConvLayer(_Image):
         fmt = conv.input
         bits, c = fmt.bits, conv.in_channels
         pad = int(fmt.to_codes(np.array([conv.pad_value]))[0])
-        self._pad = Padder(spatial, padding, bits, c, pad)
-        self._window = SlidingWindow(self._pad.padded, kernel, stride, bits, c)
-        self._dense = build_layer(config.dense)
-        self._framer = Framer(conv.out_format.bits, conv.out_channels,
-                              math.prod(conv.out_shape[:-1]))
+        self._pad = _owned(Padder(spatial, padding, bits, c, pad))
+        self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
+        self._dense = _owned(build_layer(config.dense))
+        self._framer = _owned(Framer(conv.out_format.bits, conv.out_channels,
+                                     math.prod(conv.out_shape[:-1])))
 
     @property
     def line_buffer_bits(self) -> int:
@@ -489,10 +496,10 @@ class MaxPoolLayer(_Image):
         layer = config.layer
         spatial, kernel, stride, padding = _geometry(layer)
         bits, c = layer.input.bits, layer.in_shape[-1]
-        self._pad = Padder(spatial, padding, bits, c, 0)
-        self._window = SlidingWindow(self._pad.padded, kernel, stride, bits, c)
-        self._max = MaxReduce(bits, c, layer.window, layer.input.signed)
-        self._framer = Framer(bits, c, math.prod(layer.out_shape[:-1]))
+        self._pad = _owned(Padder(spatial, padding, bits, c, 0))
+        self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
+        self._max = _owned(MaxReduce(bits, c, layer.window, layer.input.signed))
+        self._framer = _owned(Framer(bits, c, math.prod(layer.out_shape[:-1])))
 
     @property
     def latency(self) -> int:

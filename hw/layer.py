@@ -36,7 +36,7 @@ from .config import ConfigError, LayerConfig
 from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
-           "build_layer", "build_network", "network_configs"]
+           "build_layer", "build_network", "network_configs", "skip_fifo_depths"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -503,44 +503,9 @@ class Network(wiring.Component):
         return max(layer.initiation_interval for layer in self._layers)
 
     def skip_fifo_depths(self) -> dict:
-        """Return ``{(layer, port): depth}`` of the FIFOs in front of the residual joins.
-
-        A join (an ``add``) reads two branches that leave one tensor (their fork). With
-        ``a(n)`` and ``b(n)`` the outputs each branch can give once the fork has sent ``n``
-        transfers of an image (:func:`bitfab.hw.conv.out_counts`, composed along the branch),
-        the branch that runs ahead holds up to ``max_n (b(n) - a(n))`` payloads the join cannot
-        take yet; a FIFO of that depth plus 2 on its input keeps the fork moving until the
-        other branch gives its output, so no pattern of backpressure deadlocks.
-        """
-        from .conv import out_counts
-        depths = {}
-        for k, srcs in enumerate(self._edges):
-            if len(srcs) < 2:
-                continue
-            chains = [self._chain(j) for j in srcs]
-            fork = next(t for t in chains[0] if t in chains[1])
-            counts = []
-            for chain in chains:
-                path = chain[:chain.index(fork)][::-1]  # the layers after the fork, in order
-                frame = (self._configs[fork].layer.out_frame_length if fork >= 0
-                         else getattr(self._configs[0].layer, "frame_length", None)) or 1
-                f = np.arange(frame + 1)
-                for j in path:
-                    f = out_counts(self._configs[j].layer)[f]
-                counts.append(f)
-            for port in (0, 1):
-                ahead = int(np.max(counts[port] - counts[1 - port]))
-                if ahead > 0 or port == 1:
-                    depths[(k, port)] = max(ahead, 0) + 2
-        return depths
-
-    def _chain(self, t: int) -> list:
-        """Tensor ``t`` and its ancestors along ``source`` edges, down to the input (-1)."""
-        out = [t]
-        while t >= 0:
-            t = self._edges[t][0]
-            out.append(t)
-        return out
+        """Return ``{(layer, port): depth}`` of the FIFOs in front of the residual joins
+        (:func:`skip_fifo_depths`)."""
+        return skip_fifo_depths([c.layer for c in self._configs], self._edges)
 
     def elaborate(self, platform):
         from .conv import Fork, StreamFifo
@@ -582,6 +547,48 @@ class Network(wiring.Component):
                 wiring.connect(m, join.o, dst)
         wiring.connect(m, self._layers[-1].o, wiring.flipped(self.o))
         return m
+
+
+def skip_fifo_depths(layers, edges) -> dict:
+    """Return ``{(layer, port): depth}`` of the FIFOs in front of the residual joins of a
+    network of ``layers`` whose layer ``k`` reads the layers ``edges[k]`` (``-1``: the input;
+    :attr:`bitfab.model.IntegerModel.edges`).
+
+    A join (an ``add``) reads two branches that leave one tensor (their fork). With ``a(n)``
+    and ``b(n)`` the outputs each branch can give once the fork has sent ``n`` transfers of an
+    image (:func:`bitfab.hw.conv.out_counts`, composed along the branch), the branch that runs
+    ahead holds up to ``max_n (b(n) - a(n))`` payloads the join cannot take yet; a FIFO of that
+    depth plus 2 on its input keeps the fork moving until the other branch gives its output,
+    so no pattern of backpressure deadlocks. The skip input always gets one (at least 2 deep).
+    """
+    from .conv import out_counts
+
+    def chain(t: int) -> list:  # tensor t and its ancestors along source edges
+        out = [t]
+        while t >= 0:
+            t = edges[t][0]
+            out.append(t)
+        return out
+
+    depths = {}
+    for k, srcs in enumerate(edges):
+        if len(srcs) < 2:
+            continue
+        chains = [chain(j) for j in srcs]
+        fork = next(t for t in chains[0] if t in chains[1])
+        frame = (layers[fork].out_frame_length if fork >= 0
+                 else getattr(layers[0], "frame_length", None)) or 1
+        counts = []
+        for branch in chains:
+            f = np.arange(frame + 1)
+            for j in branch[:branch.index(fork)][::-1]:  # the layers after the fork, in order
+                f = out_counts(layers[j])[f]
+            counts.append(f)
+        for port in (0, 1):
+            ahead = int(np.max(counts[port] - counts[1 - port]))
+            if ahead > 0 or port == 1:
+                depths[(k, port)] = max(ahead, 0) + 2
+    return depths
 
 
 def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
