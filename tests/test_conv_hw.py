@@ -207,20 +207,43 @@ def test_random_inputs_of_an_image_model():
     assert x.shape == (5, 6, 6, 1) and lengths is None
 
 
-@pytest.mark.cocotb
-def test_small_cnn_on_verilator_and_a_wrong_reference_fails(tmp_path):
+def _cnn_design(tmp_path):
     from bitfab.hw.verilog import generate
-    from bitfab.sim.verilog import Design, run_bench
+    from bitfab.sim.verilog import Design
     model = cnn(np.random.default_rng(13), image=(6, 6, 1), channels=(2, 3), encoding="ternary")
     path = tmp_path / "cnn.bfm"
     model.save(path)
     facts = generate(model, tmp_path / "rtl", pipeline=1)
-    design = Design.from_sidecar(tmp_path / "rtl" / f"{facts['top']}.json")
+    return model, path, Design.from_sidecar(tmp_path / "rtl" / f"{facts['top']}.json")
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
+def test_small_cnn_on_the_cocotb_bench_and_a_wrong_reference_fails(tmp_path, tool, simulator):
+    from bitfab.sim.verilog import run_bench
+    if simulator == "icarus":
+        tool("iverilog", "Icarus is optional outside CI")
+    model, path, design = _cnn_design(tmp_path)
     x = random_inputs(model, 40, seed=2)[0]
-    ok = run_bench(design, path, x, simulator="verilator", p_bubble=0.3, p_stall=0.3, seed=3)
+    ok = run_bench(design, path, x, simulator=simulator, p_bubble=0.3, p_stall=0.3, seed=3)
     assert (ok.vectors, ok.mismatches, ok.first_mismatch) == (40, 0, None)
     np.testing.assert_array_equal(model.out_stream.values(ok.outputs),
                                   execute(model, x).output)
-    bad = run_bench(design, path, x, simulator="verilator", p_bubble=0.3, p_stall=0.3, seed=3,
+    bad = run_bench(design, path, x, simulator=simulator, p_bubble=0.3, p_stall=0.3, seed=3,
                     wrong_reference=True)
     assert bad.mismatches == 1 and bad.first_mismatch["vector"] == 20
+
+
+@pytest.mark.cocotb
+@pytest.mark.synth
+@pytest.mark.slow  # yosys on the whole CNN: about 3 minutes on two shared cores
+def test_small_cnn_ice40_netlist_is_bit_exact(tmp_path):
+    from bitfab.sim.verilog import run_bench
+    model, path, design = _cnn_design(tmp_path)
+    x = random_inputs(model, 20, seed=2)[0]
+    r = run_bench(design, path, x, simulator="verilator", netlist="ice40", p_bubble=0.3,
+                  p_stall=0.3, seed=3)
+    assert (r.netlist, r.vectors, r.mismatches) == ("ice40", 20, 0)
+    bad = run_bench(design, path, x, simulator="verilator", netlist="ice40", seed=3,
+                    wrong_reference=True)
+    assert bad.mismatches == 1
