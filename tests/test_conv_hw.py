@@ -204,7 +204,7 @@ def test_a_configuration_that_cannot_be_built_is_one_line():
 def test_random_inputs_of_an_image_model():
     model = cnn(np.random.default_rng(12), image=(6, 6, 1), channels=(2,), encoding="ternary")
     x, lengths = random_inputs(model, 5, seed=1)
-    assert x.shape == (5, 6, 6, 1) and lengths is None
+    assert x.shape == (5, 36, 1) and lengths.tolist() == [36] * 5
 
 
 def _cnn_design(tmp_path):
@@ -247,3 +247,16 @@ def test_small_cnn_ice40_netlist_is_bit_exact(tmp_path):
     bad = run_bench(design, path, x, simulator="verilator", netlist="ice40", seed=3,
                     wrong_reference=True)
     assert bad.mismatches == 1
+
+
+def test_bitfab_sim_amaranth_on_image_models(tmp_path):
+    from bitfab.sim.run import simulate_model
+    resnet = resnet1d(np.random.default_rng(14), length=12, channels=2)
+    resnet.save(tmp_path / "r.bfm")
+    r = simulate_model(tmp_path / "r.bfm", simulator="amaranth", vectors=12, stall=0.3)
+    assert (r.vectors, r.mismatches) == (12, 0)
+    small = cnn(np.random.default_rng(15), image=(6, 6, 1), channels=(2,), encoding="pow2")
+    small.save(tmp_path / "c.bfm")
+    r = simulate_model(tmp_path / "c.bfm", simulator="amaranth", vectors=6, stall=0.3,
+                       fold=(2, 3))
+    assert (r.vectors, r.mismatches) == (6, 0)
