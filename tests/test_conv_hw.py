@@ -154,6 +154,28 @@ def test_2d_residual_block_end_to_end():
     assert skip_fifo_depths(model.layers, model.edges)[(2, 1)] == 6 + 1 + 2
 
 
+def test_2d_downsampling_block_with_a_projection():
+    """Both branches of the join are convolutions (a stride-2 pair and a stride-2 1x1
+    projection): the FIFO sits on the branch that runs ahead."""
+    rng = np.random.default_rng(16)
+    act = InputFormat.int(3)
+
+    def conv(shape, c, k, name, stride=1, padding=1, source="", fmt=act, enc="ternary"):
+        return random_conv(rng, shape, c, k, enc, fmt, "requant", stride=stride,
+                           padding=padding, requant_bits=3, name=name, source=source)
+
+    stem = conv((7, 6, 1), 2, 3, "stem", fmt=InputFormat.int(4), enc="pow2")
+    b1 = conv(stem.out_shape, 3, 3, "b1", stride=2)
+    b2 = conv(b1.out_shape, 3, 3, "b2")
+    proj = conv(stem.out_shape, 3, 1, "proj", stride=2, padding=0, source="stem", enc="pow2")
+    add = Add(act, act, b2.out_shape, "proj", 0, 0, Requant(np.ones(3, dtype=np.int64), 1, 3),
+              name="add", source="b2")
+    model = IntegerModel((stem, b1, b2, proj, add))
+    assert skip_fifo_depths(model.layers, model.edges) == {(4, 1): 8}
+    for seed, (stall, bubble) in enumerate([(0.8, 0.0), (0.0, 0.8), (0.6, 0.6)]):
+        check(model, batch=2, seed=seed, stall=stall, bubble=bubble)
+
+
 def test_out_counts_of_a_padded_conv():
     rng = np.random.default_rng(8)
     layer = random_conv(rng, (3, 3, 1), 1, 3, "ternary", padding=1)
