@@ -44,7 +44,7 @@ from .datapath import output_stage
 
 __all__ = ["pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer", "MaxReduce",
            "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer", "Fork",
-           "StreamFifo", "equivalent_dense", "out_counts"]
+           "StreamFifo", "equivalent_dense", "out_counts", "image_clocks", "balanced_configs"]
 
 
 def pixel_layout(bits: int, channels: int) -> data.StructLayout:
@@ -696,6 +696,56 @@ def out_counts(layer) -> np.ndarray:
         f[-1] = 1
         return f
     return np.arange(frame + 1)
+
+
+# --- balancing the layers of an image network -------------------------------------------------
+
+
+def image_clocks(config) -> int:
+    """Return the clocks one image (one input item) occupies a layer at full rate.
+
+    conv / avgpool: ``max(Hp * Wp, Ho * Wo * II_dense)`` (a padded pixel per clock, a window
+    every ``II_dense``); maxpool, flatten, add: their input pixels; any other kind (a dense
+    layer reads one vector per image): its ``initiation_interval``.
+    """
+    layer = config.layer
+    if layer.kind in ("conv", "avgpool"):
+        hp, wp = _padded(config.conv)
+        windows = math.prod(layer.out_shape[:-1])
+        return max(hp * wp, windows * config.dense.initiation_interval)
+    if layer.kind in ("maxpool", "flatten", "add"):
+        return getattr(layer, "frame_length", None) or 1
+    return config.initiation_interval
+
+
+def balanced_configs(model, pipeline: int = 0, clocks: int | None = None) -> tuple:
+    """Return one configuration per layer of ``model`` such that the layers' throughputs
+    balance: every conv and dense layer gets the smallest fold (least ``pe * simd``, weights
+    in block RAM) whose :func:`image_clocks` stays within ``clocks`` (default: the slowest
+    layer of the unrolled design, usually the first conv's padded pixels), and stays unrolled
+    where no fold is that fast. The network then takes an image every ``clocks`` clocks, as
+    the unrolled one does, with a fraction of the arithmetic."""
+    unrolled = [kinds.configure(layer, None, pipeline, f"layers[{i}]")
+                for i, layer in enumerate(model.layers)]
+    target = clocks if clocks is not None else max(image_clocks(c) for c in unrolled)
+    out = []
+    for i, (layer, cfg) in enumerate(zip(model.layers, unrolled)):
+        if layer.kind not in ("conv", "dense"):
+            out.append(cfg)
+            continue
+        dense = cfg.dense.layer if layer.kind == "conv" else cfg.layer
+        n_in, n_out = dense.in_features, dense.out_features
+        best = None
+        for simd in (d for d in range(1, n_in + 1) if n_in % d == 0):
+            for pe in range(1, n_out + 1):
+                if best is not None and pe * simd >= best[0]:
+                    break
+                trial = kinds.configure(layer, (pe, simd), pipeline, f"layers[{i}]")
+                if image_clocks(trial) <= target:
+                    best = (pe * simd, trial)
+                    break
+        out.append(best[1] if best is not None and best[0] < n_in * n_out else cfg)
+    return tuple(out)
 
 
 _BUILD = {"conv": ConvLayer, "avgpool": ConvLayer, "maxpool": MaxPoolLayer,

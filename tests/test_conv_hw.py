@@ -11,7 +11,7 @@ from bitfab.errors import VerificationError
 from bitfab.examples import cnn, random_conv, resnet1d
 from bitfab.hw import kinds
 from bitfab.hw.config import ConfigError
-from bitfab.hw.conv import ConvLayer, SlidingWindow, out_counts
+from bitfab.hw.conv import ConvLayer, SlidingWindow, balanced_configs, image_clocks, out_counts
 from bitfab.hw.layer import Network, network_configs, skip_fifo_depths
 from bitfab.model import InputFormat, IntegerModel, IntWeights, Lut, Pow2, Requant
 from bitfab.sim.amaranth_sim import simulate
@@ -126,6 +126,18 @@ def test_flatten_then_add_of_vectors():
 def test_small_cnn_end_to_end(encoding):
     model = cnn(np.random.default_rng(5), image=(8, 8, 1), channels=(3, 4), encoding=encoding)
     check(model, batch=3, seed=1)
+
+
+def test_balanced_folds_keep_the_unrolled_image_rate():
+    model = cnn(np.random.default_rng(5), image=(8, 8, 1), channels=(3, 4), encoding="ternary")
+    cfgs = balanced_configs(model)
+    # the first conv reads 10 x 10 padded pixels per image: every layer keeps up with that
+    assert max(image_clocks(c) for c in cfgs) == 100
+    assert [(c.layer.kind, c.architecture, c.pe, c.simd) for c in cfgs] == [
+        ("conv", "unrolled", None, None), ("maxpool", "unrolled", None, None),
+        ("conv", "folded", 2, 9), ("maxpool", "unrolled", None, None),
+        ("flatten", "unrolled", None, None), ("dense", "folded", 2, 1)]
+    check(model, target=Network(cfgs))
 
 
 @pytest.mark.parametrize("encoding", ["pow2", Pow2(0, 3, zero=False)])
