@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import types
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
@@ -340,6 +341,17 @@ class ConvConfig:
     dense: LayerConfig | None = None
     pipeline: int = 0
 
+    def __post_init__(self):
+        kind = getattr(self.layer, "kind", None)
+        if kind not in _BUILD:
+            raise ConfigError(f"layer must be a conv, maxpool, avgpool, flatten or add layer, "
+                              f"not {type(self.layer).__name__}")
+        windowed = kind in ("conv", "avgpool")
+        if windowed != isinstance(self.dense, LayerConfig):
+            need = "needs a" if windowed else "has no"
+            raise ConfigError(f"a {kind} layer {need} dense configuration, "
+                              f"not {type(self.dense).__name__}")
+
     @property
     def architecture(self) -> str:
         return self.dense.architecture if self.dense is not None else "unrolled"
@@ -352,7 +364,7 @@ class ConvConfig:
     def simd(self):
         return self.dense.simd if self.dense is not None else None
 
-    @property
+    @cached_property
     def conv(self) -> Conv | None:
         """The convolution computed (an avgpool's all-ones depthwise one)."""
         layer = self.layer

@@ -11,7 +11,14 @@ from bitfab.errors import VerificationError
 from bitfab.examples import cnn, random_conv, resnet1d
 from bitfab.hw import kinds
 from bitfab.hw.config import ConfigError
-from bitfab.hw.conv import ConvLayer, SlidingWindow, balanced_configs, image_clocks, out_counts
+from bitfab.hw.conv import (
+    ConvConfig,
+    ConvLayer,
+    SlidingWindow,
+    balanced_configs,
+    image_clocks,
+    out_counts,
+)
 from bitfab.hw.layer import Network, network_configs, skip_fifo_depths
 from bitfab.model import InputFormat, IntegerModel, IntWeights, Lut, Pow2, Requant
 from bitfab.sim.amaranth_sim import simulate
@@ -233,6 +240,15 @@ def test_a_configuration_that_cannot_be_built_is_one_line():
     with pytest.raises(ConfigError, match="^a grouped conv with a 256-entry lut") as exc:
         kinds.configure(grouped)
     assert "\n" not in str(exc.value)
+
+
+def test_conv_config_is_validated():
+    layer = MaxPool(InputFormat.int(2), (4, 4, 1), 2)
+    with pytest.raises(ConfigError, match="^a maxpool layer has no dense configuration"):
+        ConvConfig(layer, kinds.configure(random_conv(np.random.default_rng(0), (4, 4, 1), 1, 3,
+                                                      "ternary")).dense)
+    with pytest.raises(ConfigError, match="^layer must be a conv, maxpool"):
+        ConvConfig(object())
 
 
 def test_random_inputs_of_an_image_model():
