@@ -195,6 +195,16 @@ def test_2d_downsampling_block_with_a_projection():
         check(model, batch=2, seed=seed, stall=stall, bubble=bubble)
 
 
+def test_narrow_pixels_into_a_wider_input_are_resized():
+    rng = np.random.default_rng(17)
+    a = random_conv(rng, (5, 4, 2), 3, 3, "ternary", InputFormat.int(3), "threshold",
+                    thresholds=3, padding=1)
+    b = random_conv(rng, a.out_shape, 2, 3, "pow2", InputFormat.int(4, signed=True), "none",
+                    padding=1)
+    assert a.out_format.bits == 2 and b.input.bits == 4
+    check(IntegerModel((a, b)), batch=2)
+
+
 def test_out_counts_of_a_padded_conv():
     rng = np.random.default_rng(8)
     layer = random_conv(rng, (3, 3, 1), 1, 3, "ternary", padding=1)
