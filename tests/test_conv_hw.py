@@ -295,6 +295,17 @@ def test_small_cnn_on_the_cocotb_bench_and_a_wrong_reference_fails(tmp_path, too
 
 
 @pytest.mark.cocotb
+@pytest.mark.slow  # a second Verilator build (about a minute)
+def test_resnet1d_on_verilator_with_stalls(tmp_path):
+    """Fork, skip FIFOs and adds in the generated Verilog."""
+    from bitfab.sim.run import simulate_model
+    model = resnet1d(np.random.default_rng(18), length=16, channels=3)
+    model.save(tmp_path / "r.bfm")
+    r = simulate_model(tmp_path / "r.bfm", simulator="verilator", vectors=100, stall=0.5)
+    assert (r.vectors, r.mismatches) == (100, 0)
+
+
+@pytest.mark.cocotb
 @pytest.mark.synth
 @pytest.mark.slow  # yosys on the whole CNN: about 3 minutes on two shared cores
 def test_small_cnn_ice40_netlist_is_bit_exact(tmp_path):
