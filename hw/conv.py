@@ -674,6 +674,12 @@ class StreamFifo(wiring.Component):
     def depth(self) -> int:
         return self._depth
 
+    @property
+    def latency(self) -> int:
+        """2 (1 for ``depth`` 1): a write to an empty buffer is readable two clocks later (the
+        synchronous memory read and the output register of ``SyncFIFOBuffered``)."""
+        return 2 if self._depth > 1 else 1
+
     def elaborate(self, platform):
         m = Module()
         width = len(self.i.payload.as_value())

@@ -489,11 +489,13 @@ class Network(wiring.Component):
     @property
     def latency(self) -> int:
         """Clock edges from an input transfer to its output when nothing stalls: the longest
-        path's sum of layer latencies (the :class:`Resize` joins, forks and skip FIFOs add
-        none on the longest path)."""
+        path's sum of layer latencies, a skip FIFO on it adding 2 (the :class:`Resize` joins
+        and forks are combinational)."""
+        depths = self.skip_fifo_depths()
         arrive = []
         for k, layer in enumerate(self._layers):
-            start = max((arrive[j] if j >= 0 else 0) for j in self._edges[k])
+            start = max((arrive[j] if j >= 0 else 0) + (2 if (k, port) in depths else 0)
+                        for port, j in enumerate(self._edges[k]))
             arrive.append(start + layer.latency)
         return arrive[-1]
 

@@ -331,3 +331,20 @@ def test_bitfab_sim_amaranth_on_image_models(tmp_path):
     r = simulate_model(tmp_path / "c.bfm", simulator="amaranth", vectors=6, stall=0.3,
                        fold=(2, 3))
     assert (r.vectors, r.mismatches) == (6, 0)
+
+
+def test_network_latency_is_the_longest_path():
+    """An add of the input and a 1x1 conv of it: the skip FIFO (2 clocks) is as long as the
+    conv's window (2) plus its combinational datapath (0); with nothing stalling the first
+    output arrives exactly the network's latency after the input that completes it."""
+    from bitfab.sim.amaranth_sim import run_stream
+    rng = np.random.default_rng(19)
+    act = InputFormat.int(3)
+    a = random_conv(rng, (2, 3, 1), 1, 1, "ternary", act, "none", name="a")
+    add = Add(a.out_format, act, a.out_shape, "input", 0, 0, name="add")
+    model = IntegerModel((a, add))
+    net = Network(network_configs(model))
+    assert net.latency == max(net.layers[0].latency, 2) + 1 == 3
+    x = images(rng, model, 1)
+    run = run_stream(net, model.in_stream.pack(x.reshape(1, 6, 1)))
+    assert run.out_cycles[0] - run.in_cycles[0] == net.latency
