@@ -380,7 +380,7 @@ class ConvConfig:
                "input": layer.input.to_json(), "name": layer.name}
         conv = self.conv
         if conv is not None:
-            hp, wp = _padded(conv)
+            _, wp = _padded(conv)
             kh = conv.kernel[0] if conv.dims == 2 else 1
             out.update(kernel=list(conv.kernel), stride=list(conv.stride),
                        padding=[list(p) for p in conv.padding], groups=conv.groups,

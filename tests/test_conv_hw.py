@@ -308,14 +308,15 @@ def test_resnet1d_on_verilator_with_stalls(tmp_path):
 @pytest.mark.cocotb
 @pytest.mark.synth
 @pytest.mark.slow  # yosys on the whole CNN: about 3 minutes on two shared cores
-def test_small_cnn_ice40_netlist_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_small_cnn_netlist_is_bit_exact(tmp_path, family):
     from bitfab.sim.verilog import run_bench
     model, path, design = _cnn_design(tmp_path)
     x = random_inputs(model, 20, seed=2)[0]
-    r = run_bench(design, path, x, simulator="verilator", netlist="ice40", p_bubble=0.3,
+    r = run_bench(design, path, x, simulator="verilator", netlist=family, p_bubble=0.3,
                   p_stall=0.3, seed=3)
-    assert (r.netlist, r.vectors, r.mismatches) == ("ice40", 20, 0)
-    bad = run_bench(design, path, x, simulator="verilator", netlist="ice40", seed=3,
+    assert (r.netlist, r.vectors, r.mismatches) == (family, 20, 0)
+    bad = run_bench(design, path, x, simulator="verilator", netlist=family, seed=3,
                     wrong_reference=True)
     assert bad.mismatches == 1
 
