@@ -775,4 +775,6 @@ def _build(config: ConvConfig) -> wiring.Component:
 
 
 for _kind in _BUILD:
-    kinds.register(_kind, kinds.HwKind(_configure, _build, foldable=True))
+    # a conv folds its window's dense datapath; the others have no weights to fold
+    kinds.register(_kind, kinds.HwKind(_configure, _build, foldable=True,
+                                       weightless=_kind != "conv"))
