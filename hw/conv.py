@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -64,6 +64,25 @@ def stream_layout(fmt) -> data.Layout:
 
 def _codes(bits: int, n: int) -> stream.Signature:
     return stream.Signature(data.ArrayLayout(unsigned(bits), n))
+
+
+def _member(value, flags: list[int]):
+    """Whether ``value`` is a position ``p`` with ``flags[p]`` set, as comparisons (a range
+    test where the positions are contiguous): a constant lookup table would be an ``always @*``
+    case statement, which Icarus Verilog leaves X until its index first changes."""
+    positions = [p for p, f in enumerate(flags) if f]
+    if len(positions) == len(flags):
+        return Const(1, 1)
+    lo, hi = positions[0], positions[-1]
+    if positions == list(range(lo, hi + 1)):
+        return (value >= lo) & (value <= hi)
+    return Cat(*(value == p for p in positions)).any()
+
+
+def _counter(n: int, name: str) -> Signal:
+    """A counter of ``0 .. n-1``, at least one bit wide: a zero-width signal (``n = 1``, e.g.
+    the row of a 1-D image) reads as X in Icarus Verilog."""
+    return Signal(range(max(n, 2)), name=name)
 
 
 def _owned(component):
@@ -113,7 +132,7 @@ class Padder(wiring.Component):
             m.d.comb += [self.o.payload.eq(self.i.payload.data), self.o.valid.eq(self.i.valid),
                          self.i.ready.eq(self.o.ready)]
             return m
-        py, px = Signal(range(hp), name="py"), Signal(range(wp), name="px")
+        py, px = _counter(hp, "py"), _counter(wp, "px")
         inside = Signal(name="inside")
         m.d.comb += inside.eq((py >= pt) & (py < pt + h) & (px >= pl) & (px < pl + w))
         word = sum(self._pad << (k * self._bits) for k in range(self._channels))
@@ -178,14 +197,13 @@ class SlidingWindow(wiring.Component):
         m = Module()
         (hp, wp), (kh, kw), (sy, sx) = self._padded, self._kernel, self._stride
         pix = self._bits * self._channels
-        y, x = Signal(range(hp), name="y"), Signal(range(wp), name="x")
-        rows, cols = self._emits(hp, kh, sy), self._emits(wp, kw, sx)
-        row_ok = Array(Const(v, 1) for v in rows)[y] if 0 in rows else Const(1, 1)
-        col_ok = Array(Const(v, 1) for v in cols)[x] if 0 in cols else Const(1, 1)
+        y, x = _counter(hp, "y"), _counter(wp, "x")
+        row_ok = _member(y, self._emits(hp, kh, sy))
+        col_ok = _member(x, self._emits(wp, kw, sx))
 
         s1_valid, s1_emit = Signal(name="s1_valid"), Signal(name="s1_emit")
         s1_pix = Signal(pix, name="s1_pix")
-        s1_x = Signal(range(wp), name="s1_x")
+        s1_x = _counter(wp, "s1_x")
         o_valid = Signal(name="o_valid")
         win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
 
@@ -241,7 +259,7 @@ class Framer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n = Signal(range(self._frame), name="n")
+        n = _counter(self._frame, "n")
         m.d.comb += [self.o.payload.data.eq(self.i.payload), self.o.valid.eq(self.i.valid),
                      self.i.ready.eq(self.o.ready), self.o.payload.last.eq(n == self._frame - 1)]
         with m.If(self.o.valid & self.o.ready):
@@ -558,7 +576,7 @@ class FlattenLayer(_Image):
         layer = self.layer
         p = math.prod(layer.in_shape[:-1])
         pix = layer.input.bits * layer.in_shape[-1]
-        n = Signal(range(p), name="n")
+        n = _counter(p, "n")
         buf = Signal(pix * p, name="collect")
         o_valid = Signal(name="o_valid")
         obuf = Signal(pix * p, name="obuf")
