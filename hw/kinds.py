@@ -39,11 +39,15 @@ class HwKind:
     build : callable ``(config) -> wiring.Component``
     foldable : bool
         Whether ``configure`` takes a fold.
+    weightless : bool
+        A kind without weights (pools, flatten, add): it takes any fold and ignores it, so a
+        network-wide fold passes through it; it is not listed among the kinds that fold.
     """
 
     configure: Callable
     build: Callable
     foldable: bool = False
+    weightless: bool = False
 
 
 _KINDS: dict[str, HwKind] = {}
@@ -71,7 +75,7 @@ def configure(layer, fold: tuple[int, int] | None = None, pipeline: int = 1,
     hooks = hw_kind(layer)
     pipeline = check_pipeline(pipeline)
     if fold is not None and not hooks.foldable:
-        folding = sorted(k for k, h in _KINDS.items() if h.foldable)
+        folding = sorted(k for k, h in _KINDS.items() if h.foldable and not h.weightless)
         raise ConfigError(f"{where} is an {layer.kind} layer, which cannot be folded yet "
                           f"(folding applies to {', '.join(folding)} layers): build it "
                           f"unrolled (no --fold)")
@@ -89,4 +93,4 @@ def build(config):
 
 def _load() -> None:
     # the kinds register on import of their modules
-    from . import layer, lstm  # noqa: F401
+    from . import conv, layer, lstm  # noqa: F401

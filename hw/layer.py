@@ -22,10 +22,12 @@ every kind):
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Const, Module, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from bitfab.errors import BitfabError
 from bitfab.model import IntegerModel
 
 from . import kinds
@@ -34,7 +36,7 @@ from .config import ConfigError, LayerConfig
 from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
-           "build_layer", "build_network", "network_configs"]
+           "build_layer", "build_network", "network_configs", "skip_fifo_depths"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -348,9 +350,16 @@ class Resize(wiring.Component):
     2-bit threshold output into an 8-bit input); combinational, latency 0.
     """
 
-    def __init__(self, n: int, in_bits: int, out_bits: int, signed: bool):
+    def __init__(self, n: int, in_bits: int, out_bits: int, signed: bool, framed: bool = False):
         self._n, self._in_bits, self._out_bits, self._signed = n, in_bits, out_bits, signed
-        super().__init__(layer_signature(in_bits, n, out_bits, n))
+        self._framed = framed
+        if framed:  # a pixel stream: the codes and then ``last``, which passes through
+            from .conv import pixel_layout
+            super().__init__(wiring.Signature({
+                "i": In(stream.Signature(pixel_layout(in_bits, n))),
+                "o": Out(stream.Signature(pixel_layout(out_bits, n)))}))
+        else:
+            super().__init__(layer_signature(in_bits, n, out_bits, n))
 
     @property
     def latency(self) -> int:
@@ -370,6 +379,8 @@ class Resize(wiring.Component):
             code = src[k * self._in_bits:(k + 1) * self._in_bits]
             val = code.as_signed() if self._signed else code
             m.d.comb += dst[k * self._out_bits:(k + 1) * self._out_bits].eq(val)
+        if self._framed:
+            m.d.comb += dst[-1].eq(src[-1])
         m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
         return m
 
@@ -424,21 +435,35 @@ class Network(wiring.Component):
             if not hasattr(cfg, "layer"):
                 raise _refuse(self, f"configs[{k}] must be a layer configuration, "
                                     f"not {type(cfg).__name__}")
-        for k in range(1, len(configs)):
-            a, b = configs[k - 1].layer, configs[k].layer
-            if a.out_features != b.in_features:
-                raise _refuse(self, f"configs[{k}] takes {b.in_features} inputs but "
-                                    f"configs[{k-1}] gives {a.out_features}")
-            if a.out_format.bits > b.input.bits:
-                raise _refuse(self, f"configs[{k}]: {b.input.describe()} input is narrower "
-                                    f"than the {a.out_format.describe()} output of configs[{k-1}]")
-            if a.out_stream.framed != b.in_stream.framed:
-                per = "one step" if a.out_stream.framed else "one vector"
-                raise _refuse(self, f"layers[{k}] ({b.kind}) cannot follow layers[{k - 1}] "
-                                    f"({a.kind}) in hardware yet: it gives {per} per transfer, "
-                                    f"layers[{k}] takes "
-                                    f"{'steps' if b.in_stream.framed else 'vectors'}")
+        layers = tuple(c.layer for c in configs)
+        if any(getattr(layer, "sources", ("",)) != ("",) for layer in layers):
+            try:
+                edges = IntegerModel(layers).edges
+            except BitfabError as exc:
+                raise _refuse(self, str(exc)) from None
+        else:
+            edges = tuple((k - 1,) for k in range(len(layers)))
+        for k, srcs in enumerate(edges):
+            for port, j in enumerate(srcs):
+                if j < 0:
+                    continue
+                a, b = layers[j], layers[k]
+                fmt = b.input if port == 0 else b.skip_input
+                if a.out_features != b.in_features:
+                    raise _refuse(self, f"configs[{k}] takes {b.in_features} inputs but "
+                                        f"configs[{j}] gives {a.out_features}")
+                if a.out_format.bits > fmt.bits:
+                    raise _refuse(self, f"configs[{k}]: {fmt.describe()} input is narrower "
+                                        f"than the {a.out_format.describe()} output of "
+                                        f"configs[{j}]")
+                if a.out_stream.framed != b.in_stream.framed:
+                    per = "one step" if a.out_stream.framed else "one vector"
+                    raise _refuse(self, f"layers[{k}] ({b.kind}) cannot follow layers[{j}] "
+                                        f"({a.kind}) in hardware yet: it gives {per} per "
+                                        f"transfer, layers[{k}] takes "
+                                        f"{'steps' if b.in_stream.framed else 'vectors'}")
         self._configs = configs
+        self._edges = edges
         self._layers = tuple(build_layer(c) for c in configs)
         first, last = self._layers[0], self._layers[-1]
         super().__init__(wiring.Signature({
@@ -456,34 +481,116 @@ class Network(wiring.Component):
         return self._layers
 
     @property
+    def edges(self) -> tuple:
+        """Per layer, the layer indices it reads (``-1``: the network input), its ``source``
+        first (:attr:`bitfab.model.IntegerModel.edges`)."""
+        return self._edges
+
+    @property
     def latency(self) -> int:
-        """Clock edges from an input transfer to its output when nothing stalls: the sum of the
-        layers' latencies (the :class:`Resize` joins are combinational)."""
-        return sum(layer.latency for layer in self._layers)
+        """Clock edges from an input transfer to its output when nothing stalls: the longest
+        path's sum of layer latencies, a skip FIFO on it adding 2 (the :class:`Resize` joins
+        and forks are combinational)."""
+        depths = self.skip_fifo_depths()
+        arrive = []
+        for k, layer in enumerate(self._layers):
+            start = max((arrive[j] if j >= 0 else 0) + (2 if (k, port) in depths else 0)
+                        for port, j in enumerate(self._edges[k]))
+            arrive.append(start + layer.latency)
+        return arrive[-1]
 
     @property
     def initiation_interval(self) -> int:
         """Clocks between input transfers at full throughput: the slowest layer's."""
         return max(layer.initiation_interval for layer in self._layers)
 
+    def skip_fifo_depths(self) -> dict:
+        """Return ``{(layer, port): depth}`` of the FIFOs in front of the residual joins
+        (:func:`skip_fifo_depths`)."""
+        return skip_fifo_depths([c.layer for c in self._configs], self._edges)
+
     def elaborate(self, platform):
+        from .conv import Fork, StreamFifo
         m = Module()
         for k, layer in enumerate(self._layers):
             m.submodules[f"layer{k}"] = layer
-        wiring.connect(m, wiring.flipped(self.i), self._layers[0].i)
-        for k in range(1, len(self._layers)):
-            a, b = self._configs[k - 1].layer, self._configs[k].layer
-            src, dst = self._layers[k - 1], self._layers[k]
-            if src.signature.members["o"].signature == dst.signature.members["i"].signature:
-                wiring.connect(m, src.o, dst.i)
+        readers = {}
+        for k, srcs in enumerate(self._edges):
+            for port, j in enumerate(srcs):
+                readers.setdefault(j, []).append((k, port))
+        depths = self.skip_fifo_depths()
+        for j, edges in sorted(readers.items()):
+            src = wiring.flipped(self.i) if j < 0 else self._layers[j].o
+            if len(edges) > 1:
+                fork = Fork(src.signature.members["payload"].shape, len(edges))
+                m.submodules[f"fork{j + 1}"] = fork
+                wiring.connect(m, src, fork.i)
+                outs = [fork.out(n) for n in range(len(edges))]
             else:
-                join = Resize(a.out_features, a.out_format.bits, b.input.bits,
-                              a.out_format.signed)
-                m.submodules[f"resize{k}"] = join
-                wiring.connect(m, src.o, join.i)
-                wiring.connect(m, join.o, dst.i)
+                outs = [src]
+            for out, (k, port) in zip(outs, edges):
+                dst = self._layers[k].i if port == 0 else self._layers[k].skip
+                if (k, port) in depths:
+                    q = StreamFifo(out.signature.members["payload"].shape, depths[(k, port)])
+                    m.submodules[f"fifo{k}_{port}"] = q
+                    wiring.connect(m, out, q.i)
+                    out = q.o
+                if out.signature.members["payload"].shape == \
+                        dst.signature.members["payload"].shape:
+                    wiring.connect(m, out, dst)
+                    continue
+                a = self._configs[j].layer
+                b = self._configs[k].layer
+                fmt = b.input if port == 0 else b.skip_input
+                join = Resize(a.out_features, a.out_format.bits, fmt.bits, a.out_format.signed,
+                              framed=a.out_stream.framed)
+                m.submodules[f"resize{k}_{port}"] = join
+                wiring.connect(m, out, join.i)
+                wiring.connect(m, join.o, dst)
         wiring.connect(m, self._layers[-1].o, wiring.flipped(self.o))
         return m
+
+
+def skip_fifo_depths(layers, edges) -> dict:
+    """Return ``{(layer, port): depth}`` of the FIFOs in front of the residual joins of a
+    network of ``layers`` whose layer ``k`` reads the layers ``edges[k]`` (``-1``: the input;
+    :attr:`bitfab.model.IntegerModel.edges`).
+
+    A join (an ``add``) reads two branches that leave one tensor (their fork). With ``a(n)``
+    and ``b(n)`` the outputs each branch can give once the fork has sent ``n`` transfers of an
+    image (:func:`bitfab.hw.conv.out_counts`, composed along the branch), the branch that runs
+    ahead holds up to ``max_n (b(n) - a(n))`` payloads the join cannot take yet; a FIFO of that
+    depth plus 2 on its input keeps the fork moving until the other branch gives its output,
+    so no pattern of backpressure deadlocks. The skip input always gets one (at least 2 deep).
+    """
+    from .conv import out_counts
+
+    def chain(t: int) -> list:  # tensor t and its ancestors along source edges
+        out = [t]
+        while t >= 0:
+            t = edges[t][0]
+            out.append(t)
+        return out
+
+    depths = {}
+    for k, srcs in enumerate(edges):
+        if len(srcs) < 2:
+            continue
+        chains = [chain(j) for j in srcs]
+        fork = next(t for t in chains[0] if t in chains[1])
+        frame = (layers[fork].out_frame_length if fork >= 0
+                 else getattr(layers[0], "frame_length", None)) or 1
+        counts = []
+        for branch in chains:
+            f = np.arange(frame + 1)
+            for j in branch[:branch.index(fork)][::-1]:  # the layers after the fork, in order
+                f = out_counts(layers[j])[f]
+            counts.append(f)
+        for port in (0, 1):
+            ahead = int(np.max(counts[port] - counts[1 - port]))
+            if ahead > 0 or port == 1:
+                depths[(k, port)] = max(ahead, 0) + 2
+    return depths
 
 
 def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,

@@ -237,10 +237,19 @@ def simulate(target, x, lengths=None, *, stall: float = 0.0, bubble: float = 0.0
     except ModelRangeError as exc:
         raise VerificationError(str(exc)) from None
     payloads = model.in_stream.pack(arr, lengths)
+    out_lengths, steps = _out_lengths(model, arr, lengths)
     result = run_stream(build(), payloads, stall=stall, bubble=bubble, seed=seed,
-                        outputs=_output_count(model, arr, lengths))
-    return outputs_of(model.out_stream, result.outputs, lengths,
-                      arr.shape[1] if model.sequential else None)
+                        outputs=_output_count(model, arr, out_lengths))
+    return outputs_of(model.out_stream, result.outputs, out_lengths, steps)
+
+
+def _out_lengths(model: IntegerModel, x: np.ndarray, lengths) -> tuple:
+    """``(lengths, steps)`` of the output frames: an image model's output images have the last
+    layer's pixels each, a sequence model's output steps are its input steps."""
+    frame = getattr(model.layers[-1], "out_frame_length", None)
+    if getattr(model.layers[0], "frame_length", None) and frame:
+        return np.full(len(x), frame, dtype=np.int64), frame
+    return lengths, (x.shape[1] if model.sequential else None)
 
 
 def _output_count(model: IntegerModel, x: np.ndarray, lengths) -> int:

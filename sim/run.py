@@ -60,12 +60,22 @@ def random_inputs(model, count: int, seed: int = 0, max_steps: int = 12
     """Draw ``count`` random inputs of ``model`` (extremes included: the first two are all
     minimum and all maximum values); return ``(x, lengths)``.
 
-    Vectors ``(count, in_features)`` with ``lengths`` None, or for a sequence model sequences
+    Vectors ``(count, in_features)`` with ``lengths`` None, images ``(count, pixels, channels)``
+    with every length the pixel count, or for a sequence model sequences
     ``(count, T, in_features)`` of random lengths in ``1..T`` (the first two full length),
     ``T = min(max_steps, the first layer's max_length)``.
     """
     rng = np.random.default_rng(seed)
     fmt, n = model.input, model.in_features
+    if getattr(model.layers[0], "frame_length", None):
+        # images: (count, pixels, channels) in stream order, every frame full
+        pixels = model.layers[0].frame_length
+        x = rng.integers(fmt.min_value, fmt.max_value + 1, size=(count, pixels, n))
+        if fmt.kind == "bipolar":
+            x = np.where(x > 0, 1, -1)
+        if count >= 2:
+            x[0], x[1] = fmt.min_value, fmt.max_value
+        return x, np.full(count, pixels, dtype=np.int64)
     steps = min(max_steps, getattr(model.layers[0], "max_length", max_steps)) \
         if model.sequential else None
     shape = (count, n) if steps is None else (count, steps, n)

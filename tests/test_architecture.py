@@ -60,10 +60,8 @@ def test_every_layer_kind_has_a_hook_on_every_floor():
     hw_kinds._load()
     for kind in layer_kinds():
         assert kind in golden._KINDS, kind
-    # the image kinds' hardware is the open part of the conv issue (#11): listed here, so that
-    # no other kind can lack its hardware unnoticed
-    assert sorted(set(layer_kinds()) - set(hw_kinds._KINDS)) == \
-        ["add", "avgpool", "conv", "flatten", "maxpool"]
+    # every kind has its hardware (the image kinds: bitfab.hw.conv)
+    assert set(layer_kinds()) == set(hw_kinds._KINDS)
 
 
 def test_no_isinstance_on_an_encoding_outside_the_encodings_module():

@@ -135,7 +135,7 @@ def test_lstm_hardware_refusals_name_what_is_supported():
     from bitfab.hw.verilog import generate
     model, _ = _sequence_model(21)
     with pytest.raises(ConfigError, match=r"layers\[0\] is an lstm layer, which cannot be "
-                                          r"folded yet \(folding applies to dense layers\)"):
+                                          r"folded yet \(folding applies to conv, dense layers\)"):
         build_network(model, (2, 2))
     rng = np.random.default_rng(3)
     bi = random_lstm(rng, 3, 4, Ternary(), directions=2)

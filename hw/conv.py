@@ -1,0 +1,798 @@
+"""The image kinds in hardware: conv, maxpool, avgpool, flatten and add behind the layer contract.
+
+Image streams (:mod:`bitfab.conv`): one pixel's ``C`` channel codes per transfer, row-major,
+``last`` on the final pixel of each image (:func:`pixel_layout`). Every component here takes and
+gives such streams (a flatten gives one vector per image; an add of vectors takes vectors).
+
+A convolution is three stream stages and the existing dense datapath:
+
+1. :class:`Padder` turns the ``H x W`` pixel stream into the padded ``Hp x Wp`` one, inserting
+   ``pad_value`` pixels (it emits a pad pixel without reading an input, so the bottom and right
+   padding of an image never waits for the next image);
+2. :class:`SlidingWindow` keeps ``Kh - 1`` rows of the padded image in one block-RAM line buffer
+   (``Wp`` words of ``(Kh - 1) * C`` codes) and a ``Kh x Kw`` window register, and gives the
+   window of every output position (stride applied) as one vector of ``Kh * Kw * C`` codes in
+   ``(ky, kx, c)`` order;
+3. the dense layer whose weight matrix is :attr:`bitfab.conv.Conv.matrix` (grouped and
+   depthwise convolutions: the block-diagonal matrix over the whole window, whose zeros cost
+   nothing unrolled), built by :mod:`bitfab.hw.layer` unrolled or folded;
+4. :class:`Framer` sets ``last`` on every ``Ho * Wo``-th output.
+
+An avgpool is the depthwise convolution with all-ones weights (a sum, then its output stage);
+a maxpool is the same window feeding a comparator tree. A flatten collects an image's pixels
+into one vector; an add joins two streams (its second input port is ``skip``).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitfab.conv import AvgPool, Conv
+from bitfab.encodings import Binary, Lut, Ternary
+from bitfab.model import Dense
+
+from . import kinds
+from .config import ConfigError, LayerConfig
+from .datapath import output_stage
+
+__all__ = ["pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer", "MaxReduce",
+           "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer", "Fork",
+           "StreamFifo", "equivalent_dense", "out_counts", "image_clocks", "balanced_configs"]
+
+
+def pixel_layout(bits: int, channels: int) -> data.StructLayout:
+    """Payload of one pixel: ``data`` (``channels`` codes of ``bits``) then ``last``."""
+    return data.StructLayout({"data": data.ArrayLayout(unsigned(bits), channels),
+                              "last": unsigned(1)})
+
+
+def stream_layout(fmt) -> data.Layout:
+    """The payload layout of a :class:`~bitfab.formats.StreamFormat`: a pixel (framed) or an
+    element array (one vector per transfer, as the dense layers take)."""
+    if fmt.framed:
+        return pixel_layout(fmt.element.bits, fmt.count)
+    return data.ArrayLayout(unsigned(fmt.element.bits), fmt.count)
+
+
+def _codes(bits: int, n: int) -> stream.Signature:
+    return stream.Signature(data.ArrayLayout(unsigned(bits), n))
+
+
+def _member(value, flags: list[int]):
+    """Whether ``value`` is a position ``p`` with ``flags[p]`` set, as comparisons (a range
+    test where the positions are contiguous): a constant lookup table would be an ``always @*``
+    case statement, which Icarus Verilog leaves X until its index first changes."""
+    positions = [p for p, f in enumerate(flags) if f]
+    if len(positions) == len(flags):
+        return Const(1, 1)
+    lo, hi = positions[0], positions[-1]
+    if positions == list(range(lo, hi + 1)):
+        return (value >= lo) & (value <= hi)
+    return Cat(*(value == p for p in positions)).any()
+
+
+def _counter(n: int, name: str) -> Signal:
+    """A counter of ``0 .. n-1``, at least one bit wide: a zero-width signal (``n = 1``, e.g.
+    the row of a 1-D image) reads as X in Icarus Verilog."""
+    return Signal(range(max(n, 2)), name=name)
+
+
+def _owned(component):
+    """Mark a sub-component made in its parent's constructor as used: the parent elaborates
+    it, and a parent that is never elaborated warns for both."""
+    component._MustUse__silence = True
+    return component
+
+
+def _silenced(component, message: str) -> ConfigError:
+    component._MustUse__silence = True
+    return ConfigError(message)
+
+
+class Padder(wiring.Component):
+    """Pad an ``H x W`` pixel stream to ``(H + pt + pb) x (W + pl + pr)`` with ``pad_code``.
+
+    Combinational (latency 0). An interior position passes the input pixel (``last`` dropped:
+    the frame is counted), a padding position offers the pad pixel without reading the input.
+
+    Parameters
+    ----------
+    spatial : ``(H, W)`` (a 1-D image is ``(1, L)``)
+    padding : ``((pt, pb), (pl, pr))``
+    bits, channels : int
+    pad_code : int
+        The code of the value read outside the image.
+    """
+
+    def __init__(self, spatial, padding, bits: int, channels: int, pad_code: int):
+        self._spatial, self._padding = tuple(spatial), tuple(padding)
+        self._bits, self._channels, self._pad = bits, channels, pad_code
+        super().__init__({"i": In(stream.Signature(pixel_layout(bits, channels))),
+                          "o": Out(_codes(bits, channels))})
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """``(Hp, Wp)``."""
+        (h, w), ((pt, pb), (pl, pr)) = self._spatial, self._padding
+        return h + pt + pb, w + pl + pr
+
+    def elaborate(self, platform):
+        m = Module()
+        (h, w), ((pt, _), (pl, _)) = self._spatial, self._padding
+        hp, wp = self.padded
+        if (hp, wp) == (h, w):
+            m.d.comb += [self.o.payload.eq(self.i.payload.data), self.o.valid.eq(self.i.valid),
+                         self.i.ready.eq(self.o.ready)]
+            return m
+        py, px = _counter(hp, "py"), _counter(wp, "px")
+        inside = Signal(name="inside")
+        m.d.comb += inside.eq((py >= pt) & (py < pt + h) & (px >= pl) & (px < pl + w))
+        word = sum(self._pad << (k * self._bits) for k in range(self._channels))
+        pad = Const(word, self._bits * self._channels)
+        m.d.comb += [
+            self.o.valid.eq(Mux(inside, self.i.valid, 1)),
+            self.o.payload.eq(Mux(inside, self.i.payload.data.as_value(), pad)),
+            self.i.ready.eq(inside & self.o.ready),
+        ]
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(px == wp - 1):
+                m.d.sync += [px.eq(0), py.eq(Mux(py == hp - 1, 0, py + 1))]
+            with m.Else():
+                m.d.sync += px.eq(px + 1)
+        return m
+
+
+class SlidingWindow(wiring.Component):
+    """The ``Kh x Kw`` windows of a padded ``Hp x Wp`` pixel stream at a stride.
+
+    The line buffer is one :class:`amaranth.lib.memory.Memory` of ``Wp`` words, each the
+    ``Kh - 1`` pixels above the current row at that column (none for ``Kh = 1``), read through a
+    synchronous port (block RAM). An accepted pixel reads its column (stage 1); then its column
+    is shifted into the window register, the column with the pixel on top of it is written
+    back, and where the window ends an output position (``y >= Kh - 1``, ``x >= Kw - 1`` and on
+    the stride) the window becomes the output. The window register shifts only while the output
+    register is empty or being read, so a stalled consumer holds everything.
+
+    ``latency`` 2 (pixel transfer to ``o.valid``); one pixel per clock.
+
+    Parameters
+    ----------
+    padded : ``(Hp, Wp)``
+    kernel, stride : ``(Kh, Kw)``, ``(sy, sx)``
+    bits, channels : int
+    """
+
+    def __init__(self, padded, kernel, stride, bits: int, channels: int):
+        self._padded, self._kernel, self._stride = tuple(padded), tuple(kernel), tuple(stride)
+        self._bits, self._channels = bits, channels
+        kh, kw = self._kernel
+        super().__init__({"i": In(_codes(bits, channels)),
+                          "o": Out(_codes(bits, kh * kw * channels))})
+
+    @property
+    def latency(self) -> int:
+        """2: the line-buffer read, then the window register."""
+        return 2
+
+    @property
+    def line_buffer_bits(self) -> int:
+        """Bits of the line buffer: ``Wp * (Kh - 1) * C * bits``."""
+        (_, wp), (kh, _) = self._padded, self._kernel
+        return wp * (kh - 1) * self._channels * self._bits
+
+    def _emits(self, size: int, k: int, s: int) -> list[int]:
+        out = (size - k) // s + 1
+        return [int(p >= k - 1 and (p - k + 1) % s == 0 and (p - k + 1) // s < out)
+                for p in range(size)]
+
+    def elaborate(self, platform):
+        m = Module()
+        (hp, wp), (kh, kw), (sy, sx) = self._padded, self._kernel, self._stride
+        pix = self._bits * self._channels
+        y, x = _counter(hp, "y"), _counter(wp, "x")
+        row_ok = _member(y, self._emits(hp, kh, sy))
+        col_ok = _member(x, self._emits(wp, kw, sx))
+
+        s1_valid, s1_emit = Signal(name="s1_valid"), Signal(name="s1_emit")
+        s1_pix = Signal(pix, name="s1_pix")
+        s1_x = _counter(wp, "s1_x")
+        o_valid = Signal(name="o_valid")
+        win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
+
+        free = ~o_valid | self.o.ready
+        adv1 = s1_valid & free
+        take = self.i.valid & self.i.ready
+        m.d.comb += self.i.ready.eq(~s1_valid | free)
+        with m.If(take):
+            m.d.sync += [s1_valid.eq(1), s1_pix.eq(self.i.payload.as_value()), s1_x.eq(x),
+                         s1_emit.eq(row_ok & col_ok)]
+            with m.If(x == wp - 1):
+                m.d.sync += [x.eq(0), y.eq(Mux(y == hp - 1, 0, y + 1))]
+            with m.Else():
+                m.d.sync += x.eq(x + 1)
+        with m.Elif(adv1):
+            m.d.sync += s1_valid.eq(0)
+
+        if kh > 1:
+            # word[x] = rows y-1, y-2, ..., y-Kh+1 at column x (slot 0 = the row just above)
+            mem = memory.Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
+            m.submodules.line_buffer = mem
+            wr = mem.write_port()
+            # with one column the next pixel reads the word written in the same clock
+            rd = mem.read_port(transparent_for=(wr,) if wp == 1 else ())
+            m.d.comb += [rd.addr.eq(x), rd.en.eq(take),
+                         wr.addr.eq(s1_x), wr.en.eq(adv1)]
+            slots = [rd.data[k * pix:(k + 1) * pix] for k in range(kh - 1)]
+            m.d.comb += wr.data.eq(Cat(s1_pix, *slots[:kh - 2]))
+            column = list(reversed(slots)) + [s1_pix]  # top (ky = 0) to bottom
+        else:
+            column = [s1_pix]
+        with m.If(adv1):
+            for r in range(kh):
+                for c in range(kw - 1):
+                    m.d.sync += win[r][c].eq(win[r][c + 1])
+                m.d.sync += win[r][kw - 1].eq(column[r])
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(adv1):
+            m.d.sync += o_valid.eq(s1_emit)
+        m.d.comb += [self.o.valid.eq(o_valid),
+                     self.o.payload.eq(Cat(*(w for row in win for w in row)))]
+        return m
+
+
+class Framer(wiring.Component):
+    """Set ``last`` on every ``frame``-th transfer of a stream of code vectors (combinational)."""
+
+    def __init__(self, bits: int, channels: int, frame: int):
+        self._frame = frame
+        super().__init__({"i": In(_codes(bits, channels)),
+                          "o": Out(stream.Signature(pixel_layout(bits, channels)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        n = _counter(self._frame, "n")
+        m.d.comb += [self.o.payload.data.eq(self.i.payload), self.o.valid.eq(self.i.valid),
+                     self.i.ready.eq(self.o.ready), self.o.payload.last.eq(n == self._frame - 1)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += n.eq(Mux(n == self._frame - 1, 0, n + 1))
+        return m
+
+
+class MaxReduce(wiring.Component):
+    """The per-channel maximum of a window vector (``window`` pixels of ``channels`` codes),
+    registered once (latency 1); values compared as signed where ``signed``."""
+
+    def __init__(self, bits: int, channels: int, window: int, signed: bool):
+        self._bits, self._channels, self._window, self._signed = bits, channels, window, signed
+        super().__init__({"i": In(_codes(bits, window * channels)),
+                          "o": Out(_codes(bits, channels))})
+
+    def elaborate(self, platform):
+        m = Module()
+        en = ~self.o.valid | self.o.ready
+        o_valid = Signal(name="o_valid")
+        out = Signal(self._bits * self._channels, name="out")
+        result = []
+        for c in range(self._channels):
+            vals = [self.i.payload[p * self._channels + c] for p in range(self._window)]
+            vals = [v.as_signed() if self._signed else v for v in vals]
+            while len(vals) > 1:
+                nxt = [Mux(a >= b, a, b) for a, b in zip(vals[::2], vals[1::2])]
+                vals = nxt + ([vals[-1]] if len(vals) % 2 else [])
+            result.append(vals[0])
+        m.d.comb += self.i.ready.eq(en)
+        with m.If(en):
+            m.d.sync += [o_valid.eq(self.i.valid),
+                         out.eq(Cat(*(v.as_unsigned()[:self._bits] for v in result)))]
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+        return m
+
+
+# --- configurations -------------------------------------------------------------------------------
+
+
+def _zero_encoding(enc):
+    """An encoding of the same datapath that also holds 0 (the block-diagonal matrix of a grouped
+    convolution): binary -> ternary, zero-free pow2 -> pow2, a lut without 0 gains it."""
+    if enc.has_zero:
+        return enc
+    if enc.kind == "binary":
+        return Ternary()
+    if enc.kind == "pow2":
+        return replace(enc, zero=True)
+    if len(enc.dictionary) >= 256:
+        raise ConfigError("a grouped conv with a 256-entry lut dictionary without 0 has no "
+                          "hardware (the block-diagonal window matrix needs a 0 entry)")
+    return Lut(enc.dictionary + (0,))
+
+
+def equivalent_dense(conv: Conv) -> Dense:
+    """Return the dense layer each output pixel of ``conv`` applies to its whole window
+    (``prod(kernel) * C_in`` inputs in ``(ky, kx, c)`` order): :attr:`Conv.matrix` for one
+    group, the block-diagonal matrix of the groups otherwise."""
+    if conv.groups == 1:
+        w, enc = conv.matrix, conv.encoding
+    else:
+        og, cg = conv.out_channels // conv.groups, conv.group_channels
+        k = math.prod(conv.kernel)
+        full = np.zeros((conv.out_channels, k, conv.in_channels), dtype=np.int64)
+        per = conv.weights.reshape(conv.out_channels, k, cg)
+        for o in range(conv.out_channels):
+            g = o // og
+            full[o, :, g * cg:(g + 1) * cg] = per[o]
+        w, enc = full.reshape(conv.out_channels, -1), _zero_encoding(conv.encoding)
+    return Dense(w, enc, conv.input, conv.output, conv.bias, conv.acc_bits,
+                 name=conv.name or "conv")
+
+
+def avgpool_conv(pool: AvgPool) -> Conv:
+    """Return the depthwise convolution with all-ones weights that ``pool`` computes."""
+    c = pool.in_shape[-1]
+    w = np.ones((c,) + tuple(pool.kernel) + (1,), dtype=np.int64)
+    return Conv(w, Binary(), pool.input, pool.in_shape, pool.stride, 0, None, c, pool.output,
+                None, pool.acc_bits, name=pool.name or "avgpool")
+
+
+@dataclass(frozen=True, eq=False)
+class ConvConfig:
+    """How an image layer becomes hardware.
+
+    Members
+    -------
+    layer : Conv | AvgPool | MaxPool | Flatten | Add
+        The model's layer.
+    dense : LayerConfig or None
+        The dense datapath of each window (conv and avgpool): unrolled or folded.
+    pipeline : int
+    """
+
+    layer: object
+    dense: LayerConfig | None = None
+    pipeline: int = 0
+
+    def __post_init__(self):
+        kind = getattr(self.layer, "kind", None)
+        if kind not in _BUILD:
+            raise ConfigError(f"layer must be a conv, maxpool, avgpool, flatten or add layer, "
+                              f"not {type(self.layer).__name__}")
+        windowed = kind in ("conv", "avgpool")
+        if windowed != isinstance(self.dense, LayerConfig):
+            need = "needs a" if windowed else "has no"
+            raise ConfigError(f"a {kind} layer {need} dense configuration, "
+                              f"not {type(self.dense).__name__}")
+
+    @property
+    def architecture(self) -> str:
+        return self.dense.architecture if self.dense is not None else "unrolled"
+
+    @property
+    def pe(self):
+        return self.dense.pe if self.dense is not None else None
+
+    @property
+    def simd(self):
+        return self.dense.simd if self.dense is not None else None
+
+    @cached_property
+    def conv(self) -> Conv | None:
+        """The convolution computed (an avgpool's all-ones depthwise one)."""
+        layer = self.layer
+        return avgpool_conv(layer) if layer.kind == "avgpool" else \
+            layer if layer.kind == "conv" else None
+
+    def to_json(self) -> dict:
+        layer = self.layer
+        out = {"kind": layer.kind, "architecture": self.architecture, "pe": self.pe,
+               "simd": self.simd, "pipeline": self.pipeline, "datapath": layer.datapath,
+               "in_features": layer.in_features, "out_features": layer.out_features,
+               "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
+               "input": layer.input.to_json(), "name": layer.name}
+        conv = self.conv
+        if conv is not None:
+            _, wp = _padded(conv)
+            kh = conv.kernel[0] if conv.dims == 2 else 1
+            out.update(kernel=list(conv.kernel), stride=list(conv.stride),
+                       padding=[list(p) for p in conv.padding], groups=conv.groups,
+                       window_inputs=self.dense.in_features,
+                       line_buffer_bits=wp * (kh - 1) * conv.in_channels * conv.input.bits,
+                       acc_bits=conv.acc_bits, encoding=conv.encoding.to_json())
+        return out
+
+
+def _geometry(layer):
+    """``(spatial (H, W), kernel (Kh, Kw), stride, padding ((pt, pb), (pl, pr)))``; a 1-D
+    image is one row."""
+    shape = layer.in_shape
+    kernel, stride = tuple(layer.kernel), tuple(layer.stride)
+    padding = tuple(tuple(p) for p in getattr(layer, "padding", ((0, 0),) * len(kernel)))
+    if len(shape) == 2:
+        return (1, shape[0]), (1,) + kernel, (1,) + stride, ((0, 0),) + padding
+    return tuple(shape[:2]), kernel, stride, padding
+
+
+def _padded(layer) -> tuple[int, int]:
+    (h, w), _, _, ((pt, pb), (pl, pr)) = _geometry(layer)
+    return h + pt + pb, w + pl + pr
+
+
+def _configure(layer, fold, pipeline: int, exact: bool) -> ConvConfig:
+    if layer.kind in ("conv", "avgpool"):
+        from .layer import _dense_configure
+        conv = layer if layer.kind == "conv" else avgpool_conv(layer)
+        dense = _dense_configure(equivalent_dense(conv), fold if layer.kind == "conv"
+                                 else None, pipeline, exact)
+        return ConvConfig(layer, dense, pipeline)
+    return ConvConfig(layer, None, pipeline)  # nothing to fold: no weights
+
+
+# --- the components -------------------------------------------------------------------------------
+
+
+class _Image(wiring.Component):
+    """A component with the layer contract's ``i`` and ``o`` for ``config.layer``."""
+
+    def __init__(self, config: ConvConfig, extra: dict | None = None):
+        if not isinstance(config, ConvConfig):
+            raise _silenced(self, f"config must be a ConvConfig, not {type(config).__name__}")
+        self._config = config
+        layer = config.layer
+        super().__init__({"i": In(stream.Signature(stream_layout(layer.in_stream))),
+                          **(extra or {}),
+                          "o": Out(stream.Signature(stream_layout(layer.out_stream)))})
+
+    @property
+    def config(self) -> ConvConfig:
+        return self._config
+
+    @property
+    def layer(self):
+        return self._config.layer
+
+
+class ConvLayer(_Image):
+    """A conv (or avgpool) layer: :class:`Padder`, :class:`SlidingWindow`, the dense datapath of
+    :func:`equivalent_dense` and :class:`Framer` (module docstring).
+
+    Parameters
+    ----------
+    config : ConvConfig
+        Of a Conv or AvgPool layer.
+    """
+
+    def __init__(self, config: ConvConfig):
+        super().__init__(config)
+        from .layer import build_layer
+        conv = config.conv
+        spatial, kernel, stride, padding = _geometry(conv)
+        fmt = conv.input
+        bits, c = fmt.bits, conv.in_channels
+        pad = int(fmt.to_codes(np.array([conv.pad_value]))[0])
+        self._pad = _owned(Padder(spatial, padding, bits, c, pad))
+        self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
+        self._dense = _owned(build_layer(config.dense))
+        self._framer = _owned(Framer(conv.out_format.bits, conv.out_channels,
+                                     math.prod(conv.out_shape[:-1])))
+
+    @property
+    def line_buffer_bits(self) -> int:
+        """Bits of the line buffer (:attr:`SlidingWindow.line_buffer_bits`)."""
+        return self._window.line_buffer_bits
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from the pixel that completes a window to its output's ``o.valid``:
+        ``2`` (:class:`SlidingWindow`) plus the dense datapath's ``latency``."""
+        return self._window.latency + self._dense.latency
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per input pixel at full rate: ``ceil(max(Hp * Wp, Ho * Wo * II_dense) /
+        (H * W))`` (the padded pixels take a clock each, a folded window ``II_dense``)."""
+        conv = self._config.conv
+        hp, wp = self._pad.padded
+        outs = math.prod(conv.out_shape[:-1])
+        return -(-max(hp * wp, outs * self._dense.initiation_interval)
+                 // math.prod(conv.in_shape[:-1]))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.pad = self._pad
+        m.submodules.window = self._window
+        m.submodules.dense = self._dense
+        m.submodules.framer = self._framer
+        wiring.connect(m, wiring.flipped(self.i), self._pad.i)
+        wiring.connect(m, self._pad.o, self._window.i)
+        wiring.connect(m, self._window.o, self._dense.i)
+        wiring.connect(m, self._dense.o, self._framer.i)
+        wiring.connect(m, self._framer.o, wiring.flipped(self.o))
+        return m
+
+
+class MaxPoolLayer(_Image):
+    """A maxpool layer: :class:`Padder` (no padding: it drops ``last``), :class:`SlidingWindow`,
+    :class:`MaxReduce`, :class:`Framer`. ``latency`` 3, one pixel per clock."""
+
+    def __init__(self, config: ConvConfig):
+        super().__init__(config)
+        layer = config.layer
+        spatial, kernel, stride, padding = _geometry(layer)
+        bits, c = layer.input.bits, layer.in_shape[-1]
+        self._pad = _owned(Padder(spatial, padding, bits, c, 0))
+        self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
+        self._max = _owned(MaxReduce(bits, c, layer.window, layer.input.signed))
+        self._framer = _owned(Framer(bits, c, math.prod(layer.out_shape[:-1])))
+
+    @property
+    def latency(self) -> int:
+        """3: the window (2) and the registered comparator tree (1)."""
+        return self._window.latency + 1
+
+    @property
+    def initiation_interval(self) -> int:
+        """1: a pixel per clock."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.pad = self._pad
+        m.submodules.window = self._window
+        m.submodules.max = self._max
+        m.submodules.framer = self._framer
+        wiring.connect(m, wiring.flipped(self.i), self._pad.i)
+        wiring.connect(m, self._pad.o, self._window.i)
+        wiring.connect(m, self._window.o, self._max.i)
+        wiring.connect(m, self._max.o, self._framer.i)
+        wiring.connect(m, self._framer.o, wiring.flipped(self.o))
+        return m
+
+
+class FlattenLayer(_Image):
+    """A flatten layer: the ``P`` pixels of an image shifted into a collector register, then
+    moved as one vector of ``P * C`` codes (pixel-major) into the output register, which the
+    next image's pixels do not wait for. ``latency`` 1 (after the last pixel), a pixel per
+    clock; ``P * C * bits`` register bits twice."""
+
+    @property
+    def latency(self) -> int:
+        """1: the output register."""
+        return 1
+
+    @property
+    def initiation_interval(self) -> int:
+        """1: a pixel per clock."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        p = math.prod(layer.in_shape[:-1])
+        pix = layer.input.bits * layer.in_shape[-1]
+        n = _counter(p, "n")
+        buf = Signal(pix * p, name="collect")
+        o_valid = Signal(name="o_valid")
+        obuf = Signal(pix * p, name="obuf")
+        nxt = Cat(buf[pix:], self.i.payload.data.as_value()) if p > 1 else \
+            self.i.payload.data.as_value()
+        at_end = n == p - 1
+        m.d.comb += self.i.ready.eq(~at_end | ~o_valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            if p > 1:
+                m.d.sync += buf.eq(nxt)
+            with m.If(at_end):
+                m.d.sync += [obuf.eq(nxt), o_valid.eq(1), n.eq(0)]
+            with m.Else():
+                m.d.sync += n.eq(n + 1)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(obuf)]
+        return m
+
+
+class AddLayer(_Image):
+    """A residual join: ``i`` carries ``a`` (the layer's ``source``), ``skip`` carries ``b``;
+    ``acc = (a << shift) + (b << skip_shift)`` per element, then the output stage of
+    :func:`bitfab.hw.datapath.output_stage`, registered (``latency`` 1). A transfer takes one
+    payload from each input at once; ``last`` is ``a``'s."""
+
+    def __init__(self, config: ConvConfig):
+        layer = config.layer if isinstance(config, ConvConfig) else None
+        extra = {} if layer is None else {"skip": In(stream.Signature(stream_layout(
+            replace(layer.in_stream, element=layer.skip_input))))}
+        super().__init__(config, extra)
+
+    @property
+    def latency(self) -> int:
+        """1: the output register."""
+        return 1
+
+    @property
+    def initiation_interval(self) -> int:
+        """1: a pixel per clock."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        framed = layer.in_stream.framed
+        c = layer.shape[-1]
+        shim = types.SimpleNamespace(output=layer.output, input=layer.input,
+                                     bias=np.zeros(c, dtype=np.int64),
+                                     out_bits=layer.out_format.bits, acc_bits=layer.acc_bits)
+        a_data = self.i.payload.data if framed else self.i.payload
+        b_data = self.skip.payload.data if framed else self.skip.payload
+        codes = []
+        for k in range(c):
+            a = a_data[k].as_signed() if layer.input.signed else a_data[k]
+            b = b_data[k].as_signed() if layer.skip_input.signed else b_data[k]
+            s = Signal(range(layer.acc_range[0], layer.acc_range[1] + 1), name=f"sum{k}")
+            m.d.comb += s.eq((a << layer.shift) + (b << layer.skip_shift))
+            codes.append(output_stage(m, shim, s, [k], None, f"out{k}"))
+        en = ~self.o.valid | self.o.ready
+        both = self.i.valid & self.skip.valid
+        o_valid = Signal(name="o_valid")
+        out = Signal(len(self.o.payload.as_value()), name="out")
+        m.d.comb += [self.i.ready.eq(en & self.skip.valid), self.skip.ready.eq(en & self.i.valid)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(en & both):
+            value = Cat(*codes, self.i.payload.last) if framed else Cat(*codes)
+            m.d.sync += [out.eq(value), o_valid.eq(1)]
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+        return m
+
+
+class Fork(wiring.Component):
+    """Broadcast a stream to ``n`` consumers (``o0`` .. ``o{n-1}``): each output offers the
+    payload until it took it, the input advances when every output has (an eager fork: no
+    output's ``valid`` waits for another's ``ready``). Combinational, latency 0."""
+
+    def __init__(self, shape, n: int):
+        self._n = n
+        super().__init__({"i": In(stream.Signature(shape)),
+                          **{f"o{k}": Out(stream.Signature(shape)) for k in range(n)}})
+
+    def out(self, k: int):
+        return getattr(self, f"o{k}")
+
+    def elaborate(self, platform):
+        m = Module()
+        taken = [Signal(name=f"taken{k}") for k in range(self._n)]
+        done = [taken[k] | self.out(k).ready for k in range(self._n)]
+        all_done = Signal(name="all_done")
+        m.d.comb += all_done.eq(Cat(*done).all())
+        m.d.comb += self.i.ready.eq(all_done)
+        for k in range(self._n):
+            o = self.out(k)
+            m.d.comb += [o.payload.eq(self.i.payload), o.valid.eq(self.i.valid & ~taken[k])]
+            with m.If(self.i.valid & all_done):
+                m.d.sync += taken[k].eq(0)
+            with m.Elif(o.valid & o.ready):
+                m.d.sync += taken[k].eq(1)
+        return m
+
+
+class StreamFifo(wiring.Component):
+    """A first-in first-out buffer of ``depth`` payloads of ``shape`` between two streams
+    (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: block RAM where it is deep). Latency 1."""
+
+    def __init__(self, shape, depth: int):
+        self._depth = depth
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def latency(self) -> int:
+        """2 (1 for ``depth`` 1): a write to an empty buffer is readable two clocks later (the
+        synchronous memory read and the output register of ``SyncFIFOBuffered``)."""
+        return 2 if self._depth > 1 else 1
+
+    def elaborate(self, platform):
+        m = Module()
+        width = len(self.i.payload.as_value())
+        m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
+        m.d.comb += [q.w_data.eq(self.i.payload.as_value()), q.w_en.eq(self.i.valid),
+                     self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
+                     self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
+        return m
+
+
+# --- how many outputs a layer gives, for the skip FIFOs ------------------------------------------
+
+
+def out_counts(layer) -> np.ndarray:
+    """Return ``f``, ``f[n]`` = the outputs ``layer``'s hardware can give within one image once
+    it has read ``n`` of its input transfers (``n = 0 .. frame``). Used to size the FIFO of a
+    residual join (:class:`bitfab.hw.layer.Network`)."""
+    frame = getattr(layer, "frame_length", None) or 1
+    if layer.kind in ("conv", "avgpool", "maxpool"):
+        conv = layer if layer.kind != "avgpool" else avgpool_conv(layer)
+        (h, w), (kh, kw), (sy, sx), ((pt, pb), (pl, pr)) = _geometry(conv)
+        hp, wp = h + pt + pb, w + pl + pr
+        inside = np.zeros((hp, wp), dtype=np.int64)
+        inside[pt:pt + h, pl:pl + w] = 1
+        upto = np.cumsum(inside.ravel())  # interior pixels at padded raster index <= r
+        ho, wo = (hp - kh) // sy + 1, (wp - kw) // sx + 1
+        ends = [(oy * sy + kh - 1) * wp + ox * sx + kw - 1 for oy in range(ho) for ox in range(wo)]
+        need = upto[ends]
+        return np.searchsorted(np.sort(need), np.arange(frame + 1), side="right")
+    if layer.kind == "flatten":
+        f = np.zeros(frame + 1, dtype=np.int64)
+        f[-1] = 1
+        return f
+    return np.arange(frame + 1)
+
+
+# --- balancing the layers of an image network -------------------------------------------------
+
+
+def image_clocks(config) -> int:
+    """Return the clocks one image (one input item) occupies a layer at full rate.
+
+    conv / avgpool: ``max(Hp * Wp, Ho * Wo * II_dense)`` (a padded pixel per clock, a window
+    every ``II_dense``); maxpool, flatten, add: their input pixels; any other kind (a dense
+    layer reads one vector per image): its ``initiation_interval``.
+    """
+    layer = config.layer
+    if layer.kind in ("conv", "avgpool"):
+        hp, wp = _padded(config.conv)
+        windows = math.prod(layer.out_shape[:-1])
+        return max(hp * wp, windows * config.dense.initiation_interval)
+    if layer.kind in ("maxpool", "flatten", "add"):
+        return getattr(layer, "frame_length", None) or 1
+    return config.initiation_interval
+
+
+def balanced_configs(model, pipeline: int = 0, clocks: int | None = None) -> tuple:
+    """Return one configuration per layer of ``model`` such that the layers' throughputs
+    balance: every conv and dense layer gets the smallest fold (least ``pe * simd``, weights
+    in block RAM) whose :func:`image_clocks` stays within ``clocks`` (default: the slowest
+    layer of the unrolled design, usually the first conv's padded pixels), and stays unrolled
+    where no fold is that fast. The network then takes an image every ``clocks`` clocks, as
+    the unrolled one does, with a fraction of the arithmetic."""
+    unrolled = [kinds.configure(layer, None, pipeline, f"layers[{i}]")
+                for i, layer in enumerate(model.layers)]
+    target = clocks if clocks is not None else max(image_clocks(c) for c in unrolled)
+    out = []
+    for i, (layer, cfg) in enumerate(zip(model.layers, unrolled)):
+        if layer.kind not in ("conv", "dense"):
+            out.append(cfg)
+            continue
+        dense = cfg.dense.layer if layer.kind == "conv" else cfg.layer
+        n_in, n_out = dense.in_features, dense.out_features
+        best = None
+        for simd in (d for d in range(1, n_in + 1) if n_in % d == 0):
+            for pe in range(1, n_out + 1):
+                if best is not None and pe * simd >= best[0]:
+                    break
+                trial = kinds.configure(layer, (pe, simd), pipeline, f"layers[{i}]")
+                if image_clocks(trial) <= target:
+                    best = (pe * simd, trial)
+                    break
+        out.append(best[1] if best is not None and best[0] < n_in * n_out else cfg)
+    return tuple(out)
+
+
+_BUILD = {"conv": ConvLayer, "avgpool": ConvLayer, "maxpool": MaxPoolLayer,
+          "flatten": FlattenLayer, "add": AddLayer}
+
+
+def _build(config: ConvConfig) -> wiring.Component:
+    return _BUILD[config.layer.kind](config)
+
+
+for _kind in _BUILD:
+    # a conv folds its window's dense datapath; the others have no weights to fold
+    kinds.register(_kind, kinds.HwKind(_configure, _build, foldable=True,
+                                       weightless=_kind != "conv"))
