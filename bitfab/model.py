@@ -309,8 +309,14 @@ class IntegerModel:
         if isinstance(index, bool) or not isinstance(index, int) \
                 or not 0 <= index < len(self.layers):
             raise ModelFormatError(f"layer must be in 0..{len(self.layers) - 1}, not {index!r}")
-        return IntegerModel((self.layers[index],), self.input_scale, None, {}, {},
-                            f"{self.name}_layer{index}")
+        layer = self.layers[index]
+        sources = getattr(layer, "sources", ("",))
+        if len(sources) > 1:
+            raise ModelFormatError(f"layers[{index}] ({layer.kind}) joins {len(sources)} tensors: "
+                                   f"it has no single-input model of its own")
+        if sources != ("",):
+            layer = layer.replace(source="")  # alone, it reads the model input
+        return IntegerModel((layer,), self.input_scale, None, {}, {}, f"{self.name}_layer{index}")
 
     # --- the file ---------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from .config import DEFAULT_PIPELINE, ConfigError
 from .layer import Network, build_layer
 from .layer import network_configs as build_configs
 
-__all__ = ["SIDECAR_FORMAT", "module_name", "verilog_ports", "sidecar", "write_component",
-           "generate"]
+__all__ = ["SIDECAR_FORMAT", "generator_digest", "module_name", "verilog_ports", "sidecar",
+           "write_component", "configs", "generate"]
 
 #: ``format`` field of every sidecar; ``version`` changes when a field changes meaning
 SIDECAR_FORMAT = "bitfab-hw"
@@ -123,6 +123,18 @@ def write_component(component, model: IntegerModel, out_dir, top: str,
     (out / f"{top}.v").write_text(source)
     (out / f"{top}.json").write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
     return facts
+
+
+def generator_digest() -> str:
+    """A hash of the code that generates Verilog (every module of :mod:`bitfab.hw` and the
+    Amaranth version): a cache of generated designs keyed by it never serves Verilog of an
+    older generator."""
+    import hashlib
+    from importlib.metadata import version
+    h = hashlib.sha256(version("amaranth").encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def configs(model: IntegerModel, *, layer: int | None = None,

@@ -110,8 +110,10 @@ def choose_simulator(model, x: np.ndarray, lengths=None, netlist: str | None = N
 
 def _generate(model, model_path, layer, fold, pipeline, say) -> Path:
     """Generate (or reuse) the Verilog and sidecar of the design under test; return the sidecar."""
-    from bitfab.hw.verilog import generate
-    tag = f"{model.fingerprint()[:16]}-l{layer}-f{fold}-p{pipeline}".replace(" ", "")
+    from bitfab.hw.verilog import generate, generator_digest
+    # keyed by the model and by the generator's code: a changed hw/ never serves stale Verilog
+    tag = (f"{model.fingerprint()[:16]}-{generator_digest()[:8]}-l{layer}-f{fold}-p{pipeline}"
+           .replace(" ", ""))
     out = build_dir("sim", "designs", tag.replace("(", "").replace(")", "").replace(",", "x"))
     sidecars = sorted(out.glob("*.json"))
     if sidecars:

@@ -171,6 +171,22 @@ def test_resnet_graph_routes_every_skip_edge():
     assert trace.out_lengths is None and logits.shape == (6, 5)
 
 
+def test_a_layer_alone_reads_the_model_input_and_a_join_is_refused():
+    """``single`` (``--layer N``) of a layer whose source is a skip edge reads its own input;
+    an add has two inputs, so it has no model of its own, and says so."""
+    rng = np.random.default_rng(6)
+    model = resnet1d(rng, 16, 4, 5, "pow2")
+    proj = model.single(6)  # the projection reads add1, not the previous layer
+    assert model.layers[6].source and proj.layers[0].source == ""
+    x = rng.integers(0, 8, size=(3, *proj.layers[0].in_shape))
+    from bitfab.sim.golden import layer_golden
+    np.testing.assert_array_equal(execute(proj, x).output.reshape(3, -1),
+                                  layer_golden(model.layers[6])(model.layers[6], x)[0]
+                                  .reshape(3, -1))
+    with pytest.raises(ModelFormatError, match=r"layers\[3\] \(add\) joins 2 tensors"):
+        model.single(3)
+
+
 def test_a_cnn_round_trips_and_old_files_still_load(tmp_path):
     rng = np.random.default_rng(6)
     for model in (cnn(rng, encoding="binary"), cnn(rng, encoding="lut"), resnet1d(rng)):
