@@ -214,9 +214,15 @@ def _pick(values: list[int], sel: Value | None) -> Value:
     """A constant (``sel`` None: ``values[0]``) or a table of constants indexed by ``sel``."""
     lo, hi = min(values), max(values)
     shape = signed(signed_bits(lo, hi)) if lo < 0 else unsigned(unsigned_bits(hi))
-    if sel is None:
+    if sel is None or len(set(values)) == 1:
         return Const(values[0], shape)
-    return Array(Const(v, shape) for v in values)[sel]
+    # a chain of multiplexers, not an Array: Amaranth writes a constant Array as an ``always @*``
+    # case block, which Icarus leaves at X until its selector changes (the folded layers' first
+    # vectors read X there); continuous assignments have no such start-up race
+    out = Const(values[-1], shape)
+    for k in range(len(values) - 2, -1, -1):
+        out = Mux(sel == k, Const(values[k], shape), out)
+    return out
 
 
 def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Value | None,

@@ -66,6 +66,22 @@ def test_every_datapath_is_bit_exact_and_a_wrong_reference_fails(tmp_path, kind,
     assert expected != actual and expected[1:] == actual[1:]
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_folded_datapath_on_icarus(tmp_path, kind, tool):
+    """Folded layers (weights in a memory, per-fold constants selected by the fold counter) on
+    the four-state simulator: a constant table written as an ``always @*`` block stayed X
+    there until its selector changed, so the first vectors of a folded layer were X."""
+    tool("iverilog", "Icarus is optional outside CI")
+    model, path = layer_model(tmp_path, kind)
+    design = design_of(model, tmp_path, layer=0, fold=(2, 4), pipeline=1)
+    assert design.initiation_interval == 3 * 6  # 3 neuron folds x 6 synapse folds
+    x = random_inputs(model, 300, seed=3)[0]
+    r = run_bench(design, path, x, simulator="icarus", p_bubble=0.3, p_stall=0.3, seed=4)
+    assert (r.vectors, r.mismatches, r.first_mismatch) == (300, 0, None)
+    np.testing.assert_array_equal(
+        model.layers[0].out_format.from_codes(r.outputs), golden.execute(model, x).output)
+
+
 def test_folded_network_and_combinational_layer_on_verilator(tmp_path):
     model = mlp(np.random.default_rng(4), (32, 16, 6), "binary", name="fold")
     path = tmp_path / "fold.bfm"
