@@ -60,10 +60,21 @@ def _effective(model: IntegerModel, fold) -> tuple:
 
 
 def initiation_interval(model: IntegerModel, fold) -> int:
-    """Clocks between vectors of the folded network with ``fold``: its slowest layer's
-    ``SF * NF`` (only for models whose every layer folds: :func:`foldable`)."""
+    """Clocks between inputs (vectors, or images of an image model) of the network with
+    ``fold``: its slowest layer's (``SF * NF`` of a folded dense layer; for an image layer the
+    clocks one image occupies it, :func:`bitfab.hw.conv.image_clocks`)."""
+    from bitfab.hw.conv import image_clocks
     from bitfab.hw.layer import network_configs
-    return max(c.initiation_interval for c in network_configs(model, fold))
+    return max(image_clocks(c) for c in network_configs(model, fold))
+
+
+def _datapath(cfg):
+    """The dense datapath configuration of a layer's hardware (a conv's window datapath), or
+    None for a layer without weights (pools, flatten, add)."""
+    dense = getattr(cfg, "dense", None)
+    if dense is not None or hasattr(cfg, "conv"):
+        return dense
+    return cfg
 
 
 def _unfoldable(model: IntegerModel) -> list[str]:
@@ -82,7 +93,9 @@ def candidate_folds(model: IntegerModel) -> list:
     with a layer kind that does not fold."""
     if not foldable(model):
         return [None]
-    widest = max(max(la.in_features, la.out_features) for la in model.layers)
+    from bitfab.hw.layer import network_configs
+    widest = max(max(d.in_features, d.out_features)
+                 for d in map(_datapath, network_configs(model, None)) if d is not None)
     powers = [1 << k for k in range(widest.bit_length() + 1) if (1 << k) <= widest]
     seen = {}
     for pe in powers:
@@ -105,12 +118,32 @@ def _term_luts(layer) -> float:
             "lut": 8.0 * bits, "int": 16.0 * bits}[kind]
 
 
+def _window_luts(cfg) -> float:
+    # an image layer's stream stages: the window register (one cell per bit), the padder's and
+    # the window's counters, a framer; pools compare or add, a flatten collects, an add adds
+    layer = cfg.layer
+    bits = layer.input.bits if hasattr(layer, "input") else 8
+    if layer.kind in ("conv", "avgpool", "maxpool"):
+        kernel = getattr(layer, "kernel", None) or (cfg.conv.kernel if cfg.conv else (1,))
+        window = int(np.prod(kernel)) * layer.in_shape[-1] * bits
+        extra = window if layer.kind == "maxpool" else 0  # the comparator tree
+        return window + extra + 60
+    if layer.kind == "flatten":
+        return layer.out_features * bits
+    return layer.out_features * 2 * layer.acc_bits if hasattr(layer, "acc_bits") else 60
+
+
 def estimate_luts(model: IntegerModel, fold) -> int:
     """Return a rough logic-cell count of the board top-level with ``fold`` (the fold choice's
     first guess; the synthesis has the last word and calibrates the next guess)."""
     from bitfab.hw.layer import network_configs
     total = 350.0  # UART, framing, packers (measured: ~350 LUT4 on iCE40)
     for cfg in network_configs(model, fold):
+        if hasattr(cfg, "conv"):  # an image layer: its stream stages, then its datapath
+            total += _window_luts(cfg)
+        cfg = _datapath(cfg)
+        if cfg is None:
+            continue
         layer = cfg.layer
         if cfg.architecture == "unrolled":
             terms = int(np.count_nonzero(layer.weights))
@@ -125,17 +158,29 @@ def estimate_luts(model: IntegerModel, fold) -> int:
 
 
 def memory_blocks(model: IntegerModel, fold, board: Board) -> int:
-    """Return the block RAMs the folded weight memories need on ``board`` (0 unrolled)."""
+    """Return the block RAMs the design needs on ``board``: the folded weight memories and the
+    image layers' line buffers (counted as block RAM even where yosys maps a small one to
+    logic)."""
     from bitfab.hw.layer import network_configs
-    if fold is None:
-        return 0
-    blocks = 0
     shapes = ((256, 16), (512, 8), (1024, 4), (2048, 2)) if board.family == "ice40" else \
         ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+
+    def blocks_of(depth: int, width: int) -> int:
+        return min(-(-width // w) * -(-depth // d) for d, w in shapes)
+
+    blocks = 0
     for cfg in network_configs(model, fold):
-        depth = cfg.synapse_folds * cfg.neuron_folds
-        width = cfg.pe * cfg.simd * cfg.weight_code_bits
-        blocks += min(-(-width // w) * -(-depth // d) for d, w in shapes)
+        layer = cfg.layer
+        if hasattr(cfg, "conv") and layer.kind in ("conv", "avgpool", "maxpool"):
+            from bitfab.hw.conv import line_buffer
+            depth, width = line_buffer(cfg)
+            if depth and width:
+                blocks += blocks_of(depth, width)
+        cfg = _datapath(cfg)
+        if cfg is None or cfg.architecture == "unrolled":
+            continue
+        blocks += blocks_of(cfg.synapse_folds * cfg.neuron_folds,
+                            cfg.pe * cfg.simd * cfg.weight_code_bits)
     return blocks
 
 

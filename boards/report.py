@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["yosys_counts", "build_report", "report_table"]
+__all__ = ["yosys_counts", "input_clocks", "build_report", "report_table"]
 
 # cell types per resource (yosys techmap names)
 _CELLS = {
@@ -46,6 +46,15 @@ def yosys_counts(stat: dict, board) -> dict:
     ff_prefix = "SB_DFF" if board.family == "ice40" else "TRELLIS_FF"
     out["ffs"] = sum(int(n) for c, n in cells.items() if c.startswith(ff_prefix))
     return out
+
+
+def input_clocks(network) -> int:
+    """Clocks between input items of ``network`` at full rate: its slowest layer's initiation
+    interval, where an image layer takes the clocks of a whole image
+    (:func:`bitfab.hw.conv.image_clocks`)."""
+    from bitfab.hw.conv import ConvConfig, image_clocks
+    return max(image_clocks(c.config) if isinstance(c.config, ConvConfig)
+               else c.initiation_interval for c in network.layers)
 
 
 def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path | None,
@@ -98,6 +107,7 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
                    f"{worst['fmax_mhz']:.1f} MHz achieved, {worst['constraint_mhz']:g} MHz "
                    f"needed; lower --clock or raise --pipeline")
     in_bytes, out_bytes = frame_bytes
+    per_input = input_clocks(network)
     return {
         "board": board.name, "board_title": board.title, "device": board.device,
         "family": board.family,
@@ -108,6 +118,9 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
                     "in": c.config.layer.in_features, "out": c.config.layer.out_features,
                     "initiation_interval": c.initiation_interval} for c in network.layers],
         "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
+        # one input item: a vector, an image (all its pixels) or a sequence step
+        "clocks_per_input": per_input,
+        "inputs_per_s_at_fmax": round(worst["fmax_mhz"] * 1e6 / per_input, 1) if worst else None,
         "resources": resources,
         "clock": clock.to_json(),
         "clocks": clocks,
@@ -139,4 +152,7 @@ def report_table(report: dict):
         colour = "green" if c["met"] else "red"
         table.add_row(f"Fmax {c['clock']}", f"[{colour}]{c['fmax_mhz']:.1f} MHz[/]",
                       f"{c['constraint_mhz']:g} MHz", f"{c['slack_ns']:+.2f} ns")
+    if report.get("inputs_per_s_at_fmax"):
+        table.add_row("inputs/s at Fmax", f"{report['inputs_per_s_at_fmax']:,.0f}",
+                      f"{report['clocks_per_input']} clk each", "-")
     return table

@@ -93,7 +93,9 @@ class SimTransport:
             before = len(self._in)
             self._now += step
             self._sim.run_until(self._now)
-            waited = 0.0 if len(self._in) > before else waited + step
+            # the timeout runs from the last byte either way: a board cannot answer a frame
+            # (e.g. an image's final pixel) that the line has not finished carrying to it
+            waited = 0.0 if len(self._in) > before or self._out else waited + step
         self.cycles = round(self._now / _PERIOD)
         return bytes(self._in.popleft() for _ in range(min(n, len(self._in))))
 

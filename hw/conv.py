@@ -43,9 +43,10 @@ from . import kinds
 from .config import ConfigError, LayerConfig
 from .datapath import output_stage
 
-__all__ = ["pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer", "MaxReduce",
-           "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer", "Fork",
-           "StreamFifo", "equivalent_dense", "out_counts", "image_clocks", "balanced_configs"]
+__all__ = ["line_buffer", "pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer",
+           "MaxReduce", "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer",
+           "Fork", "StreamFifo", "equivalent_dense", "out_counts", "image_clocks",
+           "balanced_configs"]
 
 
 def pixel_layout(bits: int, channels: int) -> data.StructLayout:
@@ -417,6 +418,20 @@ def _geometry(layer):
     if len(shape) == 2:
         return (1, shape[0]), (1,) + kernel, (1,) + stride, ((0, 0),) + padding
     return tuple(shape[:2]), kernel, stride, padding
+
+
+def line_buffer(config: ConvConfig) -> tuple[int, int]:
+    """``(words, bits per word)`` of the line buffer of a conv, avgpool or maxpool layer's
+    sliding window (``(Wp, (Kh - 1) * C * bits)``; ``(0, 0)`` for a layer without a window or
+    a one-row kernel)."""
+    layer = config.layer
+    if layer.kind not in ("conv", "avgpool", "maxpool"):
+        return 0, 0
+    _, (kh, _), _, _ = _geometry(layer)
+    if kh == 1:
+        return 0, 0
+    _, wp = _padded(layer)
+    return wp, (kh - 1) * layer.in_shape[-1] * layer.input.bits
 
 
 def _padded(layer) -> tuple[int, int]:
