@@ -15,7 +15,10 @@ __all__ = ["train"]
 
 #: recipes of ``bitfab.quant.recipes`` (listed here so that ``--help`` needs no torch)
 RECIPES = ("binary", "denseshift", "float", "int8", "lutq", "pow2", "sparse-binary", "ternary",
-           "twobit")
+           "twobit", "cnn-binary", "cnn-float", "cnn-ternary", "cnn-twobit", "resnet-denseshift",
+           "resnet-float", "resnet-pow2")
+#: the convolutional recipes (bitfab.quant.conv): their float twin, and the datasets they refuse
+FLOAT_TWIN = {r: f"{r.split('-')[0]}-float" for r in RECIPES if r.startswith(("cnn-", "resnet-"))}
 
 
 def _options(pairs) -> dict:
@@ -79,8 +82,11 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
           act_stage, reference, threads, as_json):
     """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
     # everything a user can get wrong is refused here, before torch is imported
-    if recipe == "float" and out:
-        raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
+    if recipe.endswith("float") and out:
+        raise BitfabError(f"the {recipe} recipe is a reference and is not exportable: drop --out")
+    if recipe.startswith("cnn-") and dataset == "mnist1d":
+        raise BitfabError(f"recipe {recipe} is a 2-D CNN and dataset mnist1d holds 1-D signals: "
+                          f"use resnet-pow2 or resnet-denseshift")
     if out is not None:
         out = check_output_file(out)
     sizes, opts = _hidden(hidden), _options(options)
@@ -113,25 +119,29 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     con = Console(stderr=as_json, highlight=False)
     data = load_dataset(dataset, seed)
     runs = {}
+    twin = FLOAT_TWIN.get(recipe, "float")
     with training_progress(con) as progress:
         runs[recipe] = fit(config, data, progress)
-        if reference and recipe != "float":
-            ref = TrainConfig("float", dataset, config.hidden, None, config.epochs,
+        if recipe == twin:
+            runs["float"] = runs[recipe]
+        if reference and recipe != twin:
+            ref = TrainConfig(twin, dataset, config.hidden, None, config.epochs,
                               config.batch_size, lr, 0.0, seed, {}, limit)
             runs["float"] = fit(ref, data, progress)
     result = runs[recipe]
     summary = {"recipe": recipe, "dataset": dataset, "hidden": list(config.hidden),
                "act_bits": config.act_bits, "epochs": config.epochs, "accuracy": result.accuracy,
                "train_seconds": result.seconds}
-    if "float" in runs and recipe != "float":
+    if "float" in runs and recipe != twin:
         summary["float_accuracy"] = runs["float"].accuracy
         summary["float_seconds"] = runs["float"].seconds
         summary["time_ratio"] = result.seconds / max(runs["float"].seconds, 1e-9)
-    if recipe != "float":
+    if recipe != twin:
         model = export(result, extra_metadata={"float_accuracy": summary.get("float_accuracy")})
         summary.update(weight_bits=model.weight_bits, fp32_bits=model.fp32_bits,
                        memory_reduction=model.memory_reduction,
-                       sparsity=_sparsity([la.weights for la in model.layers]))
+                       sparsity=_sparsity([la.weights for la in model.layers
+                                           if getattr(la, "weights", None) is not None]))
         if out:
             _save(model, out)
             summary["out"] = str(out)
@@ -145,7 +155,7 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     if "float" in runs:
         table.add_row("float32", f"{100 * runs['float'].accuracy:.2f} %", f"{fp32} b", "-",
                       f"{runs['float'].seconds:.1f} s")
-    if recipe != "float":
+    if recipe != twin:
         ratio = f" (x{summary['time_ratio']:.2f})" if "time_ratio" in summary else ""
         table.add_row(f"{recipe} (integer)", f"{100 * result.accuracy:.2f} %",
                       f"{summary['weight_bits']} b",
