@@ -398,16 +398,16 @@ def _stage(output, acc: torch.Tensor) -> torch.Tensor:
         prod = acc.to(torch.int64) * mult
         return torch.clamp((prod + output.offset) >> output.shift, output.lo,
                            output.hi).to(torch.float64)
-    t = output.thresholds.astype(np.float64)
-    up = output.direction > 0
-    v = torch.zeros_like(acc)
-    for k in range(t.shape[1]):
-        tk = _per_channel(t[:, k], nd)
-        uk = _per_channel(up, nd)
-        if nd == 2:
-            tk, uk = tk[None, :], uk[None, :]
-        v += torch.where(uk, acc >= tk, acc <= tk).to(torch.float64)
-    return v
+    # a threshold stage counts the thresholds passed, in any order: sorted per channel, the
+    # count is a binary search (``acc >= t``: those at or below ``acc``; ``acc <= t``: those
+    # at or above it)
+    t = torch.from_numpy(np.sort(output.thresholds, axis=1).astype(np.float64))
+    flat = acc.movedim(1, 0).reshape(acc.shape[1], -1).contiguous()
+    below = torch.searchsorted(t, flat, right=True)  # #{t <= acc}
+    above = t.shape[1] - torch.searchsorted(t, flat, right=False)  # #{t >= acc}
+    up = torch.from_numpy(output.direction > 0)[:, None]
+    v = torch.where(up, below, above).to(torch.float64)
+    return v.reshape((acc.shape[1], acc.shape[0]) + acc.shape[2:]).movedim(0, 1)
 
 
 def _check_exact(bound: float, i: int) -> None:
