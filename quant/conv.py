@@ -83,7 +83,7 @@ def align_shifts(unit_a: float, unit_b: float) -> tuple[int, int]:
     k = round(math.log2(ratio))
     if not 0 <= k <= 32 or 2.0 ** k != ratio:
         raise BitfabError(f"a residual add of units {unit_a!r} and {unit_b!r} cannot be aligned "
-                          f"exactly: their ratio {ratio!r} is not a power of two up to 2**32")
+                          f"exactly: their ratio {ratio:.6g} is not a power of two up to 2**32")
     return (k, 0) if unit_a > unit_b else (0, k)
 
 
