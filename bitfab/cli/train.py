@@ -14,10 +14,10 @@ from .ui import SEED, FiniteFloat, check_output_file, emit_json, label, training
 __all__ = ["train"]
 
 #: recipes of ``bitfab.quant.recipes`` (listed here so that ``--help`` needs no torch)
-RECIPES = ("binary", "denseshift", "float", "int8", "lutq", "pow2", "sparse-binary", "ternary",
-           "twobit", "cnn-binary", "cnn-float", "cnn-ternary", "cnn-twobit", "resnet-denseshift",
-           "resnet-float", "resnet-pow2")
-#: the convolutional recipes (bitfab.quant.conv): their float twin, and the datasets they refuse
+RECIPES = ("binary", "cnn-binary", "cnn-float", "cnn-ternary", "cnn-twobit", "denseshift",
+           "float", "int8", "lutq", "pow2", "resnet-denseshift", "resnet-float", "resnet-pow2",
+           "sparse-binary", "ternary", "twobit")
+#: the convolutional recipes (bitfab.quant.conv) -> their float twin
 FLOAT_TWIN = {r: f"{r.split('-')[0]}-float" for r in RECIPES if r.startswith(("cnn-", "resnet-"))}
 
 
@@ -53,14 +53,15 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--recipe", required=True, type=click.Choice(list(RECIPES) + ["lstm-gates"]),
               help="Quantization method.")
 @click.option("--dataset", default="digits", show_default=True,
-              help="digits, mnist1d or idx:DIR (MNIST-format IDX files).")
+              help="digits, mnist1d, fashion-mnist or idx:DIR (MNIST-format IDX files).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the exported model here (.bfm).")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=None,
               help="Epochs (default 30 on digits and mnist1d, else 10; lstm-gates 15).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed (split and training).")
 @click.option("--hidden", default=None,
-              help="Hidden sizes, e.g. 256,256 (at most 16 Mi weights in all; lstm-gates: one "
+              help="Hidden sizes, e.g. 256,256 (cnn-/resnet-: channel widths; at most 16 Mi "
+                   "weights in all; lstm-gates: one "
                    "size, at most 1024).")
 @click.option("--act-bits", type=int, default=None, help="Activation bits, 1..8 (1 = bipolar).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None,
@@ -80,7 +81,8 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
           act_stage, reference, threads, as_json):
-    """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
+    """Train a quantized MLP, CNN or ResNet with a recipe, export it, report float vs quantized
+    accuracy."""
     # everything a user can get wrong is refused here, before torch is imported
     if recipe.endswith("float") and out:
         raise BitfabError(f"the {recipe} recipe is a reference and is not exportable: drop --out")
