@@ -172,11 +172,11 @@ class QuantConvNet(nn.Module):
         dims = len(in_shape) - 1
         if arch not in ARCHES:
             raise BitfabError(f"arch must be one of {ARCHES}, not {arch!r}")
+        if dims not in (1, 2):
+            raise BitfabError(f"inputs must be (L, C) or (H, W, C) images, not {in_shape}")
         if arch == "cnn" and dims != 2:
             raise BitfabError(f"the cnn recipes are 2-D networks; inputs of shape {in_shape} "
                               f"are 1-D signals (use a resnet recipe)")
-        if dims not in (1, 2):
-            raise BitfabError(f"inputs must be (L, C) or (H, W, C) images, not {in_shape}")
         if arch == "resnet" and act_bits == 1:
             raise BitfabError("a resnet adds activation codes, which bipolar (1-bit) "
                               "activations do not have: give act_bits 2..8")

@@ -1,7 +1,9 @@
 """quant/conv: the conv recipes train, export and agree with the golden model bit for bit."""
 
 import doctest
+import os
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +16,14 @@ from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, Threshold
 from bitfab.quant import conv as qconv
 from bitfab.quant import fold
 from bitfab.quant.conv import align_shifts, image_shape, integer_forward
-from bitfab.quant.data import load_dataset
+from bitfab.quant.data import FASHION_MNIST_DIR, load_dataset
 from bitfab.quant.evaluate import reference
 from bitfab.quant.recipes import TrainConfig
 from bitfab.quant.train import export, fit, fit_interleaved
 from bitfab.sim.golden import execute, predict
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.train
 
 #: recipe, dataset, widths: tiny networks (the recipes' own defaults are larger)
 CASES = [
@@ -242,3 +245,25 @@ def test_cli_trains_and_exports_a_cnn(capsys, tmp_path):
     model = IntegerModel.load(out_file)
     assert model.metadata["recipe"] == "cnn-twobit" and "float_accuracy" in model.metadata
     check_bit_exact(model, _data("digits").x_test)
+
+
+@pytest.mark.slow
+def test_fashion_mnist_cnn_is_bit_exact_on_the_whole_test_set():
+    path = Path(os.environ.get("BITFAB_FASHION_MNIST", FASHION_MNIST_DIR))
+    if not (path / "t10k-images-idx3-ubyte.gz").exists():
+        msg = (f"Fashion-MNIST IDX files are not in {path} (apt-get install "
+               f"dataset-fashion-mnist, or set BITFAB_FASHION_MNIST)")
+        if os.environ.get("BITFAB_REQUIRE_TOOLS"):
+            pytest.fail(f"{msg} (BITFAB_REQUIRE_TOOLS is set: CI must have the data)")
+        pytest.skip(msg)
+    data = load_dataset(f"idx:{path}")
+    config = TrainConfig("cnn-twobit", f"idx:{path}", (4, 8), epochs=2, batch_size=64,
+                         limit=1000, options={"hard_from": 0.5})
+    model = export(fit(config, data))
+    check_bit_exact(model, data.x_test[:500])  # every layer
+    for start in range(0, len(data.x_test), 2500):  # the last layer, all 10,000 images
+        x = data.x_test[start:start + 2500]
+        accs = integer_forward(model, x, keep_all=False)[0][-1].numpy().astype(np.int64)
+        trace = execute(model, x)
+        np.testing.assert_array_equal(accs, trace.accumulators[-1])
+        np.testing.assert_array_equal(accs.argmax(1), predict(model, x))
