@@ -54,12 +54,15 @@ def check_exact(model, x: np.ndarray) -> None:
         np.testing.assert_array_equal(accs[-1].numpy().argmax(1), trace.output.argmax(1))
 
 
-def run(part: str, spec: str, epochs: int, seeds: list[int], batch: int, hidden, log) -> list:
+def run(part: str, spec: str, epochs: int, seeds: list[int], batch: int, hidden, log,
+        recipes=None, lrs=None, options=None) -> list:
     rows = []
+    lrs, options = lrs or {}, options or {}
     for seed in seeds:
         data = load_dataset(spec, seed)
-        configs = [TrainConfig(r, spec, hidden, None, epochs, batch, 0.01, 0.0, seed)
-                   for r in PARTS[part]]
+        configs = [TrainConfig(r, spec, hidden, None, epochs, batch, lrs.get(r), 0.0, seed,
+                               options.get(r, {}))
+                   for r in recipes or PARTS[part]]
         t0 = time.time()
         results = fit_interleaved(configs, data, eval_every=max(1, epochs // 3))
         wall = time.time() - t0
@@ -68,7 +71,7 @@ def run(part: str, spec: str, epochs: int, seeds: list[int], batch: int, hidden,
         floats = [r for r in results if r.model.is_float][0]
         for r in results:
             entry = {"accuracy": r.accuracy, "step_seconds": r.seconds,
-                     "history": r.history}
+                     "history": r.history, "lr": r.config.lr, "options": r.config.options}
             if not r.model.is_float:
                 model = export(r)
                 t = time.time()
@@ -147,6 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--hidden", default=None, help="Channel widths, e.g. 16,32.")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recipes", default=None, help="A subset of the part's recipes (with "
+                    "its float twin).")
+    ap.add_argument("--lr", action="append", default=[], metavar="RECIPE=LR")
+    ap.add_argument("--option", action="append", default=[], metavar="RECIPE:KEY=VALUE")
     ap.add_argument("--json", type=Path, help="Write the rows here.")
     ap.add_argument("--page", nargs="+", type=Path, help="Write the results page from these "
                     "JSON files.")
@@ -164,8 +171,15 @@ def main(argv=None) -> int:
     spec = f"idx:{args.fashion}" if args.part == "fashion" else "mnist1d"
     batch = args.batch or (128 if args.part == "fashion" else 64)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else ()
+    lrs = {k: float(v) for k, v in (item.split("=") for item in args.lr)}
+    options: dict = {}
+    for item in args.option:
+        recipe, kv = item.split(":", 1)
+        key, value = kv.split("=")
+        options.setdefault(recipe, {})[key] = float(value) if "." in value else int(value)
+    recipes = args.recipes.split(",") if args.recipes else None
     rows = run(args.part, spec, args.epochs, [int(s) for s in args.seeds.split(",")], batch,
-               hidden, sys.stderr)
+               hidden, sys.stderr, recipes, lrs, options)
     command = "python bench/conv_results.py " + " ".join(argv or sys.argv[1:])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

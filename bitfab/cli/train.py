@@ -66,8 +66,8 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--act-bits", type=int, default=None, help="Activation bits, 1..8 (1 = bipolar).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None,
               help="Minibatch (64 digits, 128 else).")
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.01, show_default=True,
-              help="Adam learning rate.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Adam learning rate (default: the recipe's, 0.01; resnet-denseshift 0.02).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Quantizer option, e.g. constraint=pow2 (lutq), method=ttq (ternary).")
 @click.option("--limit", type=click.IntRange(min=2), default=None,
@@ -111,7 +111,8 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     torch.set_num_threads(threads)
     if recipe == "lstm-gates":  # sequence models: bitfab.quant.lstm_train
         _train_lstm(dataset, out, epochs, seed, (sizes or (None,))[0],
-                    {"lr": lr, **opts}, limit, reference, as_json)
+                    {**({} if lr is None else {"lr": lr}), **opts}, limit, reference,
+                    as_json)
         return
     small = dataset in ("digits", "mnist1d")
     config = TrainConfig(recipe, dataset, sizes, act_bits,
