@@ -13,7 +13,8 @@ test split; any differing prediction or accumulator stops the run. Usage::
         --json build/conv_fashion.json
     .venv/bin/python bench/conv_results.py --part mnist1d --epochs 60 --seeds 0,1,2 \\
         --json build/conv_mnist1d.json
-    .venv/bin/python bench/conv_results.py --page build/conv_fashion.json build/conv_mnist1d.json
+    .venv/bin/python bench/conv_results.py --page docs/results/conv-training/*.json \
+        --notes docs/results/conv-training/notes.md
 
 ``--page`` (re)writes ``docs/results/conv-training.md`` from the JSON files.
 """

@@ -84,8 +84,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # (mnist1d) or images
     Recipe("cnn-float", "float32 CNN (the twin of the cnn-* recipes; not exportable)",
            FloatWeight, None, arch="cnn"),
+    # the hard stage from half way: on Fashion-MNIST (seed 0, 15 epochs, 16-32) hard_from 0.7 /
+    # 0.5 gave 89.68 / 90.59 % against the float CNN's 91.53 %
     Recipe("cnn-twobit", "two-stage soft -> hard 2-bit weights on a CNN", TwoBitWeight, 4,
-           {"lam": 1.0, "hard_from": 0.7}, arch="cnn"),
+           {"lam": 1.0, "hard_from": 0.5}, arch="cnn"),
     Recipe("cnn-binary", "BinaryConnect weights, bipolar activations, on a CNN", BinaryWeight, 1,
            arch="cnn"),
     Recipe("cnn-ternary", "TWN ternary weights on a CNN", TernaryWeight, 4, {"method": "twn"},
