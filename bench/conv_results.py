@@ -9,11 +9,11 @@ minibatch is stepped by each network in turn, so step times are measured under t
 Every exported network is run by its torch integer forward and by the golden model on the whole
 test split; any differing prediction or accumulator stops the run. Usage::
 
-    .venv/bin/python bench/conv_results.py --part fashion --fashion DIR --epochs 10 --seeds 0 \\
+    .venv/bin/python bench/conv_results.py --part fashion --fashion DIR --epochs 15 --seeds 0 \\
         --json build/conv_fashion.json
-    .venv/bin/python bench/conv_results.py --part mnist1d --epochs 60 --seeds 0,1,2 \\
+    .venv/bin/python bench/conv_results.py --part mnist1d --epochs 30 --seeds 0,1,2 \\
         --json build/conv_mnist1d.json
-    .venv/bin/python bench/conv_results.py --page docs/results/conv-training/*.json \
+    .venv/bin/python bench/conv_results.py --page docs/results/conv-training/*.json \\
         --notes docs/results/conv-training/notes.md
 
 ``--page`` (re)writes ``docs/results/conv-training.md`` from the JSON files.
