@@ -6,6 +6,7 @@ value of one unit (the input scale), and a train/test split that the seed fixes.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import stat
@@ -176,12 +177,16 @@ def _mnist1d(seed: int) -> Dataset:
 
 
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
-    """Load ``digits``, ``idx:DIR`` or ``mnist1d``; ``seed`` fixes the train/test split where the
+    """Load ``digits``, ``idx:DIR`` (``fashion-mnist``: :data:`FASHION_MNIST_DIR`) or
+    ``mnist1d``; ``seed`` fixes the train/test split where the
     dataset has no official one (IDX data keeps its train / t10k split)."""
     if spec == "digits":
         return _digits(seed)
     if spec == "mnist1d":
         return _mnist1d(seed)
+    if spec == "fashion-mnist":
+        return dataclasses.replace(_idx(FASHION_MNIST_DIR), name="fashion-mnist")
     if spec.startswith("idx:"):
         return _idx(spec[4:])
-    raise BitfabError(f"dataset must be 'digits', 'mnist1d' or 'idx:DIR', not {spec!r}")
+    raise BitfabError(f"dataset must be 'digits', 'mnist1d' or 'idx:DIR' (fashion-mnist: "
+                      f"idx:{FASHION_MNIST_DIR}), not {spec!r}")

@@ -10,6 +10,7 @@ layers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from bitfab.errors import BitfabError, ModelFormatError
 from bitfab.model import IntegerModel
 
+from .conv import QuantConvNet
 from .data import Dataset, load_dataset
 from .network import QuantMLP
 from .recipes import TrainConfig, build_model
@@ -25,7 +27,7 @@ from .recipes import TrainConfig, build_model
 __all__ = ["rebuild", "reference", "torch_outputs", "Reference"]
 
 
-def rebuild(model: IntegerModel) -> QuantMLP:
+def rebuild(model: IntegerModel) -> QuantMLP | QuantConvNet:
     """Return the torch network stored in ``model``'s metadata and extras (eval mode)."""
     meta = model.metadata
     if meta.get("producer") != "bitfab.quant" or "config" not in meta:
@@ -81,7 +83,8 @@ def torch_outputs(model: IntegerModel, x, lengths=None, net: QuantMLP | None = N
     else:
         with torch.no_grad():
             net = rebuild(model) if net is None else net
-            out = net.integer_forward(np.asarray(x))[0][-1].numpy()
+            # eval mode: the last layer's exact integer accumulators (an MLP or a conv net)
+            out = net(torch.as_tensor(np.asarray(x))).numpy()
     if not np.all(out == np.round(out)):
         raise BitfabError("the torch reference produced non-integer outputs")
     return out.astype(np.int64)
@@ -103,8 +106,8 @@ def reference(model: IntegerModel, data: Dataset | str | None = None) -> Referen
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ModelFormatError(f"metadata.seed must be an integer, not {seed!r}")
         data = load_dataset(name, seed)
-    if data.features != model.in_features:
+    if data.features != math.prod(model.in_shape):
         raise BitfabError(f"dataset {data.name} has {data.features} features; the model takes "
-                          f"{model.in_features}")
+                          f"{math.prod(model.in_shape)}")
     return Reference(data.x_test, None, data.y_test, torch_outputs(model, data.x_test, net=net),
                      data.name)

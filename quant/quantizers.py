@@ -30,7 +30,7 @@ from torch import nn
 from bitfab.errors import BitfabError
 from bitfab.model import Binary, InputFormat, IntWeights, Lut, Pow2, Ternary
 
-from .ste import RoundSTE, SignSTE, StepSTE, pow2_round, round_half_up, sign, ste
+from .ste import SignSTE, StepSTE, UniformSTE, pow2_round, round_half_up, sign, ste
 
 __all__ = [
     "WeightQuantizer", "FloatWeight", "BinaryWeight", "SparseBinaryWeight", "TernaryWeight",
@@ -600,7 +600,7 @@ class UniformActivation(nn.Module):
         self.step = float(step) if step is not None else 3.0 / self.levels
 
     def forward(self, h):
-        return torch.clamp(RoundSTE.apply(h / self.step), 0, self.levels) * self.step
+        return UniformSTE.apply(h, self.step, self.levels)
 
     def offsets(self) -> list[float]:
         return [self.step * (t - 0.5) for t in range(1, self.levels + 1)]

@@ -17,7 +17,7 @@ from .data import Dataset, load_dataset
 from .network import QuantMLP
 from .recipes import TrainConfig, build_model
 
-__all__ = ["TrainResult", "fit", "accuracy", "export"]
+__all__ = ["TrainResult", "fit", "fit_interleaved", "accuracy", "export"]
 
 #: metadata.format of models written by quant/ (bumped when the stored state changes meaning)
 STATE_FORMAT = 1
@@ -122,6 +122,74 @@ def fit(config: TrainConfig, data: Dataset | None = None, progress=None) -> Trai
             progress.update(task, advance=1, info=info)
     result.accuracy = result.history[-1]["accuracy"]
     return result
+
+
+def fit_interleaved(configs, data: Dataset, progress=None, eval_every: int = 1
+                    ) -> list[TrainResult]:
+    """Train ``configs`` on ``data`` in lockstep and return their results in order.
+
+    Every minibatch is stepped by each network in turn (the order alternating per step), each
+    step timed on its own, so that the step times of a quantized network and its float twin are
+    measured under the same machine load: :attr:`TrainResult.seconds` of each is the sum of its
+    own steps. Each network sees the minibatches of its own seed, as :func:`fit` does. The
+    test accuracy is measured every ``eval_every`` epochs and after the last.
+    """
+    runs = []
+    for config in configs:
+        torch.manual_seed(config.seed)
+        model = build_model(config, data.features, data.classes, data.input_format,
+                            data.input_scale)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr,
+                               weight_decay=config.weight_decay)
+        gen = torch.Generator().manual_seed(config.seed)
+        task = progress.add_task(config.recipe, total=config.epochs, info="") \
+            if progress else None
+        runs.append((config, TrainResult(config, model), opt, gen, task))
+    if len({(c.epochs, c.batch_size, c.limit) for c in configs}) > 1:
+        raise BitfabError("interleaved runs need the same epochs, batch size and limit")
+    config0 = configs[0]
+    x_train = torch.as_tensor(data.x_train[: config0.limit], dtype=torch.float32)
+    y_train = torch.as_tensor(data.y_train[: config0.limit])
+    n = len(y_train)
+    steps = math.ceil(n / config0.batch_size)
+    for epoch in range(config0.epochs):
+        orders = []
+        for config, result, opt, gen, _ in runs:
+            for group in opt.param_groups:
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+            result.model.set_progress(epoch / config.epochs)
+            result.model.train()
+            orders.append(torch.randperm(n, generator=gen))
+        totals = [0.0] * len(runs)
+        for s in range(steps):
+            turn = range(len(runs)) if s % 2 == 0 else reversed(range(len(runs)))
+            for k in turn:
+                config, result, opt, _, _ = runs[k]
+                idx = orders[k][s * config.batch_size:(s + 1) * config.batch_size]
+                if len(idx) < 2:
+                    continue
+                model = result.model
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                reg = model.penalty() if not model.is_float else 0.0
+                opt.zero_grad()
+                (loss + reg).backward()
+                opt.step()
+                model.post_step()
+                result.seconds += time.perf_counter() - t0
+                totals[k] += loss.item() * len(idx)
+        last = epoch + 1 == config0.epochs
+        for k, (_, result, _, _, task) in enumerate(runs):
+            entry = {"epoch": epoch + 1, "loss": totals[k] / n, "seconds": result.seconds}
+            if last or (epoch + 1) % eval_every == 0:
+                entry["accuracy"] = accuracy(result.model, data.x_test, data.y_test)
+            result.history.append(entry)
+            if progress is not None:
+                acc = f"  acc {100 * entry['accuracy']:.2f} %" if "accuracy" in entry else ""
+                progress.update(task, advance=1, info=f"loss {entry['loss']:.3f}{acc}")
+    for _, result, _, _, _ in runs:
+        result.accuracy = result.history[-1]["accuracy"]
+    return [result for _, result, _, _, _ in runs]
 
 
 def export(result: TrainResult, data_name: str | None = None, extra_metadata: dict | None = None,

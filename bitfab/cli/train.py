@@ -14,8 +14,11 @@ from .ui import SEED, FiniteFloat, check_output_file, emit_json, label, training
 __all__ = ["train"]
 
 #: recipes of ``bitfab.quant.recipes`` (listed here so that ``--help`` needs no torch)
-RECIPES = ("binary", "denseshift", "float", "int8", "lutq", "pow2", "sparse-binary", "ternary",
-           "twobit")
+RECIPES = ("binary", "cnn-binary", "cnn-float", "cnn-ternary", "cnn-twobit", "denseshift",
+           "float", "int8", "lutq", "pow2", "resnet-denseshift", "resnet-float", "resnet-pow2",
+           "sparse-binary", "ternary", "twobit")
+#: the convolutional recipes (bitfab.quant.conv) -> their float twin
+FLOAT_TWIN = {r: f"{r.split('-')[0]}-float" for r in RECIPES if r.startswith(("cnn-", "resnet-"))}
 
 
 def _options(pairs) -> dict:
@@ -50,20 +53,21 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--recipe", required=True, type=click.Choice(list(RECIPES) + ["lstm-gates"]),
               help="Quantization method.")
 @click.option("--dataset", default="digits", show_default=True,
-              help="digits, mnist1d or idx:DIR (MNIST-format IDX files).")
+              help="digits, mnist1d, fashion-mnist or idx:DIR (MNIST-format IDX files).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the exported model here (.bfm).")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=None,
               help="Epochs (default 30 on digits and mnist1d, else 10; lstm-gates 15).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed (split and training).")
 @click.option("--hidden", default=None,
-              help="Hidden sizes, e.g. 256,256 (at most 16 Mi weights in all; lstm-gates: one "
+              help="Hidden sizes, e.g. 256,256 (cnn-/resnet-: channel widths; at most 16 Mi "
+                   "weights in all; lstm-gates: one "
                    "size, at most 1024).")
 @click.option("--act-bits", type=int, default=None, help="Activation bits, 1..8 (1 = bipolar).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None,
               help="Minibatch (64 digits, 128 else).")
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.01, show_default=True,
-              help="Adam learning rate.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Adam learning rate (default: the recipe's, 0.01; resnet-denseshift 0.02).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Quantizer option, e.g. constraint=pow2 (lutq), method=ttq (ternary).")
 @click.option("--limit", type=click.IntRange(min=2), default=None,
@@ -77,10 +81,14 @@ def _hidden(text: str | None) -> tuple:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, options, limit,
           act_stage, reference, threads, as_json):
-    """Train a quantized MLP with a recipe, export it, report float vs quantized accuracy."""
+    """Train a quantized MLP, CNN or ResNet with a recipe, export it, report float vs quantized
+    accuracy."""
     # everything a user can get wrong is refused here, before torch is imported
-    if recipe == "float" and out:
-        raise BitfabError("the float recipe is a reference and is not exportable: drop --out")
+    if recipe.endswith("float") and out:
+        raise BitfabError(f"the {recipe} recipe is a reference and is not exportable: drop --out")
+    if recipe.startswith("cnn-") and dataset == "mnist1d":
+        raise BitfabError(f"recipe {recipe} is a 2-D CNN and dataset mnist1d holds 1-D signals: "
+                          f"use resnet-pow2 or resnet-denseshift")
     if out is not None:
         out = check_output_file(out)
     sizes, opts = _hidden(hidden), _options(options)
@@ -103,7 +111,8 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     torch.set_num_threads(threads)
     if recipe == "lstm-gates":  # sequence models: bitfab.quant.lstm_train
         _train_lstm(dataset, out, epochs, seed, (sizes or (None,))[0],
-                    {"lr": lr, **opts}, limit, reference, as_json)
+                    {**({} if lr is None else {"lr": lr}), **opts}, limit, reference,
+                    as_json)
         return
     small = dataset in ("digits", "mnist1d")
     config = TrainConfig(recipe, dataset, sizes, act_bits,
@@ -113,25 +122,29 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     con = Console(stderr=as_json, highlight=False)
     data = load_dataset(dataset, seed)
     runs = {}
+    twin = FLOAT_TWIN.get(recipe, "float")
     with training_progress(con) as progress:
         runs[recipe] = fit(config, data, progress)
-        if reference and recipe != "float":
-            ref = TrainConfig("float", dataset, config.hidden, None, config.epochs,
+        if recipe == twin:
+            runs["float"] = runs[recipe]
+        if reference and recipe != twin:
+            ref = TrainConfig(twin, dataset, config.hidden, None, config.epochs,
                               config.batch_size, lr, 0.0, seed, {}, limit)
             runs["float"] = fit(ref, data, progress)
     result = runs[recipe]
     summary = {"recipe": recipe, "dataset": dataset, "hidden": list(config.hidden),
                "act_bits": config.act_bits, "epochs": config.epochs, "accuracy": result.accuracy,
                "train_seconds": result.seconds}
-    if "float" in runs and recipe != "float":
+    if "float" in runs and recipe != twin:
         summary["float_accuracy"] = runs["float"].accuracy
         summary["float_seconds"] = runs["float"].seconds
         summary["time_ratio"] = result.seconds / max(runs["float"].seconds, 1e-9)
-    if recipe != "float":
+    if recipe != twin:
         model = export(result, extra_metadata={"float_accuracy": summary.get("float_accuracy")})
         summary.update(weight_bits=model.weight_bits, fp32_bits=model.fp32_bits,
                        memory_reduction=model.memory_reduction,
-                       sparsity=_sparsity([la.weights for la in model.layers]))
+                       sparsity=_sparsity([la.weights for la in model.layers
+                                           if getattr(la, "weights", None) is not None]))
         if out:
             _save(model, out)
             summary["out"] = str(out)
@@ -145,7 +158,7 @@ def train(recipe, dataset, out, epochs, seed, hidden, act_bits, batch_size, lr, 
     if "float" in runs:
         table.add_row("float32", f"{100 * runs['float'].accuracy:.2f} %", f"{fp32} b", "-",
                       f"{runs['float'].seconds:.1f} s")
-    if recipe != "float":
+    if recipe != twin:
         ratio = f" (x{summary['time_ratio']:.2f})" if "time_ratio" in summary else ""
         table.add_row(f"{recipe} (integer)", f"{100 * result.accuracy:.2f} %",
                       f"{summary['weight_bits']} b",
