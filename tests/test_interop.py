@@ -242,8 +242,8 @@ def _cnn():
 
 @pytest.mark.slow
 def test_brevitas_cnn_golden_equals_qonnx(tmp_path, capsys):
-    """Conv / MaxPool / Flatten import to conv kinds (their hardware does not exist yet, so
-    this is golden against QONNX only)."""
+    """Conv / MaxPool / Flatten import to conv kinds: golden == QONNX on the test split, and
+    the generated hardware (Amaranth sim, random stalls) == golden on some of it."""
     from brevitas.export import export_qonnx
     net = _train(_cnn(), epochs=2, image=True)
     export_qonnx(net, torch.zeros(1, 1, 8, 8), str(tmp_path / "cnn.onnx"))
@@ -264,6 +264,9 @@ def test_brevitas_cnn_golden_equals_qonnx(tmp_path, capsys):
     np.testing.assert_array_equal(qonnx_codes(model, load_onnx(tmp_path / "cnn.onnx"), x),
                                   golden.execute(model, x).output)
     assert float(np.mean(golden.predict(model, x) == DIGITS.y_test)) > 0.5
+    from bitfab.sim.amaranth_sim import simulate
+    np.testing.assert_array_equal(simulate(model, x[:6], stall=0.3, bubble=0.3, seed=1),
+                                  golden.execute(model, x[:6]).output)
 
 
 def _finn_graph():
