@@ -101,6 +101,6 @@ def test_fold_is_refused_by_name(lstm_file, capsys, tmp_path):
     code, _, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,2")
     assert code == 1
     assert err == ("error: layers[0] is an lstm layer, which cannot be folded yet (folding "
-                   "applies to dense layers): build it unrolled (no --fold)\n")
+                   "applies to conv, dense layers): build it unrolled (no --fold)\n")
     model = IntegerModel.load(lstm_file)
     assert model.sequential and not model.out_stream.framed
