@@ -306,9 +306,11 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
 
 
 def test_spec_recipes_are_the_exportable_recipes():
+    """Every exportable MLP recipe; the convolutional ones (``arch``) are not sweep axes yet."""
     from bitfab.quant.recipes import RECIPES
     from bitfab.sweep.spec import RECIPES as NAMED
-    assert set(NAMED) == set(RECIPES) - {"float"}
+    assert set(NAMED) == {name for name, r in RECIPES.items()
+                          if name != "float" and r.arch is None}
 
 
 def test_pareto_front():
