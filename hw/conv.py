@@ -472,6 +472,18 @@ class _Image(wiring.Component):
     def layer(self):
         return self._config.layer
 
+    def _chain(self, **stages) -> Module:
+        """A module of ``stages`` (name -> component), each one's ``o`` into the next one's
+        ``i``, from this component's ``i`` to its ``o``."""
+        m = Module()
+        src = wiring.flipped(self.i)
+        for name, stage in stages.items():
+            m.submodules[name] = stage
+            wiring.connect(m, src, stage.i)
+            src = stage.o
+        wiring.connect(m, src, wiring.flipped(self.o))
+        return m
+
 
 class ConvLayer(_Image):
     """A conv (or avgpool) layer: :class:`Padder`, :class:`SlidingWindow`, the dense datapath of
@@ -519,17 +531,8 @@ class ConvLayer(_Image):
                  // math.prod(conv.in_shape[:-1]))
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.pad = self._pad
-        m.submodules.window = self._window
-        m.submodules.dense = self._dense
-        m.submodules.framer = self._framer
-        wiring.connect(m, wiring.flipped(self.i), self._pad.i)
-        wiring.connect(m, self._pad.o, self._window.i)
-        wiring.connect(m, self._window.o, self._dense.i)
-        wiring.connect(m, self._dense.o, self._framer.i)
-        wiring.connect(m, self._framer.o, wiring.flipped(self.o))
-        return m
+        return self._chain(pad=self._pad, window=self._window, dense=self._dense,
+                           framer=self._framer)
 
 
 class MaxPoolLayer(_Image):
@@ -557,17 +560,8 @@ class MaxPoolLayer(_Image):
         return 1
 
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.pad = self._pad
-        m.submodules.window = self._window
-        m.submodules.max = self._max
-        m.submodules.framer = self._framer
-        wiring.connect(m, wiring.flipped(self.i), self._pad.i)
-        wiring.connect(m, self._pad.o, self._window.i)
-        wiring.connect(m, self._window.o, self._max.i)
-        wiring.connect(m, self._max.o, self._framer.i)
-        wiring.connect(m, self._framer.o, wiring.flipped(self.o))
-        return m
+        return self._chain(pad=self._pad, window=self._window, max=self._max,
+                           framer=self._framer)
 
 
 class FlattenLayer(_Image):
