@@ -42,7 +42,7 @@ from bitfab.errors import BitfabError
 from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput, Requant
 
 from .fold import fold_thresholds
-from .network import QuantDense, make_activation
+from .network import QuantDense, QuantizedLayers, make_activation
 from .quantizers import FloatWeight, WeightQuantizer
 from .ste import round_half_up, ste
 
@@ -143,7 +143,7 @@ class _Op:
     bn: int = -1
 
 
-class QuantConvNet(nn.Module):
+class QuantConvNet(QuantizedLayers, nn.Module):
     """A convolutional network with quantized weights and activations.
 
     Parameters
@@ -290,23 +290,6 @@ class QuantConvNet(nn.Module):
         if self.arch == "resnet":
             return step / math.prod(self._spatial)
         return step
-
-    def penalty(self) -> torch.Tensor:
-        return sum(layer.quantizer.penalty(layer.weight) for layer in self.layers)
-
-    @torch.no_grad()
-    def post_step(self) -> None:
-        for layer in self.layers:
-            layer.quantizer.post_step(layer.weight)
-
-    @torch.no_grad()
-    def set_progress(self, frac: float) -> None:
-        for layer in self.layers:
-            layer.quantizer.set_progress(frac, layer.weight)
-
-    def discrete(self) -> list[np.ndarray]:
-        """Return the integer weights of every layer (for the weight-freezing metric)."""
-        return [layer.quantizer.discrete(layer.weight) for layer in self.layers]
 
     # --- the integer network ----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .fold import fold_requant, fold_thresholds
 from .quantizers import BipolarActivation, FloatWeight, UniformActivation, WeightQuantizer
 from .ste import round_half_up, ste
 
-__all__ = ["QuantDense", "QuantMLP", "make_activation"]
+__all__ = ["QuantDense", "QuantMLP", "QuantizedLayers", "make_activation"]
 
 _EXACT = 2.0 ** 53
 
@@ -57,7 +57,30 @@ class QuantDense(nn.Module):
         return self.quantizer(self.weight)
 
 
-class QuantMLP(nn.Module):
+class QuantizedLayers:
+    """What training asks of a quantized network, over its ``layers`` (each with a
+    ``quantizer`` and a ``weight``): the quantizers' penalty, post-step and schedule hooks and
+    the integer weights (the weight-freezing metric)."""
+
+    def penalty(self) -> torch.Tensor:
+        return sum(layer.quantizer.penalty(layer.weight) for layer in self.layers)
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        for layer in self.layers:
+            layer.quantizer.post_step(layer.weight)
+
+    @torch.no_grad()
+    def set_progress(self, frac: float) -> None:
+        for layer in self.layers:
+            layer.quantizer.set_progress(frac, layer.weight)
+
+    def discrete(self) -> list[np.ndarray]:
+        """Return the integer weights of every layer (for the weight-freezing metric)."""
+        return [layer.quantizer.discrete(layer.weight) for layer in self.layers]
+
+
+class QuantMLP(QuantizedLayers, nn.Module):
     """A fully connected network with quantized weights and activations.
 
     Parameters
@@ -134,23 +157,6 @@ class QuantMLP(nn.Module):
             unit = self._units()[-1] * last.quantizer.scale(last.weight)
             out = out + ste(last.bias, round_half_up(last.bias.detach() / unit) * unit)
         return out * torch.exp(self.log_scale)
-
-    def penalty(self) -> torch.Tensor:
-        return sum(layer.quantizer.penalty(layer.weight) for layer in self.layers)
-
-    @torch.no_grad()
-    def post_step(self) -> None:
-        for layer in self.layers:
-            layer.quantizer.post_step(layer.weight)
-
-    @torch.no_grad()
-    def set_progress(self, frac: float) -> None:
-        for layer in self.layers:
-            layer.quantizer.set_progress(frac, layer.weight)
-
-    def discrete(self) -> list[np.ndarray]:
-        """Return the integer weights of every layer (for the weight-freezing metric)."""
-        return [layer.quantizer.discrete(layer.weight) for layer in self.layers]
 
     # --- the integer network ----------------------------------------------------------------------
 
