@@ -123,6 +123,8 @@ def _window_luts(cfg) -> float:
     # the window's counters, a framer; pools compare or add, a flatten collects, an add adds
     layer = cfg.layer
     bits = layer.input.bits if hasattr(layer, "input") else 8
+    if layer.kind == "avgpool" and cfg.dense is None:  # a global pool: accumulators
+        return layer.in_shape[-1] * 2 * layer.acc_bits + 30
     if layer.kind in ("conv", "avgpool", "maxpool"):
         kernel = getattr(layer, "kernel", None) or (cfg.conv.kernel if cfg.conv else (1,))
         window = int(np.prod(kernel)) * layer.in_shape[-1] * bits

@@ -18,9 +18,11 @@ A convolution is three stream stages and the existing dense datapath:
    nothing unrolled), built by :mod:`bitfab.hw.layer` unrolled or folded;
 4. :class:`Framer` sets ``last`` on every ``Ho * Wo``-th output.
 
-An avgpool is the depthwise convolution with all-ones weights (a sum, then its output stage);
-a maxpool is the same window feeding a comparator tree. A flatten collects an image's pixels
-into one vector; an add joins two streams (its second input port is ``skip``).
+An avgpool is the depthwise convolution with all-ones weights (a sum, then its output stage),
+except a global one (the window is the whole image): :class:`GlobalPoolLayer` adds each pixel
+into one accumulator per channel, with no window register or line buffer; a maxpool is the
+same window feeding a comparator tree. A flatten collects an image's pixels into one vector; an
+add joins two streams (its second input port is ``skip``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from .datapath import output_stage
 
 __all__ = ["line_buffer", "pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer",
            "MaxReduce", "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer",
-           "Fork", "StreamFifo", "equivalent_dense", "out_counts", "image_clocks",
-           "balanced_configs"]
+           "GlobalPoolLayer", "Fork", "StreamFifo", "equivalent_dense", "is_global_pool",
+           "out_counts", "image_clocks", "balanced_configs"]
 
 
 def pixel_layout(bits: int, channels: int) -> data.StructLayout:
@@ -343,6 +345,12 @@ def avgpool_conv(pool: AvgPool) -> Conv:
                 None, pool.acc_bits, name=pool.name or "avgpool")
 
 
+def is_global_pool(layer) -> bool:
+    """Whether ``layer`` is an avgpool whose window is its whole image (one output pixel): it
+    needs no window, only an accumulator per channel (:class:`GlobalPoolLayer`)."""
+    return layer.kind == "avgpool" and tuple(layer.kernel) == tuple(layer.in_shape[:-1])
+
+
 @dataclass(frozen=True, eq=False)
 class ConvConfig:
     """How an image layer becomes hardware.
@@ -352,7 +360,8 @@ class ConvConfig:
     layer : Conv | AvgPool | MaxPool | Flatten | Add
         The model's layer.
     dense : LayerConfig or None
-        The dense datapath of each window (conv and avgpool): unrolled or folded.
+        The dense datapath of each window (conv and avgpool): unrolled or folded; None for the
+        other kinds and a global avgpool (:func:`is_global_pool`).
     pipeline : int
     """
 
@@ -365,7 +374,7 @@ class ConvConfig:
         if kind not in _BUILD:
             raise ConfigError(f"layer must be a conv, maxpool, avgpool, flatten or add layer, "
                               f"not {type(self.layer).__name__}")
-        windowed = kind in ("conv", "avgpool")
+        windowed = kind == "conv" or (kind == "avgpool" and not is_global_pool(self.layer))
         if windowed != isinstance(self.dense, LayerConfig):
             need = "needs a" if windowed else "has no"
             raise ConfigError(f"a {kind} layer {need} dense configuration, "
@@ -398,7 +407,7 @@ class ConvConfig:
                "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
                "input": layer.input.to_json(), "name": layer.name}
         conv = self.conv
-        if conv is not None:
+        if conv is not None and self.dense is not None:
             _, wp = _padded(conv)
             kh = conv.kernel[0] if conv.dims == 2 else 1
             out.update(kernel=list(conv.kernel), stride=list(conv.stride),
@@ -425,7 +434,7 @@ def line_buffer(config: ConvConfig) -> tuple[int, int]:
     sliding window (``(Wp, (Kh - 1) * C * bits)``; ``(0, 0)`` for a layer without a window or
     a one-row kernel)."""
     layer = config.layer
-    if layer.kind not in ("conv", "avgpool", "maxpool"):
+    if layer.kind not in ("conv", "avgpool", "maxpool") or is_global_pool(layer):
         return 0, 0
     _, (kh, _), _, _ = _geometry(layer)
     if kh == 1:
@@ -440,7 +449,7 @@ def _padded(layer) -> tuple[int, int]:
 
 
 def _configure(layer, fold, pipeline: int, exact: bool) -> ConvConfig:
-    if layer.kind in ("conv", "avgpool"):
+    if layer.kind in ("conv", "avgpool") and not is_global_pool(layer):
         from .layer import _dense_configure
         conv = layer if layer.kind == "conv" else avgpool_conv(layer)
         dense = _dense_configure(equivalent_dense(conv), fold if layer.kind == "conv"
@@ -562,6 +571,63 @@ class MaxPoolLayer(_Image):
     def elaborate(self, platform):
         return self._chain(pad=self._pad, window=self._window, max=self._max,
                            framer=self._framer)
+
+
+class GlobalPoolLayer(_Image):
+    """A global avgpool (:func:`is_global_pool`): each pixel's ``C`` values are added into ``C``
+    accumulators; the last pixel of an image completes the sums, which go through the output
+    stage (:func:`bitfab.hw.datapath.output_stage`) into the output register, and the
+    accumulators start over. ``latency`` 1 (after the last pixel), a pixel per clock; no window
+    register and no line buffer (a windowed avgpool would hold the whole image)."""
+
+    @property
+    def latency(self) -> int:
+        """1: the output register."""
+        return 1
+
+    @property
+    def initiation_interval(self) -> int:
+        """1: a pixel per clock."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        fmt = layer.input
+        c = layer.in_shape[-1]
+        p = math.prod(layer.in_shape[:-1])
+        lo, hi = layer.acc_range
+        # an avgpool reads int codes (never bipolar): the sums are the codes' values
+        shim = types.SimpleNamespace(output=layer.output, input=types.SimpleNamespace(kind="int"),
+                                     bias=np.zeros(c, dtype=np.int64),
+                                     out_bits=layer.out_format.bits, acc_bits=layer.acc_bits)
+        x_data = self.i.payload.data if layer.in_stream.framed else self.i.payload
+        n = _counter(p, "n")
+        at_end = n == p - 1
+        o_valid = Signal(name="o_valid")
+        out = Signal(len(self.o.payload.as_value()), name="out")
+        codes, updates = [], []
+        for k in range(c):
+            code = x_data[k]
+            x = code.as_signed() if fmt.signed else code
+            acc = Signal(range(min(lo, 0), max(hi, 0) + 1), name=f"acc{k}")
+            s = Signal(range(lo, hi + 1), name=f"sum{k}")
+            m.d.comb += s.eq(acc + x)
+            codes.append(output_stage(m, shim, s, [k], None, f"out{k}"))
+            updates.append((acc, s))
+        m.d.comb += self.i.ready.eq(~at_end | ~o_valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            with m.If(at_end):
+                value = Cat(*codes, Const(1, 1)) if layer.out_stream.framed else Cat(*codes)
+                m.d.sync += [out.eq(value), o_valid.eq(1), n.eq(0)]
+                m.d.sync += [acc.eq(0) for acc, _ in updates]
+            with m.Else():
+                m.d.sync += [acc.eq(s) for acc, s in updates]
+                m.d.sync += n.eq(n + 1)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+        return m
 
 
 class FlattenLayer(_Image):
@@ -754,11 +820,11 @@ def image_clocks(config) -> int:
     layer reads one vector per image): its ``initiation_interval``.
     """
     layer = config.layer
-    if layer.kind in ("conv", "avgpool"):
+    if layer.kind in ("conv", "avgpool") and config.dense is not None:
         hp, wp = _padded(config.conv)
         windows = math.prod(layer.out_shape[:-1])
         return max(hp * wp, windows * config.dense.initiation_interval)
-    if layer.kind in ("maxpool", "flatten", "add"):
+    if layer.kind in ("avgpool", "maxpool", "flatten", "add"):
         return getattr(layer, "frame_length", None) or 1
     return config.initiation_interval
 
@@ -798,6 +864,8 @@ _BUILD = {"conv": ConvLayer, "avgpool": ConvLayer, "maxpool": MaxPoolLayer,
 
 
 def _build(config: ConvConfig) -> wiring.Component:
+    if is_global_pool(config.layer):
+        return GlobalPoolLayer(config)
     return _BUILD[config.layer.kind](config)
 
 

@@ -14,6 +14,7 @@ from bitfab.hw.config import ConfigError
 from bitfab.hw.conv import (
     ConvConfig,
     ConvLayer,
+    GlobalPoolLayer,
     SlidingWindow,
     balanced_configs,
     image_clocks,
@@ -108,13 +109,20 @@ def test_maxpool_equals_golden(shape, kernel, stride, signed):
     check(IntegerModel((layer,)), seed=kernel)
 
 
-@pytest.mark.parametrize("shape,kernel,output", [
-    ((6, 4, 2), 2, "none"), ((8, 3), 8, "requant"), ((5, 5, 2), (5, 5), "requant")])
-def test_avgpool_equals_golden(shape, kernel, output):
-    fmt = InputFormat.int(3)
+@pytest.mark.parametrize("shape,kernel,output,fmt", [
+    ((6, 4, 2), 2, "none", InputFormat.int(3)), ((8, 3), 8, "requant", InputFormat.int(3)),
+    ((5, 5, 2), (5, 5), "requant", InputFormat.int(3)),
+    ((7, 4), 7, "none", InputFormat.int(3, signed=True)),
+    ((3, 4, 2), (3, 4), "none", InputFormat.int(1)),
+    ((1, 3), 1, "requant", InputFormat.int(2))])
+def test_avgpool_equals_golden(shape, kernel, output, fmt):
     stage = Requant(np.array([1, 3, 2][:shape[-1]]), 3, 3) if output == "requant" else None
     layer = AvgPool(fmt, shape, kernel, **({"output": stage} if stage is not None else {}))
-    check(IntegerModel((layer,)))
+    comp = kinds.build(kinds.configure(layer))
+    # a window as large as the image is a global pool: accumulators, no window, no line buffer
+    is_global = tuple(layer.kernel) == tuple(shape[:-1])
+    assert isinstance(comp, GlobalPoolLayer) == is_global
+    check(IntegerModel((layer,)), target=comp)
 
 
 def test_flatten_then_add_of_vectors():
