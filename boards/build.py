@@ -125,6 +125,8 @@ def _window_luts(cfg) -> float:
     bits = layer.input.bits if hasattr(layer, "input") else 8
     if layer.kind == "avgpool" and cfg.dense is None:  # a global pool: accumulators
         return layer.in_shape[-1] * 2 * layer.acc_bits + 30
+    if layer.kind == "maxpool" and tuple(layer.stride) == tuple(layer.kernel):
+        return 5 * layer.in_shape[-1] * bits + 60  # TileMax: registers and a comparator each
     if layer.kind in ("conv", "avgpool", "maxpool"):
         kernel = getattr(layer, "kernel", None) or (cfg.conv.kernel if cfg.conv else (1,))
         window = int(np.prod(kernel)) * layer.in_shape[-1] * bits

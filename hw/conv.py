@@ -46,8 +46,9 @@ from .config import ConfigError, LayerConfig
 from .datapath import output_stage
 
 __all__ = ["line_buffer", "pixel_layout", "stream_layout", "Padder", "SlidingWindow", "Framer",
-           "MaxReduce", "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer", "AddLayer",
-           "GlobalPoolLayer", "Fork", "StreamFifo", "equivalent_dense", "is_global_pool",
+           "MaxReduce", "TileMax", "ConvConfig", "ConvLayer", "MaxPoolLayer", "FlattenLayer",
+           "AddLayer", "GlobalPoolLayer", "Fork", "StreamFifo", "equivalent_dense",
+           "is_global_pool", "is_tiled_maxpool",
            "out_counts", "image_clocks", "balanced_configs"]
 
 
@@ -431,14 +432,17 @@ def _geometry(layer):
 
 def line_buffer(config: ConvConfig) -> tuple[int, int]:
     """``(words, bits per word)`` of the line buffer of a conv, avgpool or maxpool layer's
-    sliding window (``(Wp, (Kh - 1) * C * bits)``; ``(0, 0)`` for a layer without a window or
-    a one-row kernel)."""
+    sliding window (``(Wp, (Kh - 1) * C * bits)``), or of a tiled maxpool's partial maxima
+    (``(Wo, C * bits)``, :class:`TileMax`); ``(0, 0)`` for a layer without either or a one-row
+    kernel."""
     layer = config.layer
     if layer.kind not in ("conv", "avgpool", "maxpool") or is_global_pool(layer):
         return 0, 0
-    _, (kh, _), _, _ = _geometry(layer)
+    (_, w), (kh, kw), _, _ = _geometry(layer)
     if kh == 1:
         return 0, 0
+    if is_tiled_maxpool(layer):  # TileMax: a partial maximum per output column
+        return w // kw, layer.in_shape[-1] * layer.input.bits
     _, wp = _padded(layer)
     return wp, (kh - 1) * layer.in_shape[-1] * layer.input.bits
 
@@ -544,9 +548,123 @@ class ConvLayer(_Image):
                            framer=self._framer)
 
 
+class TileMax(wiring.Component):
+    """The per-channel maximum of non-overlapping ``Kh x Kw`` tiles (stride = kernel) of an
+    ``H x W`` pixel stream, without a window: a running maximum along each tile row, and a
+    memory of ``Wo`` partial maxima (one per output column, over the tile rows seen so far;
+    block RAM where it is large). A pixel per clock, ``latency`` 2 (the input register, then the
+    output register); pixels right of ``Wo * Kw`` or below ``Ho * Kh`` are read and dropped."""
+
+    def __init__(self, spatial, kernel, bits: int, channels: int, signed: bool):
+        self._spatial, self._kernel = tuple(spatial), tuple(kernel)
+        self._bits, self._channels, self._signed = bits, channels, signed
+        super().__init__({"i": In(_codes(bits, channels)), "o": Out(_codes(bits, channels))})
+
+    @property
+    def latency(self) -> int:
+        """2: the input register, then the output register."""
+        return 2
+
+    @property
+    def memory_words(self) -> tuple[int, int]:
+        """``(Wo, C * bits)`` of the partial-maximum memory; ``(0, 0)`` for a one-row tile."""
+        (_, w), (kh, kw) = self._spatial, self._kernel
+        return (w // kw, self._channels * self._bits) if kh > 1 else (0, 0)
+
+    def _max(self, a, b) -> list:
+        out = []
+        for c in range(self._channels):
+            x, y = a[c], b[c]
+            if self._signed:
+                x, y = x.as_signed(), y.as_signed()
+            out.append(Mux(x >= y, x, y).as_unsigned()[:self._bits])
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        (h, w), (kh, kw) = self._spatial, self._kernel
+        ho, wo = h // kh, w // kw
+        pix = self._bits * self._channels
+        x, y = _counter(w, "x"), _counter(h, "y")
+        kx, ky = _counter(kw, "kx"), _counter(kh, "ky")
+        ox = _counter(wo, "ox")
+        inside = (x < wo * kw) & (y < ho * kh)
+
+        s1_valid = Signal(name="s1_valid")
+        s1_pix = Signal(data.ArrayLayout(self._bits, self._channels), name="s1_pix")
+        s1_first, s1_end = Signal(name="s1_first"), Signal(name="s1_end")
+        s1_top, s1_bottom = Signal(name="s1_top"), Signal(name="s1_bottom")
+        s1_ox = _counter(wo, "s1_ox")
+        hmax = Signal(data.ArrayLayout(self._bits, self._channels), name="hmax")
+        o_valid = Signal(name="o_valid")
+        out = Signal(pix, name="out")
+
+        free = ~o_valid | self.o.ready
+        adv1 = s1_valid & free
+        take = self.i.valid & self.i.ready
+        m.d.comb += self.i.ready.eq(~s1_valid | free)
+        with m.If(take):
+            m.d.sync += [s1_valid.eq(1), s1_pix.eq(self.i.payload), s1_ox.eq(ox),
+                         s1_first.eq(kx == 0), s1_end.eq(inside & (kx == kw - 1)),
+                         s1_top.eq(ky == 0), s1_bottom.eq(ky == kh - 1)]
+            with m.If(x == w - 1):
+                m.d.sync += [x.eq(0), kx.eq(0), ox.eq(0)]
+                with m.If(y == h - 1):
+                    m.d.sync += [y.eq(0), ky.eq(0)]
+                with m.Else():
+                    m.d.sync += [y.eq(y + 1), ky.eq(Mux(ky == kh - 1, 0, ky + 1))]
+            with m.Else():
+                m.d.sync += x.eq(x + 1)
+                with m.If(kx == kw - 1):
+                    m.d.sync += [kx.eq(0), ox.eq(Mux(ox == wo - 1, ox, ox + 1))]
+                with m.Else():
+                    m.d.sync += kx.eq(kx + 1)
+        with m.Elif(adv1):
+            m.d.sync += s1_valid.eq(0)
+
+        along = Signal(pix, name="along")  # the running maximum along the tile row
+        m.d.comb += along.eq(Mux(s1_first, s1_pix.as_value(),
+                                 Cat(*self._max(hmax, s1_pix))))
+        if kh > 1:
+            mem = memory.Memory(shape=unsigned(pix), depth=wo, init=[])
+            m.submodules.partial = mem
+            wr = mem.write_port()
+            # a one-column image reads, with the next pixel, the word written in the same clock
+            rd = mem.read_port(transparent_for=(wr,) if w == 1 else ())
+            part = rd.data
+            m.d.comb += [rd.addr.eq(ox), rd.en.eq(take), wr.addr.eq(s1_ox)]
+            tile = Signal(pix, name="tile")
+            m.d.comb += tile.eq(Mux(s1_top, along, Cat(*self._max(_codes_of(part, self),
+                                                                    _codes_of(along, self)))))
+            m.d.comb += [wr.data.eq(tile), wr.en.eq(adv1 & s1_end & ~s1_bottom)]
+        else:
+            tile = along
+        with m.If(adv1):
+            m.d.sync += hmax.eq(along)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(adv1 & s1_end & s1_bottom):
+            m.d.sync += [out.eq(tile), o_valid.eq(1)]
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+        return m
+
+
+def _codes_of(value, tile: TileMax):
+    """View a flat value as the tile's array of channel codes."""
+    return data.View(data.ArrayLayout(tile._bits, tile._channels), value)
+
+
+def is_tiled_maxpool(layer) -> bool:
+    """Whether ``layer`` is a maxpool of non-overlapping tiles (stride = kernel): it needs no
+    window, only :class:`TileMax`."""
+    return layer.kind == "maxpool" and tuple(layer.stride) == tuple(layer.kernel)
+
+
 class MaxPoolLayer(_Image):
     """A maxpool layer: :class:`Padder` (no padding: it drops ``last``), :class:`SlidingWindow`,
-    :class:`MaxReduce`, :class:`Framer`. ``latency`` 3, one pixel per clock."""
+    :class:`MaxReduce`, :class:`Framer` (``latency`` 3); non-overlapping tiles
+    (:func:`is_tiled_maxpool`): :class:`TileMax` instead of the window and the comparator tree
+    (``latency`` 2). One pixel per clock."""
 
     def __init__(self, config: ConvConfig):
         super().__init__(config)
@@ -554,14 +672,19 @@ class MaxPoolLayer(_Image):
         spatial, kernel, stride, padding = _geometry(layer)
         bits, c = layer.input.bits, layer.in_shape[-1]
         self._pad = _owned(Padder(spatial, padding, bits, c, 0))
-        self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
-        self._max = _owned(MaxReduce(bits, c, layer.window, layer.input.signed))
+        if is_tiled_maxpool(layer):
+            self._stages = {"tile": _owned(TileMax(spatial, kernel, bits, c,
+                                                   layer.input.signed))}
+        else:
+            self._stages = {
+                "window": _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c)),
+                "max": _owned(MaxReduce(bits, c, layer.window, layer.input.signed))}
         self._framer = _owned(Framer(bits, c, math.prod(layer.out_shape[:-1])))
 
     @property
     def latency(self) -> int:
-        """3: the window (2) and the registered comparator tree (1)."""
-        return self._window.latency + 1
+        """3: the window (2) and the registered comparator tree (1); tiles: 2."""
+        return 2 if "tile" in self._stages else 3
 
     @property
     def initiation_interval(self) -> int:
@@ -569,8 +692,7 @@ class MaxPoolLayer(_Image):
         return 1
 
     def elaborate(self, platform):
-        return self._chain(pad=self._pad, window=self._window, max=self._max,
-                           framer=self._framer)
+        return self._chain(pad=self._pad, **self._stages, framer=self._framer)
 
 
 class GlobalPoolLayer(_Image):
@@ -631,14 +753,15 @@ class GlobalPoolLayer(_Image):
 
 
 class FlattenLayer(_Image):
-    """A flatten layer: the ``P`` pixels of an image shifted into a collector register, then
-    moved as one vector of ``P * C`` codes (pixel-major) into the output register, which the
-    next image's pixels do not wait for. ``latency`` 1 (after the last pixel), a pixel per
-    clock; ``P * C * bits`` register bits twice."""
+    """A flatten layer: the ``P`` pixels of an image shift into one register of ``P * C``
+    codes (pixel-major), which is the output once the last pixel arrived; the next image's
+    first pixel enters as the vector is taken. ``latency`` 1 (after the last pixel), a pixel
+    per clock while the consumer keeps up; ``P * C * bits`` register bits (the consumer, a
+    dense layer, buffers the vector itself)."""
 
     @property
     def latency(self) -> int:
-        """1: the output register."""
+        """1: the register."""
         return 1
 
     @property
@@ -654,21 +777,18 @@ class FlattenLayer(_Image):
         n = _counter(p, "n")
         buf = Signal(pix * p, name="collect")
         o_valid = Signal(name="o_valid")
-        obuf = Signal(pix * p, name="obuf")
         nxt = Cat(buf[pix:], self.i.payload.data.as_value()) if p > 1 else \
             self.i.payload.data.as_value()
-        at_end = n == p - 1
-        m.d.comb += self.i.ready.eq(~at_end | ~o_valid | self.o.ready)
+        m.d.comb += self.i.ready.eq(~o_valid | self.o.ready)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += o_valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            if p > 1:
-                m.d.sync += buf.eq(nxt)
-            with m.If(at_end):
-                m.d.sync += [obuf.eq(nxt), o_valid.eq(1), n.eq(0)]
+            m.d.sync += buf.eq(nxt)
+            with m.If(n == p - 1):
+                m.d.sync += [o_valid.eq(1), n.eq(0)]
             with m.Else():
                 m.d.sync += n.eq(n + 1)
-        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(obuf)]
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(buf)]
         return m
 
 
