@@ -37,7 +37,8 @@ from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_term
 from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
-           "build_layer", "build_network", "network_configs", "skip_fifo_depths"]
+           "build_layer", "build_network", "network_configs", "skip_fifo_depths",
+           "weight_image"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -497,11 +498,8 @@ class Network(wiring.Component):
         return self._spram
 
     def load_image(self) -> np.ndarray:
-        """Return the 16-bit words a load sends through ``load``: each SPRAM layer's
-        :meth:`~bitfab.hw.config.LayerConfig.load_image`, in layer order (empty when no layer
-        is in SPRAM)."""
-        parts = [self._configs[k].load_image() for k in self._spram]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+        """Return the 16-bit words a load sends through ``load`` (:func:`weight_image`)."""
+        return weight_image(self._configs)
 
     @property
     def edges(self) -> tuple:
@@ -579,6 +577,15 @@ class Network(wiring.Component):
             for n, k in enumerate(self._spram):
                 wiring.connect(m, getattr(loader, f"out{n}"), self._layers[k].load)
         return m
+
+
+def weight_image(configs) -> np.ndarray:
+    """Return the 16-bit words that load the SPRAM weight memories of a network of ``configs``
+    (:func:`network_configs`): each SPRAM layer's
+    :meth:`~bitfab.hw.config.LayerConfig.load_image`, in layer order (empty when no layer is in
+    SPRAM). What :class:`Network` expects on ``load`` and a host sends to a board."""
+    parts = [c.load_image() for c in configs if getattr(c, "weights", "bram") == "spram"]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
 def skip_fifo_depths(layers, edges) -> dict:
