@@ -302,20 +302,21 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_F
                        f"smaller model or a larger board")
     if after is not _FIRST and after in folds:
         folds = folds[folds.index(after) + 1:]
-    memory_error = None
+    memory_error = None  # the weights of the fastest fold whose logic fits, where they do not
     for fold in folds:
         try:
+            if scale * estimate_luts(model, fold) > budget * board.limits.luts:
+                continue
             plan = plan_weights(model, fold, board, weights_in)
             if scale * estimate_luts(model, fold, plan) <= budget * board.limits.luts and \
                     memory_blocks(model, fold, board, plan) <= board.limits.bram:
                 return fold
         except FitError as exc:
             memory_error = memory_error or exc
-            continue
         except BitfabError:
             continue
-    if memory_error is not None and "weight bits" in str(memory_error):
-        raise memory_error  # the weights fit at no fold: name the layer, not the LUTs
+    if memory_error is not None:
+        raise memory_error  # the logic would fit: name the layer whose weights do not
     raise FitError(f"{model.name} does not fit {board.title} at any fold: "
                    f"{int(scale * estimate_luts(model, (1, 1)))} logic cells estimated at fold "
                    f"1,1, {int(budget * board.limits.luts)} usable of {board.limits.luts}")
@@ -406,7 +407,7 @@ def synth_folder(model: IntegerModel, board: Board, out=None) -> Path:
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
                pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3,
-               place: bool = True) -> SynthOutcome:
+               place: bool = True, weights_in: str = "auto") -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
     ``fold`` None or ``"auto"`` chooses one (:func:`choose_fold`), and a choice whose
@@ -414,6 +415,9 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     ``max_refolds`` times); ``"unrolled"`` builds unrolled without a choice; ``(pe, simd)`` that
     fold. ``place`` False stops after yosys (resources counted, no place and route, no Fmax, no
     bitstream: the report's ``bitstream`` and ``timing_met`` are None).
+    ``weights_in`` places the folded weight memories (:func:`plan_weights`: ``auto`` moves the
+    largest to iCE40 UP SPRAM when block RAM is short; a bitstream with weights in SPRAM needs
+    a weight load before its first input, docs/boards.md).
     ``progress(stage, detail)`` is called as stages start. The clock (a PLL within 1 %,
     :func:`bitfab.boards.pll.plan`), the baud rate and the folder (:func:`synth_folder`) are
     checked before any work. Raises :class:`FitError` when the design does not fit,
@@ -426,20 +430,24 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
     uart_divisor(clock_plan(board, clock_hz).f_out, baud)
-    folder = synth_folder(model, board, out)
-    env = tool_env()
-    say = progress or (lambda stage, detail="": None)
     auto = fold is None or fold == "auto"
     fold = None if fold in ("auto", "unrolled") else fold
     scale = _initial_scale(board)
     if auto:
-        fold = choose_fold(model, board, scale=scale)
+        fold = choose_fold(model, board, scale=scale, weights_in=weights_in)
+    plan_weights(model, fold, board, weights_in)  # refuse before the folder or any tool
+    folder = synth_folder(model, board, out)
+    env = tool_env()
+    say = progress or (lambda stage, detail="": None)
     start = time.perf_counter()
     times = {}
     for attempt in range(max_refolds + 1):
-        say("elaborate", f"fold {_fold_text(fold)}")
+        weights = plan_weights(model, fold, board, weights_in)
+        in_spram = [str(k) for k, w in enumerate(weights or ()) if w == "spram"]
+        spram = f", weights of layers {', '.join(in_spram)} in SPRAM" if in_spram else ""
+        say("elaborate", f"fold {_fold_text(fold)}{spram}")
         t0 = time.perf_counter()
-        top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud,
+        top = BoardTop(board, build_network(model, fold, pipeline, weights), clock_hz, baud,
                        fingerprint=model.fingerprint())
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
@@ -459,13 +467,15 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         over = [(k, n, v) for k, n, v in (("logic cells (estimated)", cells, board.limits.luts),
                                           ("LUT4", counts["luts"], board.limits.luts),
                                           ("block RAM", counts["bram"], board.limits.bram),
+                                          ("SPRAM", counts["spram"], board.limits.spram),
                                           ("DSP", counts["dsp"], board.limits.dsp)) if n > v]
         if over:
             needed = ", ".join(f"{k} {n} needed, {v} available" for k, n, v in over)
             # calibrate the estimate on what yosys made of this fold
             scale = max(scale, cells / max(estimate_luts(model, fold), 1))
             try:
-                nxt = choose_fold(model, board, after=fold, scale=scale)
+                nxt = choose_fold(model, board, after=fold, scale=scale,
+                                  weights_in=weights_in)
             except FitError:
                 nxt = "none"
             if auto and attempt < max_refolds and nxt != "none":
