@@ -63,7 +63,7 @@ TYPE_ERROR = 0x45
 TYPE_LOAD = 0x57
 TYPE_LOADED = 0x4C
 #: 16-bit words in one weight-load frame; its payload is a 2-byte chunk index and the words
-LOAD_WORDS = 16
+LOAD_WORDS = 8
 LOAD_BYTES = 2 + 2 * LOAD_WORDS
 #: the answer to a weight-load frame
 LOAD_MORE, LOAD_DONE, LOAD_BAD_CRC, LOAD_ORDER = 0, 1, 2, 3

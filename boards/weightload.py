@@ -88,24 +88,25 @@ class WeightLoader(wiring.Component):
         m.submodules.crc = crc = CRC16_WORDS.create()
         pos = Signal(range(total + 1), name="pos")        # words of the image written
         chunk = Signal(16, name="chunk")                   # the chunk expected next
-        words = Signal(16 * LOAD_WORDS, name="words")
-        left = Signal(range(LOAD_WORDS + 1), name="left")  # words of the chunk still to write
+        k = Signal(range(LOAD_WORDS), name="k")            # the chunk's word being written
         first = Signal(name="first")                       # the next word restarts the image
         status = Signal(8, name="status")
         loaded = Signal(name="loaded_r")
         index = self.i.payload[:16]
+        # the chunk stays in the frame receiver's buffer until its words are written (a copy
+        # would cost 16 flip-flops a word; the host waits for the answer before the next chunk)
+        word = self.i.payload[16:].word_select(k, 16)
         m.d.comb += [
             self.loaded.eq(loaded),
-            self.o.payload.data.eq(words[:16]),
+            self.o.payload.data.eq(word),
             self.o.payload.restart.eq(first),
             self.ack.payload.eq(status),
-            crc.data.eq(words[:16]),
+            crc.data.eq(word),
         ]
         with m.FSM():
             with m.State("idle"):
-                m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [words.eq(self.i.payload[16:]), left.eq(LOAD_WORDS)]
+                    m.d.sync += k.eq(0)
                     with m.If(index == 0):
                         m.d.comb += crc.start.eq(1)
                         m.d.sync += [pos.eq(0), chunk.eq(1), first.eq(1), loaded.eq(0)]
@@ -114,15 +115,16 @@ class WeightLoader(wiring.Component):
                         m.d.sync += [chunk.eq(chunk + 1), first.eq(0)]
                         m.next = "write"
                     with m.Else():
+                        m.d.comb += self.i.ready.eq(1)
                         m.d.sync += status.eq(LOAD_ORDER)
                         m.next = "ack"
             with m.State("write"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.d.comb += crc.valid.eq(1)
-                    m.d.sync += [pos.eq(pos + 1), words.eq(words >> 16), left.eq(left - 1),
-                                 first.eq(0)]
-                    with m.If((left == 1) | (pos == total - 1)):  # the padding is dropped
+                    m.d.sync += [pos.eq(pos + 1), k.eq(k + 1), first.eq(0)]
+                    with m.If((k == LOAD_WORDS - 1) | (pos == total - 1)):  # padding dropped
+                        m.d.comb += self.i.ready.eq(1)
                         m.next = "check"
             with m.State("check"):  # the CRC register holds the image's CRC a clock later
                 with m.If(pos == total):
@@ -136,6 +138,5 @@ class WeightLoader(wiring.Component):
             with m.State("ack"):
                 m.d.comb += self.ack.valid.eq(1)
                 with m.If(self.ack.ready):
-                    m.d.sync += first.eq(0)
                     m.next = "idle"
         return m
