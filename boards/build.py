@@ -172,15 +172,13 @@ def _blocks_of(board: Board, depth: int, width: int) -> int:
 
 
 def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
-    """``(index, config)`` of the folded dense weight memories (a conv's window datapath
-    included), placed as ``weights`` says (:func:`bitfab.hw.layer.network_configs`)."""
+    """``(index, config)`` of the folded dense layers' weight memories (those SPRAM can take:
+    a conv layer's window datapath keeps its weights in block RAM), placed as ``weights`` says
+    (:func:`bitfab.hw.layer.network_configs`)."""
+    from bitfab.hw.config import LayerConfig
     from bitfab.hw.layer import network_configs
-    out = []
-    for k, cfg in enumerate(network_configs(model, fold, weights=weights)):
-        cfg = _datapath(cfg)
-        if cfg is not None and cfg.architecture == "folded":
-            out.append((k, cfg))
-    return out
+    return [(k, cfg) for k, cfg in enumerate(network_configs(model, fold, weights=weights))
+            if isinstance(cfg, LayerConfig) and cfg.architecture == "folded"]
 
 
 def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
