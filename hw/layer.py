@@ -206,7 +206,9 @@ class FoldedDense(_LayerBase):
     Weight codes (:meth:`LayerConfig.weight_codes`) live in one
     :class:`amaranth.lib.memory.Memory` of ``NF * SF`` words of ``pe * simd`` codes (word
     ``nf * SF + sf`` holds channels ``nf*pe .. nf*pe+pe-1``, inputs ``sf*simd .. sf*simd+simd-1``),
-    read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD). Each PE
+    read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD); with
+    ``config.weights == "spram"`` the memory is :class:`~bitfab.hw.spram.SpramWeights` instead,
+    empty until written through the extra ``load`` port (iCE40 UP SPRAM). Each PE
     has an accumulator; after ``SF`` clocks its channel's output stage writes the result into a
     staging buffer, and the last neuron fold moves the whole vector into the output register.
 
