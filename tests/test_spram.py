@@ -140,3 +140,11 @@ def test_load_crc_is_what_the_board_computes():
     # the CRC-16 of the words, high byte first (the board's 16-bit-wide CRC)
     from bitfab.boards.protocol import crc16
     assert load_crc([0x3132, 0x3334]) == crc16(b"1234")
+
+
+def test_a_memory_deeper_than_one_spram_takes_rows_of_them():
+    # structure only: the row select is checked by no simulation (a 16k-deep netlist load is slow)
+    from bitfab.hw.spram import SpramWeights
+    mem = SpramWeights(20, 20000)  # 2 columns x 2 rows
+    assert (mem.columns, mem.blocks) == (2, 4)
+    assert verilog.convert(mem, emit_src=False, platform=Ice40Cells()).count("SB_SPRAM256KA") == 4
