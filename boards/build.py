@@ -175,10 +175,9 @@ def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
     """``(index, config)`` of the folded dense layers' weight memories (those SPRAM can take:
     a conv layer's window datapath keeps its weights in block RAM), placed as ``weights`` says
     (:func:`bitfab.hw.layer.network_configs`)."""
-    from bitfab.hw.config import LayerConfig
-    from bitfab.hw.layer import network_configs
+    from bitfab.hw.layer import network_configs, spram_capable
     return [(k, cfg) for k, cfg in enumerate(network_configs(model, fold, weights=weights))
-            if isinstance(cfg, LayerConfig) and cfg.architecture == "folded"]
+            if spram_capable(cfg)]
 
 
 def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:

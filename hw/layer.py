@@ -38,7 +38,7 @@ from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
            "build_layer", "build_network", "network_configs", "skip_fifo_depths",
-           "weight_image"]
+           "weight_image", "spram_capable"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -420,7 +420,7 @@ def _dense_build(config: LayerConfig) -> wiring.Component:
     return (UnrolledDense if config.architecture == "unrolled" else FoldedDense)(config)
 
 
-kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True))
+kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True, spram=True))
 
 
 class Network(wiring.Component):
@@ -664,8 +664,7 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
     if isinstance(weights, str):
         if weights != "spram":
             raise ConfigError(f"weights must be 'bram' or 'spram', not {weights!r}")
-        weights = ["spram" if isinstance(c, LayerConfig) and c.architecture == "folded"
-                   else None for c in configs]
+        weights = ["spram" if spram_capable(c) else None for c in configs]
         if not any(weights):
             raise ConfigError("weights in spram need a folded dense layer: give a fold "
                               "(--fold PE,SIMD)")
@@ -678,7 +677,7 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
         if where in (None, "bram"):
             out.append(cfg)
             continue
-        if not isinstance(cfg, LayerConfig) or cfg.architecture != "folded":
+        if not spram_capable(cfg):
             raise ConfigError(f"layers[{i}] ({cfg.layer.kind}, "
                               f"{getattr(cfg, 'architecture', 'unfolded')}) has no folded "
                               f"dense weight memory to put in {where}")
@@ -687,6 +686,13 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
         except ConfigError as exc:
             raise ConfigError(f"layers[{i}]: {exc}") from None
     return tuple(out)
+
+
+def spram_capable(config) -> bool:
+    """Whether ``config`` is folded and its kind can keep its weights in SPRAM
+    (:attr:`bitfab.hw.kinds.HwKind.spram`)."""
+    return kinds.hw_kind(config.layer).spram and \
+        getattr(config, "architecture", None) == "folded"
 
 
 def build_network(model: IntegerModel, fold: tuple[int, int] | None = None,
