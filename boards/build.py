@@ -38,8 +38,12 @@ from .targets import Board, get_board
 from .uart import uart_divisor
 
 __all__ = ["FitError", "SynthOutcome", "synthesize", "synth_folder", "candidate_folds",
-           "estimate_luts", "memory_blocks", "choose_fold", "initiation_interval",
-           "logic_cells", "check_estimate", "STALE"]
+           "estimate_luts", "memory_blocks", "plan_weights", "choose_fold", "initiation_interval",
+           "logic_cells", "check_estimate", "STALE", "WEIGHTS_IN"]
+
+#: ``--weights-in``: where folded weight memories go (``auto``: block RAM, and the largest layers
+#: in SPRAM when they do not fit; :func:`plan_weights`)
+WEIGHTS_IN = ("auto", "bram", "spram")
 
 #: what a build writes and a new build removes first (only in a folder bitfab made)
 STALE = ("top.json", "top.stat.json", "top.report.json", "top.asc", "top.bin", "top.bit",
@@ -137,11 +141,14 @@ def _window_luts(cfg) -> float:
     return layer.out_features * 2 * layer.acc_bits if hasattr(layer, "acc_bits") else 60
 
 
-def estimate_luts(model: IntegerModel, fold) -> int:
+def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
     """Return a rough logic-cell count of the board top-level with ``fold`` (the fold choice's
-    first guess; the synthesis has the last word and calibrates the next guess)."""
+    first guess; the synthesis has the last word and calibrates the next guess); ``weights``
+    (:func:`plan_weights`) with a layer in SPRAM adds the weight-load path."""
     from bitfab.hw.layer import network_configs
     total = 350.0  # UART, framing, packers (measured: ~350 LUT4 on iCE40)
+    if weights is not None and "spram" in weights:
+        total += 400.0  # load frame buffer, CRC, loader counters, SPRAM address muxes
     for cfg in network_configs(model, fold):
         if hasattr(cfg, "conv"):  # an image layer: its stream stages, then its datapath
             total += _window_luts(cfg)
@@ -161,31 +168,109 @@ def estimate_luts(model: IntegerModel, fold) -> int:
     return int(total)
 
 
-def memory_blocks(model: IntegerModel, fold, board: Board) -> int:
-    """Return the block RAMs the design needs on ``board``: the folded weight memories and the
-    image layers' line buffers (counted as block RAM even where yosys maps a small one to
-    logic)."""
-    from bitfab.hw.layer import network_configs
+def _blocks_of(board: Board, depth: int, width: int) -> int:
+    """Block RAMs of one ``depth`` x ``width`` memory on ``board``'s family."""
     shapes = ((256, 16), (512, 8), (1024, 4), (2048, 2)) if board.family == "ice40" else \
         ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+    return min(-(-width // w) * -(-depth // d) for d, w in shapes)
 
-    def blocks_of(depth: int, width: int) -> int:
-        return min(-(-width // w) * -(-depth // d) for d, w in shapes)
 
+def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
+    """``(index, config)`` of the folded dense layers' weight memories (those SPRAM can take:
+    a conv layer's window datapath keeps its weights in block RAM), placed as ``weights`` says
+    (:func:`bitfab.hw.layer.network_configs`)."""
+    from bitfab.hw.layer import network_configs, spram_capable
+    return [(k, cfg) for k, cfg in enumerate(network_configs(model, fold, weights=weights))
+            if spram_capable(cfg)]
+
+
+def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
+    """Return the block RAMs the design needs on ``board``: the folded weight memories not in
+    SPRAM (``weights``, :func:`plan_weights`) and the image layers' line buffers (counted as
+    block RAM even where yosys maps a small one to logic)."""
+    from bitfab.hw.layer import network_configs
     blocks = 0
-    for cfg in network_configs(model, fold):
+    for cfg in network_configs(model, fold, weights=weights):
         layer = cfg.layer
         if hasattr(cfg, "conv") and layer.kind in ("conv", "avgpool", "maxpool"):
             from bitfab.hw.conv import line_buffer
             depth, width = line_buffer(cfg)
             if depth and width:
-                blocks += blocks_of(depth, width)
+                blocks += _blocks_of(board, depth, width)
         cfg = _datapath(cfg)
-        if cfg is None or cfg.architecture == "unrolled":
+        if cfg is None or cfg.architecture == "unrolled" or \
+                getattr(cfg, "weights", "bram") == "spram":
             continue
-        blocks += blocks_of(cfg.synapse_folds * cfg.neuron_folds,
-                            cfg.pe * cfg.simd * cfg.weight_code_bits)
+        blocks += _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
     return blocks
+
+
+def plan_weights(model: IntegerModel, fold, board: Board, weights_in: str = "auto"):
+    """Return where each layer's folded weight memory goes on ``board`` (the ``weights`` of
+    :func:`bitfab.hw.layer.network_configs`: None for all in block RAM, else one ``"bram"``,
+    ``"spram"`` or None per layer).
+
+    ``weights_in`` ``"auto"``: block RAM while the design fits it, else the largest weight
+    memories move to SPRAM (iCE40 UP only) one by one until the rest fits; ``"bram"``: all in
+    block RAM; ``"spram"``: every folded dense layer in SPRAM. Raises :class:`FitError`, naming
+    the layer and its bits against what is available, when SPRAM is forced on a board without
+    it or the weights fit neither (checked before any synthesis).
+    """
+    if weights_in not in WEIGHTS_IN:
+        raise FitError(f"weights_in must be one of {', '.join(WEIGHTS_IN)}, not {weights_in!r}")
+    spram_avail = board.limits.spram
+    mems = _weight_memories(model, fold)
+    if weights_in == "spram":
+        if not spram_avail:
+            what = f"layers[{mems[0][0]}] ({mems[0][1].weight_bits} weight bits)" if mems else \
+                "the weights"
+            raise FitError(f"--weights-in spram: {board.title} has no SPRAM (only the iCE40 UP5K "
+                           f"of icebreaker has it) for {what}: use --weights-in bram or auto")
+        plan = tuple("spram" if k in dict(mems) else None for k in range(len(model.layers)))
+        _check_spram(model, fold, board, plan)
+        return plan
+    if weights_in == "bram" or memory_blocks(model, fold, board) <= board.limits.bram:
+        return None
+    plan = [None] * len(model.layers)
+    used = 0
+    for k, cfg in sorted(mems, key=lambda kc: -kc[1].weight_bits):
+        if memory_blocks(model, fold, board, tuple(plan)) <= board.limits.bram:
+            break
+        blocks = cfg.replace(weights="spram").spram_blocks if spram_avail else None
+        if not spram_avail or used + blocks > spram_avail:
+            continue
+        plan[k] = "spram"
+        used += blocks
+    need = memory_blocks(model, fold, board, tuple(plan))
+    if need > board.limits.bram:
+        rest = [(k, c) for k, c in mems if plan[k] is None]
+        k, cfg = max(rest, key=lambda kc: kc[1].weight_bits) if rest else (None, None)
+        where = f"layers[{k}] ({cfg.weight_bits} weight bits, " \
+                f"{_blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)} block RAMs)" \
+            if cfg is not None else "the line buffers"
+        spram = (f" and {spram_avail - used} of {spram_avail} SPRAM "
+                 f"({(spram_avail - used) * 16384 * 16} bits) left") if spram_avail else \
+            " (no SPRAM)"
+        raise FitError(f"{model.name} does not fit {board.title} at fold {_fold_text(fold)}: "
+                       f"{where} does not fit: {need} block RAMs needed, {board.limits.bram} "
+                       f"({board.limits.bram * board.limits.bram_bits} bits) available"
+                       f"{spram} (before synthesis)")
+    return tuple(plan) if any(plan) else None
+
+
+def _check_spram(model: IntegerModel, fold, board: Board, plan) -> None:
+    used = 0
+    for k, cfg in _weight_memories(model, fold, plan):
+        if cfg.weights != "spram":
+            continue
+        left = board.limits.spram - used
+        used += cfg.spram_blocks
+        if used > board.limits.spram:
+            raise FitError(f"{model.name} does not fit {board.title} at fold "
+                           f"{_fold_text(fold)}: layers[{k}] ({cfg.weight_bits} weight bits, a "
+                           f"{cfg.weight_depth} x {cfg.weight_word_bits} memory) needs "
+                           f"{cfg.spram_blocks} SPRAM, {left} of {board.limits.spram} left "
+                           f"(before synthesis)")
 
 
 def _initial_scale(board: Board) -> float:
@@ -199,12 +284,13 @@ _FIRST = object()  # choose_fold: no fold tried yet
 
 
 def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_FIRST,
-                scale: float | None = None):
+                scale: float | None = None, weights_in: str = "auto"):
     """Return the fastest fold whose estimated LUTs (times ``scale``, the ratio of synthesized
     to estimated LUTs seen so far) fit ``budget`` of the device and whose weight memories fit its
     block RAM (None: unrolled); only folds after ``after`` (a fold already tried; None is
-    unrolled) in :func:`candidate_folds` order when given. A model with a layer kind that does
-    not fold has one candidate, unrolled, which is returned unless it was tried already
+    unrolled) in :func:`candidate_folds` order when given; the weight memories placed by
+    :func:`plan_weights` with ``weights_in``. A model with a layer kind that does not fold has
+    one candidate, unrolled, which is returned unless it was tried already
     (``after``): its synthesis has the word, not the estimate. Raises :class:`FitError` when no
     fold is estimated to fit."""
     scale = _initial_scale(board) if scale is None else scale
@@ -217,31 +303,41 @@ def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_F
                        f"smaller model or a larger board")
     if after is not _FIRST and after in folds:
         folds = folds[folds.index(after) + 1:]
+    memory_error = None  # the weights of the fastest fold whose logic fits, where they do not
     for fold in folds:
         try:
-            if scale * estimate_luts(model, fold) <= budget * board.limits.luts and \
-                    memory_blocks(model, fold, board) <= board.limits.bram:
+            if scale * estimate_luts(model, fold) > budget * board.limits.luts:
+                continue
+            plan = plan_weights(model, fold, board, weights_in)
+            if scale * estimate_luts(model, fold, plan) <= budget * board.limits.luts and \
+                    memory_blocks(model, fold, board, plan) <= board.limits.bram:
                 return fold
+        except FitError as exc:
+            memory_error = memory_error or exc
         except BitfabError:
             continue
+    if memory_error is not None:
+        raise memory_error  # the logic would fit: name the layer whose weights do not
     raise FitError(f"{model.name} does not fit {board.title} at any fold: "
                    f"{int(scale * estimate_luts(model, (1, 1)))} logic cells estimated at fold "
                    f"1,1, {int(budget * board.limits.luts)} usable of {board.limits.luts}")
 
 
-def check_estimate(model: IntegerModel, board: Board, fold, margin: float = 4.0) -> None:
+def check_estimate(model: IntegerModel, board: Board, fold, margin: float = 4.0,
+                   weights_in: str = "auto") -> None:
     """Refuse, before any synthesis, a ``fold`` (None: unrolled) that cannot fit ``board``: its
     folded weight memories need more block RAM than the device has, or its estimated LUTs
     (:func:`estimate_luts`) exceed ``margin`` times the device's. The estimate is rough (it was
     1.5x the synthesized LUT4 of an unrolled binary 64-16-10 MLP), hence the margin: a design
     refused here would not have fitted, and yosys on a large unrolled net takes minutes.
-    Raises :class:`FitError`."""
-    blocks = memory_blocks(model, fold, board)
+    Raises :class:`FitError` (:func:`plan_weights` places the weights with ``weights_in``)."""
+    plan = plan_weights(model, fold, board, weights_in)
+    blocks = memory_blocks(model, fold, board, plan)
     if blocks > board.limits.bram:
         raise FitError(f"{model.name} does not fit {board.title} at fold {_fold_text(fold)}: "
                        f"{blocks} block RAMs needed, {board.limits.bram} available (before "
                        f"synthesis)")
-    luts = estimate_luts(model, fold)
+    luts = estimate_luts(model, fold, plan)
     if luts > margin * board.limits.luts:
         raise FitError(f"{model.name} does not fit {board.title} at fold {_fold_text(fold)}: "
                        f"{luts} LUT4 estimated, more than {margin:g}x the {board.limits.luts} "
@@ -312,7 +408,7 @@ def synth_folder(model: IntegerModel, board: Board, out=None) -> Path:
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
                out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
                pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3,
-               place: bool = True) -> SynthOutcome:
+               place: bool = True, weights_in: str = "auto") -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
     ``fold`` None or ``"auto"`` chooses one (:func:`choose_fold`), and a choice whose
@@ -320,6 +416,9 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     ``max_refolds`` times); ``"unrolled"`` builds unrolled without a choice; ``(pe, simd)`` that
     fold. ``place`` False stops after yosys (resources counted, no place and route, no Fmax, no
     bitstream: the report's ``bitstream`` and ``timing_met`` are None).
+    ``weights_in`` places the folded weight memories (:func:`plan_weights`: ``auto`` moves the
+    largest to iCE40 UP SPRAM when block RAM is short; a bitstream with weights in SPRAM needs
+    a weight load before its first input, docs/boards.md).
     ``progress(stage, detail)`` is called as stages start. The clock (a PLL within 1 %,
     :func:`bitfab.boards.pll.plan`), the baud rate and the folder (:func:`synth_folder`) are
     checked before any work. Raises :class:`FitError` when the design does not fit,
@@ -332,20 +431,24 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
     uart_divisor(clock_plan(board, clock_hz).f_out, baud)
-    folder = synth_folder(model, board, out)
-    env = tool_env()
-    say = progress or (lambda stage, detail="": None)
     auto = fold is None or fold == "auto"
     fold = None if fold in ("auto", "unrolled") else fold
     scale = _initial_scale(board)
     if auto:
-        fold = choose_fold(model, board, scale=scale)
+        fold = choose_fold(model, board, scale=scale, weights_in=weights_in)
+    plan_weights(model, fold, board, weights_in)  # refuse before the folder or any tool
+    folder = synth_folder(model, board, out)
+    env = tool_env()
+    say = progress or (lambda stage, detail="": None)
     start = time.perf_counter()
     times = {}
     for attempt in range(max_refolds + 1):
-        say("elaborate", f"fold {_fold_text(fold)}")
+        weights = plan_weights(model, fold, board, weights_in)
+        in_spram = [str(k) for k, w in enumerate(weights or ()) if w == "spram"]
+        spram = f", weights of layers {', '.join(in_spram)} in SPRAM" if in_spram else ""
+        say("elaborate", f"fold {_fold_text(fold)}{spram}")
         t0 = time.perf_counter()
-        top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud,
+        top = BoardTop(board, build_network(model, fold, pipeline, weights), clock_hz, baud,
                        fingerprint=model.fingerprint())
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
@@ -365,13 +468,15 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         over = [(k, n, v) for k, n, v in (("logic cells (estimated)", cells, board.limits.luts),
                                           ("LUT4", counts["luts"], board.limits.luts),
                                           ("block RAM", counts["bram"], board.limits.bram),
+                                          ("SPRAM", counts["spram"], board.limits.spram),
                                           ("DSP", counts["dsp"], board.limits.dsp)) if n > v]
         if over:
             needed = ", ".join(f"{k} {n} needed, {v} available" for k, n, v in over)
             # calibrate the estimate on what yosys made of this fold
             scale = max(scale, cells / max(estimate_luts(model, fold), 1))
             try:
-                nxt = choose_fold(model, board, after=fold, scale=scale)
+                nxt = choose_fold(model, board, after=fold, scale=scale,
+                                  weights_in=weights_in)
             except FitError:
                 nxt = "none"
             if auto and attempt < max_refolds and nxt != "none":

@@ -20,6 +20,7 @@ from bitfab.errors import BitfabError
 from .protocol import (
     ERR_CRC,
     ERR_LENGTH,
+    ERR_NOT_LOADED,
     ERR_OVERRUN,
     ERR_TYPE,
     START,
@@ -27,6 +28,8 @@ from .protocol import (
     TYPE_IDENTIFY,
     TYPE_IDENTITY,
     TYPE_INPUT,
+    TYPE_LOAD,
+    TYPE_LOADED,
     TYPE_RESULT,
 )
 
@@ -68,10 +71,16 @@ class FrameReceiver(wiring.Component):
     not the frame, was corrupted) is still taken. So every frame gets exactly one answer, whatever
     its length, unless its payload holds a whole valid frame.
 
+    With ``load_bytes`` (a board with weights in SPRAM) it also takes ``'W'`` frames of that
+    many payload bytes onto ``load`` (``ERR_OVERRUN`` when the previous one still waits) and
+    answers input frames with ``ERR_NOT_LOADED`` while ``locked`` is high.
+
     Parameters
     ----------
     n_bytes : int
         Payload bytes of one input frame.
+    load_bytes : int
+        Payload bytes of one weight-load frame (0: no weight loads).
 
     Members
     -------
@@ -86,18 +95,23 @@ class FrameReceiver(wiring.Component):
         dropped (the first is the one worth reading).
     """
 
-    def __init__(self, n_bytes: int):
+    def __init__(self, n_bytes: int, load_bytes: int = 0):
         try:
             self._n = _n_bytes(n_bytes)
+            self._nl = _n_bytes(load_bytes) if load_bytes else 0
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
-        super().__init__({
+        members = {
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(unsigned(8 * self._n))),
             "ident": Out(stream.Signature(0)),
             "err": Out(stream.Signature(8)),
-        })
+        }
+        if self._nl:
+            members["load"] = Out(stream.Signature(unsigned(8 * self._nl)))
+            members["locked"] = In(1)
+        super().__init__(members)
 
     @property
     def n_bytes(self) -> int:
@@ -105,19 +119,31 @@ class FrameReceiver(wiring.Component):
 
     @property
     def max_payload(self) -> int:
-        """The longest payload a header may declare and be followed: ``n_bytes`` (the longest
-        frame the board accepts; an identify frame has none)."""
-        return self._n
+        """The longest payload a header may declare and be followed: the larger of ``n_bytes``
+        and ``load_bytes`` (the longest frame the board accepts; an identify frame has none)."""
+        return max(self._n, self._nl)
 
     def elaborate(self, platform):
         m = Module()
-        n = self._n
+        n, nl = self._n, self._nl
+        big = max(n, nl)
         byte = self.i.payload
         m.submodules.crc = crc = CRC16.create()
         is_input = Signal()   # the frame's type
         is_ident = Signal()
         len_lo = Signal(8)
-        left = Signal(range(n + 1))  # payload bytes still to come (at most n are followed)
+        left = Signal(range(big + 1))  # payload bytes still to come (at most big are followed)
+        is_load = Signal()    # a weight-load frame (only with load_bytes)
+        lfill = Signal()      # its payload goes into lbuf
+        lbuf = Signal(8 * max(nl, 1))
+        load_valid = Signal()
+        if nl:
+            m.d.comb += [self.load.valid.eq(load_valid), self.load.payload.eq(lbuf)]
+            with m.If(self.load.valid & self.load.ready):
+                m.d.sync += load_valid.eq(0)
+            locked = self.locked
+        else:
+            locked = 0
         length_ok = Signal()  # the declared length is the one of the frame's type
         fill = Signal()       # the payload goes into buf
         overrun = Signal()    # an input frame came while the previous vector waits
@@ -179,20 +205,23 @@ class FrameReceiver(wiring.Component):
             with m.State("start"):
                 hunt()
             with m.State("type"):
-                header_byte([is_input.eq(byte == TYPE_INPUT), is_ident.eq(byte == TYPE_IDENTIFY)],
-                            "len_lo")
+                header_byte([is_input.eq(byte == TYPE_INPUT), is_ident.eq(byte == TYPE_IDENTIFY),
+                             is_load.eq((byte == TYPE_LOAD) if nl else 0)], "len_lo")
             with m.State("len_lo"):
                 header_byte(len_lo.eq(byte), "len_hi")
             with m.State("len_hi"):
                 waits = out_valid & ~self.o.ready
+                lwaits = (load_valid & ~self.load.ready) if nl else 0
                 header_byte([
                     left.eq(declared),
-                    length_ok.eq(Mux(is_ident, declared == 0, declared == n)),
+                    length_ok.eq(Mux(is_ident, declared == 0,
+                                     Mux(is_load, declared == nl, declared == n))),
                     fill.eq(is_input & (declared == n) & ~waits),
-                    overrun.eq(waits),
+                    lfill.eq(is_load & (declared == nl) & ~lwaits),
+                    overrun.eq(Mux(is_load, lwaits, waits)),
                 ], "payload")
                 with m.If(self.i.valid):
-                    with m.If(declared > n):
+                    with m.If(declared > big):
                         report(ERR_LENGTH)
                         with m.If(~muted):
                             m.d.sync += [quiet.eq(declared), span.eq(1)]
@@ -207,6 +236,9 @@ class FrameReceiver(wiring.Component):
                     m.d.sync += left.eq(left - 1)
                     with m.If(fill):
                         m.d.sync += buf.eq(byte << (8 * (n - 1)) | buf >> 8)
+                    if nl:
+                        with m.If(lfill):
+                            m.d.sync += lbuf.eq(byte << (8 * (nl - 1)) | lbuf >> 8)
                     with m.If(left == 1):
                         m.next = "crc_hi"
                     with m.If(abandon):
@@ -219,7 +251,7 @@ class FrameReceiver(wiring.Component):
                 # the CRC register holds the frame's CRC a clock after its last byte
                 with m.If(~crc.match_detected):
                     report(ERR_CRC)
-                with m.Elif(~is_input & ~is_ident):
+                with m.Elif(~is_input & ~is_ident & ~is_load):
                     report(ERR_TYPE)
                 with m.Elif(~length_ok):
                     report(ERR_LENGTH)
@@ -228,6 +260,10 @@ class FrameReceiver(wiring.Component):
                         m.d.sync += ident_valid.eq(1)
                 with m.Elif(overrun):
                     report(ERR_OVERRUN)
+                with m.Elif(is_load):
+                    m.d.sync += load_valid.eq(1)
+                with m.Elif(locked):
+                    report(ERR_NOT_LOADED)
                 with m.Else():
                     m.d.sync += out_valid.eq(1)
                 m.next = "start"
@@ -256,11 +292,14 @@ class FrameTransmitter(wiring.Component):
         Identify requests.
     err : In(stream.Signature(8))
         Error codes.
+    loaded : In(stream.Signature(8))
+        With ``load``: weight-load answers, sent as ``'L'`` frames of one status byte.
     o : Out(stream.Signature(8))
         The bytes of the frames.
     """
 
-    def __init__(self, n_bytes: int, identity: bytes):
+    def __init__(self, n_bytes: int, identity: bytes, load: bool = False):
+        self._load = bool(load)
         try:
             self._n = _n_bytes(n_bytes)
             if not isinstance(identity, (bytes, bytearray)) or not 1 <= len(identity) <= 0xFFFF:
@@ -269,12 +308,15 @@ class FrameTransmitter(wiring.Component):
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
         self._identity = bytes(identity)
-        super().__init__({
+        members = {
             "i": In(stream.Signature(unsigned(8 * self._n))),
             "ident": In(stream.Signature(0)),
             "err": In(stream.Signature(8)),
             "o": Out(stream.Signature(8)),
-        })
+        }
+        if self._load:
+            members["loaded"] = In(stream.Signature(8))
+        super().__init__(members)
 
     @property
     def n_bytes(self) -> int:
@@ -290,8 +332,9 @@ class FrameTransmitter(wiring.Component):
         m.submodules.crc = crc = CRC16.create()
         # the frame being sent: an error, an identify answer (its payload from the constants of
         # `identity`) or a result; its length is `left` before the payload goes out
-        error, rom = Signal(), Signal()
-        kind = Mux(error, TYPE_ERROR, Mux(rom, TYPE_IDENTITY, TYPE_RESULT))
+        error, rom, acked = Signal(), Signal(), Signal()
+        kind = Mux(error, Mux(acked, TYPE_LOADED, TYPE_ERROR),
+                   Mux(rom, TYPE_IDENTITY, TYPE_RESULT))
         buf = Signal(8 * n)
         left = Signal(range(max(n, len(ident)) + 1))
         data = Signal(8)
@@ -321,8 +364,15 @@ class FrameTransmitter(wiring.Component):
             with m.State("idle"):
                 with m.If(self.err.valid):
                     m.d.comb += self.err.ready.eq(1)
-                    m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.err.payload), left.eq(1)]
+                    m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.err.payload), left.eq(1),
+                                 acked.eq(0)]
                     m.next = "start"
+                if self._load:  # a weight-load answer: like an error, one byte, another type
+                    with m.Elif(self.loaded.valid):
+                        m.d.comb += self.loaded.ready.eq(1)
+                        m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.loaded.payload),
+                                     left.eq(1), acked.eq(1)]
+                        m.next = "start"
                 with m.Elif(self.ident.valid):
                     m.d.comb += self.ident.ready.eq(1)
                     m.d.sync += [error.eq(0), rom.eq(1), left.eq(len(ident))]

@@ -19,16 +19,21 @@ from bitfab.model import IntegerModel
 from .protocol import (
     FRAME_OVERHEAD,
     IDENTITY_BYTES,
+    LOAD_DONE,
+    LOAD_MORE,
+    LOAD_STATUS,
     TYPE_ERROR,
     TYPE_IDENTIFY,
     TYPE_IDENTITY,
     TYPE_INPUT,
+    TYPE_LOADED,
     TYPE_RESULT,
     Frame,
     FrameParser,
     Identity,
     ProtocolError,
     encode_frame,
+    load_frames,
     payload_from_bytes,
     payload_to_bytes,
     vector_bytes,
@@ -105,9 +110,14 @@ class BoardClient:
     window : int
         Answers outstanding before the client waits for one (the board holds one vector while
         the network computes another; more than two risks an overrun on a slow network).
+    weights : sequence of int or None
+        The weight image of a board built with weights in SPRAM
+        (:meth:`bitfab.hw.layer.Network.load_image`): the first run loads it after the
+        identify check (:meth:`load_weights`). None: the weights are in the bitstream.
     """
 
-    def __init__(self, transport: Transport, model: IntegerModel, window: int = 2):
+    def __init__(self, transport: Transport, model: IntegerModel, window: int = 2,
+                 weights=None):
         if not isinstance(model, IntegerModel):
             raise ProtocolError(f"model must be an IntegerModel, not {type(model).__name__}")
         if window < 1:
@@ -124,6 +134,9 @@ class BoardClient:
         self.received = 0
         #: what the board said it runs (None until :meth:`check_board`)
         self.identity: Identity | None = None
+        self._weights = None if weights is None else [int(w) for w in weights]
+        #: whether the board confirmed a weight load (:meth:`load_weights`)
+        self.loaded = False
 
     @property
     def expected_identity(self) -> Identity:
@@ -211,6 +224,34 @@ class BoardClient:
         self.identity = got
         return got
 
+    def load_weights(self, image=None) -> int:
+        """Send the weight image (``image``, default the one given to the client) in ``'W'``
+        frames, one at a time, each answered by an ``'L'`` status; return the frames sent.
+        Raises :class:`ProtocolError` unless the board confirms the whole image matched the CRC
+        in its bitstream (a wrong image is refused and the board keeps refusing inputs)."""
+        image = self._weights if image is None else [int(w) for w in image]
+        if not image:
+            raise ProtocolError("no weight image to load: the model's bitstream keeps its "
+                                "weights in block RAM")
+        frames = load_frames(image)
+        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES))
+        for k, frame in enumerate(frames):
+            self.send(frame)
+            what = f"weight load chunk {k} of {len(frames)}"
+            got = self.receive(what)
+            self._intact(got, what, "1")
+            if got.kind != TYPE_LOADED or len(got.payload) != 1:
+                raise ProtocolError(f"{what}: expected a load answer, got type "
+                                    f"0x{got.kind:02x} with {len(got.payload)} bytes")
+            status = got.payload[0]
+            want = LOAD_DONE if k == len(frames) - 1 else LOAD_MORE
+            if status != want:
+                raise ProtocolError(f"{what}: the board answered "
+                                    f"{LOAD_STATUS.get(status, f'status {status}')!r}, not "
+                                    f"{LOAD_STATUS[want]!r}")
+        self.loaded = True
+        return len(frames)
+
     def run(self, x, lengths=None, progress=None) -> RunResult:
         """Send ``x`` (vectors of the first layer's input values, or sequences with ``lengths``,
         one frame per step); return the output code rows, one per answer, in order.
@@ -224,6 +265,8 @@ class BoardClient:
             raise ProtocolError(f"inputs: {exc}") from None
         if self.identity is None:
             self.check_board()
+        if self._weights is not None and not self.loaded:
+            self.load_weights()
         answers = self.in_stream.answers(self.out_stream, last)
         frames = [self.frame_of(p) for p in payloads]
         expected = int(answers.sum())

@@ -21,7 +21,13 @@ changed in compensating ways (which a byte sum accepts). ``LEN`` is little-endia
 - ``0x46`` (``'F'``) board -> host: the answer to identify, an :class:`Identity` (the first 8
   bytes of the model's fingerprint, built into the bitstream, and the payload bytes of an input
   and a result frame);
-- ``0x45`` (``'E'``) board -> host: a rejected frame, one byte of :data:`ERRORS` code.
+- ``0x45`` (``'E'``) board -> host: a rejected frame, one byte of :data:`ERRORS` code;
+- ``0x57`` (``'W'``) host -> board: a chunk of weights for the SPRAM weight memories of a board
+  built with weights in SPRAM (:func:`load_frames`): a 2-byte little-endian chunk index (0 starts
+  a new load) and :data:`LOAD_WORDS` 16-bit little-endian words; the board answers each with
+- ``0x4C`` (``'L'``) board -> host: one :data:`LOAD_STATUS` byte. Until a whole image has come
+  and its CRC matched the one built into the bitstream, the board answers input frames with
+  ``ERR_NOT_LOADED`` (docs/protocol.md, "Weight load").
 
 The board answers every frame it receives with exactly one ``R``, ``F`` or ``E`` frame, except the
 steps of a sequence model that emits one vector per sequence: there only the frame of each
@@ -41,7 +47,9 @@ from bitfab.errors import BitfabError
 
 __all__ = [
     "START", "TYPE_INPUT", "TYPE_IDENTIFY", "TYPE_RESULT", "TYPE_IDENTITY", "TYPE_ERROR",
-    "ERRORS", "ERR_CRC", "ERR_LENGTH", "ERR_TYPE", "ERR_OVERRUN", "CRC_INIT", "CRC_POLY",
+    "ERRORS", "ERR_CRC", "ERR_LENGTH", "ERR_TYPE", "ERR_OVERRUN", "ERR_NOT_LOADED", "CRC_INIT",
+    "CRC_POLY", "TYPE_LOAD", "TYPE_LOADED", "LOAD_WORDS", "LOAD_BYTES", "LOAD_STATUS",
+    "LOAD_MORE", "LOAD_DONE", "LOAD_BAD_CRC", "LOAD_ORDER", "load_crc", "load_frames",
     "FRAME_OVERHEAD", "IDENTITY_BYTES", "ProtocolError", "Frame", "FrameParser", "Identity",
     "crc16", "encode_frame", "vector_bytes", "payload_from_bytes", "payload_to_bytes",
 ]
@@ -52,6 +60,19 @@ TYPE_IDENTIFY = 0x3F
 TYPE_RESULT = 0x52
 TYPE_IDENTITY = 0x46
 TYPE_ERROR = 0x45
+TYPE_LOAD = 0x57
+TYPE_LOADED = 0x4C
+#: 16-bit words in one weight-load frame; its payload is a 2-byte chunk index and the words
+LOAD_WORDS = 8
+LOAD_BYTES = 2 + 2 * LOAD_WORDS
+#: the answer to a weight-load frame
+LOAD_MORE, LOAD_DONE, LOAD_BAD_CRC, LOAD_ORDER = 0, 1, 2, 3
+LOAD_STATUS = {
+    LOAD_MORE: "chunk taken, more to come",
+    LOAD_DONE: "image complete, CRC matched: the board takes inputs",
+    LOAD_BAD_CRC: "image complete but its CRC differs from the bitstream's: not loaded",
+    LOAD_ORDER: "chunk out of order (not the next one, nor 0 which restarts): ignored",
+}
 
 #: CRC-16/CCITT-FALSE: the generator polynomial x^16 + x^12 + x^5 + 1 and the initial value
 CRC_POLY = 0x1021
@@ -65,12 +86,14 @@ ERR_CRC = 1
 ERR_LENGTH = 2
 ERR_TYPE = 3
 ERR_OVERRUN = 4
+ERR_NOT_LOADED = 5
 #: error code -> what the board rejected
 ERRORS = {
     ERR_CRC: "bad CRC",
     ERR_LENGTH: "wrong payload length",
     ERR_TYPE: "unknown frame type",
     ERR_OVERRUN: "input overrun (a vector arrived before the network took the previous one)",
+    ERR_NOT_LOADED: "weights not loaded (the SPRAM weight memories take a weight load first)",
 }
 
 
@@ -289,3 +312,27 @@ def payload_from_bytes(data: bytes) -> int:
 def vector_bytes(n: int, bits: int) -> int:
     """Bytes of a frame payload holding ``n`` elements of ``bits`` bits: ``ceil(n*bits/8)``."""
     return -(-n * bits // 8)
+
+
+def load_crc(image) -> int:
+    """Return the CRC-16 of a weight image (16-bit words, each high byte first): the value a
+    board built with weights in SPRAM holds as a constant and compares after a load."""
+    return crc16(b"".join(int(w).to_bytes(2, "big") for w in image))
+
+
+def load_frames(image) -> list[bytes]:
+    """Return the ``'W'`` frames that load ``image`` (16-bit words; the last chunk padded with
+    zero words, which the board drops)."""
+    words = [int(w) for w in image]
+    if not words:
+        raise ProtocolError("a weight image holds at least one word")
+    if any(not 0 <= w <= 0xFFFF for w in words):
+        raise ProtocolError("weight image words must be 16-bit")
+    frames = []
+    for k in range(0, len(words), LOAD_WORDS):
+        chunk = words[k:k + LOAD_WORDS]
+        chunk += [0] * (LOAD_WORDS - len(chunk))
+        payload = (k // LOAD_WORDS).to_bytes(2, "little") + \
+            b"".join(w.to_bytes(2, "little") for w in chunk)
+        frames.append(encode_frame(TYPE_LOAD, payload))
+    return frames

@@ -116,7 +116,10 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "layers": [{"kind": c.config.layer.kind, "architecture": c.config.architecture,
                     "pe": c.config.pe, "simd": c.config.simd, "datapath": c.config.layer.datapath,
                     "in": c.config.layer.in_features, "out": c.config.layer.out_features,
+                    "weights": getattr(c.config, "weights", None)
+                    if c.config.architecture == "folded" else None,
                     "initiation_interval": c.initiation_interval} for c in network.layers],
+        "weight_load": _weight_load(network, baud),
         "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
         # one input item: a vector, an image (all its pixels) or a sequence step
         "clocks_per_input": per_input,
@@ -133,6 +136,21 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "yosys_flow": flow, "seed": seed, "tools": versions,
         "wall_s": round(wall_s, 2), "stage_s": {k: round(v, 2) for k, v in times.items()},
     }
+
+
+def _weight_load(network, baud: int) -> dict | None:
+    """The weight load a bitstream with weights in SPRAM needs (None: none): its words,
+    frames, bytes on the line and seconds at ``baud``."""
+    from .protocol import FRAME_OVERHEAD, LOAD_BYTES, LOAD_WORDS, load_crc
+    if not getattr(network, "spram_layers", ()):
+        return None
+    image = network.load_image()
+    frames = -(-len(image) // LOAD_WORDS)
+    line = frames * (LOAD_BYTES + FRAME_OVERHEAD + FRAME_OVERHEAD + 1)  # 'W' out, 'L' back
+    return {"layers": list(network.spram_layers), "words": int(len(image)), "frames": frames,
+            "crc": f"{load_crc(image):04x}",
+            "seconds_at_baud": round(frames * (LOAD_BYTES + FRAME_OVERHEAD) * 10 / baud, 2),
+            "line_bytes": line}
 
 
 def report_table(report: dict):
@@ -152,6 +170,10 @@ def report_table(report: dict):
         colour = "green" if c["met"] else "red"
         table.add_row(f"Fmax {c['clock']}", f"[{colour}]{c['fmax_mhz']:.1f} MHz[/]",
                       f"{c['constraint_mhz']:g} MHz", f"{c['slack_ns']:+.2f} ns")
+    if report.get("weight_load"):
+        load = report["weight_load"]
+        table.add_row("weight load", f"{load['words']} words", f"{load['frames']} frames",
+                      f"{load['seconds_at_baud']} s")
     if report.get("inputs_per_s_at_fmax"):
         table.add_row("inputs/s at Fmax", f"{report['inputs_per_s_at_fmax']:,.0f}",
                       f"{report['clocks_per_input']} clk each", "-")

@@ -115,11 +115,13 @@ class SimTransport:
         self.close()
 
 
-def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8
-                    ) -> SimTransport:
+def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8,
+                    weights=None) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
     with ``fold = (pe, simd)``, answering identify with its fingerprint), its UART at ``divisor``
-    clocks per bit."""
+    clocks per bit; ``weights`` places the weight memories
+    (:func:`bitfab.hw.layer.network_configs`: with a layer in SPRAM the board needs a weight
+    load, :meth:`bitfab.boards.host.BoardClient.load_weights`, before its first input)."""
     from bitfab.hw.layer import build_network
-    return SimTransport(SerialNetwork(build_network(model, fold, pipeline), divisor,
+    return SimTransport(SerialNetwork(build_network(model, fold, pipeline, weights), divisor,
                                       fingerprint=model.fingerprint(), heartbeat_bits=8))

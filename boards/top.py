@@ -16,8 +16,9 @@ from amaranth.lib.wiring import In, Out
 from bitfab.errors import BitfabError
 
 from .framing import FrameReceiver, FrameTransmitter
-from .protocol import Identity, vector_bytes
+from .protocol import LOAD_BYTES, Identity, vector_bytes
 from .uart import UARTRx, UARTTx
+from .weightload import WeightLoader
 
 __all__ = ["Repack", "SerialNetwork", "BoardTop"]
 
@@ -92,8 +93,11 @@ class SerialNetwork(wiring.Component):
         self._heartbeat = heartbeat_bits
         self._uart_rx = UARTRx(divisor)
         self._uart_tx = UARTTx(divisor)
-        self._frx = FrameReceiver(self._in_bytes)
-        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes())
+        # weights in SPRAM: 'W' frames load them before the first input (boards/weightload.py)
+        loads = "load" in network.signature.members
+        self._loader = WeightLoader(network.load_image()) if loads else None
+        self._frx = FrameReceiver(self._in_bytes, LOAD_BYTES if loads else 0)
+        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes(), load=loads)
         self._pack = Repack(8 * self._in_bytes, in_shape)
         self._unpack = Repack(out_shape, 8 * self._out_bytes)
         super().__init__()
@@ -135,6 +139,12 @@ class SerialNetwork(wiring.Component):
         wiring.connect(m, self._frx.ident, self._ftx.ident)
         wiring.connect(m, self._frx.err, self._ftx.err)
         wiring.connect(m, self._ftx.o, self._uart_tx.i)
+        if self._loader is not None:
+            m.submodules.weight_loader = loader = self._loader
+            wiring.connect(m, self._frx.load, loader.i)
+            wiring.connect(m, loader.o, self._network.load)
+            wiring.connect(m, loader.ack, self._ftx.loaded)
+            m.d.comb += self._frx.locked.eq(~loader.loaded)
 
         beat = Signal(self._heartbeat)
         m.d.sync += beat.eq(beat + 1)

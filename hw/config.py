@@ -21,10 +21,17 @@ from bitfab.errors import BitfabError
 from bitfab.model import STAGES, Dense
 
 __all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "DEFAULT_PIPELINE",
-           "parse_fold", "check_pipeline"]
+           "STORAGES", "SPRAM_DEPTH", "SPRAM_WIDTH", "parse_fold", "check_pipeline"]
 
 #: the two architectures
 ARCHITECTURES = ("unrolled", "folded")
+#: where a folded layer's weight memory lives: ``bram`` (block RAM with initial contents in the
+#: bitstream: iCE40 EBR, ECP5 DP16KD) or ``spram`` (iCE40 UP SB_SPRAM256KA, no initial contents:
+#: loaded at run time, docs/boards.md "Weights in SPRAM")
+STORAGES = ("bram", "spram")
+#: words and bits of one SB_SPRAM256KA
+SPRAM_DEPTH = 16384
+SPRAM_WIDTH = 16
 #: the pipeline parameter ``K`` every command uses unless told otherwise (``bitfab verilog``,
 #: ``sim``, ``synth`` and ``board run`` alike: what a user simulates is what they synthesize)
 DEFAULT_PIPELINE = 1
@@ -77,6 +84,9 @@ class LayerConfig:
         Inputs consumed per clock by every PE; folded only, must divide ``in_features``.
     pipeline : int
         ``K``: a register stage after every ``K`` adder levels (0 = combinational sums).
+    weights : ``"bram"`` or ``"spram"``
+        Where a folded layer's weight memory lives (:data:`STORAGES`); ``spram`` memories start
+        empty and are written through the layer's ``load`` port (:meth:`load_image`).
 
     Raises
     ------
@@ -91,6 +101,7 @@ class LayerConfig:
     pe: int | None = None
     simd: int | None = None
     pipeline: int = 0
+    weights: Literal["bram", "spram"] = "bram"
 
     def __post_init__(self):
         layer = self.layer
@@ -107,6 +118,11 @@ class LayerConfig:
         if STAGES.get(getattr(layer.output, "kind", None)) is not type(layer.output):
             raise ConfigError(f"no output stage supports {layer.output!r}")
         object.__setattr__(self, "pipeline", check_pipeline(self.pipeline))
+        if self.weights not in STORAGES:
+            raise ConfigError(f"weights must be 'bram' or 'spram', not {self.weights!r}")
+        if self.weights == "spram" and self.architecture != "folded":
+            raise ConfigError("weights in spram apply to a folded layer only (an unrolled "
+                              "layer's weights are netlist constants)")
         n_in, n_out = layer.in_features, layer.out_features
         if self.architecture == "unrolled":
             if self.pe is not None or self.simd is not None:
@@ -131,9 +147,10 @@ class LayerConfig:
         return cls(layer, "unrolled", pipeline=pipeline)
 
     @classmethod
-    def folded(cls, layer: Dense, pe: int, simd: int, pipeline: int = 0) -> LayerConfig:
+    def folded(cls, layer: Dense, pe: int, simd: int, pipeline: int = 0,
+               weights: str = "bram") -> LayerConfig:
         """Return the folded configuration of ``layer`` with ``pe`` x ``simd`` per clock."""
-        return cls(layer, "folded", pe, simd, pipeline)
+        return cls(layer, "folded", pe, simd, pipeline, weights)
 
     def replace(self, **changes) -> LayerConfig:
         """Return a copy with ``changes`` applied (validated again)."""
@@ -192,6 +209,57 @@ class LayerConfig:
         """Return the ``(out, in)`` memory codes of the weights (the encoding's ``codes``)."""
         return self.layer.encoding.codes(self.layer.weights)
 
+    @property
+    def weight_word_bits(self) -> int:
+        """Bits of one folded weight-memory word: ``pe * simd * weight_code_bits``."""
+        return self.pe * self.simd * self.weight_code_bits
+
+    @property
+    def weight_depth(self) -> int:
+        """Words of the folded weight memory: ``NF * SF``."""
+        return self.neuron_folds * self.synapse_folds
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of the folded weight memory: ``weight_depth * weight_word_bits``."""
+        return self.weight_depth * self.weight_word_bits
+
+    @property
+    def spram_columns(self) -> int:
+        """SB_SPRAM256KA side by side that hold one word: ``ceil(word bits / 16)``."""
+        return -(-self.weight_word_bits // SPRAM_WIDTH)
+
+    @property
+    def spram_blocks(self) -> int:
+        """SB_SPRAM256KA the weight memory takes in SPRAM: columns x ``ceil(depth / 16384)``."""
+        return self.spram_columns * -(-self.weight_depth // SPRAM_DEPTH)
+
+    def weight_words(self) -> list[int]:
+        """Return the folded weight memory's words: word ``nf * SF + sf`` holds channels
+        ``nf*pe .. nf*pe+pe-1`` (padding channels repeat the last one), inputs
+        ``sf*simd .. sf*simd+simd-1``, code ``(p, j)`` at bits ``[(p*simd+j)*cb, ...)``."""
+        pe, simd, cb = self.pe, self.simd, self.weight_code_bits
+        codes = self.weight_codes()
+        words = []
+        for nf in range(self.neuron_folds):
+            for sf in range(self.synapse_folds):
+                word = 0
+                for p in range(pe):
+                    o = min(nf * pe + p, self.out_features - 1)
+                    for j in range(simd):
+                        word |= int(codes[o, sf * simd + j]) << ((p * simd + j) * cb)
+                words.append(word)
+        return words
+
+    def load_image(self) -> np.ndarray:
+        """Return the 16-bit words that load an ``spram`` layer's weight memory, in load order:
+        for each memory word (address 0 up), its 16-bit columns, low bits first
+        (:attr:`spram_columns` per word; the last column zero-padded)."""
+        cols = self.spram_columns
+        mask = (1 << SPRAM_WIDTH) - 1
+        return np.array([(w >> (SPRAM_WIDTH * c)) & mask for w in self.weight_words()
+                         for c in range(cols)], dtype=np.uint16)
+
     def to_json(self) -> dict:
         """Return the configuration facts as a JSON object (the layer by its description)."""
         layer = self.layer
@@ -200,6 +268,7 @@ class LayerConfig:
             "pe": self.pe,
             "simd": self.simd,
             "pipeline": self.pipeline,
+            "weights": self.weights if self.architecture == "folded" else None,
             "datapath": self.kind,
             "in_features": self.in_features,
             "out_features": self.out_features,

@@ -42,12 +42,16 @@ class HwKind:
     weightless : bool
         A kind without weights (pools, flatten, add): it takes any fold and ignores it, so a
         network-wide fold passes through it; it is not listed among the kinds that fold.
+    spram : bool
+        Whether a folded configuration of the kind can keep its weights in iCE40 UP SPRAM
+        (``config.replace(weights="spram")``, a ``load`` port on its component; hw/spram.py).
     """
 
     configure: Callable
     build: Callable
     foldable: bool = False
     weightless: bool = False
+    spram: bool = False
 
 
 _KINDS: dict[str, HwKind] = {}

@@ -34,9 +34,11 @@ from . import kinds
 from .adder_tree import sum_terms
 from .config import ConfigError, LayerConfig
 from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
+from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
-           "build_layer", "build_network", "network_configs", "skip_fifo_depths"]
+           "build_layer", "build_network", "network_configs", "skip_fifo_depths",
+           "weight_image", "spram_capable"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -92,8 +94,11 @@ class _LayerBase(wiring.Component):
         self._config = config
         self._latency = None
         self._prebuilt = None
-        super().__init__(layer_signature(config.in_bits, config.in_features,
-                                         config.out_bits, config.out_features))
+        super().__init__(self._make_signature(config))
+
+    def _make_signature(self, config: LayerConfig) -> wiring.Signature:
+        return layer_signature(config.in_bits, config.in_features, config.out_bits,
+                               config.out_features)
 
     @property
     def config(self) -> LayerConfig:
@@ -201,7 +206,9 @@ class FoldedDense(_LayerBase):
     Weight codes (:meth:`LayerConfig.weight_codes`) live in one
     :class:`amaranth.lib.memory.Memory` of ``NF * SF`` words of ``pe * simd`` codes (word
     ``nf * SF + sf`` holds channels ``nf*pe .. nf*pe+pe-1``, inputs ``sf*simd .. sf*simd+simd-1``),
-    read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD). Each PE
+    read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD); with
+    ``config.weights == "spram"`` the memory is :class:`~bitfab.hw.spram.SpramWeights` instead,
+    empty until written through the extra ``load`` port (iCE40 UP SPRAM). Each PE
     has an accumulator; after ``SF`` clocks its channel's output stage writes the result into a
     staging buffer, and the last neuron fold moves the whole vector into the output register.
 
@@ -218,6 +225,14 @@ class FoldedDense(_LayerBase):
 
     _architecture = "folded"
 
+    def _make_signature(self, config: LayerConfig) -> wiring.Signature:
+        sig = super()._make_signature(config)
+        if config.weights != "spram":
+            return sig
+        # an SPRAM weight memory starts empty: its write port (hw/spram.py)
+        return wiring.Signature({**sig.members, "load": In(stream.Signature(
+            load_layout(config.weight_depth, config.spram_columns)))})
+
     def _build(self, m: Module) -> int:
         cfg = self._config
         layer = cfg.layer
@@ -227,19 +242,15 @@ class FoldedDense(_LayerBase):
         in_bits, out_bits = cfg.in_bits, cfg.out_bits
         cb = cfg.weight_code_bits
 
-        # weight memory: word nf*SF + sf = PE rows x SIMD lanes of codes
-        codes = cfg.weight_codes()
-        init = []
-        for nf in range(nf_n):
-            for sf in range(sf_n):
-                word = 0
-                for p in range(pe):
-                    o = min(nf * pe + p, n_out - 1)  # padding channels repeat the last one
-                    for j in range(simd):
-                        word |= int(codes[o, sf * simd + j]) << ((p * simd + j) * cb)
-                init.append(word)
-        mem = memory.Memory(shape=unsigned(pe * simd * cb), depth=nf_n * sf_n, init=init)
-        m.submodules.weights = mem
+        # weight memory: word nf*SF + sf = PE rows x SIMD lanes of codes (LayerConfig.weight_words)
+        if cfg.weights == "spram":  # empty until loaded through `load` (hw/spram.py)
+            mem = SpramWeights(cfg.weight_word_bits, cfg.weight_depth)
+            m.submodules.weights = mem
+            wiring.connect(m, wiring.flipped(self.load), mem.load)
+        else:
+            mem = memory.Memory(shape=unsigned(cfg.weight_word_bits), depth=cfg.weight_depth,
+                                init=cfg.weight_words())
+            m.submodules.weights = mem
 
         en = Signal(name="en")
         # stage 0: input buffer and fold counters
@@ -263,7 +274,7 @@ class FoldedDense(_LayerBase):
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [xbuf.eq(self.i.payload.as_value()), xvalid.eq(1)]
 
-        rd = mem.read_port(domain="sync")
+        rd = mem if cfg.weights == "spram" else mem.read_port(domain="sync")
         addr = nf * sf_n + sf if nf_n > 1 else sf
         m.d.comb += [rd.addr.eq(addr if nf_n * sf_n > 1 else 0), rd.en.eq(en)]
 
@@ -409,7 +420,7 @@ def _dense_build(config: LayerConfig) -> wiring.Component:
     return (UnrolledDense if config.architecture == "unrolled" else FoldedDense)(config)
 
 
-kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True))
+kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True, spram=True))
 
 
 class Network(wiring.Component):
@@ -466,10 +477,13 @@ class Network(wiring.Component):
         self._edges = edges
         self._layers = tuple(build_layer(c) for c in configs)
         first, last = self._layers[0], self._layers[-1]
-        super().__init__(wiring.Signature({
-            "i": first.signature.members["i"],
-            "o": last.signature.members["o"],
-        }))
+        members = {"i": first.signature.members["i"], "o": last.signature.members["o"]}
+        # the layers whose weights live in SPRAM, loaded in layer order through `load`
+        self._spram = tuple(k for k, c in enumerate(configs)
+                            if getattr(c, "weights", "bram") == "spram")
+        if self._spram:
+            members["load"] = In(stream.Signature(word_layout()))
+        super().__init__(wiring.Signature(members))
 
     @property
     def configs(self) -> tuple:
@@ -479,6 +493,15 @@ class Network(wiring.Component):
     def layers(self) -> tuple:
         """The layer components, in order."""
         return self._layers
+
+    @property
+    def spram_layers(self) -> tuple:
+        """Indices of the layers whose weights live in SPRAM (empty: nothing to load)."""
+        return self._spram
+
+    def load_image(self) -> np.ndarray:
+        """Return the 16-bit words a load sends through ``load`` (:func:`weight_image`)."""
+        return weight_image(self._configs)
 
     @property
     def edges(self) -> tuple:
@@ -548,7 +571,23 @@ class Network(wiring.Component):
                 wiring.connect(m, out, join.i)
                 wiring.connect(m, join.o, dst)
         wiring.connect(m, self._layers[-1].o, wiring.flipped(self.o))
+        if self._spram:
+            loader = NetworkLoader([(self._configs[k].weight_depth,
+                                     self._configs[k].spram_columns) for k in self._spram])
+            m.submodules.loader = loader
+            wiring.connect(m, wiring.flipped(self.load), loader.i)
+            for n, k in enumerate(self._spram):
+                wiring.connect(m, getattr(loader, f"out{n}"), self._layers[k].load)
         return m
+
+
+def weight_image(configs) -> np.ndarray:
+    """Return the 16-bit words that load the SPRAM weight memories of a network of ``configs``
+    (:func:`network_configs`): each SPRAM layer's
+    :meth:`~bitfab.hw.config.LayerConfig.load_image`, in layer order (empty when no layer is in
+    SPRAM). What :class:`Network` expects on ``load`` and a host sends to a board."""
+    parts = [c.load_image() for c in configs if getattr(c, "weights", "bram") == "spram"]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
 def skip_fifo_depths(layers, edges) -> dict:
@@ -594,7 +633,7 @@ def skip_fifo_depths(layers, edges) -> dict:
 
 
 def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
-                    pipeline: int = 0) -> tuple:
+                    pipeline: int = 0, weights=None) -> tuple:
     """Return one hardware configuration per layer of ``model``
     (:func:`bitfab.hw.kinds.configure`).
 
@@ -603,6 +642,12 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
     the largest divisor of its ``in_features`` that is at most ``simd``: one fold rarely fits
     every layer of a network, e.g. a 10-class output layer); the sidecar and ``bitfab verilog``
     report what each layer got. A layer kind that cannot fold is refused by name.
+
+    ``weights`` places the folded dense layers' weight memories
+    (:data:`~bitfab.hw.config.STORAGES`):
+    None or ``"bram"`` all in block RAM, ``"spram"`` all in SPRAM, or one entry per layer
+    (``"bram"``, ``"spram"`` or None for a layer without a folded weight memory;
+    :func:`bitfab.boards.build.plan_weights` chooses them for a board).
     """
     if not isinstance(model, IntegerModel):
         raise ConfigError(f"model must be an IntegerModel, not {type(model).__name__}")
@@ -612,11 +657,46 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
             raise ConfigError(f"pe must be a positive integer, not {pe!r}")
         if isinstance(simd, bool) or not isinstance(simd, int) or simd < 1:
             raise ConfigError(f"simd must be a positive integer, not {simd!r}")
-    return tuple(kinds.configure(layer, fold, pipeline, f"layers[{i}]", exact=False)
-                 for i, layer in enumerate(model.layers))
+    configs = tuple(kinds.configure(layer, fold, pipeline, f"layers[{i}]", exact=False)
+                    for i, layer in enumerate(model.layers))
+    if weights is None or weights == "bram":
+        return configs
+    if isinstance(weights, str):
+        if weights != "spram":
+            raise ConfigError(f"weights must be 'bram' or 'spram', not {weights!r}")
+        weights = ["spram" if spram_capable(c) else None for c in configs]
+        if not any(weights):
+            raise ConfigError("weights in spram need a folded dense layer: give a fold "
+                              "(--fold PE,SIMD)")
+    weights = tuple(weights)
+    if len(weights) != len(configs):
+        raise ConfigError(f"weights must name one storage per layer ({len(configs)}), "
+                          f"not {len(weights)}")
+    out = []
+    for i, (cfg, where) in enumerate(zip(configs, weights)):
+        if where in (None, "bram"):
+            out.append(cfg)
+            continue
+        if not spram_capable(cfg):
+            raise ConfigError(f"layers[{i}] ({cfg.layer.kind}, "
+                              f"{getattr(cfg, 'architecture', 'unfolded')}) has no folded "
+                              f"dense weight memory to put in {where}")
+        try:
+            out.append(cfg.replace(weights=where))
+        except ConfigError as exc:
+            raise ConfigError(f"layers[{i}]: {exc}") from None
+    return tuple(out)
+
+
+def spram_capable(config) -> bool:
+    """Whether ``config`` is folded and its kind can keep its weights in SPRAM
+    (:attr:`bitfab.hw.kinds.HwKind.spram`)."""
+    return kinds.hw_kind(config.layer).spram and \
+        getattr(config, "architecture", None) == "folded"
 
 
 def build_network(model: IntegerModel, fold: tuple[int, int] | None = None,
-                  pipeline: int = 0) -> Network:
-    """Return the :class:`Network` component of ``model``."""
-    return Network(network_configs(model, fold, pipeline))
+                  pipeline: int = 0, weights=None) -> Network:
+    """Return the :class:`Network` component of ``model`` (``weights``: see
+    :func:`network_configs`)."""
+    return Network(network_configs(model, fold, pipeline, weights))

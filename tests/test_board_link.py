@@ -310,7 +310,7 @@ def test_board_run_cli_refuses_another_models_bitstream(tmp_path, monkeypatch, c
     path = tmp_path / "tiny.bfm"
     model.save(path)
     built = simboard.simulated_board
-    monkeypatch.setattr(simboard, "simulated_board", lambda m, *a: built(other, *a))
+    monkeypatch.setattr(simboard, "simulated_board", lambda m, *a, **k: built(other, *a, **k))
     with pytest.raises(SystemExit) as info:
         run(["board", "run", str(path), "--simulate", "--vectors", "2"])
     assert info.value.code == 1

@@ -47,9 +47,14 @@ __all__ = ["synth", "board", "board_run", "compare_run"]
 @click.option("--candidates", type=click.IntRange(1, 16), default=3, show_default=True,
               help="With --fold auto: how many folds to build (the estimate's pick, one faster, "
                    "the next slower ones).")
+@click.option("--weights-in", type=click.Choice(["auto", "bram", "spram"]), default="auto",
+              show_default=True,
+              help="Folded weight memories in block RAM, or in iCE40 UP SPRAM (icebreaker; "
+                   "loaded over the UART before the first input); auto: SPRAM for the largest "
+                   "ones when block RAM is short.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers, candidates,
-          as_json):
+          weights_in, as_json):
     """Build a bitstream for a board and report resources and timing.
 
     --fold auto builds several candidate folds in parallel (Dask, as bitfab sweep) and keeps the
@@ -64,6 +69,8 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers
     m = load_model(model)
     target = get_board(board_name)
     if fold == "auto":
+        if weights_in != "auto":
+            raise click.UsageError("--weights-in goes with a fold (--fold PE,SIMD or none)")
         _synth_auto(model, m, target, out, seed, clock_mhz, baud, pipeline, workers, candidates,
                     as_json)
         return
@@ -72,6 +79,9 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers
     fold = parse_fold(fold)  # bad input fails before any progress display
     clock_hz = clock_mhz * 1e6 if clock_mhz is not None else None
     plan(target, clock_hz)  # a clock the PLL cannot make fails before any work too
+    if weights_in != "auto" or fold is not None:
+        from bitfab.boards.build import plan_weights
+        plan_weights(m, fold, target, weights_in)  # so does a weight placement that cannot be
     con = console(stderr=as_json)
     with Stages(con, transient=as_json) as stages:
         def stage(name, detail=""):
@@ -80,7 +90,8 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers
                 con.print(f"[yellow]does not fit:[/] {label(detail)}")
 
         outcome = synthesize(m, target, fold=fold, seed=seed, out=out, clock_hz=clock_hz,
-                             baud=baud, pipeline=pipeline, progress=stage)
+                             baud=baud, pipeline=pipeline, progress=stage,
+                             weights_in=weights_in)
     report = outcome.report
     if as_json:
         emit_json(report)
@@ -153,15 +164,16 @@ def board():
 
 
 def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 2,
-                progress=None) -> dict:
+                progress=None, weights=None) -> dict:
     """Run ``x`` (vectors, or sequences with ``lengths``) on a board through ``transport`` and
     compare its answers with the golden model, and with the torch reference when the model
-    carries one; return the comparison as a JSON object."""
+    carries one; return the comparison as a JSON object. ``weights``: the weight image a board
+    with weights in SPRAM is loaded with first (:func:`bitfab.hw.layer.weight_image`)."""
     from bitfab.boards.host import BoardClient
     from bitfab.sim.golden import check_inputs, compare_outputs, execute
 
     x, lengths = check_inputs(model, x, lengths)
-    client = BoardClient(transport, model, window=window)
+    client = BoardClient(transport, model, window=window, weights=weights)
     run = client.run(x, lengths, progress=progress)
     trace = execute(model, x, lengths)
     stream = model.out_stream
@@ -206,9 +218,16 @@ def compare_run(model, x: np.ndarray, transport, *, lengths=None, window: int = 
 @click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=2.0,
               show_default=True, help="Seconds to wait for an answer.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--weights-in", type=click.Choice(["bram", "spram", "auto"]), default="bram",
+              show_default=True,
+              help="Where the bitstream keeps the folded weights, as given to bitfab synth "
+                   "(with --fold): spram (or auto with --board) loads them over the UART before "
+                   "the first input.")
+@click.option("--board", "board_name", default=None,
+              help="With --weights-in auto: the board the bitstream was built for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, baud, timeout,
-              seed, as_json):
+              seed, weights_in, board_name, as_json):
     """Stream inputs to a board, read its results, compare with the golden model and torch."""
     from rich.progress import (
         BarColumn,
@@ -232,9 +251,22 @@ def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, b
             raise BitfabError("--lengths needs --inputs")
         x, steps = random_inputs(m, vectors, seed)
     fold = parse_fold(fold)
+    weights = None
+    if weights_in == "auto":
+        if board_name is None:
+            raise BitfabError("--weights-in auto needs --board (the placement depends on it)")
+        from bitfab.boards.build import plan_weights
+        from bitfab.boards.targets import get_board
+        weights = plan_weights(m, fold, get_board(board_name), "auto")
+    elif weights_in == "spram":
+        weights = "spram"
+    image = None
+    if weights is not None:
+        from bitfab.hw.layer import network_configs, weight_image
+        image = weight_image(network_configs(m, fold, pipeline, weights))
     if simulate:
         from bitfab.boards.simboard import simulated_board
-        transport = simulated_board(m, fold, pipeline)
+        transport = simulated_board(m, fold, pipeline, weights=weights)
     else:
         from bitfab.boards.host import SerialTransport
         transport = SerialTransport(port, baud, timeout)
@@ -246,7 +278,7 @@ def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, b
                       TextColumn("left"), console=con, transient=as_json) as progress:
             answers = int(steps.sum()) if m.out_stream.framed else len(x)
             task = progress.add_task("board", total=answers)
-            result = compare_run(m, x, transport, lengths=steps,
+            result = compare_run(m, x, transport, lengths=steps, weights=image,
                                  progress=lambda k: progress.update(task, completed=k))
     finally:
         transport.close()
