@@ -103,6 +103,7 @@ def test_two_outputs_per_float32_column_exactly_up_to_the_bound():
     assert golden.exact_plan(32, 64, 2, 128) == (np.float32, 1, 0)
     np.testing.assert_array_equal(golden.exact_matmul(x, w), naive_matmul(x, w))
     assert golden.exact_plan(32, 64, 4, 128) == (np.float64, 4, 13)  # float64: 4 lanes
+    assert golden.exact_plan(32, 64, 3, 128) == (np.float32, 1, 0)  # 3 float64 lanes lose
     np.testing.assert_array_equal(golden.exact_matmul(x, np.vstack([w, w])),
                                   naive_matmul(x, np.vstack([w, w])))
 
