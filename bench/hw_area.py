@@ -157,7 +157,8 @@ def pnr_row(vfile: Path, device: str, targeted: bool = True) -> dict:
 
 def run(quick: bool = False) -> dict:
     """The measurement of ``bench/all.py``; ``quick``: an 8 x 2 layer, no popcount."""
-    argv = ["--n-in", "8", "--n-out", "2", "--tree-pipeline"] if quick else []
+    argv = ["--n-in", "8", "--n-out", "2", "--workdir", "hw_area-quick", "--tree-pipeline"] \
+        if quick else []
     return main(argv, echo=False)
 
 
@@ -171,13 +172,14 @@ def main(argv=None, echo: bool = True) -> dict:
     parser.add_argument("--tree-pipeline", type=int, nargs="*", default=[0, 1, 2],
                         help="the popcount's pipelines (none: no popcount)")
     parser.add_argument("--layer-fmax", action="store_true")
+    parser.add_argument("--workdir", default="hw_area", help="folder under build/bench")
     args = parser.parse_args(argv)
     devices = list(TARGETS)
     if args.quick:
         args.n_in, args.n_out = 64, 8
         args.tree_pipeline = [2]
         devices = ["hx8k"]
-    workdir = eda.BUILD / "bench" / "hw_area"
+    workdir = eda.BUILD / "bench" / args.workdir
     console = Console(stderr=True)
     started = time.time()
 

@@ -111,13 +111,14 @@ def run(quick: bool = False) -> dict:
     n_in, n_out = (8, 2) if quick else (64, 8)
     cases = [next(iter(CASES)), BASELINE] if quick else list(CASES)
     return measure_all(argparse.Namespace(n_in=n_in, n_out=n_out, pipeline=2, fmax="", seed=0,
-                                          folded=not quick, cases=cases))
+                                          folded=not quick, cases=cases,
+                                          workdir="hw_datapaths-quick" if quick else None))
 
 
 def measure_all(args) -> dict:
     folded_too = getattr(args, "folded", True)
     cases = {k: v for k, v in CASES.items() if k in getattr(args, "cases", CASES)}
-    workdir = eda.BUILD / "bench" / "hw_datapaths"
+    workdir = eda.BUILD / "bench" / (getattr(args, "workdir", None) or "hw_datapaths")
     rng = np.random.default_rng(args.seed)
     results = {}
     con = Console(stderr=True)
