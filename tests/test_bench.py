@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _bench_all():
     spec = importlib.util.spec_from_file_location("bench_all", ROOT / "bench" / "all.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
