@@ -293,7 +293,9 @@ def write_markdown(path: Path, report: dict, plots: list) -> None:
         f"run of {report['started']} on {m['cpus']} CPUs ({m['machine']}, Python {m['python']}), "
         f"load average {m['load_start']} at the start and {m['load_end']} at the end"
         + (" (the machine was shared with other jobs: wall times and ratios move between runs)"
-           if max(m["load_start"], m["load_end"]) > 0.5 * m["cpus"] else "") + ".",
+           if max(m["load_start"], m["load_end"]) > 0.5 * m["cpus"] else "") + "."
+        + (f" Up to {report['jobs']} sections ran at once, so their wall times overlap."
+           if report.get("jobs", 1) > 1 else ""),
         "" if not report["quick"] else "\n**Quick run** (small shapes, a smoke test): the "
         "numbers below mean nothing.\n",
         "| section | measurement | value | compared with |",
@@ -362,8 +364,9 @@ def main(argv=None) -> int:
         args.out = ROOT / "build" / "bench-quick" if args.quick else ROOT / "docs" / "results"
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": "python bench/all.py" + (" --quick" if args.quick else "")
-                   + (f" --only {args.only}" if only else ""),
+        "command": " ".join(["python bench/all.py", *(argv if argv is not None
+                                                         else sys.argv[1:])]),
+        "jobs": jobs,
         "quick": args.quick,
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(),
@@ -376,8 +379,7 @@ def main(argv=None) -> int:
         old = json.loads(previous.read_text())
         if old.get("quick") == args.quick:
             report["sections"] = {k: v for k, v in old["sections"].items() if k not in only}
-            report["command"] = "python bench/all.py" + (" --quick" if args.quick else "") \
-                + " (sections run apart with --only: see each section's started)"
+            report["command"] = f"{old['command']}`, then `{report['command']}"
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {s.name: pool.submit(run_section, s, args.quick, timeout) for s in chosen}
         for s in chosen:
