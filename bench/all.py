@@ -128,16 +128,20 @@ def _plot_area(plt, results):
     if not dp:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
-    names = list(dp["unrolled"]) + (["binary layer, plain sum()"] if at else [])
+    shape = f"{dp['shape'][0]}x{dp['shape'][1]}"
+    names = [f"{name}, {shape}" for name in dp["unrolled"]]
     vals = [c["lut4_per_synapse"] for c in dp["unrolled"].values()]
     if at:
-        vals.append(at["layer"]["baseline"]["lut4_per_synapse"])
+        lay = at["layer"]
+        names += [f"binary {lay['in']}x{lay['out']}, adder tree",
+                  f"binary {lay['in']}x{lay['out']}, plain sum()"]
+        vals += [lay["bitfab"]["lut4_per_synapse"], lay["baseline"]["lut4_per_synapse"]]
     _bars(ax, names, vals, color="tab:blue")
     base = dp["unrolled"].get(next(k for k in dp["unrolled"] if "baseline" in k), {})
     if base:
         ax.axvline(base["lut4_per_synapse"], color="tab:red", ls="--", label="int baseline")
         ax.legend(fontsize=8)
-    ax.set_xlabel(f"LUT4 per synapse (iCE40, {dp['shape'][0]}x{dp['shape'][1]} layer)")
+    ax.set_xlabel("LUT4 per synapse (yosys synth_ice40, unrolled layers)")
     return fig
 
 
