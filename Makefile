@@ -26,8 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# every measurement of bench/ (bench/all.py): docs/results/bench.{md,json} and plots;
+# QUICK=1: small shapes into build/bench-quick (a smoke test)
 bench: $(STAMP)
-	$(PY) bench/golden.py
+	$(PY) bench/all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

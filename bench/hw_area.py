@@ -25,7 +25,9 @@ the placed logic-cell count (``ICESTORM_LC``) is reported too.
                             [--bits 256] [--tree-pipeline 0 1 2] [--layer-fmax]
 
 Prints one JSON object on stdout; progress goes to stderr. ``--quick``: a 64 x 8 layer and the
-popcount with K=2 only, on HX8K only (about a minute).
+popcount with K=2 only, on HX8K only (about a minute). ``run(quick)`` is the entry point of
+``bench/all.py``: the defaults, or with ``quick`` an 8 x 2 layer against ``sum()`` and no
+popcount (a smoke test).
 """
 
 from __future__ import annotations
@@ -153,22 +155,31 @@ def pnr_row(vfile: Path, device: str, targeted: bool = True) -> dict:
     return row
 
 
-def main():
+def run(quick: bool = False) -> dict:
+    """The measurement of ``bench/all.py``; ``quick``: an 8 x 2 layer, no popcount."""
+    argv = ["--n-in", "8", "--n-out", "2", "--workdir", "hw_area-quick", "--tree-pipeline"] \
+        if quick else []
+    return main(argv, echo=False)
+
+
+def main(argv=None, echo: bool = True) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--n-in", type=int, default=256)
     parser.add_argument("--n-out", type=int, default=16)
     parser.add_argument("--pipeline", type=int, default=2)
     parser.add_argument("--bits", type=int, default=256)
-    parser.add_argument("--tree-pipeline", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tree-pipeline", type=int, nargs="*", default=[0, 1, 2],
+                        help="the popcount's pipelines (none: no popcount)")
     parser.add_argument("--layer-fmax", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--workdir", default="hw_area", help="folder under build/bench")
+    args = parser.parse_args(argv)
     devices = list(TARGETS)
     if args.quick:
         args.n_in, args.n_out = 64, 8
         args.tree_pipeline = [2]
         devices = ["hx8k"]
-    workdir = eda.BUILD / "bench" / "hw_area"
+    workdir = eda.BUILD / "bench" / args.workdir
     console = Console(stderr=True)
     started = time.time()
 
@@ -176,7 +187,8 @@ def main():
     layer = random_dense(rng, args.n_in, args.n_out, Binary(), InputFormat.bipolar(),
                          output="threshold")
     synapses = args.n_in * args.n_out
-    pop_kinds = [("sum", 0)] + [("tree", k) for k in args.tree_pipeline]
+    pop_kinds = [("sum", 0)] + [("tree", k) for k in args.tree_pipeline] \
+        if args.tree_pipeline else []
     steps = 2 * (1 + (2 if args.layer_fmax else 0)) + len(pop_kinds) * (2 + len(devices))
     result = {
         "benchmark": "hw_area",
@@ -240,7 +252,9 @@ def main():
             result["popcount"][label] = row
     result["seconds"] = round(time.time() - started, 1)
     console.print(f"hw_area: done in {result['seconds']} s", style="dim")
-    print(json.dumps(result, indent=1))
+    if echo:
+        print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ land (block RAM once the memory is large enough).
 
     python bench/hw_datapaths.py [--n-in 64] [--n-out 8] [--pipeline 2] [--fmax xnor,int]
 
-Prints one JSON object on stdout; progress goes to stderr.
+Prints one JSON object on stdout; progress goes to stderr. ``run(quick)`` is the entry point of
+``bench/all.py``: the defaults, or with ``quick`` an 8 x 2 layer, the xnor case and the baseline
+only, no folded layer.
 """
 
 from __future__ import annotations
@@ -98,13 +100,31 @@ def main(argv=None) -> dict:
                          "these comma-separated words ('all' for every case), e.g. xnor,int")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    workdir = eda.BUILD / "bench" / "hw_datapaths"
+    out = measure_all(args)
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    """The measurement of ``bench/all.py``; ``quick``: an 8 x 2 layer, xnor and the baseline only
+    (a smoke test)."""
+    n_in, n_out = (8, 2) if quick else (64, 8)
+    cases = [next(iter(CASES)), BASELINE] if quick else list(CASES)
+    return measure_all(argparse.Namespace(n_in=n_in, n_out=n_out, pipeline=2, fmax="", seed=0,
+                                          folded=not quick, cases=cases,
+                                          workdir="hw_datapaths-quick" if quick else None))
+
+
+def measure_all(args) -> dict:
+    folded_too = getattr(args, "folded", True)
+    cases = {k: v for k, v in CASES.items() if k in getattr(args, "cases", CASES)}
+    workdir = eda.BUILD / "bench" / (getattr(args, "workdir", None) or "hw_datapaths")
     rng = np.random.default_rng(args.seed)
     results = {}
     con = Console(stderr=True)
     with Progress(console=con, transient=True) as progress:
-        task = progress.add_task("synthesizing datapaths", total=len(CASES) + 1)
-        for k, (name, (enc, fmt, sparsity)) in enumerate(CASES.items()):
+        task = progress.add_task("synthesizing datapaths", total=len(cases) + 1)
+        for k, (name, (enc, fmt, sparsity)) in enumerate(cases.items()):
             layer = random_dense(rng, args.n_in, args.n_out, enc, fmt, "threshold",
                                  sparsity=sparsity)
             dut = build_layer(LayerConfig.unrolled(layer, args.pipeline))
@@ -117,14 +137,16 @@ def main(argv=None) -> dict:
         base = results[BASELINE]["lut4"]
         for row in results.values():
             row["lut4_vs_int_baseline"] = round(row["lut4"] / base, 3) if base else None
-        layer = random_dense(rng, args.n_in, args.n_out, Binary(), InputFormat.bipolar(),
-                             "threshold")
-        pe, simd = max(1, args.n_out // 2), max(1, args.n_in // 4)
-        folded = build_layer(LayerConfig.folded(layer, pe, simd, args.pipeline))
-        progress.update(task, description="folded binary layer")
-        row = measure("folded", folded, layer.weights.size, False, workdir)
-        row.update(pe=pe, simd=simd, initiation_interval=folded.initiation_interval,
-                   latency=folded.latency)
+        row = None
+        if folded_too:
+            layer = random_dense(rng, args.n_in, args.n_out, Binary(), InputFormat.bipolar(),
+                                 "threshold")
+            pe, simd = max(1, args.n_out // 2), max(1, args.n_in // 4)
+            folded = build_layer(LayerConfig.folded(layer, pe, simd, args.pipeline))
+            progress.update(task, description="folded binary layer")
+            row = measure("folded", folded, layer.weights.size, False, workdir)
+            row.update(pe=pe, simd=simd, initiation_interval=folded.initiation_interval,
+                       latency=folded.latency)
         progress.advance(task)
     out = {
         "bench": "hw_datapaths",
@@ -135,7 +157,6 @@ def main(argv=None) -> dict:
         "unrolled": results,
         "folded_binary": row,
     }
-    print(json.dumps(out, indent=1))
     return out
 
 

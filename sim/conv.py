@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from bitfab.conv import Add, AvgPool, Conv, Flatten, MaxPool
 
-from .golden import matrix_accumulate, pack_bits, register, stage_forward
+from .golden import matrix_accumulate, register, stage_forward
 
 __all__ = ["windows", "conv_accumulate", "conv_layer", "maxpool_layer", "avgpool_layer",
            "flatten_layer", "add_layer", "WINDOW_ELEMENTS"]
@@ -39,13 +39,9 @@ def _images(layer, values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape((len(values),) + tuple(layer.in_shape))
 
 
-def _packed(layer: Conv) -> list:
-    cached = layer.__dict__.get("_golden_packed")
-    if cached is None:
-        og = layer.out_channels // layer.groups
-        cached = [pack_bits(layer.matrix[g * og:(g + 1) * og] > 0) for g in range(layer.groups)]
-        layer.__dict__["_golden_packed"] = cached  # frozen dataclass: cache beside the fields
-    return cached
+def _caches(layer: Conv) -> list:
+    """One cache of prepared weights per group, kept beside the frozen layer's fields."""
+    return layer.__dict__.setdefault("_golden_caches", [{} for _ in range(layer.groups)])
 
 
 def conv_accumulate(layer: Conv, values: np.ndarray) -> np.ndarray:
@@ -59,7 +55,7 @@ def conv_accumulate(layer: Conv, values: np.ndarray) -> np.ndarray:
     out_pixels = int(np.prod(layer.out_shape[:-1]))
     og, cg = layer.out_channels // layer.groups, layer.group_channels
     row = int(np.prod(layer.kernel)) * cg
-    packed = _packed(layer) if layer.datapath == "xnor_popcount" else [None] * layer.groups
+    caches = _caches(layer)
     acc = np.empty((batch, out_pixels, layer.out_channels), dtype=np.int64)
     step = max(1, WINDOW_ELEMENTS // max(out_pixels * row, 1))
     for start in range(0, batch, step):
@@ -68,7 +64,7 @@ def conv_accumulate(layer: Conv, values: np.ndarray) -> np.ndarray:
         for g in range(layer.groups):
             rows = win[..., g * cg:(g + 1) * cg].reshape(b * out_pixels, row)
             w = layer.matrix[g * og:(g + 1) * og]
-            part = matrix_accumulate(layer.datapath, layer.encoding, w, rows, packed[g])
+            part = matrix_accumulate(layer.datapath, layer.encoding, w, rows, caches[g])
             acc[start:start + b, :, g * og:(g + 1) * og] = part.reshape(b, out_pixels, og)
     return acc + layer.bias
 

@@ -7,7 +7,13 @@ arrays and is exact by construction:
 - the other matmuls reduce to :func:`exact_matmul`, which uses a BLAS float matmul only where every
   partial sum is an integer whose magnitude the float type holds exactly (float32 below ``2**24``,
   float64 below ``2**53``): every product and every intermediate sum is then representable, so no
-  rounding ever happens, in any summation order. Larger bounds use int64.
+  rounding ever happens, in any summation order. Larger bounds use int64. Where the bound leaves
+  room, several outputs share one float column in fields ``2**shift`` apart
+  (:func:`exact_plan`), so the matmul does a half or a quarter of the work;
+- layers run through :func:`matrix_accumulate`: every datapath computes the integers ``x @ w.T``,
+  so all take that fast path (:func:`bipolar_matmul` for the bits of a bipolar layer); the
+  datapath kernels above spell out the hardware's way and the tests hold them equal
+  (:func:`reference_accumulate`).
 
 The model's declared widths are checked: a layer whose accumulator could leave its declared
 ``acc_bits`` is refused when the model is built (:class:`bitfab.model.Dense`), and the inputs given
@@ -28,8 +34,10 @@ from bitfab.model import (
 )
 
 __all__ = [
-    "pack_bits", "xnor_popcount_matmul", "exact_matmul", "ternary_matmul", "shift_add_matmul",
-    "lut_matmul", "int_matmul", "threshold", "requant", "matrix_accumulate", "dense_accumulate",
+    "pack_bits", "xnor_popcount_matmul", "exact_plan", "exact_matmul", "bipolar_matmul",
+    "ternary_matmul", "shift_add_matmul",
+    "lut_matmul", "int_matmul", "threshold", "requant", "matrix_accumulate", "reference_accumulate",
+    "dense_accumulate",
     "dense_forward", "stage_forward",
     "register", "layer_golden", "dense_layer", "Trace", "check_inputs", "check_sequences",
     "execute", "predict", "expected_rows", "compare_outputs",
@@ -38,6 +46,8 @@ __all__ = [
 _F32_EXACT = 1 << 24
 _F64_EXACT = 1 << 53
 _CHUNK = 128  # rows of the popcount kernel per block: keeps the working set in L2
+_LANES_MIN_N = 128  # shorter rows: extracting the fields costs more than the matmul it saves
+_MAX_LANES = 4
 
 
 # --- datapath kernels -----------------------------------------------------------------------------
@@ -91,22 +101,139 @@ def xnor_popcount_matmul(x_packed: np.ndarray, w_packed: np.ndarray, n: int) -> 
     return n - 2 * result
 
 
-def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def exact_plan(x_bound: int, w_bound: int, outs: int, n: int) -> tuple:
+    """Return ``(dtype, lanes, shift)``: how :func:`exact_matmul` computes ``x @ w.T`` exactly.
+
+    ``x_bound`` bounds ``|x|``, ``w_bound`` bounds every row's ``sum_i |w[o, i]|``, so
+    ``S = x_bound * w_bound`` bounds every partial sum of every output. ``lanes`` outputs share
+    one float column, ``lanes`` fields ``T = 2**shift`` apart (``T >= 2 S + 2``): the column's
+    partial sums are then bounded by ``S * (1 + T + ... + T**(lanes - 1))``, and that bound is kept
+    below ``2**24`` (float32) or ``2**53`` (float64), where every integer is exact: no product or
+    sum of the BLAS matmul ever rounds, in any order, and each field is recovered exactly (it
+    lies within ``T/2`` of zero). The cheapest exact choice wins: a float64 column costs three
+    float32 ones (measured with ``bench/golden.py``: twice the multiplies, plus the wider
+    conversions), so three float64 lanes lose to one float32 lane; ``dtype`` None means no float
+    type is exact: int64.
+    """
+    s = x_bound * w_bound
+    plan, cost = (None, 1, 0), float("inf")
+    shift = (2 * s + 1).bit_length()  # the smallest T = 2**shift with T >= 2 S + 2
+    for dtype, limit, unit in ((np.float32, _F32_EXACT, 1.0), (np.float64, _F64_EXACT, 3.0)):
+        if s >= limit:
+            continue
+        if unit < cost:
+            plan, cost = (dtype, 1, 0), unit
+        if n < _LANES_MIN_N:
+            continue
+        for lanes in range(2, min(outs, _MAX_LANES) + 1):
+            if s * sum(1 << (shift * f) for f in range(lanes)) >= limit:
+                break
+            if unit / lanes < cost:
+                plan, cost = (dtype, lanes, shift), unit / lanes
+    return plan
+
+
+def _lane_weights(w: np.ndarray, plan: tuple, offset, cache: dict | None):
+    """The ``(n, columns)`` float weights of ``plan`` (``lanes`` outputs per column) and the
+    packed ``offset`` per column (or None), from ``cache`` where there."""
+    key = ("lanes", np.dtype(plan[0]).char) + tuple(plan[1:])
+    if cache is not None and key in cache:
+        return cache[key]
+    dtype, lanes, shift = plan
+    outs, n = w.shape
+    cols = -(-outs // lanes)
+    full = np.zeros((lanes * cols, n), dtype=dtype)
+    full[:outs] = w  # |w| <= w_bound < 2**mantissa: exact
+    packed = full[:cols].copy()
+    for f in range(1, lanes):  # integers below the plan's bound: exact
+        packed += full[f * cols:(f + 1) * cols] * dtype(1 << (shift * f))
+    const = None
+    if offset is not None:
+        lane_offset = np.zeros(lanes * cols, dtype=dtype)
+        lane_offset[:outs] = offset
+        const = sum(lane_offset[f * cols:(f + 1) * cols] * dtype(1 << (shift * f))
+                    for f in range(lanes))
+    prepared = (np.ascontiguousarray(packed.T), const)
+    if cache is not None:
+        cache[key] = prepared
+    return prepared
+
+
+def _lanes_matmul(xf: np.ndarray, w: np.ndarray, plan: tuple, offset=None,
+                  cache: dict | None = None) -> np.ndarray:
+    """``xf @ w.T - offset`` as int64 through the float BLAS matmul of ``plan``
+    (:func:`exact_plan`), ``xf`` already in the plan's float type. Exact only within the plan's
+    bound: the caller proves it."""
+    dtype, lanes, shift = plan
+    outs = w.shape[0]
+    cols = -(-outs // lanes)
+    packed, const = _lane_weights(w, plan, offset, cache)
+    tot = xf @ packed
+    if const is not None:
+        tot -= const
+    out = np.empty((len(xf), outs), dtype=np.int64)
+    for f in range(lanes - 1, 0, -1):
+        # the top field: the lower ones add less than 1/2 to tot / T**f (T >= 2 S + 2)
+        scale = dtype(1 << (shift * f))
+        top = np.rint(tot * (1 / scale))
+        lo, hi = f * cols, min((f + 1) * cols, outs)
+        out[:, lo:hi] = top[:, :hi - lo]
+        top *= scale
+        tot -= top
+    out[:, :min(cols, outs)] = tot[:, :min(cols, outs)]
+    return out
+
+
+def _w_bound(w: np.ndarray, cache: dict | None) -> int:
+    if cache is not None and "w_bound" in cache:
+        return cache["w_bound"]
+    bound = int(np.abs(w).sum(axis=1).max())
+    if cache is not None:
+        cache["w_bound"] = bound
+    return bound
+
+
+def exact_matmul(x: np.ndarray, w: np.ndarray, cache: dict | None = None) -> np.ndarray:
     """Return ``x @ w.T`` exactly as int64 (``x``: ``(batch, n)``, ``w``: ``(out, n)``).
 
-    The bound ``max|x| * max_o sum_i |w[o, i]|`` caps every partial sum; the float type is chosen
-    so that it holds every such integer exactly.
+    The bound ``max|x| * max_o sum_i |w[o, i]|`` caps every partial sum; :func:`exact_plan`
+    picks the float type (and the outputs per column) that holds every such integer exactly, else
+    int64. ``cache`` (a dict kept with the weights) keeps their prepared float forms.
     """
     x = np.asarray(x, dtype=np.int64)
     w = np.asarray(w, dtype=np.int64)
     if x.size == 0 or w.size == 0:
         return np.zeros((x.shape[0], w.shape[0]), dtype=np.int64)
-    bound = int(np.abs(x).max()) * int(np.abs(w).sum(axis=1).max())
-    if bound < _F32_EXACT:
-        return (x.astype(np.float32) @ w.T.astype(np.float32)).astype(np.int64)
-    if bound < _F64_EXACT:
-        return (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64)
-    return x @ w.T
+    w_bound = _w_bound(w, cache)
+    xf = x.astype(np.float32)
+    top = max(float(xf.max()), -float(xf.min()))  # rounding is monotonic: >= 2**24 stays so
+    x_bound = int(top) if top < _F32_EXACT else max(int(x.max()), -int(x.min()))
+    plan = exact_plan(x_bound, w_bound, w.shape[0], w.shape[1])
+    if plan[0] is None:
+        return x @ w.T
+    if plan[0] is np.float64:
+        xf = x.astype(np.float64)
+    return _lanes_matmul(xf, w, plan, cache=cache)
+
+
+def bipolar_matmul(x: np.ndarray, w: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """Return what :func:`xnor_popcount_matmul` returns for bits ``x > 0`` and ``w > 0``, as
+    ``(2a - 1) @ (2c - 1).T = a @ (2c - 1).T * 2 - rowsum(2c - 1)`` for 0/1 ``a``, ``c`` through
+    the float BLAS matmul of :func:`exact_plan` (bound ``S = 2n``); beyond every float bound
+    (``n >= 2**52``), through the popcount kernel."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    n = w.shape[1]
+    plan = exact_plan(1, 2 * n, w.shape[0], n)
+    if plan[0] is None or x.size == 0 or w.size == 0:
+        return xnor_popcount_matmul(pack_bits(x > 0), pack_bits(w > 0), n)
+    weights = None if cache is None else cache.get("bipolar")
+    if weights is None:
+        signs = np.where(w > 0, 1, -1)
+        weights = (2 * signs, signs.sum(axis=1), {})
+        if cache is not None:
+            cache["bipolar"] = weights
+    return _lanes_matmul((x > 0).astype(plan[0]), weights[0], plan, weights[1], weights[2])
 
 
 def ternary_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -171,22 +298,33 @@ def requant(acc: np.ndarray, multiplier: np.ndarray, shift: int, lo: int, hi: in
 # --- layers and networks --------------------------------------------------------------------------
 
 
-def _packed_weights(layer: Dense) -> np.ndarray:
-    cached = layer.__dict__.get("_golden_packed")
-    if cached is None:
-        cached = pack_bits(layer.weights > 0)
-        layer.__dict__["_golden_packed"] = cached  # frozen dataclass: cache beside the fields
-    return cached
+def _cache(owner) -> dict:
+    """The golden model's cache of prepared weights, kept beside a frozen layer's fields."""
+    return owner.__dict__.setdefault("_golden_cache", {})
 
 
 def matrix_accumulate(datapath: str, encoding, w: np.ndarray, x: np.ndarray,
-                      packed: np.ndarray | None = None) -> np.ndarray:
-    """Return ``x @ w.T`` exactly ``(batch, out)`` through the kernel of ``datapath`` (the
-    weights' encoding on the input format), for weight values ``w`` ``(out, n)`` of ``encoding``
-    and input values ``x`` ``(batch, n)``; ``packed`` is ``pack_bits(w > 0)`` where known."""
+                      cache: dict | None = None) -> np.ndarray:
+    """Return ``x @ w.T`` exactly ``(batch, out)`` for the datapath ``datapath`` (the weights'
+    encoding on the input format), for weight values ``w`` ``(out, n)`` of ``encoding`` and input
+    values ``x`` ``(batch, n)``; ``cache`` (a dict kept with ``w``) keeps prepared weights.
+
+    Every datapath computes the same integers ``x @ w.T`` (a bipolar layer on the bits
+    ``x > 0``, ``w > 0``): its kernel above (:func:`xnor_popcount_matmul`, :func:`ternary_matmul`,
+    ...) spells out how the hardware gets there, and the tests hold each equal to the fast path
+    used here, :func:`bipolar_matmul` or :func:`exact_matmul` (one BLAS matmul within the float
+    bound, see :func:`exact_plan`).
+    """
     if datapath == "xnor_popcount":
-        packed = pack_bits(w > 0) if packed is None else packed
-        return xnor_popcount_matmul(pack_bits(x > 0), packed, w.shape[1])
+        return bipolar_matmul(x, w, cache)
+    return exact_matmul(x, w, cache)
+
+
+def reference_accumulate(datapath: str, encoding, w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`matrix_accumulate` through the datapath's own kernel (the popcount, add/subtract,
+    shift-add or dictionary form), which the tests hold equal to the fast path."""
+    if datapath == "xnor_popcount":
+        return xnor_popcount_matmul(pack_bits(x > 0), pack_bits(w > 0), w.shape[1])
     if datapath == "ternary":
         return ternary_matmul(x, w)
     if datapath == "shift_add":
@@ -199,8 +337,7 @@ def matrix_accumulate(datapath: str, encoding, w: np.ndarray, x: np.ndarray,
 
 def dense_accumulate(layer: Dense, x: np.ndarray) -> np.ndarray:
     """Return the exact accumulators ``(batch, out)`` of ``layer`` for input values ``x``."""
-    packed = _packed_weights(layer) if layer.datapath == "xnor_popcount" else None
-    return matrix_accumulate(layer.datapath, layer.encoding, layer.weights, x, packed) \
+    return matrix_accumulate(layer.datapath, layer.encoding, layer.weights, x, _cache(layer)) \
         + layer.bias
 
 

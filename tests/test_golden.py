@@ -70,6 +70,101 @@ def test_exact_matmul_is_exact_at_every_float_boundary():
         np.testing.assert_array_equal(golden.exact_matmul(x, w), naive_matmul(x, w))
 
 
+def test_exact_matmul_takes_the_int64_fallback_beyond_the_float64_bound():
+    assert golden.exact_plan(1, 2**24 - 1, 1, 3)[:2] == (np.float32, 1)
+    assert golden.exact_plan(1, 2**24, 1, 3)[:2] == (np.float64, 1)
+    assert golden.exact_plan(2**26, 2**27 - 1, 1, 3)[:2] == (np.float64, 1)
+    assert golden.exact_plan(2**26, 2**27, 1, 3)[0] is None
+    x = np.array([[2**60 + 1, 3]], dtype=np.int64)
+    np.testing.assert_array_equal(golden.exact_matmul(x, [[1, 1]]), [[2**60 + 4]])
+
+
+def _edge_case(x_value, row):
+    """Inputs of 128 and two outputs +-``x_value * sum(row)`` (the largest sums the bound
+    allows), plus random inputs within the same bound."""
+    n = 128
+    w = np.zeros((2, n), dtype=np.int64)
+    w[0, :len(row)], w[1, :len(row)] = row, [-v for v in row]
+    rng = np.random.default_rng(len(row))
+    x = np.vstack([np.full(n, x_value), -np.full(n, x_value),
+                   rng.integers(-x_value, x_value + 1, size=(5, n))])
+    return x, w
+
+
+def test_two_outputs_per_float32_column_exactly_up_to_the_bound():
+    # S = 23 * 89 = 2047: T = 4096 >= 2S + 2 and S * (1 + T) < 2**24, so two lanes fit float32
+    x, w = _edge_case(23, [2] * 25 + [1] * 39)
+    assert golden.exact_plan(23, 89, 2, 128) == (np.float32, 2, 12)
+    acc = golden.exact_matmul(x, w)
+    np.testing.assert_array_equal(acc, naive_matmul(x, w))
+    assert acc[0].tolist() == [2047, -2047]
+    # S = 32 * 64 = 2048 needs T = 8192 and S * (1 + T) >= 2**24: one output per column
+    x, w = _edge_case(32, [1] * 64)
+    assert golden.exact_plan(32, 64, 2, 128) == (np.float32, 1, 0)
+    np.testing.assert_array_equal(golden.exact_matmul(x, w), naive_matmul(x, w))
+    assert golden.exact_plan(32, 64, 4, 128) == (np.float64, 4, 13)  # float64: 4 lanes
+    assert golden.exact_plan(32, 64, 3, 128) == (np.float32, 1, 0)  # 3 float64 lanes lose
+    np.testing.assert_array_equal(golden.exact_matmul(x, np.vstack([w, w])),
+                                  naive_matmul(x, np.vstack([w, w])))
+
+
+def test_a_plan_beyond_the_bound_is_wrong():
+    """The bound is needed: lanes too close (T < 2S + 2) or a column beyond 2**24 lose bits."""
+    x, w = _edge_case(23, [2] * 25 + [1] * 39)
+    with pytest.raises(AssertionError):  # T = 2048 < 2S + 2: the low field spills
+        np.testing.assert_array_equal(
+            golden._lanes_matmul(x.astype(np.float32), w, (np.float32, 2, 11)),
+            naive_matmul(x, w))
+    x = np.array([[32] * 64 + [1] * 64])
+    w = np.zeros((2, 128), dtype=np.int64)
+    w[0, :63], w[0, 64] = 1, 1  # 32 * 63 + 1 = 2017, odd
+    w[1, :64] = 1  # 2048: the column holds 2017 + 8192 * 2048 > 2**24, odd: not a float32
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(
+            golden._lanes_matmul(x.astype(np.float32), w, (np.float32, 2, 13)),
+            naive_matmul(x, w))
+    np.testing.assert_array_equal(golden.exact_matmul(x, w), [[2017, 2048]])
+
+
+@given(st.integers(1, 6), st.integers(1, 300), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_bipolar_fast_path_equals_the_popcount_kernel(batch, n, out, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, size=(batch, n))  # 0 counts as -1 (bit x > 0), as in the hardware
+    w = rng.choice([-1, 1], size=(out, n))
+    want = golden.xnor_popcount_matmul(golden.pack_bits(x > 0), golden.pack_bits(w > 0), n)
+    cache = {}
+    for _ in range(2):  # the second call reads the cached weights
+        np.testing.assert_array_equal(golden.bipolar_matmul(x, w, cache), want)
+
+
+def test_bipolar_plan_at_its_bounds():
+    # S = 2n (0/1 bits against weights 2w): float32 up to n < 2**23, then float64, then popcount
+    n = 2**23 - 1
+    assert golden.exact_plan(1, 2 * n, 1, n)[0] is np.float32
+    assert golden.exact_plan(1, 2 * (n + 1), 1, n + 1)[0] is np.float64
+    assert golden.exact_plan(1, 2 * 2**52, 1, 2**52)[0] is None
+    assert golden.exact_plan(1, 2 * 784, 256, 784) == (np.float32, 2, 12)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_fast_path_equals_each_datapath_kernel(encoding):
+    rng = np.random.default_rng(sorted(ENCODINGS).index(encoding))
+    formats = [InputFormat.int(4, signed=True), InputFormat.int(8), InputFormat.int(16)]
+    if encoding == "binary":
+        formats = [InputFormat.bipolar()]
+    for fmt in formats:
+        for n in (37, 200):
+            layer = random_dense(rng, n, 7, encoding, fmt, sparsity=0.3)
+            x = rng.integers(fmt.min_value, fmt.max_value + 1, size=(11, n))
+            if fmt.kind == "bipolar":
+                x = 2 * (x > 0) - 1
+            want = golden.reference_accumulate(layer.datapath, layer.encoding, layer.weights, x)
+            np.testing.assert_array_equal(want, naive_matmul(x, layer.weights))
+            np.testing.assert_array_equal(
+                golden.matrix_accumulate(layer.datapath, layer.encoding, layer.weights, x, {}),
+                want)
+
+
 @given(st.integers(1, 5), st.integers(1, 7), st.integers(1, 6), st.integers(0, 2**32 - 1))
 def test_threshold_and_requant_match_naive(batch, out, count, seed):
     rng = np.random.default_rng(seed)
