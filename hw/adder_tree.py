@@ -34,7 +34,7 @@ import operator
 import weakref
 from dataclasses import dataclass
 
-from amaranth.hdl import Const, Module, Shape, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Shape, Signal, Value
 
 # Only to recognise ``x`` and ``~x`` bits of the same input across calls (shared totals);
 # amaranth is pinned to 0.5.x, where these are the classes of ``~a`` and ``a[i]``.
@@ -302,24 +302,32 @@ def _shared_sum(m: Module, builder: _Builder, parsed: list, const: int, pipeline
     plain = [p[1] for p in parsed if not p[2]]
     inverted = [p[1] for p in parsed if p[2]]
     side = plain if len(plain) <= len(inverted) else inverted
-    if side:
-        part, lat_p = _tree(builder, side, [], 0, pipeline)
+    offset = len(inverted) + const
+    # One subtractor combines the part and the total: the offset goes into the part's tree
+    # (``2 P + offset = 2 (P + offset // 2) + offset % 2``, the low bit is wiring), so the
+    # combining stage is one carry chain, not a negation, an add and a constant add in series.
+    if side is plain:
+        half, low = offset // 2, offset % 2  # result = (2 (P + half) + low) - T
     else:
-        part, lat_p = _Node(Const(0), 0, 0), 0
+        half, low = (-offset) // 2, (-offset) % 2  # result = T - (2 (N + half) + low)
+    if side:
+        part, lat_p = _tree(builder, side, [], half, pipeline)
+    else:
+        part, lat_p = _Node(Const(half), half, half), 0
     for _ in range(lat_p, lat_t):
         part = builder.register(part)
     for _ in range(lat_t, lat_p):
         total = builder.register(total)
-    twice = _Node(part.value << 1, 2 * part.lo, 2 * part.hi)
-    offset = len(inverted) + const
-    offset_node = [_Node(Const(offset), offset, offset)] if offset else []
-    if side is plain:
-        operands = [twice, _Node(-total.value, -total.hi, -total.lo), *offset_node]
-    else:
-        operands = [total, _Node(-twice.value, -twice.hi, -twice.lo), *offset_node]
+    twice = Cat(Const(low, 1), part.value)
+    if part.lo < 0:
+        twice = twice.as_signed()
+    twice = _Node(twice, 2 * part.lo + low, 2 * part.hi + low)
     # The operands are correlated (the part is inside the total): the sum stays in the range of
     # the bits it counts, which the interval sum of the operands would overstate.
-    root = builder.add(operands, bounds=(const, const + len(parsed)))
+    if side is plain:
+        root = builder.sub(twice, total, bounds=(const, const + len(parsed)))
+    else:
+        root = builder.sub(total, twice, bounds=(const, const + len(parsed)))
     latency = max(lat_t, lat_p)
     if pipeline:
         root = builder.register(root)
@@ -359,6 +367,16 @@ class _Builder:
             value = value + cin.value
         s = self._signal(lo, hi, "fa" if all(op.hi - op.lo == 1 for op in operands) else "add")
         self._m.d.comb += s.eq(value)
+        return _Node(s, lo, hi)
+
+    def sub(self, a: _Node, b: _Node, bounds) -> _Node:
+        """``a - b`` as one carry chain (``a + ~b + 1``); ``bounds``: the ``(lo, hi)`` of the
+        difference (correlated operands)."""
+        lo, hi = bounds
+        if self._m is None:
+            return _Node(None, lo, hi)
+        s = self._signal(lo, hi, "sub")
+        self._m.d.comb += s.eq(a.value - b.value)
         return _Node(s, lo, hi)
 
     def register(self, node: _Node) -> _Node:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from amaranth.hdl import Const, Module, Signal, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
@@ -145,8 +145,15 @@ class UnrolledDense(_LayerBase):
 
     Zero weights produce no hardware, XNORs with constant weights are wires or inverters, pow2
     weights are shifts; the sums are :func:`~bitfab.hw.adder_tree.sum_terms` trees pipelined every
-    ``config.pipeline`` levels. The pipeline advances only when its last stage is empty or being
-    read (``en = ~o.valid | o.ready``), so a stall holds every stage.
+    ``config.pipeline`` levels.
+
+    Pipelined (``config.pipeline > 0``), the datapath never stalls: its registers load every
+    clock and a valid bit travels beside the data, and the last stage writes a small output FIFO
+    (:func:`_credit_fifo`) of ``latency + 1`` vectors. A credit counter of the vectors accepted and
+    not yet read keeps ``i.ready`` low once the FIFO could overflow, so ``o.ready`` drives only the
+    FIFO and the counter, not a clock enable of every pipeline register (that enable was the
+    critical net of whole layers: measured in docs/results/datapaths.md). Combinational
+    (``pipeline == 0``), ``i.ready`` is ``o.ready``.
 
     Parameters
     ----------
@@ -160,39 +167,59 @@ class UnrolledDense(_LayerBase):
         cfg = self._config
         layer = cfg.layer
         k = cfg.pipeline
-        en = Signal(name="en")
         xs = _elements(m, layer, self.i.payload.as_value(), "x")
         cache = {}
         sums = []
         for o in range(cfg.out_features):
             terms, negated = unrolled_terms(m, layer, o, xs, cache)
-            s, lat = sum_terms(m, terms, negated, pipeline=k, en=en, name=f"acc{o}")
+            s, lat = sum_terms(m, terms, negated, pipeline=k, name=f"acc{o}")
             sums.append((s, lat))
         tree = max(lat for _, lat in sums)
+        always = Const(1)
         codes = []
         for o, (s, lat) in enumerate(sums):
-            s = _delay(m, s, tree - lat, en, f"acc{o}")
+            s = _delay(m, s, tree - lat, always, f"acc{o}")
             codes.append(output_stage(m, layer, s, [o], None, f"out{o}"))
         flat = Signal(cfg.out_bits * cfg.out_features, name="out_codes")
         for o, code in enumerate(codes):
             m.d.comb += flat[o * cfg.out_bits:(o + 1) * cfg.out_bits].eq(code)
-        latency = tree + (1 if k else 0)
-        payload = _delay(m, flat, 1 if k else 0, en, "out")
-        valid = self.i.valid
-        for s in range(tree + (1 if k else 0)):
+        if not k:
+            m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(flat),
+                         self.i.ready.eq(self.o.ready)]
+            return 0
+        valid = Signal(name="accepted")
+        m.d.comb += valid.eq(self.i.valid & self.i.ready)
+        for s in range(tree):
             reg = Signal(name=f"valid{s}")
-            with m.If(en):
-                m.d.sync += reg.eq(valid)
+            m.d.sync += reg.eq(valid)
             valid = reg
-        m.d.comb += [
-            self.o.valid.eq(valid),
-            self.o.payload.eq(payload),
-        ]
-        if latency == 0:
-            m.d.comb += [en.eq(1), self.i.ready.eq(self.o.ready)]
-        else:
-            m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        latency = tree + 1
+        _credit_fifo(m, self.i, self.o, flat, valid, latency)
         return latency
+
+
+def _credit_fifo(m: Module, i, o, payload, valid, latency: int) -> None:
+    """Give the output of a datapath that never stalls to ``o`` through a FIFO.
+
+    ``payload`` and ``valid`` leave a pipeline whose registers load every clock, ``latency - 1``
+    clocks after the input transfer; the FIFO (``latency + 1`` entries, first word fall
+    through) is the last stage, so ``o.valid`` rises ``latency`` clocks after the transfer. A
+    counter of the vectors accepted and not yet read holds ``i.ready`` low while it is at the
+    FIFO depth, so no vector in flight finds the FIFO full; ``latency + 1`` credits keep a vector
+    a clock going in while ``o.ready`` stays high. ``o.valid`` is the FIFO's ``r_rdy``: once
+    high it stays high until the transfer.
+    """
+    depth = latency + 1
+    m.submodules.out_fifo = q = fifo.SyncFIFO(width=len(payload), depth=depth)
+    m.d.comb += [q.w_data.eq(payload), q.w_en.eq(valid),
+                 o.payload.eq(q.r_data), o.valid.eq(q.r_rdy), q.r_en.eq(o.ready)]
+    credits = Signal(range(depth + 1), name="in_flight")
+    took, gave = i.valid & i.ready, o.valid & o.ready
+    with m.If(took & ~gave):
+        m.d.sync += credits.eq(credits + 1)
+    with m.Elif(gave & ~took):
+        m.d.sync += credits.eq(credits - 1)
+    m.d.comb += i.ready.eq(credits != depth)
 
 
 class FoldedDense(_LayerBase):
