@@ -181,6 +181,10 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     terms, negated, const, pipeline, en = _check_args(
         terms, negated, const, pipeline, en, domain, name)
 
+    if BIT_HEAP and sum(len(_strip_shift(t)) > 1 and _decomposable(t)
+                        for t in (*terms, *negated)) >= _HEAP_MIN_TERMS:
+        return _heap_sum(m, terms, negated, const, pipeline, en, domain, name)
+
     # 1-bit terms are counted (full adders, carry-ins); wider ones are operands of the adders.
     # A negated bit is an inverted bit minus one (-b = ~b - 1), so it is counted too.
     inverted, plain, wide = [], [], []
@@ -233,6 +237,102 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     result = Signal(_range_shape(root.lo, root.hi), name=name)
     sub.d.comb += result.eq(root.value)
     return result, latency
+
+
+#: Build sums with wide terms as bit heaps (:func:`_heap_sum`); ``False`` builds them as trees of
+#: wide adders (the structure before the bit heap, kept for side-by-side measurement in bench/).
+BIT_HEAP = True
+#: The fewest wide terms worth a heap (two or so are one adder either way).
+_HEAP_MIN_TERMS = 4
+
+
+def _decomposable(term: Value) -> bool:
+    """A term whose bits go to the bit heap: anything but a product (``x * w``, the int
+    multiply baseline, which stays one operand of the adders)."""
+    while isinstance(term, _Operator) and term.operator == "<<" \
+            and isinstance(term.operands[1], Const):
+        term = term.operands[0]
+    return not (isinstance(term, _Operator) and term.operator == "*")
+
+
+def _heap_bits(sub: Module, term: Value, negate: bool, name: str) -> tuple[list, int]:
+    """Return ``(bits, const)``: ``term`` (or ``-term``) as ``sum(2**col * bit) + const``.
+
+    ``bits`` holds ``(col, bit)`` with ``bit`` a 1-bit value, inverted where its weight is
+    negative (``-2**c b = 2**c ~b - 2**c``: the sign bit of a signed term, every bit of a
+    negated one), so every heap bit has a positive weight. Shifts by constants are columns.
+    """
+    shift = 0
+    while isinstance(term, _Operator) and term.operator == "<<" \
+            and isinstance(term.operands[1], Const):
+        shift += term.operands[1].value
+        term = term.operands[0]
+    shape = term.shape()
+    if not isinstance(term, Signal):
+        sig = Signal(shape, name=name)
+        sub.d.comb += sig.eq(term)
+        term = sig
+    bits, const = [], 0
+    for j in range(shape.width):
+        weight = 1 << (j + shift)
+        neg = (shape.signed and j == shape.width - 1) != negate
+        if neg:
+            bits.append((j + shift, ~term[j]))
+            const -= weight
+        else:
+            bits.append((j + shift, term[j]))
+    return bits, const
+
+
+def _heap_sum(m: Module, terms, negated, const: int, pipeline: int, en, domain: str,
+              name: str) -> tuple[Value, int]:
+    """Build ``sum(terms) - sum(negated) + const`` as one weighted bit heap.
+
+    Every term is split into its bits, each at the column of its weight (a constant shift moves
+    the column, a negative weight is an inverted bit and a constant), so the bits of all inputs
+    and weights of a channel form one heap. Each column is a popcount (:func:`_tree`: full adders
+    in LUTs, where the inversions are free, then carry-chain adders); the column counts, shifted
+    to their columns, and the constant are added by one more tree of carry-chain adders. Products
+    (``x * w``) stay whole operands of that last tree.
+    """
+    sub = Module()
+    m.submodules += sub
+    builder = _Builder(sub, en, domain, name)
+    columns: dict[int, list] = {}
+    wide = []
+    for k, (term, negate) in enumerate([(t, False) for t in terms] +
+                                       [(t, True) for t in negated]):
+        if len(term) == 0:
+            continue
+        if not _decomposable(term):
+            term = _strip_shift(term)
+            lo, hi = value_range(term)
+            wide.append(_Node(-term, -hi, -lo) if negate else _Node(term, lo, hi))
+            continue
+        bits, c = _heap_bits(sub, term, negate, f"{name}_t{k}")
+        const += c
+        for col, bit in bits:
+            columns.setdefault(col, []).append(bit)
+    counts = []
+    for col in sorted(columns):
+        bits = columns[col]
+        # inverted bits first: they go to the full adders, where an inversion is free
+        bits = sorted(bits, key=lambda b: not (isinstance(b, _Operator) and b.operator == "~"))
+        node, lat = _tree(builder, bits, [], 0, pipeline)
+        counts.append((col, node, lat))
+    lat_c = max((lat for _, _, lat in counts), default=0)
+    leaves = []
+    for col, node, lat in counts:
+        for _ in range(lat, lat_c):
+            node = builder.register(node)
+        value = Cat(Const(0, col), node.value) if col else node.value
+        leaves.append(_Node(value, node.lo << col, node.hi << col))
+    for _ in range(lat_c):  # products wait for the column counts
+        wide = [builder.register(n) for n in wide]
+    root, lat_f = _tree(builder, [], leaves + wide, const, pipeline)
+    result = Signal(_range_shape(root.lo, root.hi), name=name)
+    sub.d.comb += result.eq(root.value)
+    return result, lat_c + lat_f
 
 
 def _strip_shift(value: Value) -> Value:

@@ -23,8 +23,8 @@ every kind):
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Signal, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
@@ -206,20 +206,38 @@ def _credit_fifo(m: Module, i, o, payload, valid, latency: int) -> None:
     through) is the last stage, so ``o.valid`` rises ``latency`` clocks after the transfer. A
     counter of the vectors accepted and not yet read holds ``i.ready`` low while it is at the
     FIFO depth, so no vector in flight finds the FIFO full; ``latency + 1`` credits keep a vector
-    a clock going in while ``o.ready`` stays high. ``o.valid`` is the FIFO's ``r_rdy``: once
-    high it stays high until the transfer.
+    a clock going in while ``o.ready`` stays high. ``o.valid`` is high while the FIFO holds a
+    vector: once high it stays high until the transfer.
+
+    The FIFO is a shift register whose head entry drives ``o.payload`` (a read shifts every
+    entry one place, a write lands behind the last full one), so the payload leaves a register,
+    not a read multiplexer.
     """
     depth = latency + 1
-    m.submodules.out_fifo = q = fifo.SyncFIFO(width=len(payload), depth=depth)
-    m.d.comb += [q.w_data.eq(payload), q.w_en.eq(valid),
-                 o.payload.eq(q.r_data), o.valid.eq(q.r_rdy), q.r_en.eq(o.ready)]
+    width = len(payload)
+    entries = [Signal(width, name=f"out_q{k}") for k in range(depth)]
+    # the fill level, one-hot (``level[k]``: k entries full), so that every control is a LUT
+    level = Signal(depth + 1, name="out_level", init=1)
     credits = Signal(range(depth + 1), name="in_flight")
     took, gave = i.valid & i.ready, o.valid & o.ready
+    m.d.comb += [o.valid.eq(~level[0]), o.payload.eq(entries[0]),
+                 i.ready.eq(credits != depth)]
+    for k, entry in enumerate(entries):
+        # a write lands behind the last full entry (one place lower while a read shifts)
+        write = valid & Mux(gave, level[k + 1], level[k])
+        with m.If(write):
+            m.d.sync += entry.eq(payload)
+        if k + 1 < depth:
+            with m.Elif(gave):
+                m.d.sync += entry.eq(entries[k + 1])
+    with m.If(valid & ~gave):
+        m.d.sync += level.eq(level << 1)
+    with m.Elif(gave & ~valid):
+        m.d.sync += level.eq(level >> 1)
     with m.If(took & ~gave):
         m.d.sync += credits.eq(credits + 1)
     with m.Elif(gave & ~took):
         m.d.sync += credits.eq(credits - 1)
-    m.d.comb += i.ready.eq(credits != depth)
 
 
 class FoldedDense(_LayerBase):
