@@ -396,8 +396,8 @@ def _shared_sum(m: Module, builder: _Builder, parsed: list, const: int, pipeline
     if entry["total"] is None:
         sub = Module()
         m.submodules += sub
-        total_builder = _Builder(sub, en, domain, f"shared_total{len(registry)}")
-        entry["total"] = _tree(total_builder, [p[1] for p in parsed], [], 0, pipeline)
+        entry["builder"] = _Builder(sub, en, domain, f"shared_total{len(registry)}")
+        entry["total"] = _tree(entry["builder"], [p[1] for p in parsed], [], 0, pipeline)
     total, lat_t = entry["total"]
     plain = [p[1] for p in parsed if not p[2]]
     inverted = [p[1] for p in parsed if p[2]]
@@ -416,8 +416,11 @@ def _shared_sum(m: Module, builder: _Builder, parsed: list, const: int, pipeline
         part, lat_p = _Node(Const(half), half, half), 0
     for _ in range(lat_p, lat_t):
         part = builder.register(part)
-    for _ in range(lat_t, lat_p):
-        total = builder.register(total)
+    # a total that must wait for a deeper part waits once for every channel (shared registers)
+    delayed = entry.setdefault("delayed", [total])
+    while len(delayed) <= lat_p - lat_t:
+        delayed.append(entry["builder"].register(delayed[-1]))
+    total = delayed[max(0, lat_p - lat_t)]
     twice = Cat(Const(low, 1), part.value)
     if part.lo < 0:
         twice = twice.as_signed()

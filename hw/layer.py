@@ -178,8 +178,9 @@ class UnrolledDense(_LayerBase):
         always = Const(1)
         codes = []
         for o, (s, lat) in enumerate(sums):
-            s = _delay(m, s, tree - lat, always, f"acc{o}")
-            codes.append(output_stage(m, layer, s, [o], None, f"out{o}"))
+            # a channel that is ready early waits as its output code (narrower than its sum)
+            code = output_stage(m, layer, s, [o], None, f"out{o}")
+            codes.append(_delay(m, code, tree - lat, always, f"out{o}"))
         flat = Signal(cfg.out_bits * cfg.out_features, name="out_codes")
         for o, code in enumerate(codes):
             m.d.comb += flat[o * cfg.out_bits:(o + 1) * cfg.out_bits].eq(code)
