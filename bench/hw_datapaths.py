@@ -153,6 +153,8 @@ def datapaths(args, devices, progress, task) -> dict:
                 row[device]["cells_per_synapse"] = round(cells / synapses, 3)
                 row[device]["cells_per_weight_bit"] = round(cells / (nonzero * fmt.bits), 3)
         results[name] = row
+        if args.partial:  # every finished case, in case a long run is cut short
+            Path(args.partial).write_text(json.dumps(results, indent=1))
         progress.advance(task)
     base = results.get(BASELINE)
     for row in results.values() if base else ():
@@ -201,6 +203,8 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", default="", metavar="KEYS",
                     help="only the cases whose name contains one of these comma-separated words")
+    ap.add_argument("--partial", default="", metavar="FILE",
+                    help="write the finished datapath rows to FILE after each case")
     ap.add_argument("--no-heap", action="store_true",
                     help="build wide sums as trees of wide adders (the structure before the bit "
                          "heap: bitfab.hw.adder_tree.BIT_HEAP = False)")
