@@ -114,10 +114,10 @@ class _LayerBase(wiring.Component):
     def latency(self) -> int:
         """Clock edges from an input transfer to ``o.valid`` of its result when nothing stalls.
 
-        Unrolled: ``Lt + (1 if pipeline else 0)``, ``Lt`` the deepest adder tree's register
-        stages (as :func:`~bitfab.hw.adder_tree.sum_terms` reports them) plus the output
-        register. Folded: ``SF * NF + 2 + Lt`` (input buffer, weight memory read, adder tree,
-        output buffer).
+        Unrolled: ``Lt + 2`` (``0`` when ``pipeline == 0``), ``Lt`` the deepest adder tree's
+        register stages (as :func:`~bitfab.hw.adder_tree.sum_terms` reports them), then the
+        output-code register and the output FIFO. Folded: ``SF * NF + 2 + Lt`` (input buffer,
+        weight memory read, adder tree, output buffer).
         """
         if self._latency is None:
             # the adder trees decide the depth: build the hardware once and keep it for the
@@ -190,12 +190,15 @@ class UnrolledDense(_LayerBase):
             return 0
         valid = Signal(name="accepted")
         m.d.comb += valid.eq(self.i.valid & self.i.ready)
-        for s in range(tree):
+        for s in range(tree + 1):
             reg = Signal(name=f"valid{s}")
             m.d.sync += reg.eq(valid)
             valid = reg
-        latency = tree + 1
-        _credit_fifo(m, self.i, self.o, flat, valid, latency)
+        # the output codes are registered once before the FIFO: the output stage's compare and
+        # the FIFO's write multiplexers (every entry) would otherwise share one clock
+        codes_r = _delay(m, flat, 1, always, "out_codes")
+        latency = tree + 2
+        _credit_fifo(m, self.i, self.o, codes_r, valid, latency)
         return latency
 
 
