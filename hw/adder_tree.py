@@ -34,7 +34,7 @@ import operator
 import weakref
 from dataclasses import dataclass
 
-from amaranth.hdl import Const, Module, Shape, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Shape, Signal, Value
 
 # Only to recognise ``x`` and ``~x`` bits of the same input across calls (shared totals);
 # amaranth is pinned to 0.5.x, where these are the classes of ``~a`` and ``a[i]``.
@@ -181,6 +181,10 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     terms, negated, const, pipeline, en = _check_args(
         terms, negated, const, pipeline, en, domain, name)
 
+    if BIT_HEAP and sum(len(_strip_shift(t)) > 1 and _decomposable(t)
+                        for t in (*terms, *negated)) >= _HEAP_MIN_TERMS:
+        return _heap_sum(m, terms, negated, const, pipeline, en, domain, name)
+
     # 1-bit terms are counted (full adders, carry-ins); wider ones are operands of the adders.
     # A negated bit is an inverted bit minus one (-b = ~b - 1), so it is counted too.
     inverted, plain, wide = [], [], []
@@ -233,6 +237,104 @@ def sum_terms(m: Module, terms=(), negated=(), *, const: int = 0, pipeline: int 
     result = Signal(_range_shape(root.lo, root.hi), name=name)
     sub.d.comb += result.eq(root.value)
     return result, latency
+
+
+#: Build sums with wide terms as bit heaps (:func:`_heap_sum`); ``False`` (the default) builds
+#: them as trees of wide adders. Off by default: the heap cuts LUT4 and carries (ternary 64 x 8:
+#: -24 %, -42 %) but at pipeline 2 it registers more bits per stage and placed about 9 % more
+#: logic cells (docs/results/datapaths.md, bench/hw_placed.py)
+BIT_HEAP = False
+#: The fewest wide terms worth a heap (two or so are one adder either way).
+_HEAP_MIN_TERMS = 4
+
+
+def _decomposable(term: Value) -> bool:
+    """A term whose bits go to the bit heap: anything but a product (``x * w``, the int
+    multiply baseline, which stays one operand of the adders)."""
+    while isinstance(term, _Operator) and term.operator == "<<" \
+            and isinstance(term.operands[1], Const):
+        term = term.operands[0]
+    return not (isinstance(term, _Operator) and term.operator == "*")
+
+
+def _heap_bits(sub: Module, term: Value, negate: bool, name: str) -> tuple[list, int]:
+    """Return ``(bits, const)``: ``term`` (or ``-term``) as ``sum(2**col * bit) + const``.
+
+    ``bits`` holds ``(col, bit)`` with ``bit`` a 1-bit value, inverted where its weight is
+    negative (``-2**c b = 2**c ~b - 2**c``: the sign bit of a signed term, every bit of a
+    negated one), so every heap bit has a positive weight. Shifts by constants are columns.
+    """
+    shift = 0
+    while isinstance(term, _Operator) and term.operator == "<<" \
+            and isinstance(term.operands[1], Const):
+        shift += term.operands[1].value
+        term = term.operands[0]
+    shape = term.shape()
+    if not isinstance(term, Signal):
+        sig = Signal(shape, name=name)
+        sub.d.comb += sig.eq(term)
+        term = sig
+    bits, const = [], 0
+    for j in range(shape.width):
+        weight = 1 << (j + shift)
+        neg = (shape.signed and j == shape.width - 1) != negate
+        if neg:
+            bits.append((j + shift, ~term[j]))
+            const -= weight
+        else:
+            bits.append((j + shift, term[j]))
+    return bits, const
+
+
+def _heap_sum(m: Module, terms, negated, const: int, pipeline: int, en, domain: str,
+              name: str) -> tuple[Value, int]:
+    """Build ``sum(terms) - sum(negated) + const`` as one weighted bit heap.
+
+    Every term is split into its bits, each at the column of its weight (a constant shift moves
+    the column, a negative weight is an inverted bit and a constant), so the bits of all inputs
+    and weights of a channel form one heap. Each column is a popcount (:func:`_tree`: full adders
+    in LUTs, where the inversions are free, then carry-chain adders); the column counts, shifted
+    to their columns, and the constant are added by one more tree of carry-chain adders. Products
+    (``x * w``) stay whole operands of that last tree.
+    """
+    sub = Module()
+    m.submodules += sub
+    builder = _Builder(sub, en, domain, name)
+    columns: dict[int, list] = {}
+    wide = []
+    for k, (term, negate) in enumerate([(t, False) for t in terms] +
+                                       [(t, True) for t in negated]):
+        if len(term) == 0:
+            continue
+        if not _decomposable(term):
+            term = _strip_shift(term)
+            lo, hi = value_range(term)
+            wide.append(_Node(-term, -hi, -lo) if negate else _Node(term, lo, hi))
+            continue
+        bits, c = _heap_bits(sub, term, negate, f"{name}_t{k}")
+        const += c
+        for col, bit in bits:
+            columns.setdefault(col, []).append(bit)
+    counts = []
+    for col in sorted(columns):
+        bits = columns[col]
+        # inverted bits first: they go to the full adders, where an inversion is free
+        bits = sorted(bits, key=lambda b: not (isinstance(b, _Operator) and b.operator == "~"))
+        node, lat = _tree(builder, bits, [], 0, pipeline)
+        counts.append((col, node, lat))
+    lat_c = max((lat for _, _, lat in counts), default=0)
+    leaves = []
+    for col, node, lat in counts:
+        for _ in range(lat, lat_c):
+            node = builder.register(node)
+        value = Cat(Const(0, col), node.value) if col else node.value
+        leaves.append(_Node(value, node.lo << col, node.hi << col))
+    for _ in range(lat_c):  # products wait for the column counts
+        wide = [builder.register(n) for n in wide]
+    root, lat_f = _tree(builder, [], leaves + wide, const, pipeline)
+    result = Signal(_range_shape(root.lo, root.hi), name=name)
+    sub.d.comb += result.eq(root.value)
+    return result, lat_c + lat_f
 
 
 def _strip_shift(value: Value) -> Value:
@@ -296,30 +398,41 @@ def _shared_sum(m: Module, builder: _Builder, parsed: list, const: int, pipeline
     if entry["total"] is None:
         sub = Module()
         m.submodules += sub
-        total_builder = _Builder(sub, en, domain, f"shared_total{len(registry)}")
-        entry["total"] = _tree(total_builder, [p[1] for p in parsed], [], 0, pipeline)
+        entry["builder"] = _Builder(sub, en, domain, f"shared_total{len(registry)}")
+        entry["total"] = _tree(entry["builder"], [p[1] for p in parsed], [], 0, pipeline)
     total, lat_t = entry["total"]
     plain = [p[1] for p in parsed if not p[2]]
     inverted = [p[1] for p in parsed if p[2]]
     side = plain if len(plain) <= len(inverted) else inverted
-    if side:
-        part, lat_p = _tree(builder, side, [], 0, pipeline)
+    offset = len(inverted) + const
+    # One subtractor combines the part and the total: the offset goes into the part's tree
+    # (``2 P + offset = 2 (P + offset // 2) + offset % 2``, the low bit is wiring), so the
+    # combining stage is one carry chain, not a negation, an add and a constant add in series.
+    if side is plain:
+        half, low = offset // 2, offset % 2  # result = (2 (P + half) + low) - T
     else:
-        part, lat_p = _Node(Const(0), 0, 0), 0
+        half, low = (-offset) // 2, (-offset) % 2  # result = T - (2 (N + half) + low)
+    if side:
+        part, lat_p = _tree(builder, side, [], half, pipeline)
+    else:
+        part, lat_p = _Node(Const(half), half, half), 0
     for _ in range(lat_p, lat_t):
         part = builder.register(part)
-    for _ in range(lat_t, lat_p):
-        total = builder.register(total)
-    twice = _Node(part.value << 1, 2 * part.lo, 2 * part.hi)
-    offset = len(inverted) + const
-    offset_node = [_Node(Const(offset), offset, offset)] if offset else []
-    if side is plain:
-        operands = [twice, _Node(-total.value, -total.hi, -total.lo), *offset_node]
-    else:
-        operands = [total, _Node(-twice.value, -twice.hi, -twice.lo), *offset_node]
+    # a total that must wait for a deeper part waits once for every channel (shared registers)
+    delayed = entry.setdefault("delayed", [total])
+    while len(delayed) <= lat_p - lat_t:
+        delayed.append(entry["builder"].register(delayed[-1]))
+    total = delayed[max(0, lat_p - lat_t)]
+    twice = Cat(Const(low, 1), part.value)
+    if part.lo < 0:
+        twice = twice.as_signed()
+    twice = _Node(twice, 2 * part.lo + low, 2 * part.hi + low)
     # The operands are correlated (the part is inside the total): the sum stays in the range of
     # the bits it counts, which the interval sum of the operands would overstate.
-    root = builder.add(operands, bounds=(const, const + len(parsed)))
+    if side is plain:
+        root = builder.sub(twice, total, bounds=(const, const + len(parsed)))
+    else:
+        root = builder.sub(total, twice, bounds=(const, const + len(parsed)))
     latency = max(lat_t, lat_p)
     if pipeline:
         root = builder.register(root)
@@ -359,6 +472,16 @@ class _Builder:
             value = value + cin.value
         s = self._signal(lo, hi, "fa" if all(op.hi - op.lo == 1 for op in operands) else "add")
         self._m.d.comb += s.eq(value)
+        return _Node(s, lo, hi)
+
+    def sub(self, a: _Node, b: _Node, bounds) -> _Node:
+        """``a - b`` as one carry chain (``a + ~b + 1``); ``bounds``: the ``(lo, hi)`` of the
+        difference (correlated operands)."""
+        lo, hi = bounds
+        if self._m is None:
+            return _Node(None, lo, hi)
+        s = self._signal(lo, hi, "sub")
+        self._m.d.comb += s.eq(a.value - b.value)
         return _Node(s, lo, hi)
 
     def register(self, node: _Node) -> _Node:

@@ -393,3 +393,65 @@ def test_other_domain_without_en():
     sim.run()
     assert len(got) > 30
     np.testing.assert_array_equal(got, expected)
+
+
+# -- bit heaps (sums of wide terms: every datapath but the popcount) ------------------------
+
+def _heap_run(pipeline, heap, wrong=False, cycles=30):
+    """Shifted, signed, negated and product terms (as the datapaths write them), with and
+    without the bit heap; return (expected, got, module) over the checked cycles."""
+    from bitfab.hw import adder_tree
+    rng = random.Random(pipeline)
+    m = Module()
+    a = [Signal(unsigned(4), name=f"a{i}") for i in range(5)]
+    s = [Signal(signed(4), name=f"s{i}") for i in range(3)]
+    w = Signal(signed(3), name="w")
+    terms = [a[0] << 2, a[1], a[2] << 3, s[0], s[1] << 1, a[3] * w, a[4][1]]
+    negated = [a[3] << 1, s[2], a[4]]
+    saved = adder_tree.BIT_HEAP
+    adder_tree.BIT_HEAP = heap
+    try:
+        result, latency = sum_terms(m, terms, negated, const=-7, pipeline=pipeline)
+    finally:
+        adder_tree.BIT_HEAP = saved
+
+    def reference(av, sv, wv):
+        return (av[0] * 4 + av[1] + av[2] * 8 + sv[0] + sv[1] * 2 + av[3] * wv
+                + ((av[4] >> 1) & 1) - av[3] * 2 - sv[2] - av[4] - 7 + (1 if wrong else 0))
+
+    vectors = [([rng.randint(0, 15) for _ in a], [rng.randint(-8, 7) for _ in s],
+                rng.randint(-4, 3)) for _ in range(cycles)]
+    vectors += [([15] * 5, [-8] * 3, -4), ([0] * 5, [7] * 3, 3)]
+    expected, got = [], []
+
+    async def bench(ctx):
+        for k, (av, sv, wv) in enumerate(vectors):
+            for sig, v in zip(a + s + [w], av + sv + [wv]):
+                ctx.set(sig, v)
+            if k >= latency:
+                expected.append(reference(*vectors[k - latency]))
+                got.append(ctx.get(result))
+            await (ctx.tick() if latency else ctx.delay(1e-6))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6, if_exists=True)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(expected, dtype=object), np.array(got, dtype=object), m
+
+
+@pytest.mark.parametrize("pipeline", [0, 1, 2])
+@pytest.mark.parametrize("heap", [True, False])
+def test_bit_heap_equals_the_sum(pipeline, heap):
+    expected, got, m = _heap_run(pipeline, heap)
+    assert len(got) > 20
+    np.testing.assert_array_equal(got, expected)
+    from amaranth.back import rtlil
+    names = rtlil.convert(m, ports=[])
+    assert ("sum_fa" in names) == heap  # the heap counts bits in full adders (or does not)
+
+
+def test_bit_heap_wrong_reference_fails():
+    expected, got, _ = _heap_run(1, True, wrong=True)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, expected)
