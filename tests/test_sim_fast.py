@@ -9,7 +9,7 @@ from bitfab import InputFormat, IntegerModel
 from bitfab.examples import cnn, random_dense
 from bitfab.hw.verilog import generate
 from bitfab.sim import golden
-from bitfab.sim.fast import run_fast, bench_verilog
+from bitfab.sim.fast import bench_verilog, run_fast
 from bitfab.sim.run import random_inputs
 from bitfab.sim.verilog import Design, run_bench
 
