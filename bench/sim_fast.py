@@ -89,7 +89,11 @@ def harness_cpp(top: str, width: int) -> str:
         top_bits = width - 32 * (words - 1)
         drive = (f"        for (int w = 0; w < {words}; w++) d->i__payload[w] = next();\n"
                  f"        d->i__payload[{words - 1}] &= 0x{(1 << top_bits) - 1:x}u;")
-    return _HARNESS.format(top=top, drive=drive)
+    text = _HARNESS.format(top=top, drive=drive)
+    # Verilator's C++ names of the ports: "__" in a Verilog name is written "___05F"
+    for port in ("i__valid", "i__ready", "i__payload", "o__valid", "o__ready", "o__payload"):
+        text = text.replace(f"d->{port}", f"d->{port.replace('__', '___05F')}")
+    return text
 
 
 def _layer(inputs: int, outputs: int) -> IntegerModel:

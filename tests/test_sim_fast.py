@@ -73,6 +73,28 @@ def test_framed_image_stream(tmp_path, simulator):
     assert bad.mismatches == 1 and bad.first_mismatch["vector"] == 15
 
 
+def test_framed_sequence_out_per_step(tmp_path, tool):
+    """An lstm that answers every time step: a framed output, ``last`` compared as a column."""
+    from bitfab.lstm import random_lstm
+    from bitfab.model import Ternary
+    tool("iverilog", "Icarus is optional outside CI")
+    rng = np.random.default_rng(21)
+    model = IntegerModel((random_lstm(rng, 3, 4, Ternary(), returns="sequence",
+                                      max_length=16),), name="seq")
+    assert model.in_stream.framed and model.out_stream.framed
+    model.save(tmp_path / "seq.bfm")
+    design = design_of(model, tmp_path / "rtl", pipeline=1)
+    x = rng.integers(0, 16, (40, 7, 3))
+    lengths = rng.integers(1, 8, 40)
+    ok = run_fast(design, tmp_path / "seq.bfm", x, lengths, simulator="icarus", p_bubble=0.3,
+                  p_stall=0.3, seed=4)
+    steps = int(lengths.sum())
+    assert (ok.vectors, ok.inputs, ok.mismatches) == (steps, steps, 0)
+    want = golden.expected_rows(model, x, lengths)
+    np.testing.assert_array_equal(ok.outputs, want)
+    assert ok.outputs[:, -1].sum() == 40  # one last bit per sequence
+
+
 def test_same_first_mismatch_as_the_cocotb_bench(tmp_path, tool):
     """Both benches hand the same outputs to the same checker: the same verdict, word for word."""
     tool("iverilog", "Icarus is optional outside CI")
