@@ -103,9 +103,10 @@ def _layer(inputs: int, outputs: int) -> IntegerModel:
 
 
 def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int = 2,
-        digits: str | None = None) -> dict:
+        digits: str | None = None, partial: str | None = None) -> dict:
     """Measure cycles/s of the fast path, the plain harness and the cocotb bench on one design;
-    return the JSON object (``quick``: a 128 x 16 layer, fewer vectors)."""
+    return the JSON object (``quick``: a 128 x 16 layer, fewer vectors). ``partial``: a file
+    rewritten with the results so far after each part (a long run that is stopped keeps them)."""
     if quick:
         inputs, outputs = 128, 16
     n_fast, n_harness, n_cocotb = (20_000, 200_000, 2_000) if quick else \
@@ -127,6 +128,10 @@ def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int
             out["verilog_mb"] = design.verilog.stat().st_size / 1e6
             paths = out["paths"]
 
+            def keep():
+                if partial:
+                    Path(partial).write_text(json.dumps(out, indent=1) + "\n")
+
             say("fast path (verilator)")
             x = random_inputs(model, n_fast, seed=1)[0]
             r = run_fast(design, path, x, simulator="verilator", p_bubble=0, p_stall=0)
@@ -134,6 +139,7 @@ def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int
             r = run_fast(design, path, x, simulator="verilator", p_bubble=0.2, p_stall=0.2)
             paths["fast_stalls_0.2"] = _result(r)
 
+            keep()
             say("plain C++ harness")
             start = time.perf_counter()
             exe = verilator_build([design.verilog.resolve()], design.top, tmp / "harness",
@@ -147,11 +153,13 @@ def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int
                                 "process_s": wall, "cycles_per_s": int(n) / float(secs),
                                 "build_s": build_s}
 
+            keep()
             say("cocotb bench (verilator)")
             r = run_bench(design, path, x[:n_cocotb], simulator="verilator", p_bubble=0,
                           p_stall=0)
             paths["cocotb"] = _result(r)
 
+            keep()
             if icarus_available():
                 say("icarus: fast path and cocotb bench")
                 k = 300 if quick else 100
@@ -160,6 +168,7 @@ def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int
                 paths["icarus_cocotb"] = _result(run_bench(design, path, x[:k],
                                                            simulator="icarus", p_bubble=0,
                                                            p_stall=0))
+            keep()
             if digits:
                 out["digits_build"] = digits_build(digits, tmp)
         finally:
@@ -218,7 +227,8 @@ def main():
     parser.add_argument("--digits", help="also time fresh builds of this model's network")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
-    result = run(args.quick, args.inputs, args.outputs, args.pipeline, args.digits)
+    result = run(args.quick, args.inputs, args.outputs, args.pipeline, args.digits,
+                 partial=args.out)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
