@@ -48,8 +48,9 @@ TB_TOP = "bitfab_tb"
 VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN", "-Wno-UNOPTFLAT",
                    "--x-assign", "0", "--x-initial", "0", "--no-timing", "-O3",
                    "--output-split", "20000", "--output-split-cfuncs", "5000")
-#: compiler optimisation of the generated C++ (make's ``OPT_FAST`` / ``OPT_SLOW``): ``-O1`` builds
-#: several times faster than Verilator's ``-Os`` default at a small cost in cycles/s
+#: compiler optimisation of the generated C++ (make's ``OPT_FAST`` / ``OPT_SLOW`` / ``OPT_GLOBAL``)
+#: instead of Verilator's ``-Os``: with the split and ``-j2``, builds took 2.1-2.2x less time than
+#: the cocotb runner's (docs/results/speed.md)
 OPT = "-O1"
 #: parallel C++ compile jobs of a Verilator build
 BUILD_JOBS = 2
