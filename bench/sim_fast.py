@@ -108,7 +108,7 @@ def run(quick: bool = False, inputs: int = 784, outputs: int = 32, pipeline: int
     """Measure cycles/s of the fast path, the plain harness and the cocotb bench on one design;
     return the JSON object (``quick``: a 128 x 16 layer, fewer vectors). ``partial``: a file
     rewritten with the results so far after each part (a long run that is stopped keeps them).
-    ``skip_cocotb``: measure the fast path and the harness only (the cocotb build is the longest)."""
+    ``skip_cocotb``: the fast path and the harness only (the cocotb build is the longest)."""
     if quick:
         inputs, outputs = 128, 16
     n_fast, n_harness, n_cocotb = (100_000, 200_000, 2_000) if quick else \
