@@ -139,3 +139,24 @@ def test_bench_is_one_module_around_the_top():
     text = bench_verilog(d, 6, 2)
     assert "reg [5:0] i_payload" in text and "wire [1:0] o_payload" in text
     assert ".clk(" not in text and ".rst(" not in text  # a combinational design: no clock port
+
+
+def test_cli_bench_choice(tmp_path, capsys, tool):
+    """``bitfab sim --bench``: fast by default, cocotb on request (and for a waveform); the
+    verdicts agree."""
+    import json
+
+    from bitfab.cli import run
+    tool("iverilog", "Icarus is optional outside CI")
+    model, path = dense_model(tmp_path, n_in=10, n_out=3)
+    verdicts = {}
+    for bench in ("auto", "cocotb"):
+        run(["sim", str(path), "--simulator", "icarus", "--vectors", "30", "--bench", bench,
+             "--json"])
+        verdicts[bench] = json.loads(capsys.readouterr().out)
+    assert verdicts["auto"]["bench"] == "fast" and verdicts["cocotb"]["bench"] == "cocotb"
+    assert [(v["vectors"], v["mismatches"]) for v in verdicts.values()] == [(30, 0)] * 2
+    run(["sim", str(path), "--simulator", "icarus", "--vectors", "5", "--vcd",
+         str(tmp_path / "w.vcd"), "--json"])
+    assert json.loads(capsys.readouterr().out)["bench"] == "cocotb"
+    assert (tmp_path / "w.vcd").exists()
