@@ -2,8 +2,10 @@
 design (a bipolar x binary unrolled layer, default 784 x 32 = 25,088 synapses), measured in one run.
 
 Prints one JSON object: per simulator the vectors run, cycles, cycles/s, build seconds, and the
-Verilator/Amaranth ratio. Each simulator runs the cocotb (or Amaranth) bench with no stalls, so a
-cycle is a clock edge with a new vector offered. Usage:
+Verilator/Amaranth ratio. Each simulator runs ``bitfab sim``'s default bench (Amaranth's; on
+Verilator and Icarus the fast in-simulator bench, :mod:`bitfab.sim.fast`, since it replaced cocotb
+there: ``bench/sim_fast.py`` compares the two) with no stalls, so a cycle is a clock edge with a new
+vector offered. Usage:
 ``python bench/sim_speed.py [--inputs 784 --outputs 32] [--quick]``. ``run(quick)`` is the entry
 point of ``bench/all.py`` (``quick``: a 16 x 4 layer, Amaranth and Verilator only, a smoke test).
 """

@@ -1,9 +1,9 @@
 """Prove the generated hardware bit-exact against the golden model (what ``bitfab sim`` runs).
 
-:func:`simulate_model` runs the chosen simulation (Amaranth, or the cocotb bench on Verilator /
-Icarus, optionally on the synthesized iCE40 / ECP5 netlist) of a model or one of its layers, of
-any layer kind, on random inputs or on real ones, compares every output with
-:mod:`bitfab.sim.golden` and returns a :class:`SimRun` naming the first mismatch.
+:func:`simulate_model` runs the chosen simulation (Amaranth, or on Verilator / Icarus the fast
+in-simulator bench or the cocotb bench, optionally on the synthesized iCE40 / ECP5 netlist) of a
+model or one of its layers, of any layer kind, on random inputs or on real ones, compares every
+output with :mod:`bitfab.sim.golden` and returns a :class:`SimRun` naming the first mismatch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bitfab.hw.config import DEFAULT_PIPELINE
 from bitfab.toolchain import build_dir
 
 __all__ = ["SimRun", "simulate_model", "random_inputs", "choose_simulator", "amaranth_seconds",
-           "AMARANTH_SECONDS_PER_SYNAPSE", "AUTO_SECONDS"]
+           "AMARANTH_SECONDS_PER_SYNAPSE", "AUTO_SECONDS", "BENCHES"]
 
 #: seconds Amaranth's simulator takes per synapse and vector, the larger of two measurements on
 #: 2-core machines: 2.3 us (the digits MLP 64-64-32-10, 6,464 synapses, 1,000 vectors in 15 s on
@@ -29,6 +29,8 @@ AMARANTH_SECONDS_PER_SYNAPSE = 5.6e-6
 #: ``auto`` simulates in Amaranth when that is estimated to take at most this long: a Verilator
 #: build of the same design takes minutes (the digits MLP: 2.8 MB of Verilog), though only once
 AUTO_SECONDS = 60.0
+#: the Verilator / Icarus benches (``auto``: ``fast`` unless a waveform is asked for)
+BENCHES = ("auto", "fast", "cocotb")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class SimRun:
     vcd: str | None = None
     flow: str | None = None
     inputs: int = 0
+    bench: str | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -143,11 +146,14 @@ def simulate_model(model_path, *, simulator: str = "auto", netlist: str | None =
                    vectors: int = 1000, inputs: np.ndarray | None = None, lengths=None,
                    layer: int | None = None, fold: tuple[int, int] | None = None,
                    pipeline: int = DEFAULT_PIPELINE, stall: float = 0.2, seed: int = 0,
-                   vcd: str | None = None, progress=None) -> SimRun:
+                   vcd: str | None = None, bench: str = "auto", progress=None) -> SimRun:
     """Simulate a model (or one layer) and compare it with the golden model; see ``bitfab sim``.
 
     ``inputs`` (and ``lengths`` for sequences) are the input values, else ``vectors`` random
     ones (:func:`random_inputs`). ``simulator`` ``auto`` is :func:`choose_simulator`.
+    ``bench`` picks the Verilator / Icarus bench: ``fast`` (:func:`bitfab.sim.fast.run_fast`,
+    stimulus and capture inside the simulator), ``cocotb`` (:func:`bitfab.sim.verilog.run_bench`)
+    or ``auto``: fast, except that a waveform (``vcd``) takes the cocotb bench.
     ``progress(stage, detail)`` is called as stages start (``generate``, ``netlist``,
     ``build``, ``simulate``) and, in Amaranth, with the vectors done.
     """
@@ -173,17 +179,30 @@ def simulate_model(model_path, *, simulator: str = "auto", netlist: str | None =
     if simulator not in ("verilator", "icarus"):
         raise BitfabError(f"--simulator must be auto, amaranth, verilator or icarus, "
                           f"not {simulator!r}")
-    from .verilog import Design, run_bench
+    if bench not in BENCHES:
+        raise BitfabError(f"--bench must be one of {', '.join(BENCHES)}, not {bench!r}")
+    if bench == "fast" and vcd:
+        raise BitfabError("--vcd needs --bench cocotb (the fast bench writes no waveform)")
+    if bench == "auto":
+        bench = "cocotb" if vcd else "fast"
+    from . import fast, verilog
+    from .verilog import Design
     start = time.perf_counter()
     sidecar = _generate(model, model_path, layer, fold, pipeline, say)
     gen_s = time.perf_counter() - start
     design = Design.from_sidecar(sidecar)
-    result = run_bench(design, model_path, x, lengths, simulator=simulator, netlist=netlist,
-                       p_bubble=stall, p_stall=stall, seed=seed, vcd=vcd, progress=say)
+    if bench == "fast":
+        result = fast.run_fast(design, model_path, x, lengths, simulator=simulator,
+                               netlist=netlist, p_bubble=stall, p_stall=stall, seed=seed,
+                               progress=say)
+    else:
+        result = verilog.run_bench(design, model_path, x, lengths, simulator=simulator,
+                                   netlist=netlist, p_bubble=stall, p_stall=stall, seed=seed,
+                                   vcd=vcd, progress=say)
     return SimRun(simulator, netlist, result.vectors, result.mismatches, result.cycles,
                   result.cycles_per_s, result.wall_s, gen_s + result.build_s,
                   _values_mismatch(design_model, result.first_mismatch), design.top, result.vcd,
-                  result.flow, result.inputs)
+                  result.flow, result.inputs, bench)
 
 
 def _simulate_amaranth(model, fold, pipeline, x, lengths, stall, seed, vcd, say) -> SimRun:

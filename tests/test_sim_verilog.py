@@ -126,10 +126,11 @@ def test_bitfab_sim_cli_verdict_and_mismatch_report(tmp_path, capsys, monkeypatc
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["simulator"] == "verilator" and verdict["vectors"] == 50
     assert verdict["mismatches"] == 0 and verdict["cycles_per_s"] > 0
+    assert verdict["bench"] == "fast"  # the default: the in-simulator bench, not cocotb
     # a wrong reference: the command exits 1 and names vector, expected and actual values
-    import bitfab.sim.verilog as verilog
-    real = verilog.run_bench
-    monkeypatch.setattr(verilog, "run_bench",
+    import bitfab.sim.fast as fast
+    real = fast.run_fast
+    monkeypatch.setattr(fast, "run_fast",
                         lambda *a, **k: real(*a, **{**k, "wrong_reference": True}))
     with pytest.raises(SystemExit) as bad:
         run(["sim", str(path), "--simulator", "verilator", "--vectors", "40"])

@@ -48,10 +48,14 @@ __all__ = ["sim"]
 @click.option("--stall", type=click.FloatRange(0, 0.95), default=0.2, show_default=True,
               help="Chance per cycle of a producer bubble and of a consumer stall.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--bench", type=click.Choice(["auto", "fast", "cocotb"]), default="auto",
+              show_default=True,
+              help="Verilator/Icarus bench: fast (stimulus, stalls and capture inside the "
+                   "simulator), cocotb (Python per cycle), auto: fast unless --vcd.")
 @click.option("--vcd", type=click.Path(dir_okay=False), help="Write a waveform to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeline, stall, seed,
-        vcd, as_json):
+        bench, vcd, as_json):
     """Simulate the generated hardware and compare it bit for bit with the golden model."""
     from bitfab.sim.run import simulate_model
 
@@ -67,7 +71,8 @@ def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeli
     with Stages(console(stderr=as_json), transient=as_json) as stages:
         run = simulate_model(model, simulator=simulator, netlist=netlist, vectors=vectors,
                              inputs=x, lengths=steps, layer=layer, fold=fold, pipeline=pipeline,
-                             stall=stall, seed=seed, vcd=vcd, progress=stages)
+                             stall=stall, seed=seed, vcd=vcd, bench=bench,
+                             progress=stages)
     if as_json:
         emit_json(run.to_json())
     else:
