@@ -112,6 +112,16 @@ def _sim_rows(r: dict) -> list:
     return rows
 
 
+def _sim_fast_rows(r: dict) -> list:
+    paths = r["paths"]
+    harness = paths["harness"]["cycles_per_s"]
+    rows = [(f"{name}, {r['layer']} layer", f"{_g(p['cycles_per_s'])} cycles/s",
+             f"{p['cycles_per_s'] / harness:.2f}x the plain C++ harness")
+            for name, p in paths.items() if p.get("cycles_per_s") and name != "harness"]
+    rows.append((f"plain C++ harness, {r['layer']} layer", f"{_g(harness)} cycles/s", "-"))
+    return rows
+
+
 # --- plots (section results -> one PNG each; skipped where the sections are missing) ---------
 
 
@@ -209,6 +219,9 @@ class Section:
     module: str
     title: str
     rows: object  # result dict -> [(measurement, value, compared with)]
+    #: run by ``--quick`` (the CI smoke test); a section whose quick run builds several
+    #: simulators is left to its own tests there (its row says "not run")
+    smoke: bool = True
 
 
 #: every measurement of ``make bench``, in table order
@@ -220,6 +233,8 @@ SECTIONS = (
     Section("boards", "board_flow", "Fmax, flow time and vectors/s per board", _board_rows),
     Section("sim_speed", "sim_speed", "simulated cycles/s: Amaranth, Icarus, Verilator",
             _sim_rows),
+    Section("sim_fast", "sim_fast", "Verilator cycles/s: fast bench vs plain C++ harness vs "
+            "cocotb", _sim_fast_rows, smoke=False),
 )
 #: plot file -> function of the section results
 PLOTS = {"bench-area.png": _plot_area, "bench-boards.png": _plot_boards,
@@ -361,7 +376,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(only) - {s.name for s in SECTIONS})
     if unknown:
         ap.error(f"--only: unknown sections {unknown}; known: {[s.name for s in SECTIONS]}")
-    chosen = [s for s in SECTIONS if not only or s.name in only]
+    chosen = [s for s in SECTIONS if s.name in only] if only else \
+        [s for s in SECTIONS if s.smoke or not args.quick]
     jobs = args.jobs or (2 if args.quick else 1)
     timeout = args.timeout or (600 if args.quick else 7200)
     if args.out is None:

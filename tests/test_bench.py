@@ -25,7 +25,8 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["quick"] is True
-    assert list(report["sections"]) == [s.name for s in bench.SECTIONS]
+    # the sections that build several simulators run in their own tests (tests/test_sim_fast.py)
+    assert list(report["sections"]) == [s.name for s in bench.SECTIONS if s.smoke]
     for name, entry in report["sections"].items():
         assert "error" not in entry, f"{name}: {entry['error']}"
         assert bench._numbers(entry["result"]) > 0, name
@@ -35,7 +36,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert "| section | measurement | value | compared with |" in md
     for section in bench.SECTIONS:
         assert f"| {section.name} |" in md, section.name
-    assert len(rows) >= len(bench.SECTIONS)
+    assert len(rows) >= len([s for s in bench.SECTIONS if s.smoke])
 
 
 def test_a_failing_or_missing_measurement_is_an_error_row(tmp_path):
