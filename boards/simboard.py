@@ -19,7 +19,7 @@ from bitfab.hw.config import DEFAULT_PIPELINE
 
 from .top import SerialNetwork
 
-__all__ = ["SimTransport", "simulated_board"]
+__all__ = ["SimTransport", "simulated_board", "SIM_DIVISOR"]
 
 _PERIOD = 1e-6  # simulated clock period (only clock counts matter)
 
@@ -115,11 +115,19 @@ class SimTransport:
         self.close()
 
 
-def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8
+#: clocks per UART bit of a simulated board: the iCEBreaker's link (3 Mbaud from 12 MHz), the
+#: fewest the UART allows, so a simulated vector costs as few clocks as the line allows
+SIM_DIVISOR = 4
+
+
+def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE,
+                    divisor: int = SIM_DIVISOR, *, selftest=None, clock_hz: float = 12e6
                     ) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
     with ``fold = (pe, simd)``, answering identify with its fingerprint), its UART at ``divisor``
-    clocks per bit."""
+    clocks per bit; ``selftest`` (:class:`~bitfab.boards.selftest.SelfTestData`) builds the
+    on-board self-test in, reporting ``clock_hz`` as its clock."""
     from bitfab.hw.layer import build_network
     return SimTransport(SerialNetwork(build_network(model, fold, pipeline), divisor,
-                                      fingerprint=model.fingerprint(), heartbeat_bits=8))
+                                      fingerprint=model.fingerprint(), heartbeat_bits=8,
+                                      selftest=selftest, clock_hz=clock_hz))

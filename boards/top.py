@@ -9,14 +9,15 @@ oscillator or a PLL (:mod:`bitfab.boards.pll`).
 
 
 from amaranth.build import Subsignal
-from amaranth.hdl import Elaboratable, Module, Shape, Signal, Value
+from amaranth.hdl import Elaboratable, Module, Mux, Shape, Signal, Value
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
 
 from .framing import FrameReceiver, FrameTransmitter
-from .protocol import Identity, vector_bytes
+from .protocol import SELFTEST_BYTES, Identity, vector_bytes
+from .selftest import SelfTest
 from .uart import UARTRx, UARTTx
 
 __all__ = ["Repack", "SerialNetwork", "BoardTop"]
@@ -61,6 +62,11 @@ class SerialNetwork(wiring.Component):
         (:meth:`bitfab.model.IntegerModel.fingerprint`); its first 8 bytes answer identify.
     heartbeat_bits : int
         The LED blinks with counter bit ``heartbeat_bits - 1`` (23 at 12 MHz: every 0.7 s).
+    selftest : bitfab.boards.selftest.SelfTestData or None
+        Build the on-board self-test with these ROM contents (:class:`~.selftest.SelfTest`),
+        run by a ``'T'`` frame; None: no self-test (a ``'T'`` frame is an unknown type).
+    clock_hz : float
+        The design clock, reported by the self-test (default: 0, unknown).
 
     Members
     -------
@@ -75,7 +81,8 @@ class SerialNetwork(wiring.Component):
     tx: Out(1, init=1)
     led: Out(1)
 
-    def __init__(self, network, divisor: int, *, fingerprint: str, heartbeat_bits: int = 23):
+    def __init__(self, network, divisor: int, *, fingerprint: str, heartbeat_bits: int = 23,
+                 selftest=None, clock_hz: float = 0):
         self._network = network
         in_shape = _stream_shape(network, "i")
         out_shape = _stream_shape(network, "o")
@@ -84,7 +91,10 @@ class SerialNetwork(wiring.Component):
         self._in_bytes = vector_bytes(in_bits, 1)
         self._out_bytes = vector_bytes(out_bits, 1)
         try:
-            self._identity = Identity(fingerprint, self._in_bytes, self._out_bytes)
+            self._identity = Identity(fingerprint, self._in_bytes, self._out_bytes,
+                                      _input_clocks(network), int(divisor))
+            self._selftest = None if selftest is None else \
+                SelfTest(selftest, in_shape, out_shape, clock_hz)
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
@@ -92,8 +102,10 @@ class SerialNetwork(wiring.Component):
         self._heartbeat = heartbeat_bits
         self._uart_rx = UARTRx(divisor)
         self._uart_tx = UARTTx(divisor)
-        self._frx = FrameReceiver(self._in_bytes)
-        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes())
+        test = self._selftest is not None
+        self._frx = FrameReceiver(self._in_bytes, selftest=test)
+        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes(),
+                                     report_bytes=SELFTEST_BYTES if test else 0)
         self._pack = Repack(8 * self._in_bytes, in_shape)
         self._unpack = Repack(out_shape, 8 * self._out_bytes)
         super().__init__()
@@ -106,6 +118,11 @@ class SerialNetwork(wiring.Component):
     def identity(self) -> Identity:
         """What the board answers to identify: the fingerprint's first 8 bytes, the frame sizes."""
         return self._identity
+
+    @property
+    def selftest(self):
+        """The :class:`~.selftest.SelfTest` (None when built without one)."""
+        return self._selftest
 
     @property
     def in_bytes(self) -> int:
@@ -129,8 +146,11 @@ class SerialNetwork(wiring.Component):
         m.d.comb += [self._uart_rx.rx.eq(self.rx), self.tx.eq(self._uart_tx.tx)]
         wiring.connect(m, self._uart_rx.o, self._frx.i)
         wiring.connect(m, self._frx.o, self._pack.i)
-        wiring.connect(m, self._pack.o, self._network.i)
-        wiring.connect(m, self._network.o, self._unpack.i)
+        if self._selftest is None:
+            wiring.connect(m, self._pack.o, self._network.i)
+            wiring.connect(m, self._network.o, self._unpack.i)
+        else:
+            self._share_network(m)
         wiring.connect(m, self._unpack.o, self._ftx.i)
         wiring.connect(m, self._frx.ident, self._ftx.ident)
         wiring.connect(m, self._frx.err, self._ftx.err)
@@ -149,6 +169,36 @@ class SerialNetwork(wiring.Component):
         m.d.comb += self.led.eq(failed | (beat[-1] ^ (activity != 0)))
         return m
 
+    def _share_network(self, m):
+        """The self-test takes the network's streams while it runs (input frames that arrive
+        then wait in the receiver and overrun, as with a busy network)."""
+        test, net = self._selftest, self._network
+        m.submodules.selftest = test
+        wiring.connect(m, self._frx.test, test.start)
+        wiring.connect(m, test.report, self._ftx.report)
+        own = test.active
+        m.d.comb += [
+            net.i.valid.eq(Mux(own, test.net_i.valid, self._pack.o.valid)),
+            Value.cast(net.i.payload).eq(Mux(own, Value.cast(test.net_i.payload),
+                                             Value.cast(self._pack.o.payload))),
+            test.net_i.ready.eq(own & net.i.ready),
+            self._pack.o.ready.eq(~own & net.i.ready),
+            Value.cast(test.net_o.payload).eq(Value.cast(net.o.payload)),
+            Value.cast(self._unpack.i.payload).eq(Value.cast(net.o.payload)),
+            test.net_o.valid.eq(own & net.o.valid),
+            self._unpack.i.valid.eq(~own & net.o.valid),
+            net.o.ready.eq(Mux(own, test.net_o.ready, self._unpack.i.ready)),
+        ]
+
+
+def _input_clocks(network) -> int:
+    """Clocks between inputs of ``network`` at full rate (what identify reports)."""
+    from .report import input_clocks
+    try:
+        return int(input_clocks(network))
+    except AttributeError:  # a bare layer
+        return int(getattr(network, "initiation_interval", 0) or 0)
+
 
 class BoardTop(Elaboratable):
     """Put a :class:`SerialNetwork` on a board.
@@ -166,18 +216,25 @@ class BoardTop(Elaboratable):
         (:func:`bitfab.boards.pll.clock_domain`).
     baud : int
         UART rate.
+    selftest : bitfab.boards.selftest.SelfTestData or None
+        The on-board self-test's ROM contents (see :class:`SerialNetwork`).
+    divisor : int or None
+        Clocks per UART bit (default: from ``baud``, :func:`~.uart.uart_divisor`, which refuses a
+        rate the clock does not make within 2 %).
     """
 
     def __init__(self, board, network, clock_hz: float | None = None, baud: int = 115200, *,
-                 fingerprint: str):
+                 fingerprint: str, selftest=None, divisor: int | None = None):
         from .pll import plan
         from .uart import uart_divisor
         self._board = board
         self._plan = plan(board, clock_hz)
         self.clock_hz = self._plan.f_out
-        self.core = SerialNetwork(network, uart_divisor(self.clock_hz, baud),
+        self.core = SerialNetwork(network,
+                                  uart_divisor(self.clock_hz, baud) if divisor is None else divisor,
                                   fingerprint=fingerprint,
-                                  heartbeat_bits=max(8, int(self.clock_hz).bit_length() - 1))
+                                  heartbeat_bits=max(8, int(self.clock_hz).bit_length() - 1),
+                                  selftest=selftest, clock_hz=self.clock_hz)
 
     def elaborate(self, platform):
         from .pll import clock_domain

@@ -1,0 +1,182 @@
+"""The on-board self-test: input vectors and their expected results in ROMs, streamed through the
+network at full clock with no host in the loop.
+
+:class:`SelfTest` sits beside the network in :class:`~bitfab.boards.top.SerialNetwork`: on a
+self-test request (a ``'T'`` frame) it takes the network's input and output streams over, feeds
+the input ROM's words one per clock (as fast as the network takes them), compares every result
+with the expected ROM's word, counts clocks and mismatches, and hands a
+:class:`~bitfab.boards.protocol.SelfTestReport` to the frame transmitter (an ``'S'`` frame). The
+ROMs are :class:`amaranth.lib.memory.Memory` with synchronous read ports, so yosys maps them to
+block RAM initialised in the bitstream. The vectors come from the caller (the golden model's
+results of random inputs, :func:`bitfab.sim.run.selftest_vectors`).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Shape, Signal, Value, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from bitfab.errors import BitfabError
+
+from .protocol import SELFTEST_BYTES
+
+__all__ = ["SelfTestData", "SelfTest", "rom_bits", "MAX_VECTORS"]
+
+#: the most vectors a self-test holds (its counters are 32 bits; a ROM this deep fits no board)
+MAX_VECTORS = 1 << 20
+
+
+class SelfTestData:
+    """The self-test ROMs' contents: input transfers and the results expected for them, as
+    payload integers (:meth:`bitfab.formats.StreamFormat.pack`).
+
+    Parameters
+    ----------
+    inputs, expected : sequences of int
+        One payload per input transfer, and one per result, in stream order.
+    seed : int or None
+        The seed the inputs were drawn with (recorded in ``report.json``).
+    """
+
+    def __init__(self, inputs, expected, seed=None):
+        self.inputs = [int(p) for p in inputs]
+        self.expected = [int(p) for p in expected]
+        self.seed = seed
+        if not self.inputs or not self.expected:
+            raise BitfabError("a self-test needs at least one vector")
+        if len(self.inputs) > MAX_VECTORS or len(self.expected) > MAX_VECTORS:
+            raise BitfabError(f"a self-test holds at most {MAX_VECTORS} vectors, not "
+                              f"{max(len(self.inputs), len(self.expected))}")
+
+    @property
+    def vectors(self) -> int:
+        """Results the self-test checks."""
+        return len(self.expected)
+
+    def to_json(self) -> dict:
+        return {"vectors": self.vectors, "input_transfers": len(self.inputs), "seed": self.seed}
+
+
+def rom_bits(data: SelfTestData, in_bits: int, out_bits: int) -> int:
+    """Bits the two ROMs hold."""
+    return len(data.inputs) * in_bits + len(data.expected) * out_bits
+
+
+class SelfTest(wiring.Component):
+    """Stream the input ROM through a network and check its results against the expected ROM.
+
+    Parameters
+    ----------
+    data : SelfTestData
+    in_shape, out_shape : shape-castable
+        The network's input and output payload shapes.
+    clock_hz : float
+        The design clock, reported with the counts (a constant of the bitstream).
+
+    Members
+    -------
+    start : In(stream.Signature(0))
+        Requests; one arriving while a test runs waits for its end.
+    report : Out(stream.Signature(8 * SELFTEST_BYTES))
+        The :class:`~bitfab.boards.protocol.SelfTestReport` bytes, little-endian fields.
+    net_i : Out(stream.Signature(in_shape))
+        To the network's input while the test runs.
+    net_o : In(stream.Signature(out_shape))
+        From the network's output while the test runs (always ready then).
+    active : Out(1)
+        The test owns the network's streams.
+    """
+
+    def __init__(self, data: SelfTestData, in_shape, out_shape, clock_hz: float):
+        if not isinstance(data, SelfTestData):
+            self._MustUse__silence = True
+            raise BitfabError(f"data must be a SelfTestData, not {type(data).__name__}")
+        self._data = data
+        self._in_bits = Shape.cast(in_shape).width
+        self._out_bits = Shape.cast(out_shape).width
+        self._clock = int(round(clock_hz))
+        for name, values, bits in (("input", data.inputs, self._in_bits),
+                                   ("expected", data.expected, self._out_bits)):
+            bad = [v for v in values if not 0 <= v < 1 << bits]
+            if bad:
+                self._MustUse__silence = True
+                raise BitfabError(f"self-test {name} payload {bad[0]:#x} does not fit the "
+                                  f"network's {bits}-bit stream")
+        super().__init__({
+            "start": In(stream.Signature(0)),
+            "report": Out(stream.Signature(unsigned(8 * SELFTEST_BYTES))),
+            "net_i": Out(stream.Signature(in_shape)),
+            "net_o": In(stream.Signature(out_shape)),
+            "active": Out(1),
+        })
+
+    @property
+    def data(self) -> SelfTestData:
+        return self._data
+
+    def elaborate(self, platform):
+        m = Module()
+        data = self._data
+        n_in, n_out = len(data.inputs), len(data.expected)
+        m.submodules.in_rom = in_rom = memory.Memory(
+            shape=unsigned(self._in_bits), depth=n_in, init=data.inputs)
+        m.submodules.exp_rom = exp_rom = memory.Memory(
+            shape=unsigned(self._out_bits), depth=n_out, init=data.expected)
+        rd_in = in_rom.read_port()
+        rd_exp = exp_rom.read_port()
+
+        running = Signal()
+        done = Signal()        # the report waits for the transmitter
+        ra = Signal(range(n_in + 1))     # the next input word to read
+        have = Signal()        # rd_in.data holds an input word not yet taken
+        wa = Signal(range(n_out + 1))    # results seen
+        cycles = Signal(32)
+        first = Signal(32)     # cycle of the first result
+        last = Signal(32)      # cycle of the last result
+        mismatches = Signal(32)
+        m.d.comb += self.active.eq(running)
+
+        # the input ROM: a synchronous read port is a one-word pipeline; its word is held while
+        # the network does not take it (en low)
+        m.d.comb += [
+            self.net_i.valid.eq(running & have),
+            Value.cast(self.net_i.payload).eq(rd_in.data),
+        ]
+        advance = ~have | self.net_i.ready
+        m.d.comb += [rd_in.addr.eq(ra), rd_in.en.eq(running & advance)]
+        with m.If(running & advance):
+            m.d.sync += have.eq(ra < n_in)
+            with m.If(ra < n_in):
+                m.d.sync += ra.eq(ra + 1)
+
+        # the expected ROM: always reads the word of the next result
+        taken = self.net_o.valid & running
+        m.d.comb += [self.net_o.ready.eq(running),
+                     rd_exp.addr.eq(wa + taken), rd_exp.en.eq(1)]
+        with m.If(running):
+            m.d.sync += cycles.eq(cycles + 1)
+        with m.If(taken):
+            m.d.sync += [wa.eq(wa + 1), last.eq(cycles)]
+            with m.If(wa == 0):
+                m.d.sync += first.eq(cycles)
+            with m.If(Value.cast(self.net_o.payload) != rd_exp.data):
+                m.d.sync += mismatches.eq(mismatches + 1)
+            with m.If(wa == n_out - 1):
+                m.d.sync += [running.eq(0), done.eq(1)]
+
+        m.d.comb += self.start.ready.eq(~running & ~done)
+        with m.If(self.start.valid & self.start.ready):
+            m.d.sync += [running.eq(1), ra.eq(0), have.eq(0), wa.eq(0), cycles.eq(1),
+                         first.eq(0), last.eq(0), mismatches.eq(0)]
+
+        # the report: vectors, mismatches, cycles (request to last result, counting the request's
+        # clock), steady cycles (first result to last), clock
+        m.d.comb += [
+            self.report.valid.eq(done),
+            self.report.payload.eq(Cat(Const(n_out, 32), mismatches, last, (last - first)[:32],
+                                       Const(self._clock, 32))),
+        ]
+        with m.If(self.report.valid & self.report.ready):
+            m.d.sync += done.eq(0)
+        return m
