@@ -141,25 +141,28 @@ def choose_clock(board, fmax_hz: float, baud: int, margin: float = MARGIN) -> tu
     the fastest the PLL makes (:func:`frequencies`, or the oscillator) that is at most
     ``(1 - margin) * fmax_hz`` and carries ``baud`` within the UART's 2 % (the clock and the
     rate are chosen together, :func:`bitfab.boards.uart.uart_divisor`). A design slower than
-    the oscillator plus margin stays on the oscillator. Raises :class:`BitfabError` when no
-    such clock carries ``baud``."""
+    the oscillator plus margin stays on the oscillator when it carries ``baud``. Raises
+    :class:`BitfabError` when no such clock carries ``baud``."""
     from .uart import uart_divisor
     ceiling = (1 - margin) * fmax_hz
     osc = float(board.clock_hz)
-    if ceiling <= osc:
-        return osc, (f"Fmax {fmax_hz / 1e6:.1f} MHz less {100 * margin:g} % is not above the "
-                     f"{osc / 1e6:g} MHz oscillator: the oscillator")
+    # the oscillator is always a candidate: a design too slow for a PLL clock above it stays on
+    # it (whether it meets timing there is the first pass's verdict)
     for f in sorted({osc, *frequencies(board)}, reverse=True):
-        if f > ceiling:
+        if f > ceiling and f != osc:
             continue
         try:
             div = uart_divisor(f, baud)
         except BitfabError:
             continue
+        how = (f"{100 * abs(f / div - baud) / baud:.2f} % off at {div} clocks per bit")
+        if f == osc and f > ceiling:
+            return f, (f"Fmax {fmax_hz / 1e6:.1f} MHz less a {100 * margin:g} % margin is not "
+                       f"above the {osc / 1e6:g} MHz oscillator: the oscillator ({baud} baud "
+                       f"{how})")
         return f, (f"Fmax {fmax_hz / 1e6:.1f} MHz less a {100 * margin:g} % margin is "
-                   f"{ceiling / 1e6:.1f} MHz; {f / 1e6:g} MHz is the fastest the PLL makes below "
-                   f"it that carries {baud} baud ({div} clocks per bit, "
-                   f"{100 * abs(f / div - baud) / baud:.2f} % off)")
+                   f"{ceiling / 1e6:.1f} MHz; {f / 1e6:g} MHz is the fastest clock below it that "
+                   f"carries {baud} baud ({how})")
     raise BitfabError(f"no clock up to {ceiling / 1e6:.1f} MHz on {board.name} carries {baud} "
                       f"baud within 2 %: give --clock or --baud")
 
