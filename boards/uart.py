@@ -27,7 +27,8 @@ def uart_divisor(clk_hz: float, baud: int) -> int:
     div = round(clk_hz / baud)
     if div < 4:
         raise BitfabError(f"a {clk_hz / 1e6:g} MHz clock is too slow for {baud} baud "
-                          f"(needs at least 4 clocks per bit, has {clk_hz / baud:.2f})")
+                          f"(needs at least 4 clocks per bit, has {clk_hz / baud:.2f}): give a "
+                          f"--clock of at least {4 * baud / 1e6:g} MHz or a lower --baud")
     error = abs(clk_hz / div - baud) / baud
     if error > 0.02:
         raise BitfabError(f"{baud} baud from {clk_hz / 1e6:g} MHz is off by {100 * error:.1f} % "
