@@ -20,7 +20,7 @@ from .protocol import SELFTEST_BYTES, Identity, vector_bytes
 from .selftest import SelfTest
 from .uart import UARTRx, UARTTx
 
-__all__ = ["Repack", "SerialNetwork", "BoardTop"]
+__all__ = ["Repack", "Select", "Route", "SerialNetwork", "BoardTop"]
 
 
 class Repack(wiring.Component):
@@ -174,21 +174,63 @@ class SerialNetwork(wiring.Component):
         then wait in the receiver and overrun, as with a busy network)."""
         test, net = self._selftest, self._network
         m.submodules.selftest = test
+        m.submodules.net_in = into = Select(_stream_shape(net, "i"))
+        m.submodules.net_out = outof = Route(_stream_shape(net, "o"))
         wiring.connect(m, self._frx.test, test.start)
         wiring.connect(m, test.report, self._ftx.report)
-        own = test.active
+        wiring.connect(m, self._pack.o, into.a)
+        wiring.connect(m, test.net_i, into.b)
+        wiring.connect(m, into.o, net.i)
+        wiring.connect(m, net.o, outof.i)
+        wiring.connect(m, outof.a, self._unpack.i)
+        wiring.connect(m, outof.b, test.net_o)
+        m.d.comb += [into.sel.eq(test.active), outof.sel.eq(test.active)]
+
+
+class Select(wiring.Component):
+    """Pass stream ``a`` (``sel`` low) or ``b`` (``sel`` high) to ``o``; the other waits."""
+
+    def __init__(self, shape):
+        super().__init__({
+            "a": In(stream.Signature(shape)),
+            "b": In(stream.Signature(shape)),
+            "o": Out(stream.Signature(shape)),
+            "sel": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
         m.d.comb += [
-            net.i.valid.eq(Mux(own, test.net_i.valid, self._pack.o.valid)),
-            Value.cast(net.i.payload).eq(Mux(own, Value.cast(test.net_i.payload),
-                                             Value.cast(self._pack.o.payload))),
-            test.net_i.ready.eq(own & net.i.ready),
-            self._pack.o.ready.eq(~own & net.i.ready),
-            Value.cast(test.net_o.payload).eq(Value.cast(net.o.payload)),
-            Value.cast(self._unpack.i.payload).eq(Value.cast(net.o.payload)),
-            test.net_o.valid.eq(own & net.o.valid),
-            self._unpack.i.valid.eq(~own & net.o.valid),
-            net.o.ready.eq(Mux(own, test.net_o.ready, self._unpack.i.ready)),
+            self.o.valid.eq(Mux(self.sel, self.b.valid, self.a.valid)),
+            Value.cast(self.o.payload).eq(Mux(self.sel, Value.cast(self.b.payload),
+                                              Value.cast(self.a.payload))),
+            self.a.ready.eq(~self.sel & self.o.ready),
+            self.b.ready.eq(self.sel & self.o.ready),
         ]
+        return m
+
+
+class Route(wiring.Component):
+    """Pass stream ``i`` to ``a`` (``sel`` low) or ``b`` (``sel`` high)."""
+
+    def __init__(self, shape):
+        super().__init__({
+            "i": In(stream.Signature(shape)),
+            "a": Out(stream.Signature(shape)),
+            "b": Out(stream.Signature(shape)),
+            "sel": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += [
+            Value.cast(self.a.payload).eq(Value.cast(self.i.payload)),
+            Value.cast(self.b.payload).eq(Value.cast(self.i.payload)),
+            self.a.valid.eq(~self.sel & self.i.valid),
+            self.b.valid.eq(self.sel & self.i.valid),
+            self.i.ready.eq(Mux(self.sel, self.b.ready, self.a.ready)),
+        ]
+        return m
 
 
 def _input_clocks(network) -> int:
