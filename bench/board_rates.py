@@ -6,7 +6,7 @@ chooses:
 
 - ``datapath_vectors_per_s_at_clock`` / ``_at_fmax``: clock / II and Fmax / II, the clock being
   the one :func:`bitfab.boards.pll.choose_clock` picks from Fmax (15 % margin, carrying the link
-  rate), or the oscillator when no Fmax is known;
+  rate);
 - ``link_vectors_per_s``: what the UART carries at the board's baud (frames of 46 and 15 bytes,
   10 bits a byte, the slower direction), and ``link_vectors_per_s_simulated``: the same measured
   on the simulated board (``board run --simulate``: clocks between answers with the host's
@@ -14,10 +14,12 @@ chooses:
 - ``selftest_vectors_per_s_simulated``: the on-board self-test run on the simulated board
   (clocks between its first and last result, at the chosen clock), with its ratio to clock / II.
 
-Fmax comes from a ``report.json`` of an earlier full run (``build/bench/board_rates/BOARD``) in
-quick mode, and from a real build (``bitfab synth --selftest``, two passes for the clock) with
-``--full``, which takes minutes per board. Prints one JSON object; ``run(quick)`` returns it (for
-a ``make bench`` aggregator). Usage: ``python bench/board_rates.py [--full] [--boards a,b]``.
+The folds are those of ``docs/results/boards.md`` (:data:`PUBLISHED`). Fmax comes from a real
+build with ``--full`` (``bitfab synth --selftest 64``, two passes for the clock; minutes per
+board), else from the ``report.json`` of an earlier full run (``build/bench/board_rates/BOARD``),
+else from the measured table of ``docs/results/boards.md`` (``fmax_source`` says which). Prints
+one JSON object; ``run(quick)`` returns it (for a ``make bench`` aggregator). Usage:
+``python bench/board_rates.py [--full] [--boards a,b]``.
 """
 
 import argparse
@@ -44,8 +46,14 @@ from bitfab.sim.run import random_inputs, selftest_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the fold the simulated runs fall back to where Amaranth's simulator cannot compile the chosen
-#: one (PE 1 with SIMD >= 32 on this network: "too many levels of indentation" in pysim)
+#: one (PE 1 with SIMD >= 32 on this network: "too many levels of indentation" in pysim) and no
+#: fold of PE >= 2 has the same initiation interval
 FALLBACK_FOLD = (2, 32)
+#: the digits builds of docs/results/boards.md (``bitfab demo``'s network, --pipeline 2): fold and
+#: Fmax (MHz) on the oscillator; a quick run reads the clock choice from these when no build of
+#: its own is cached
+PUBLISHED = {"icebreaker": ((1, 32), 33.4), "ice40-hx8k": ((1, 64), 72.2),
+             "ulx3s": ((1, 64), 93.8), "orangecrab": ((1, 64), 127.8)}
 
 
 def digits_like(seed: int = 0) -> IntegerModel:
@@ -59,11 +67,17 @@ def digits_like(seed: int = 0) -> IntegerModel:
 
 
 def _simulate(fn, model, fold):
-    """Run ``fn(fold)``; on pysim's nesting limit, at :data:`FALLBACK_FOLD`."""
+    """Run ``fn(fold)``; on pysim's nesting limit, at a fold of PE >= 2 with the same initiation
+    interval (else :data:`FALLBACK_FOLD`)."""
+    from bitfab.boards.build import candidate_folds
     try:
         return fn(fold), fold
     except IndentationError:
-        return fn(FALLBACK_FOLD), FALLBACK_FOLD
+        ii = initiation_interval(model, fold)
+        same = [f for f in candidate_folds(model)[1:]
+                if f[0] >= 2 and initiation_interval(model, f) == ii]
+        other = same[0] if same else FALLBACK_FOLD
+        return fn(other), other
 
 
 def _link_simulated(model, vectors: int) -> dict:
@@ -106,7 +120,7 @@ def _fmax(model, board, fold, quick: bool, folder: Path):
         synthesize(model, board, fold="unrolled" if fold is None else fold, out=folder,
                    clock_hz="auto", selftest=selftest_data(model, 64, 0))
     if not report_path.is_file():
-        return None, None
+        return PUBLISHED[board.name][1], None
     report = json.loads(report_path.read_text())
     passes = report.get("clock_choice", {}).get("passes") or [{"fmax_mhz": report["fmax_mhz"]}]
     return passes[0]["fmax_mhz"], report
@@ -128,7 +142,7 @@ def run(quick: bool = True, boards=None) -> dict:
     selftests = {}
     for name in boards or BOARDS:
         board = get_board(name)
-        fold = choose_fold(model, board)
+        fold = PUBLISHED[name][0] if name in PUBLISHED else choose_fold(model, board)
         ii = initiation_interval(model, fold)
         folder = ROOT / "build" / "bench" / "board_rates" / name
         fmax, report = _fmax(model, board, fold, quick, folder)
@@ -154,6 +168,7 @@ def run(quick: bool = True, boards=None) -> dict:
             "speedup_over_115200": link["vectors_per_s"] / out["old_link_vectors_per_s_115200"],
             "selftest_vectors_per_s_simulated": st["vectors_per_s"],
             "selftest_simulated": st,
+            "fmax_source": "build" if report else "docs/results/boards.md",
             "build_timing_met": report.get("timing_met") if report else None,
         }
     out["wall_s"] = round(time.perf_counter() - start, 1)
