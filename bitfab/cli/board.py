@@ -133,7 +133,7 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers
         raise BitfabError(f"timing {report['timing']}")
 
 
-def _synth_auto(path, m, target, out, seed, clock_mhz, baud, pipeline, workers, candidates,
+def _synth_auto(path, m, target, out, seed, clock_hz, baud, pipeline, workers, candidates,
                 as_json):
     """``bitfab synth --fold auto``: :func:`bitfab.sweep.folds.search_folds`."""
     from rich.table import Table
@@ -143,7 +143,6 @@ def _synth_auto(path, m, target, out, seed, clock_mhz, baud, pipeline, workers, 
     from bitfab.boards.report import report_table
     from bitfab.sweep.folds import search_folds
 
-    clock_hz = clock_mhz
     if clock_hz != "auto":
         plan(target, clock_hz)
     folder = synth_folder(m, target, out)
