@@ -166,35 +166,49 @@ def _blocks_of(board: Board, depth: int, width: int) -> int:
     return min(-(-width // w) * -(-depth // d) for d, w in shapes)
 
 
-def selftest_blocks(model: IntegerModel, board: Board, inputs: int, results: int) -> int:
+def selftest_blocks(model: IntegerModel, board: Board, inputs: int, results: int,
+                    words: int = 1) -> int:
     """Block RAMs the self-test ROMs of ``inputs`` input transfers and ``results`` results take
-    on ``board`` (one ROM each, as wide as the network's stream)."""
-    return (_blocks_of(board, inputs, model.in_stream.payload_bits)
+    on ``board``: one ROM each, the input one ``words`` words per transfer
+    (:class:`~bitfab.boards.selftest.SelfTest`'s ``input_words``), the other as wide as a
+    result."""
+    return (_blocks_of(board, inputs * words, -(-model.in_stream.payload_bits // words))
             + _blocks_of(board, results, model.out_stream.payload_bits))
 
 
 def check_selftest(model: IntegerModel, board: Board, fold, data) -> dict:
     """Refuse, before any synthesis, a self-test whose ROMs do not fit the block RAM that the
-    network (at ``fold``) leaves on ``board``; return what ``report.json`` records of it.
-    Raises :class:`FitError` naming the most vectors that fit."""
+    network (at ``fold``) leaves on ``board``; return what ``report.json`` records of it,
+    ``input_words`` included: the fewest ROM words per input (at most ``II - 2``, so the network
+    still runs at full rate) whose ROMs fit. Raises :class:`FitError` naming the most vectors
+    that fit."""
     used = memory_blocks(model, fold, board)
     free = board.limits.bram - used
-    per_in = len(data.inputs) // max(data.vectors, 1)  # input transfers per result
-    need = selftest_blocks(model, board, len(data.inputs), data.vectors)
-    if need > free:
+    per_in = max(len(data.inputs) // max(data.vectors, 1), 1)  # input transfers per result
+    words = range(1, max(initiation_interval(model, fold) - 2, 1) + 1)
+
+    def need(inputs, results):
+        return min((selftest_blocks(model, board, inputs, results, k), k) for k in words)
+
+    blocks, k = need(len(data.inputs), data.vectors)
+    if blocks > free:
         fits = 0
-        for k in range(1, 16):  # the largest power of two that fits
-            if selftest_blocks(model, board, (1 << k) * max(per_in, 1), 1 << k) > free:
+        for e in range(1, 21):  # the largest power of two that fits
+            if need((1 << e) * per_in, 1 << e)[0] > free:
                 break
-            fits = 1 << k
-        raise FitError(f"the self-test's {data.vectors} vectors need {need} block RAMs "
+            fits = 1 << e
+        raise FitError(f"the self-test's {data.vectors} vectors need {blocks} block RAMs "
                        f"({model.in_stream.payload_bits} + {model.out_stream.payload_bits} bits "
                        f"each), {free} of {board.limits.bram} are free beside {model.name}'s "
                        f"at fold {_fold_text(fold)}: "
                        + (f"try --selftest {fits}" if fits else "no self-test fits"))
+    k = min(k for k in words if selftest_blocks(model, board, len(data.inputs), data.vectors,
+                                                k) <= free)
     bits = (len(data.inputs) * model.in_stream.payload_bits
             + data.vectors * model.out_stream.payload_bits)
-    return data.to_json() | {"rom_bits": bits, "rom_blocks": need}
+    return data.to_json() | {"rom_bits": bits, "input_words": k,
+                             "rom_blocks": selftest_blocks(model, board, len(data.inputs),
+                                                           data.vectors, k)}
 
 
 def memory_blocks(model: IntegerModel, fold, board: Board) -> int:
@@ -452,8 +466,11 @@ def _build(model: IntegerModel, board: Board, fold, auto: bool, clock_hz, baud: 
     for attempt in range(max_refolds + 1):
         say("elaborate", f"fold {_fold_text(fold)}")
         t0 = time.perf_counter()
+        words = 1 if selftest is None else \
+            check_selftest(model, board, fold, selftest)["input_words"]
         top = BoardTop(board, build_network(model, fold, pipeline), clock_hz, baud,
-                       fingerprint=model.fingerprint(), selftest=selftest, divisor=divisor)
+                       fingerprint=model.fingerprint(), selftest=selftest, divisor=divisor,
+                       selftest_words=words)
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
                                 f"--seed {int(seed)}")

@@ -73,6 +73,13 @@ class SelfTest(wiring.Component):
         The network's input and output payload shapes.
     clock_hz : float
         The design clock, reported with the counts (a constant of the bitstream).
+    input_words : int
+        ROM words per input transfer (default 1): an input ROM ``input_words`` times deeper and
+        as many times narrower, read a word per clock, so a vector is ready ``input_words + 2``
+        clocks after the network took the previous one. A network that takes an input every
+        ``II`` clocks runs at full rate when ``input_words + 2 <= II``
+        (:func:`bitfab.boards.build.check_selftest` picks it so); a wide input of a folded
+        network then costs fewer block RAMs (an iCE40 EBR is at most 16 bits wide).
 
     Members
     -------
@@ -88,11 +95,17 @@ class SelfTest(wiring.Component):
         The test owns the network's streams.
     """
 
-    def __init__(self, data: SelfTestData, in_shape, out_shape, clock_hz: float):
+    def __init__(self, data: SelfTestData, in_shape, out_shape, clock_hz: float,
+                 input_words: int = 1):
         if not isinstance(data, SelfTestData):
             self._MustUse__silence = True
             raise BitfabError(f"data must be a SelfTestData, not {type(data).__name__}")
+        if isinstance(input_words, bool) or not isinstance(input_words, int) or \
+                input_words < 1:
+            self._MustUse__silence = True
+            raise BitfabError(f"input_words must be an integer >= 1, not {input_words!r}")
         self._data = data
+        self._words = input_words
         self._in_bits = Shape.cast(in_shape).width
         self._out_bits = Shape.cast(out_shape).width
         self._clock = int(round(clock_hz))
@@ -115,12 +128,24 @@ class SelfTest(wiring.Component):
     def data(self) -> SelfTestData:
         return self._data
 
+    @property
+    def input_words(self) -> int:
+        """ROM words per input transfer."""
+        return self._words
+
+    @property
+    def word_bits(self) -> int:
+        """Bits of an input ROM word: ``ceil(in_bits / input_words)``."""
+        return -(-self._in_bits // self._words)
+
     def elaborate(self, platform):
         m = Module()
         data = self._data
         n_in, n_out = len(data.inputs), len(data.expected)
+        k, w = self._words, self.word_bits
+        words = [(p >> (w * j)) & ((1 << w) - 1) for p in data.inputs for j in range(k)]
         m.submodules.in_rom = in_rom = memory.Memory(
-            shape=unsigned(self._in_bits), depth=n_in, init=data.inputs)
+            shape=unsigned(w), depth=n_in * k, init=words)
         m.submodules.exp_rom = exp_rom = memory.Memory(
             shape=unsigned(self._out_bits), depth=n_out, init=data.expected)
         rd_in = in_rom.read_port()
@@ -128,27 +153,17 @@ class SelfTest(wiring.Component):
 
         running = Signal()
         done = Signal()        # the report waits for the transmitter
-        ra = Signal(range(n_in + 1))     # the next input word to read
-        have = Signal()        # rd_in.data holds an input word not yet taken
+        ra = Signal(range(n_in * k + 1))  # the next input word to read
         wa = Signal(range(n_out + 1))    # results seen
         cycles = Signal(32)
         first = Signal(32)     # cycle of the first result
         last = Signal(32)      # cycle of the last result
         mismatches = Signal(32)
         m.d.comb += self.active.eq(running)
-
-        # the input ROM: a synchronous read port is a one-word pipeline; its word is held while
-        # the network does not take it (en low)
-        m.d.comb += [
-            self.net_i.valid.eq(running & have),
-            Value.cast(self.net_i.payload).eq(rd_in.data),
-        ]
-        advance = ~have | self.net_i.ready
-        m.d.comb += [rd_in.addr.eq(ra), rd_in.en.eq(running & advance)]
-        with m.If(running & advance):
-            m.d.sync += have.eq(ra < n_in)
-            with m.If(ra < n_in):
-                m.d.sync += ra.eq(ra + 1)
+        if k == 1:
+            self._source_wide(m, rd_in, ra, running, n_in)
+        else:
+            self._source_words(m, rd_in, ra, running, n_in)
 
         # the expected ROM: always reads the word of the next result
         taken = self.net_o.valid & running
@@ -167,8 +182,9 @@ class SelfTest(wiring.Component):
 
         m.d.comb += self.start.ready.eq(~running & ~done)
         with m.If(self.start.valid & self.start.ready):
-            m.d.sync += [running.eq(1), ra.eq(0), have.eq(0), wa.eq(0), cycles.eq(1),
+            m.d.sync += [running.eq(1), ra.eq(0), wa.eq(0), cycles.eq(1),
                          first.eq(0), last.eq(0), mismatches.eq(0)]
+            m.d.sync += [s.eq(0) for s in self._restart]
 
         # the report: vectors, mismatches, cycles (request to last result, counting the request's
         # clock), steady cycles (first result to last), clock
@@ -180,3 +196,45 @@ class SelfTest(wiring.Component):
         with m.If(self.report.valid & self.report.ready):
             m.d.sync += done.eq(0)
         return m
+
+    def _source_wide(self, m, rd_in, ra, running, n_in):
+        # one word a vector: a synchronous read port is a one-word pipeline; its word is held
+        # while the network does not take it (en low)
+        have = Signal()  # rd_in.data holds an input word not yet taken
+        self._restart = [have]
+        m.d.comb += [
+            self.net_i.valid.eq(running & have),
+            Value.cast(self.net_i.payload).eq(rd_in.data),
+        ]
+        advance = ~have | self.net_i.ready
+        m.d.comb += [rd_in.addr.eq(ra), rd_in.en.eq(running & advance)]
+        with m.If(running & advance):
+            m.d.sync += have.eq(ra < n_in)
+            with m.If(ra < n_in):
+                m.d.sync += ra.eq(ra + 1)
+
+    def _source_words(self, m, rd_in, ra, running, n_in):
+        # k words a vector, read one a clock into a shift register (lowest word first) after
+        # the network took the previous vector
+        k, w = self._words, self.word_bits
+        shreg = Signal(k * w)
+        issued = Signal(range(k + 1))  # reads issued for the vector being gathered
+        got = Signal(range(k))         # words arrived for it
+        pend = Signal()                # a read issued last clock: its word is on rd_in.data
+        full = Signal()                # shreg holds a whole vector
+        self._restart = [issued, got, pend, full]
+        m.d.comb += [
+            self.net_i.valid.eq(running & full),
+            Value.cast(self.net_i.payload).eq(shreg[:self._in_bits]),
+        ]
+        issue = running & (issued < k) & (ra < n_in * k)
+        m.d.comb += [rd_in.addr.eq(ra), rd_in.en.eq(issue)]
+        m.d.sync += pend.eq(issue)
+        with m.If(issue):
+            m.d.sync += [ra.eq(ra + 1), issued.eq(issued + 1)]
+        with m.If(pend):
+            m.d.sync += [shreg.eq(rd_in.data << ((k - 1) * w) | shreg >> w), got.eq(got + 1)]
+            with m.If(got == k - 1):
+                m.d.sync += [full.eq(1), got.eq(0)]
+        with m.If(self.net_i.valid & self.net_i.ready):
+            m.d.sync += [full.eq(0), issued.eq(0)]

@@ -127,14 +127,15 @@ SIM_DIVISOR = 4
 
 def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE,
                     divisor: int = SIM_DIVISOR, *, selftest=None, clock_hz: float = 12e6,
-                    timeout_bits: int = 4000) -> SimTransport:
+                    timeout_bits: int = 4000, selftest_words: int = 1) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
     with ``fold = (pe, simd)``, answering identify with its fingerprint), its UART at ``divisor``
     clocks per bit; ``selftest`` (:class:`~bitfab.boards.selftest.SelfTestData`) builds the
-    on-board self-test in, reporting ``clock_hz`` as its clock; ``timeout_bits`` as
-    :class:`SimTransport`'s."""
+    on-board self-test in (``selftest_words`` ROM words per input), reporting ``clock_hz`` as its
+    clock; ``timeout_bits`` as :class:`SimTransport`'s."""
     from bitfab.hw.layer import build_network
     return SimTransport(SerialNetwork(build_network(model, fold, pipeline), divisor,
                                       fingerprint=model.fingerprint(), heartbeat_bits=8,
-                                      selftest=selftest, clock_hz=clock_hz),
+                                      selftest=selftest, clock_hz=clock_hz,
+                                      selftest_words=selftest_words),
                         timeout_bits=timeout_bits)

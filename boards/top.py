@@ -67,6 +67,8 @@ class SerialNetwork(wiring.Component):
         run by a ``'T'`` frame; None: no self-test (a ``'T'`` frame is an unknown type).
     clock_hz : float
         The design clock, reported by the self-test (default: 0, unknown).
+    selftest_words : int
+        The self-test's ROM words per input (:class:`~.selftest.SelfTest`'s ``input_words``).
 
     Members
     -------
@@ -82,7 +84,7 @@ class SerialNetwork(wiring.Component):
     led: Out(1)
 
     def __init__(self, network, divisor: int, *, fingerprint: str, heartbeat_bits: int = 23,
-                 selftest=None, clock_hz: float = 0):
+                 selftest=None, clock_hz: float = 0, selftest_words: int = 1):
         self._network = network
         in_shape = _stream_shape(network, "i")
         out_shape = _stream_shape(network, "o")
@@ -94,7 +96,7 @@ class SerialNetwork(wiring.Component):
             self._identity = Identity(fingerprint, self._in_bytes, self._out_bytes,
                                       _input_clocks(network), int(divisor))
             self._selftest = None if selftest is None else \
-                SelfTest(selftest, in_shape, out_shape, clock_hz)
+                SelfTest(selftest, in_shape, out_shape, clock_hz, selftest_words)
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
@@ -260,13 +262,16 @@ class BoardTop(Elaboratable):
         UART rate.
     selftest : bitfab.boards.selftest.SelfTestData or None
         The on-board self-test's ROM contents (see :class:`SerialNetwork`).
+    selftest_words : int
+        The self-test's ROM words per input (see :class:`SerialNetwork`).
     divisor : int or None
         Clocks per UART bit (default: from ``baud``, :func:`~.uart.uart_divisor`, which refuses a
         rate the clock does not make within 2 %).
     """
 
     def __init__(self, board, network, clock_hz: float | None = None, baud: int = 115200, *,
-                 fingerprint: str, selftest=None, divisor: int | None = None):
+                 fingerprint: str, selftest=None, divisor: int | None = None,
+                 selftest_words: int = 1):
         from .pll import plan
         from .uart import uart_divisor
         self._board = board
@@ -276,7 +281,8 @@ class BoardTop(Elaboratable):
                                   uart_divisor(self.clock_hz, baud) if divisor is None else divisor,
                                   fingerprint=fingerprint,
                                   heartbeat_bits=max(8, int(self.clock_hz).bit_length() - 1),
-                                  selftest=selftest, clock_hz=self.clock_hz)
+                                  selftest=selftest, clock_hz=self.clock_hz,
+                                  selftest_words=selftest_words)
 
     def elaborate(self, platform):
         from .pll import clock_domain

@@ -122,24 +122,26 @@ def test_pipelined_host_streams_at_the_line_rate():
 # --- the on-board self-test ---------------------------------------------------------------------
 
 
-def _selftest(model, fold, data):
+def _selftest(model, fold, data, words=1):
     """Run the self-test on the simulated board; return its report and the network it ran."""
-    with simulated_board(model, fold, selftest=data, timeout_bits=8000) as board:
+    with simulated_board(model, fold, selftest=data, timeout_bits=8000,
+                         selftest_words=words) as board:
         return BoardClient(board, model).selftest(), board._top.network
 
 
-@pytest.mark.parametrize("fold", [None, (1, 4)])
-def test_selftest_counts_clocks_and_mismatches(fold):
+@pytest.mark.parametrize("fold, words", [(None, 1), ((1, 4), 1), ((1, 4), 30)])
+def test_selftest_counts_clocks_and_mismatches(fold, words):
     """The ROM's 16 vectors through the network at full clock: no mismatch, one result every
     initiation interval from the first to the last, and the first latency + 2 clocks (the
-    request's and the ROM read's) after the request."""
+    request's and the ROM read's) after the request, plus the words of a vector read from a
+    narrow ROM (30 words of a 16-bit input: still one every II = 32 clocks)."""
     model = _tiny()
     inputs, expected = selftest_vectors(model, 16, seed=0)
-    report, net = _selftest(model, fold, SelfTestData(inputs, expected, 0))
+    report, net = _selftest(model, fold, SelfTestData(inputs, expected, 0), words)
     ii = net.initiation_interval
     assert (report.vectors, report.mismatches, report.clock_hz) == (16, 0, 12_000_000)
     assert report.steady_cycles == 15 * ii
-    assert report.cycles == net.latency + 2 + 15 * ii
+    assert report.cycles == net.latency + 2 + (words if words > 1 else 0) + 15 * ii
     assert report.vectors_per_s == 12e6 / ii  # exactly clock / II
 
 
@@ -149,6 +151,8 @@ def test_selftest_reports_a_wrong_expected_result():
     inputs, expected = selftest_vectors(model, 16, seed=0)
     expected[5] ^= 1
     report, _ = _selftest(model, (2, 8), SelfTestData(inputs, expected))
+    assert (report.vectors, report.mismatches) == (16, 1)
+    report, _ = _selftest(model, (1, 4), SelfTestData(inputs, expected), words=4)
     assert (report.vectors, report.mismatches) == (16, 1)
 
 
@@ -192,6 +196,22 @@ def test_selftest_report_bytes_round_trip():
     assert r.clocks_per_vector == 128 and r.vectors_per_s == 27_375_000 / 128
     with pytest.raises(ProtocolError, match="a self-test report holds 20 bytes, not 3"):
         SelfTestReport.from_bytes(b"abc")
+
+
+def test_selftest_roms_fit_beside_the_network():
+    """The digits network on the iCEBreaker at fold 1,32: 64 vectors fit when the 320-bit
+    inputs are read as two 160-bit words (II 128 leaves the time); 256 do not."""
+    from bitfab.boards.build import FitError, check_selftest
+    from bitfab.cli.board import selftest_data
+    model, ice = _digits_like(), get_board("icebreaker")
+    got = check_selftest(model, ice, (1, 32), selftest_data(model, 64))
+    assert (got["input_words"], got["rom_blocks"], got["vectors"]) == (2, 15, 64)
+    assert check_selftest(model, get_board("ulx3s"), (1, 64),
+                          selftest_data(model, 64))["input_words"] == 1
+    with pytest.raises(FitError, match=r"^the self-test's 256 vectors need 25 block RAMs \(320 \+ "
+                                       r"70 bits each\), 24 of 30 are free beside digits's at "
+                                       r"fold 1,32: try --selftest 128$"):
+        check_selftest(model, ice, (1, 32), selftest_data(model, 256))
 
 
 def test_selftest_refuses_sequence_models_and_bad_roms():
