@@ -14,10 +14,11 @@ chooses:
 - ``selftest_vectors_per_s_simulated``: the on-board self-test run on the simulated board
   (clocks between its first and last result, at the chosen clock), with its ratio to clock / II.
 
-The folds are those of ``docs/results/boards.md`` (:data:`PUBLISHED`). Fmax comes from a real
-build with ``--full`` (``bitfab synth --selftest 64``, two passes for the clock; minutes per
-board), else from the ``report.json`` of an earlier full run (``build/bench/board_rates/BOARD``),
-else from the measured table of ``docs/results/boards.md`` (``fmax_source`` says which). Prints
+The folds are those of ``docs/results/boards.md`` (:data:`PUBLISHED`), or with ``--full`` the
+one a real build chooses; Fmax comes from that build (``bitfab synth --selftest 64``, the fold
+chosen, two passes for the clock; minutes per board), else from the ``report.json`` of an
+earlier full run (``build/bench/board_rates/BOARD``), else from the measured table of
+``docs/results/boards.md`` (``fmax_source`` says which). Prints
 one JSON object; ``run(quick)`` returns it (for a ``make bench`` aggregator). Usage:
 ``python bench/board_rates.py [--full] [--boards a,b]``.
 """
@@ -114,11 +115,11 @@ def _selftest_simulated(model, fold, vectors: int, clock_hz: float) -> dict:
 def _fmax(model, board, fold, quick: bool, folder: Path):
     """Fmax (MHz) of the board build: a real build unless ``quick``, else an earlier one's."""
     report_path = folder / "report.json"
-    if not quick:
+    if not quick:  # the fold bitfab synth chooses with the self-test in (it refolds to fit)
         from bitfab.boards.build import synthesize
         from bitfab.cli.board import selftest_data
-        synthesize(model, board, fold="unrolled" if fold is None else fold, out=folder,
-                   clock_hz="auto", selftest=selftest_data(model, 64, 0))
+        synthesize(model, board, out=folder, clock_hz="auto",
+                   selftest=selftest_data(model, 64, 0))
     if not report_path.is_file():
         return PUBLISHED[board.name][1], None
     report = json.loads(report_path.read_text())
@@ -143,9 +144,11 @@ def run(quick: bool = True, boards=None) -> dict:
     for name in boards or BOARDS:
         board = get_board(name)
         fold = PUBLISHED[name][0] if name in PUBLISHED else choose_fold(model, board)
-        ii = initiation_interval(model, fold)
         folder = ROOT / "build" / "bench" / "board_rates" / name
         fmax, report = _fmax(model, board, fold, quick, folder)
+        if report is not None:
+            fold = tuple(report["fold"]) if report["fold"] else None
+        ii = initiation_interval(model, fold)
         if fmax is not None:
             clock, why = choose_clock(board, fmax * 1e6, board.baud)
         else:

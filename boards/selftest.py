@@ -214,18 +214,19 @@ class SelfTest(wiring.Component):
                 m.d.sync += ra.eq(ra + 1)
 
     def _source_words(self, m, rd_in, ra, running, n_in):
-        # k words a vector, read one a clock into a shift register (lowest word first) after
-        # the network took the previous vector
+        # k words a vector, read one a clock after the network took the previous vector: the
+        # first k - 1 into a register (lowest word first), the last one straight from the read
+        # port, which holds it until the vector is taken (no read is issued meanwhile)
         k, w = self._words, self.word_bits
-        shreg = Signal(k * w)
+        held = Signal((k - 1) * w)
         issued = Signal(range(k + 1))  # reads issued for the vector being gathered
         got = Signal(range(k))         # words arrived for it
         pend = Signal()                # a read issued last clock: its word is on rd_in.data
-        full = Signal()                # shreg holds a whole vector
+        full = Signal()                # held and rd_in.data make a whole vector
         self._restart = [issued, got, pend, full]
         m.d.comb += [
             self.net_i.valid.eq(running & full),
-            Value.cast(self.net_i.payload).eq(shreg[:self._in_bits]),
+            Value.cast(self.net_i.payload).eq(Cat(held, rd_in.data)[:self._in_bits]),
         ]
         issue = running & (issued < k) & (ra < n_in * k)
         m.d.comb += [rd_in.addr.eq(ra), rd_in.en.eq(issue)]
@@ -233,8 +234,11 @@ class SelfTest(wiring.Component):
         with m.If(issue):
             m.d.sync += [ra.eq(ra + 1), issued.eq(issued + 1)]
         with m.If(pend):
-            m.d.sync += [shreg.eq(rd_in.data << ((k - 1) * w) | shreg >> w), got.eq(got + 1)]
             with m.If(got == k - 1):
                 m.d.sync += [full.eq(1), got.eq(0)]
+            with m.Else():
+                m.d.sync += got.eq(got + 1)
+                m.d.sync += held.eq(rd_in.data << ((k - 2) * w) | held >> w) if k > 2 else \
+                    held.eq(rd_in.data)
         with m.If(self.net_i.valid & self.net_i.ready):
             m.d.sync += [full.eq(0), issued.eq(0)]
