@@ -144,10 +144,13 @@ class SelfTest(wiring.Component):
         n_in, n_out = len(data.inputs), len(data.expected)
         k, w = self._words, self.word_bits
         words = [(p >> (w * j)) & ((1 << w) - 1) for p in data.inputs for j in range(k)]
+        # block RAM, whatever the depth: yosys maps a shallow ROM to logic by cost otherwise (a
+        # 64 x 320-bit one took thousands of LUT4s on the iCEBreaker)
+        block = {"rom_style": "block", "ram_style": "block"}
         m.submodules.in_rom = in_rom = memory.Memory(
-            shape=unsigned(w), depth=n_in * k, init=words)
+            shape=unsigned(w), depth=n_in * k, init=words, attrs=block)
         m.submodules.exp_rom = exp_rom = memory.Memory(
-            shape=unsigned(self._out_bits), depth=n_out, init=data.expected)
+            shape=unsigned(self._out_bits), depth=n_out, init=data.expected, attrs=block)
         rd_in = in_rom.read_port()
         rd_exp = exp_rom.read_port()
 
