@@ -32,14 +32,16 @@ from bitfab.toolchain import (
     yosys_synth,
 )
 
+from .pll import MARGIN, choose_clock
 from .pll import plan as clock_plan
 from .report import build_report, yosys_counts
 from .targets import Board, get_board
-from .uart import uart_divisor
+from .uart import check_baud, link_baud
 
 __all__ = ["FitError", "SynthOutcome", "synthesize", "synth_folder", "candidate_folds",
            "estimate_luts", "memory_blocks", "plan_weights", "choose_fold", "initiation_interval",
-           "logic_cells", "check_estimate", "STALE", "WEIGHTS_IN"]
+           "logic_cells", "check_estimate", "STALE", "WEIGHTS_IN", "selftest_blocks",
+           "check_selftest"]
 
 #: ``--weights-in``: where folded weight memories go (``auto``: block RAM, and the largest layers
 #: in SPRAM when they do not fit; :func:`plan_weights`)
@@ -169,10 +171,58 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
 
 
 def _blocks_of(board: Board, depth: int, width: int) -> int:
-    """Block RAMs of one ``depth`` x ``width`` memory on ``board``'s family."""
+    """Block RAMs of ``board`` a memory of ``depth`` words of ``width`` bits takes (its best
+    aspect ratio: iCE40 EBR 256x16 .. 2048x2, ECP5 DP16KD 512x36 .. 16384x1)."""
     shapes = ((256, 16), (512, 8), (1024, 4), (2048, 2)) if board.family == "ice40" else \
         ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
     return min(-(-width // w) * -(-depth // d) for d, w in shapes)
+
+
+def selftest_blocks(model: IntegerModel, board: Board, inputs: int, results: int,
+                    words: int = 1) -> int:
+    """Block RAMs the self-test ROMs of ``inputs`` input transfers and ``results`` results take
+    on ``board``: one ROM each, the input one ``words`` words per transfer
+    (:class:`~bitfab.boards.selftest.SelfTest`'s ``input_words``), the other as wide as a
+    result."""
+    return (_blocks_of(board, inputs * words, -(-model.in_stream.payload_bits // words))
+            + _blocks_of(board, results, model.out_stream.payload_bits))
+
+
+def check_selftest(model: IntegerModel, board: Board, fold, data,
+                   weights=None) -> dict:
+    """Refuse, before any synthesis, a self-test whose ROMs do not fit the block RAM that the
+    network (at ``fold``) leaves on ``board``; return what ``report.json`` records of it,
+    ``input_words`` included: the fewest ROM words per input (at most ``II - 2``, so the network
+    still runs at full rate) whose ROMs fit. Raises :class:`FitError` naming the most vectors
+    that fit. With ``weights`` (:func:`plan_weights`) the weight memories in SPRAM take no
+    block RAM."""
+    used = memory_blocks(model, fold, board, weights)
+    free = board.limits.bram - used
+    per_in = max(len(data.inputs) // max(data.vectors, 1), 1)  # input transfers per result
+    words = range(1, max(initiation_interval(model, fold) - 2, 1) + 1)
+
+    def need(inputs, results):
+        return min((selftest_blocks(model, board, inputs, results, k), k) for k in words)
+
+    blocks, k = need(len(data.inputs), data.vectors)
+    if blocks > free:
+        fits = 0
+        for e in range(1, 21):  # the largest power of two that fits
+            if need((1 << e) * per_in, 1 << e)[0] > free:
+                break
+            fits = 1 << e
+        raise FitError(f"the self-test's {data.vectors} vectors need {blocks} block RAMs "
+                       f"({model.in_stream.payload_bits} + {model.out_stream.payload_bits} bits "
+                       f"each), {free} of {board.limits.bram} are free beside {model.name}'s "
+                       f"at fold {_fold_text(fold)}: "
+                       + (f"try --selftest {fits}" if fits else "no self-test fits"))
+    k = min(k for k in words if selftest_blocks(model, board, len(data.inputs), data.vectors,
+                                                k) <= free)
+    bits = (len(data.inputs) * model.in_stream.payload_bits
+            + data.vectors * model.out_stream.payload_bits)
+    return data.to_json() | {"rom_bits": bits, "input_words": k,
+                             "rom_blocks": selftest_blocks(model, board, len(data.inputs),
+                                                           data.vectors, k)}
 
 
 def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
@@ -406,9 +456,10 @@ def synth_folder(model: IntegerModel, board: Board, out=None) -> Path:
 
 
 def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int = 0,
-               out: Path | None = None, clock_hz: float | None = None, baud: int = 115200,
-               pipeline: int = DEFAULT_PIPELINE, progress=None, max_refolds: int = 3,
-               place: bool = True, weights_in: str = "auto") -> SynthOutcome:
+               out: Path | None = None, clock_hz: float | str | None = None,
+               baud: int | None = None, pipeline: int = DEFAULT_PIPELINE, progress=None,
+               max_refolds: int = 3, place: bool = True, weights_in: str = "auto",
+               selftest=None, margin: float = MARGIN) -> SynthOutcome:
     """Build ``model`` for ``board``; return the report and the bitstream's path.
 
     ``fold`` None or ``"auto"`` chooses one (:func:`choose_fold`), and a choice whose
@@ -419,27 +470,102 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     ``weights_in`` places the folded weight memories (:func:`plan_weights`: ``auto`` moves the
     largest to iCE40 UP SPRAM when block RAM is short; a bitstream with weights in SPRAM needs
     a weight load before its first input, docs/boards.md).
-    ``progress(stage, detail)`` is called as stages start. The clock (a PLL within 1 %,
-    :func:`bitfab.boards.pll.plan`), the baud rate and the folder (:func:`synth_folder`) are
-    checked before any work. Raises :class:`FitError` when the design does not fit,
-    :class:`ToolError` when a tool fails.
+    ``clock_hz`` None runs on the oscillator, a frequency through a PLL (within 1 %,
+    :func:`bitfab.boards.pll.plan`), ``"auto"`` in two passes: a first place and route on the
+    oscillator reports Fmax, and the second builds at the fastest PLL clock within ``margin``
+    of it that carries the baud rate (:func:`bitfab.boards.pll.choose_clock`; once more, lower,
+    if that misses timing). ``baud`` None is the board's link rate when the clock makes it
+    (:func:`bitfab.boards.uart.link_baud`). ``selftest``
+    (:class:`~bitfab.boards.selftest.SelfTestData`) builds the on-board self-test in; its ROMs
+    must fit the block RAM the network leaves (:func:`check_selftest`).
+    ``progress(stage, detail)`` is called as stages start. The clock, the baud rate, the
+    weights' places, the self-test and the folder (:func:`synth_folder`) are checked before any
+    work. Raises :class:`FitError` when the design does not fit, :class:`ToolError` when a tool
+    fails.
     """
-    from bitfab.hw.layer import build_network
-
-    from .top import BoardTop
     board = get_board(board) if isinstance(board, str) else board
     if not isinstance(model, IntegerModel):
         raise BitfabError(f"model must be an IntegerModel, not {type(model).__name__}")
-    uart_divisor(clock_plan(board, clock_hz).f_out, baud)
+    auto_clock = isinstance(clock_hz, str)
+    if auto_clock and clock_hz != "auto":
+        raise BitfabError(f"clock must be a frequency, None or 'auto', not {clock_hz!r}")
+    if baud is not None:
+        check_baud(board, baud)
+    if not auto_clock:
+        baud = link_baud(board, clock_plan(board, clock_hz).f_out, baud)
+    if not place and auto_clock:
+        raise BitfabError("the clock cannot be chosen from Fmax without place and route: give "
+                          "a clock or place")
     auto = fold is None or fold == "auto"
     fold = None if fold in ("auto", "unrolled") else fold
-    scale = _initial_scale(board)
     if auto:
-        fold = choose_fold(model, board, scale=scale, weights_in=weights_in)
-    plan_weights(model, fold, board, weights_in)  # refuse before the folder or any tool
+        fold = choose_fold(model, board, weights_in=weights_in)
+    weights = plan_weights(model, fold, board, weights_in)  # refused before any tool
+    if selftest is not None:
+        check_selftest(model, board, fold, selftest, weights)
     folder = synth_folder(model, board, out)
-    env = tool_env()
     say = progress or (lambda stage, detail="": None)
+    start = time.perf_counter()
+    kw = dict(seed=seed, folder=folder, pipeline=pipeline, say=say, selftest=selftest,
+              weights_in=weights_in)
+    if not auto_clock:
+        report, bitstream = _build(model, board, fold, auto, clock_hz, baud, None,
+                                   max_refolds=max_refolds, place=place, **kw)
+        return _finish(folder, report, bitstream, start, None)
+    # pass 1 on the oscillator: only its Fmax is kept, unless the oscillator is the choice and
+    # the link rate it had is the one asked for
+    osc = board.clock_hz
+    try:
+        baud1, divisor1 = link_baud(board, osc, baud), None
+    except BitfabError:  # the oscillator cannot carry the rate: any divisor serves the timing
+        baud1 = baud or board.baud
+        divisor1 = max(4, round(osc / baud1))
+    say("clock", f"pass 1 of 2: place and route at the {osc / 1e6:g} MHz oscillator for Fmax")
+    report, bitstream = _build(model, board, fold, auto, None, baud1, divisor1,
+                               max_refolds=max_refolds, place=True, **kw)
+    fold = tuple(report["fold"]) if report["fold"] else None
+    passes = [{"clock_mhz": osc / 1e6, "fmax_mhz": report["fmax_mhz"],
+               "wall_s": report["wall_s"]}]
+    rate = baud or board.baud
+    for attempt in range(2):
+        fmax = report["fmax_mhz"]
+        if fmax is None:
+            raise ToolError("nextpnr reported no Fmax: give --clock")
+        chosen, why = choose_clock(board, fmax * 1e6, rate, margin)
+        if chosen == board.clock_hz and divisor1 is None and baud1 == rate and attempt == 0:
+            break  # the oscillator, as built
+        say("clock", f"pass {attempt + 2}: {chosen / 1e6:g} MHz ({why})")
+        report, bitstream = _build(model, board, fold, False,
+                                   None if chosen == board.clock_hz else chosen, rate, None,
+                                   max_refolds=0, place=True, **kw)
+        passes.append({"clock_mhz": chosen / 1e6, "fmax_mhz": report["fmax_mhz"],
+                       "wall_s": report["wall_s"]})
+        if report["timing_met"]:
+            break
+        why += "; the build at it missed timing, so it was chosen again from that build's Fmax"
+    choice = {"mode": "auto", "margin": margin, "reason": why, "passes": passes,
+              "clock_mhz": report["clock"]["clock_mhz"]}
+    return _finish(folder, report, bitstream, start, choice)
+
+
+def _finish(folder: Path, report: dict, bitstream, start: float, choice) -> SynthOutcome:
+    report["wall_s"] = round(time.perf_counter() - start, 2)
+    if choice is not None:
+        report["clock_choice"] = choice
+    (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    return SynthOutcome(report, bitstream, folder)
+
+
+def _build(model: IntegerModel, board: Board, fold, auto: bool, clock_hz, baud: int, divisor,
+           *, seed, folder: Path, pipeline, say, selftest, weights_in: str,
+           max_refolds: int, place: bool):
+    """One elaboration, synthesis (refolding when ``auto``) and, with ``place``, place and
+    route and pack; return ``(report, bitstream)``."""
+    from bitfab.hw.layer import build_network
+
+    from .top import BoardTop
+    env = tool_env()
+    scale = _initial_scale(board)
     start = time.perf_counter()
     times = {}
     for attempt in range(max_refolds + 1):
@@ -448,8 +574,11 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         spram = f", weights of layers {', '.join(in_spram)} in SPRAM" if in_spram else ""
         say("elaborate", f"fold {_fold_text(fold)}{spram}")
         t0 = time.perf_counter()
+        words = 1 if selftest is None else \
+            check_selftest(model, board, fold, selftest, weights)["input_words"]
         top = BoardTop(board, build_network(model, fold, pipeline, weights), clock_hz, baud,
-                       fingerprint=model.fingerprint())
+                       fingerprint=model.fingerprint(), selftest=selftest, divisor=divisor,
+                       selftest_words=words)
         platform = board.make_platform()
         plan = platform.prepare(top, name="top", nextpnr_opts=f"--report top.report.json "
                                 f"--seed {int(seed)}")
@@ -493,14 +622,17 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
             raise FitError(f"{model.name} does not fit {board.title}: {needed} (synthesized at "
                            f"fold {_fold_text(fold)}); {hint}")
         break
+    extra = dict(divisor=top.core.identity.divisor,
+                 selftest=None if selftest is None else
+                 check_selftest(model, board, fold, selftest, weights))
     if not place:
         report = build_report(
             board=board, model=model, fold=fold, pipeline=pipeline, clock=top._plan, baud=baud,
             counts=counts, pnr=None, bitstream=None, flow=used_flow, seed=seed,
             versions=_versions(env), wall_s=time.perf_counter() - start, times=times,
-            network=top.core.network, frame_bytes=(top.core.in_bytes, top.core.out_bytes))
-        (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-        return SynthOutcome(report, None, folder)
+            network=top.core.network, frame_bytes=(top.core.in_bytes, top.core.out_bytes),
+            **extra)
+        return report, None
     pnr = commands[1]
     say("nextpnr", f"place and route, seed {seed}")
     times["nextpnr_s"] = run_tool(pnr, folder, folder / "nextpnr.log", env)
@@ -517,6 +649,5 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
         counts=counts, pnr=json.loads((folder / "top.report.json").read_text()),
         bitstream=bitstream, flow=used_flow, seed=seed, versions=_versions(env),
         wall_s=time.perf_counter() - start, times=times, network=top.core.network,
-        frame_bytes=(top.core.in_bytes, top.core.out_bytes))
-    (folder / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    return SynthOutcome(report, bitstream, folder)
+        frame_bytes=(top.core.in_bytes, top.core.out_bytes), **extra)
+    return report, bitstream

@@ -31,6 +31,8 @@ from .protocol import (
     TYPE_LOAD,
     TYPE_LOADED,
     TYPE_RESULT,
+    TYPE_SELFTEST,
+    TYPE_SELFTEST_REPORT,
 )
 
 __all__ = ["CRC16", "FrameReceiver", "FrameTransmitter"]
@@ -73,7 +75,8 @@ class FrameReceiver(wiring.Component):
 
     With ``load_bytes`` (a board with weights in SPRAM) it also takes ``'W'`` frames of that
     many payload bytes onto ``load`` (``ERR_OVERRUN`` when the previous one still waits) and
-    answers input frames with ``ERR_NOT_LOADED`` while ``locked`` is high.
+    answers input frames (and self-test requests) with ``ERR_NOT_LOADED`` while ``locked`` is
+    high.
 
     Parameters
     ----------
@@ -81,6 +84,8 @@ class FrameReceiver(wiring.Component):
         Payload bytes of one input frame.
     load_bytes : int
         Payload bytes of one weight-load frame (0: no weight loads).
+    selftest : bool
+        Take ``'T'`` self-test requests onto ``test``.
 
     Members
     -------
@@ -93,15 +98,19 @@ class FrameReceiver(wiring.Component):
     err : Out(stream.Signature(8))
         Error codes (:data:`bitfab.boards.protocol.ERRORS`); a second error while one waits is
         dropped (the first is the one worth reading).
+    test : Out(stream.Signature(0))
+        Only with ``selftest``: self-test requests (``'T'`` frames, no payload; without
+        ``selftest`` they are an unknown type).
     """
 
-    def __init__(self, n_bytes: int, load_bytes: int = 0):
+    def __init__(self, n_bytes: int, load_bytes: int = 0, *, selftest: bool = False):
         try:
             self._n = _n_bytes(n_bytes)
             self._nl = _n_bytes(load_bytes) if load_bytes else 0
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
+        self._selftest = bool(selftest)
         members = {
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(unsigned(8 * self._n))),
@@ -111,6 +120,8 @@ class FrameReceiver(wiring.Component):
         if self._nl:
             members["load"] = Out(stream.Signature(unsigned(8 * self._nl)))
             members["locked"] = In(1)
+        if self._selftest:
+            members["test"] = Out(stream.Signature(0))
         super().__init__(members)
 
     @property
@@ -131,6 +142,12 @@ class FrameReceiver(wiring.Component):
         m.submodules.crc = crc = CRC16.create()
         is_input = Signal()   # the frame's type
         is_ident = Signal()
+        is_test = Signal()    # a self-test request (only with selftest)
+        test_valid = Signal()
+        if self._selftest:
+            m.d.comb += self.test.valid.eq(test_valid)
+            with m.If(self.test.valid & self.test.ready):
+                m.d.sync += test_valid.eq(0)
         len_lo = Signal(8)
         left = Signal(range(big + 1))  # payload bytes still to come (at most big are followed)
         is_load = Signal()    # a weight-load frame (only with load_bytes)
@@ -206,7 +223,8 @@ class FrameReceiver(wiring.Component):
                 hunt()
             with m.State("type"):
                 header_byte([is_input.eq(byte == TYPE_INPUT), is_ident.eq(byte == TYPE_IDENTIFY),
-                             is_load.eq((byte == TYPE_LOAD) if nl else 0)], "len_lo")
+                             is_load.eq((byte == TYPE_LOAD) if nl else 0),
+                             is_test.eq(self._selftest & (byte == TYPE_SELFTEST))], "len_lo")
             with m.State("len_lo"):
                 header_byte(len_lo.eq(byte), "len_hi")
             with m.State("len_hi"):
@@ -214,7 +232,7 @@ class FrameReceiver(wiring.Component):
                 lwaits = (load_valid & ~self.load.ready) if nl else 0
                 header_byte([
                     left.eq(declared),
-                    length_ok.eq(Mux(is_ident, declared == 0,
+                    length_ok.eq(Mux(is_ident | is_test, declared == 0,
                                      Mux(is_load, declared == nl, declared == n))),
                     fill.eq(is_input & (declared == n) & ~waits),
                     lfill.eq(is_load & (declared == nl) & ~lwaits),
@@ -251,13 +269,17 @@ class FrameReceiver(wiring.Component):
                 # the CRC register holds the frame's CRC a clock after its last byte
                 with m.If(~crc.match_detected):
                     report(ERR_CRC)
-                with m.Elif(~is_input & ~is_ident & ~is_load):
+                with m.Elif(~is_input & ~is_ident & ~is_load & ~is_test):
                     report(ERR_TYPE)
                 with m.Elif(~length_ok):
                     report(ERR_LENGTH)
                 with m.Elif(is_ident):
                     with m.If(~ident_valid | self.ident.ready):
                         m.d.sync += ident_valid.eq(1)
+                with m.Elif(is_test & locked):  # the self-test runs the network's weights
+                    report(ERR_NOT_LOADED)
+                with m.Elif(is_test):
+                    m.d.sync += test_valid.eq(1)
                 with m.Elif(overrun):
                     report(ERR_OVERRUN)
                 with m.Elif(is_load):
@@ -296,14 +318,19 @@ class FrameTransmitter(wiring.Component):
         With ``load``: weight-load answers, sent as ``'L'`` frames of one status byte.
     o : Out(stream.Signature(8))
         The bytes of the frames.
+    report : In(stream.Signature(8 * report_bytes))
+        Only with ``report_bytes``: self-test reports, each sent as an ``'S'`` frame (after
+        errors and identify answers, before results).
     """
 
-    def __init__(self, n_bytes: int, identity: bytes, load: bool = False):
+    def __init__(self, n_bytes: int, identity: bytes, load: bool = False, *,
+                 report_bytes: int = 0):
         self._load = bool(load)
         try:
             self._n = _n_bytes(n_bytes)
             if not isinstance(identity, (bytes, bytearray)) or not 1 <= len(identity) <= 0xFFFF:
                 raise BitfabError(f"identity must be 1..65535 bytes, not {identity!r}")
+            self._report = _n_bytes(report_bytes) if report_bytes else 0
         except BitfabError:
             self._MustUse__silence = True  # refused, never meant to be elaborated
             raise
@@ -316,6 +343,8 @@ class FrameTransmitter(wiring.Component):
         }
         if self._load:
             members["loaded"] = In(stream.Signature(8))
+        if self._report:
+            members["report"] = In(stream.Signature(unsigned(8 * self._report)))
         super().__init__(members)
 
     @property
@@ -332,11 +361,11 @@ class FrameTransmitter(wiring.Component):
         m.submodules.crc = crc = CRC16.create()
         # the frame being sent: an error, an identify answer (its payload from the constants of
         # `identity`) or a result; its length is `left` before the payload goes out
-        error, rom, acked = Signal(), Signal(), Signal()
+        error, rom, acked, selftest = Signal(), Signal(), Signal(), Signal()
         kind = Mux(error, Mux(acked, TYPE_LOADED, TYPE_ERROR),
-                   Mux(rom, TYPE_IDENTITY, TYPE_RESULT))
-        buf = Signal(8 * n)
-        left = Signal(range(max(n, len(ident)) + 1))
+                   Mux(rom, TYPE_IDENTITY, Mux(selftest, TYPE_SELFTEST_REPORT, TYPE_RESULT)))
+        buf = Signal(8 * max(n, self._report))
+        left = Signal(range(max(n, len(ident), self._report) + 1))
         data = Signal(8)
         busy = Signal()
         m.d.comb += [self.o.payload.eq(data), self.o.valid.eq(busy)]
@@ -377,9 +406,16 @@ class FrameTransmitter(wiring.Component):
                     m.d.comb += self.ident.ready.eq(1)
                     m.d.sync += [error.eq(0), rom.eq(1), left.eq(len(ident))]
                     m.next = "start"
+                if self._report:
+                    with m.Elif(self.report.valid):
+                        m.d.comb += self.report.ready.eq(1)
+                        m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(1),
+                                     buf.eq(self.report.payload), left.eq(self._report)]
+                        m.next = "start"
                 with m.Elif(self.i.valid):
                     m.d.comb += self.i.ready.eq(1)
-                    m.d.sync += [error.eq(0), rom.eq(0), buf.eq(self.i.payload), left.eq(n)]
+                    m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(0), buf.eq(self.i.payload),
+                                 left.eq(n)]
                     m.next = "start"
             with m.State("start"):
                 m.d.comb += crc.start.eq(1)

@@ -17,21 +17,26 @@ import numpy as np
 from bitfab.model import IntegerModel
 
 from .protocol import (
+    ERR_TYPE,
     FRAME_OVERHEAD,
     IDENTITY_BYTES,
     LOAD_DONE,
     LOAD_MORE,
     LOAD_STATUS,
+    SELFTEST_BYTES,
     TYPE_ERROR,
     TYPE_IDENTIFY,
     TYPE_IDENTITY,
     TYPE_INPUT,
     TYPE_LOADED,
     TYPE_RESULT,
+    TYPE_SELFTEST,
+    TYPE_SELFTEST_REPORT,
     Frame,
     FrameParser,
     Identity,
     ProtocolError,
+    SelfTestReport,
     encode_frame,
     load_frames,
     payload_from_bytes,
@@ -39,7 +44,16 @@ from .protocol import (
     vector_bytes,
 )
 
-__all__ = ["Transport", "SerialTransport", "BoardClient", "RunResult"]
+__all__ = ["Transport", "SerialTransport", "BoardClient", "RunResult", "DEEP_WINDOW",
+           "HOST_BUFFER"]
+
+#: frames a host keeps outstanding to a board that keeps up with the line
+#: (:meth:`~bitfab.boards.protocol.Identity.keeps_up`): enough to cover a USB round trip of
+#: ~1 ms (the FTDI latency timer at 1 ms, pyserial's low-latency mode) at 3 Mbaud, where a
+#: frame of the digits network takes 0.15 ms
+DEEP_WINDOW = 64
+#: bytes of answers a host lets queue unread (the Linux tty layer buffers 4 KiB)
+HOST_BUFFER = 4096
 
 
 class Transport(Protocol):
@@ -59,12 +73,16 @@ class Transport(Protocol):
 class SerialTransport:
     """A serial port (``/dev/ttyUSB1``, ``COM3``) at ``baud``, 8N1, opened with pyserial."""
 
-    def __init__(self, port: str, baud: int = 115200, timeout: float = 2.0):
+    def __init__(self, port: str, baud: int = 3_000_000, timeout: float = 2.0):
         import serial
         try:
             self._port = serial.Serial(port, baud, timeout=timeout)
         except (serial.SerialException, ValueError, OSError) as exc:
             raise ProtocolError(f"cannot open serial port {port}: {exc}") from None
+        try:  # Linux: the FTDI latency timer at 1 ms instead of 16 (ASYNC_LOW_LATENCY)
+            self._port.set_low_latency_mode(True)
+        except (AttributeError, NotImplementedError, ValueError, OSError):
+            pass
 
     def write(self, data: bytes) -> None:
         self._port.write(data)
@@ -107,20 +125,23 @@ class BoardClient:
     transport : Transport
     model : IntegerModel
         The model the board was built from (it fixes the frame sizes and the value formats).
-    window : int
-        Answers outstanding before the client waits for one (the board holds one vector while
-        the network computes another; more than two risks an overrun on a slow network).
+    window : int or None
+        Answers outstanding before the client waits for one. None (default) chooses after
+        identify (:meth:`pick_window`): :data:`DEEP_WINDOW` (at most :data:`HOST_BUFFER` bytes
+        of answers) when the board says it keeps up with the line, else 2 (the board holds one
+        vector while the network computes another; more risks an overrun on a slow network).
     weights : sequence of int or None
         The weight image of a board built with weights in SPRAM
-        (:meth:`bitfab.hw.layer.Network.load_image`): the first run loads it after the
-        identify check (:meth:`load_weights`). None: the weights are in the bitstream.
+        (:meth:`bitfab.hw.layer.Network.load_image`): the first run (or self-test) loads it
+        after the identify check (:meth:`load_weights`), one frame at a time, before vectors are
+        pipelined. None: the weights are in the bitstream.
     """
 
-    def __init__(self, transport: Transport, model: IntegerModel, window: int = 2,
+    def __init__(self, transport: Transport, model: IntegerModel, window: int | None = None,
                  weights=None):
         if not isinstance(model, IntegerModel):
             raise ProtocolError(f"model must be an IntegerModel, not {type(model).__name__}")
-        if window < 1:
+        if window is not None and window < 1:
             raise ProtocolError(f"window must be at least 1, not {window!r}")
         self._t = transport
         self._model = model
@@ -128,7 +149,7 @@ class BoardClient:
         self.in_stream, self.out_stream = model.in_stream, model.out_stream
         self.in_bytes = vector_bytes(self.in_stream.payload_bits, 1)
         self.out_bytes = vector_bytes(self.out_stream.payload_bits, 1)
-        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES))
+        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES, SELFTEST_BYTES))
         self._frames: list[Frame] = []
         self.sent = 0
         self.received = 0
@@ -217,7 +238,7 @@ class BoardClient:
             raise ProtocolError(f"the board runs model {got.fingerprint}, not "
                                 f"{self._model.name}'s {want.fingerprint}: build and load its "
                                 f"bitstream")
-        if got != want:  # one model, other frame sizes: a bitstream from another bitfab
+        if not got.same_model(want):  # one model, other frame sizes: another bitfab's
             raise ProtocolError(f"the board runs {self._model.name} with {got.in_bytes}-byte "
                                 f"input and {got.out_bytes}-byte result frames, not "
                                 f"{want.in_bytes} and {want.out_bytes}: rebuild its bitstream")
@@ -234,7 +255,7 @@ class BoardClient:
             raise ProtocolError("no weight image to load: the model's bitstream keeps its "
                                 "weights in block RAM")
         frames = load_frames(image)
-        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES))
+        self._parser = FrameParser(max(self.out_bytes, IDENTITY_BYTES, SELFTEST_BYTES))
         for k, frame in enumerate(frames):
             self.send(frame)
             what = f"weight load chunk {k} of {len(frames)}"
@@ -251,6 +272,39 @@ class BoardClient:
                                     f"{LOAD_STATUS[want]!r}")
         self.loaded = True
         return len(frames)
+
+    @property
+    def window(self) -> int:
+        """Answers kept outstanding (:meth:`pick_window` until set)."""
+        return self._window if self._window is not None else self.pick_window()
+
+    def pick_window(self) -> int:
+        """The window for the board identified (2 before identify): :data:`DEEP_WINDOW`, capped
+        so that the answers fit :data:`HOST_BUFFER`, when the board keeps up with the line
+        (:meth:`~bitfab.boards.protocol.Identity.keeps_up`: it then holds at most one frame
+        at a time, however many are on the way), else 2."""
+        if self.identity is None or not self.identity.keeps_up():
+            return 2
+        return max(2, min(DEEP_WINDOW, HOST_BUFFER // (self.out_bytes + FRAME_OVERHEAD)))
+
+    def selftest(self) -> SelfTestReport:
+        """Run the board's self-test (identifying it first); return its report. A board built
+        without one answers the request as an unknown frame type, reported as such."""
+        if self.identity is None:
+            self.check_board()
+        if self._weights is not None and not self.loaded:
+            self.load_weights()  # the self-test runs the network's weights
+        self.send(encode_frame(TYPE_SELFTEST, b""))
+        what = "self-test"
+        frame = self.receive(what)
+        if frame.kind == TYPE_ERROR and frame.ok and frame.payload[:1] == bytes([ERR_TYPE]):
+            raise ProtocolError(f"{what}: the board's bitstream has no self-test: build it with "
+                                f"bitfab synth --selftest N")
+        self._intact(frame, what, str(SELFTEST_BYTES))
+        if frame.kind != TYPE_SELFTEST_REPORT:
+            raise ProtocolError(f"{what}: expected a self-test report, got type "
+                                f"0x{frame.kind:02x} with {len(frame.payload)} bytes")
+        return SelfTestReport.from_bytes(frame.payload)
 
     def run(self, x, lengths=None, progress=None) -> RunResult:
         """Send ``x`` (vectors of the first layer's input values, or sequences with ``lengths``,
@@ -274,8 +328,9 @@ class BoardClient:
         start = time.perf_counter()
         sent0, received0 = self.sent, self.received
         issued = pending = 0
+        window = self.window
         while len(results) < expected:
-            while issued < len(frames) and pending < self._window:
+            while issued < len(frames) and pending < window:
                 self.send(frames[issued])
                 pending += int(answers[issued])
                 issued += 1

@@ -7,6 +7,7 @@ its VCO and phase-detector ranges, refused when that is more than :data:`TOLERAN
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,13 +16,18 @@ from amaranth.lib import io
 
 from bitfab.errors import BitfabError
 
-__all__ = ["ClockPlan", "plan", "clock_domain", "TOLERANCE", "OUTPUT_RANGE"]
+__all__ = ["ClockPlan", "plan", "clock_domain", "TOLERANCE", "OUTPUT_RANGE", "MARGIN",
+           "frequencies", "choose_clock"]
 
 #: the largest relative error between a requested clock and the one the PLL makes (LiteX's PLL
 #: helpers use the same 1 % margin); a request further off is refused, naming the nearest one
 TOLERANCE = 0.01
 #: the output frequencies (Hz) each family's PLL makes (the datasheets cited below)
 OUTPUT_RANGE = {"ice40": (16e6, 275e6), "ecp5": (3.125e6, 400e6)}
+#: the clock chosen from a reported Fmax is at most ``(1 - MARGIN) * Fmax``: nextpnr's Fmax is
+#: for one placement, seed and temperature corner, and a second place and route at the new
+#: constraint moves it by a few percent either way (:func:`choose_clock`)
+MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,64 @@ def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
     if best is None:
         raise BitfabError(f"the ECP5 PLL cannot make {f_req / 1e6:g} MHz from {f_in / 1e6:g} MHz")
     return best
+
+
+@functools.cache
+def _frequencies(family: str, f_in: float) -> tuple[float, ...]:
+    out = set()
+    if family == "ice40":
+        for divr in range(16):
+            pfd = f_in / (divr + 1)
+            if not 10e6 <= pfd <= 133e6:
+                continue
+            for divf in range(128):
+                vco = pfd * (divf + 1)
+                if 533e6 <= vco <= 1066e6:
+                    out.update(vco / 2 ** q for q in range(1, 7))
+    else:
+        for clki in range(1, 129):
+            pfd = f_in / clki
+            if 3.125e6 <= pfd <= 400e6:
+                # some CLKOP_DIV puts the VCO in 400..800 MHz for every output in range
+                out.update(pfd * fb for fb in range(1, 81))
+    lo, hi = OUTPUT_RANGE[family]
+    return tuple(sorted(f for f in out if lo <= f <= hi))
+
+
+def frequencies(board) -> tuple[float, ...]:
+    """Every design clock (Hz) ``board``'s PLL makes from its oscillator, ascending."""
+    return _frequencies(board.family, float(board.clock_hz))
+
+
+def choose_clock(board, fmax_hz: float, baud: int, margin: float = MARGIN) -> tuple[float, str]:
+    """Return the design clock (Hz) for a design that reached ``fmax_hz`` on ``board``, and why:
+    the fastest the PLL makes (:func:`frequencies`, or the oscillator) that is at most
+    ``(1 - margin) * fmax_hz`` and carries ``baud`` within the UART's 2 % (the clock and the
+    rate are chosen together, :func:`bitfab.boards.uart.uart_divisor`). A design slower than
+    the oscillator plus margin stays on the oscillator when it carries ``baud``. Raises
+    :class:`BitfabError` when no such clock carries ``baud``."""
+    from .uart import uart_divisor
+    ceiling = (1 - margin) * fmax_hz
+    osc = float(board.clock_hz)
+    # the oscillator is always a candidate: a design too slow for a PLL clock above it stays on
+    # it (whether it meets timing there is the first pass's verdict)
+    for f in sorted({osc, *frequencies(board)}, reverse=True):
+        if f > ceiling and f != osc:
+            continue
+        try:
+            div = uart_divisor(f, baud)
+        except BitfabError:
+            continue
+        how = (f"{100 * abs(f / div - baud) / baud:.2f} % off at {div} clocks per bit")
+        if f == osc and f > ceiling:
+            return f, (f"Fmax {fmax_hz / 1e6:.1f} MHz less a {100 * margin:g} % margin is not "
+                       f"above the {osc / 1e6:g} MHz oscillator: the oscillator ({baud} baud "
+                       f"{how})")
+        return f, (f"Fmax {fmax_hz / 1e6:.1f} MHz less a {100 * margin:g} % margin is "
+                   f"{ceiling / 1e6:.1f} MHz; {f / 1e6:g} MHz is the fastest clock below it that "
+                   f"carries {baud} baud ({how})")
+    raise BitfabError(f"no clock up to {ceiling / 1e6:.1f} MHz on {board.name} carries {baud} "
+                      f"baud within 2 %: give --clock or --baud")
 
 
 def plan(board, clock_hz: float | None) -> ClockPlan:

@@ -26,10 +26,14 @@ changed in compensating ways (which a byte sum accepts). ``LEN`` is little-endia
   built with weights in SPRAM (:func:`load_frames`): a 2-byte little-endian chunk index (0 starts
   a new load) and :data:`LOAD_WORDS` 16-bit little-endian words; the board answers each with
 - ``0x4C`` (``'L'``) board -> host: one :data:`LOAD_STATUS` byte. Until a whole image has come
-  and its CRC matched the one built into the bitstream, the board answers input frames with
-  ``ERR_NOT_LOADED`` (docs/protocol.md, "Weight load").
+  and its CRC matched the one built into the bitstream, the board answers input and self-test
+  frames with ``ERR_NOT_LOADED`` (docs/protocol.md, "Weight load");
+- ``0x54`` (``'T'``) host -> board: run the on-board self-test, no payload (a board built
+  without one answers ``E`` 3, unknown type);
+- ``0x53`` (``'S'``) board -> host: the self-test's :class:`SelfTestReport`.
 
-The board answers every frame it receives with exactly one ``R``, ``F`` or ``E`` frame, except the
+The board answers every frame it receives with exactly one ``R``, ``F``, ``L``, ``S`` or ``E``
+frame, except the
 steps of a sequence model that emits one vector per sequence: there only the frame of each
 sequence's final step is answered with an ``R`` frame (a rejected frame still gets its ``E``).
 A frame that declares more payload bytes than the receiver's largest accepted frame is taken as
@@ -52,6 +56,7 @@ __all__ = [
     "LOAD_MORE", "LOAD_DONE", "LOAD_BAD_CRC", "LOAD_ORDER", "load_crc", "load_frames",
     "FRAME_OVERHEAD", "IDENTITY_BYTES", "ProtocolError", "Frame", "FrameParser", "Identity",
     "crc16", "encode_frame", "vector_bytes", "payload_from_bytes", "payload_to_bytes",
+    "TYPE_SELFTEST", "TYPE_SELFTEST_REPORT", "SELFTEST_BYTES", "SelfTestReport",
 ]
 
 START = 0xA5
@@ -73,6 +78,8 @@ LOAD_STATUS = {
     LOAD_BAD_CRC: "image complete but its CRC differs from the bitstream's: not loaded",
     LOAD_ORDER: "chunk out of order (not the next one, nor 0 which restarts): ignored",
 }
+TYPE_SELFTEST = 0x54
+TYPE_SELFTEST_REPORT = 0x53
 
 #: CRC-16/CCITT-FALSE: the generator polynomial x^16 + x^12 + x^5 + 1 and the initial value
 CRC_POLY = 0x1021
@@ -80,7 +87,12 @@ CRC_INIT = 0xFFFF
 #: bytes of a frame besides its payload: START, TYPE, LEN_LO, LEN_HI, CRC_HI, CRC_LO
 FRAME_OVERHEAD = 6
 #: payload bytes of an identify answer (:class:`Identity`)
-IDENTITY_BYTES = 12
+IDENTITY_BYTES = 18
+#: payload bytes of an identify answer of a bitstream from before the link fields (no
+#: ``input_clocks`` and ``divisor``)
+_IDENTITY_BYTES_V1 = 12
+#: payload bytes of a self-test report (:class:`SelfTestReport`)
+SELFTEST_BYTES = 20
 
 ERR_CRC = 1
 ERR_LENGTH = 2
@@ -255,7 +267,8 @@ class FrameParser:
 @dataclass(frozen=True)
 class Identity:
     """What a board says it runs (the payload of a ``'F'`` frame, :data:`IDENTITY_BYTES` bytes:
-    the fingerprint bytes, then ``in_bytes`` and ``out_bytes`` as little-endian 16-bit numbers).
+    the fingerprint bytes, then ``in_bytes`` and ``out_bytes`` as little-endian 16-bit numbers,
+    ``input_clocks`` as a little-endian 32-bit number and ``divisor`` as a 16-bit one).
 
     Members
     -------
@@ -264,11 +277,19 @@ class Identity:
         (:meth:`bitfab.model.IntegerModel.fingerprint`) as 16 hex digits.
     in_bytes, out_bytes : int
         Payload bytes of an input frame and of a result frame.
+    input_clocks : int
+        Clocks between inputs of the network at full rate (its initiation interval; 0: not
+        said, a bitstream from before this field).
+    divisor : int
+        Clocks per UART bit (0: not said). With ``input_clocks`` it tells the host whether the
+        board keeps up with the line (:meth:`keeps_up`).
     """
 
     fingerprint: str
     in_bytes: int
     out_bytes: int
+    input_clocks: int = 0
+    divisor: int = 0
 
     def __post_init__(self):
         fp = self.fingerprint
@@ -277,26 +298,105 @@ class Identity:
             raise ProtocolError(f"fingerprint must be a hex string of at least 16 digits, "
                                 f"not {fp!r}")
         object.__setattr__(self, "fingerprint", fp[:16].lower())
-        for name in ("in_bytes", "out_bytes"):
+        for name, top in (("in_bytes", 0xFFFF), ("out_bytes", 0xFFFF),
+                          ("input_clocks", 0xFFFFFFFF), ("divisor", 0xFFFF)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or \
-                    not 0 <= value <= 0xFFFF:
-                raise ProtocolError(f"{name} must be an integer in 0..65535, not {value!r}")
+                    not 0 <= value <= top:
+                raise ProtocolError(f"{name} must be an integer in 0..{top}, not {value!r}")
 
     def to_bytes(self) -> bytes:
         """Return the payload of the identify answer."""
         return (bytes.fromhex(self.fingerprint) + self.in_bytes.to_bytes(2, "little")
-                + self.out_bytes.to_bytes(2, "little"))
+                + self.out_bytes.to_bytes(2, "little")
+                + self.input_clocks.to_bytes(4, "little") + self.divisor.to_bytes(2, "little"))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Identity:
-        """Read the payload of an identify answer."""
+        """Read the payload of an identify answer (or the 12 bytes of one from before
+        ``input_clocks`` and ``divisor``, which read as 0)."""
         data = bytes(data)
-        if len(data) != IDENTITY_BYTES:
+        if len(data) not in (IDENTITY_BYTES, _IDENTITY_BYTES_V1):
             raise ProtocolError(f"an identify answer holds {IDENTITY_BYTES} bytes, "
                                 f"not {len(data)}")
+        data = data.ljust(IDENTITY_BYTES, b"\0")
         return cls(data[:8].hex(), int.from_bytes(data[8:10], "little"),
-                   int.from_bytes(data[10:12], "little"))
+                   int.from_bytes(data[10:12], "little"), int.from_bytes(data[12:16], "little"),
+                   int.from_bytes(data[16:18], "little"))
+
+    def same_model(self, other: Identity) -> bool:
+        """Whether ``other`` is the same model with the same frame sizes (the link fields,
+        which depend on the build, are not compared)."""
+        return (self.fingerprint, self.in_bytes, self.out_bytes) == \
+            (other.fingerprint, other.in_bytes, other.out_bytes)
+
+    def frame_clocks(self, payload: int) -> int:
+        """Clocks the line takes to carry a frame of ``payload`` bytes (10 bits a byte)."""
+        return (payload + FRAME_OVERHEAD) * 10 * self.divisor
+
+    def keeps_up(self) -> bool:
+        """Whether the board takes input frames as fast as the line brings them and sends
+        results as fast (so a host may keep many frames outstanding without an overrun): the
+        network's ``input_clocks`` and a result frame's line time are at most an input frame's
+        line time. False when the board does not say (``divisor`` 0)."""
+        if not self.divisor or not self.input_clocks:
+            return False
+        line = self.frame_clocks(self.in_bytes)
+        return self.input_clocks <= line and self.frame_clocks(self.out_bytes) <= line
+
+
+@dataclass(frozen=True)
+class SelfTestReport:
+    """What the on-board self-test measured (the payload of an ``'S'`` frame,
+    :data:`SELFTEST_BYTES` bytes, five little-endian 32-bit numbers in this order).
+
+    Members
+    -------
+    vectors : int
+        Vectors the self-test ROM streamed through the network.
+    mismatches : int
+        Results that differed from the expected ones in the ROM.
+    cycles : int
+        Clocks from the request to the last result.
+    steady_cycles : int
+        Clocks from the first result to the last (``(vectors - 1) * II`` at full rate).
+    clock_hz : int
+        The design clock, a constant of the bitstream.
+    """
+
+    vectors: int
+    mismatches: int
+    cycles: int
+    steady_cycles: int
+    clock_hz: int
+
+    FIELDS = ("vectors", "mismatches", "cycles", "steady_cycles", "clock_hz")
+
+    def to_bytes(self) -> bytes:
+        return b"".join(int(getattr(self, f)).to_bytes(4, "little") for f in self.FIELDS)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SelfTestReport:
+        data = bytes(data)
+        if len(data) != SELFTEST_BYTES:
+            raise ProtocolError(f"a self-test report holds {SELFTEST_BYTES} bytes, "
+                                f"not {len(data)}")
+        return cls(*(int.from_bytes(data[4 * k:4 * k + 4], "little") for k in range(5)))
+
+    @property
+    def clocks_per_vector(self) -> float | None:
+        """Clocks between results at full rate (None for fewer than two vectors)."""
+        return self.steady_cycles / (self.vectors - 1) if self.vectors > 1 else None
+
+    @property
+    def vectors_per_s(self) -> float | None:
+        """Vectors per second at the board clock, from the steady-state clocks."""
+        per = self.clocks_per_vector
+        return self.clock_hz / per if per else None
+
+    def to_json(self) -> dict:
+        return {f: getattr(self, f) for f in self.FIELDS} | {
+            "clocks_per_vector": self.clocks_per_vector, "vectors_per_s": self.vectors_per_s}
 
 
 def payload_to_bytes(payload: int, n_bytes: int) -> bytes:

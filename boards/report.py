@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["yosys_counts", "input_clocks", "build_report", "report_table"]
+__all__ = ["yosys_counts", "input_clocks", "build_report", "report_table", "link_rates"]
 
 # cell types per resource (yosys techmap names)
 _CELLS = {
@@ -57,10 +57,24 @@ def input_clocks(network) -> int:
                else c.initiation_interval for c in network.layers)
 
 
+def link_rates(baud: int, in_bytes: int, out_bytes: int) -> dict:
+    """The UART link's frame sizes (payload plus :data:`~.protocol.FRAME_OVERHEAD`) and the
+    frames per second it carries at ``baud`` (8N1: 10 bits a byte) each way; ``vectors_per_s``
+    is the slower direction (the line is full duplex)."""
+    from .protocol import FRAME_OVERHEAD
+    frame_in, frame_out = in_bytes + FRAME_OVERHEAD, out_bytes + FRAME_OVERHEAD
+    return {"baud": baud, "frame_in_bytes": frame_in, "frame_out_bytes": frame_out,
+            "in_frames_per_s": round(baud / 10 / frame_in, 1),
+            "out_frames_per_s": round(baud / 10 / frame_out, 1),
+            "vectors_per_s": round(baud / 10 / max(frame_in, frame_out), 1)}
+
+
 def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bitstream: Path | None,
-                 flow, seed, versions, wall_s, times, network, frame_bytes) -> dict:
+                 flow, seed, versions, wall_s, times, network, frame_bytes, divisor=None,
+                 clock_choice=None, selftest=None) -> dict:
     """Return the report object of a finished build; ``pnr`` and ``bitstream`` None for a
-    synthesis that was not placed and routed (then ``timing_met`` is None)."""
+    synthesis that was not placed and routed (then ``timing_met`` is None). ``clock_choice``
+    says how the clock was chosen, ``selftest`` describes the on-board self-test built in."""
     limits = board.limits
     placed = pnr is not None
     pnr = pnr or {}
@@ -108,6 +122,9 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
                    f"needed; lower --clock or raise --pipeline")
     in_bytes, out_bytes = frame_bytes
     per_input = input_clocks(network)
+    uart = link_rates(baud, in_bytes, out_bytes) | {
+        "divisor": divisor, "bridge": board.bridge.to_json()}
+    datapath = round(clock.f_out / per_input, 1)
     return {
         "board": board.name, "board_title": board.title, "device": board.device,
         "family": board.family,
@@ -129,8 +146,13 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "clocks": clocks,
         "fmax_mhz": worst["fmax_mhz"] if worst else None,
         "timing_met": met, "timing": verdict,
-        "uart": {"baud": baud, "frame_in_bytes": in_bytes + 5, "frame_out_bytes": out_bytes + 5,
-                 "vectors_per_s": round(baud / 10 / (in_bytes + 5), 1)},
+        # inputs per second the datapath takes at the design clock, and end to end through
+        # the UART (whichever is slower)
+        "datapath_inputs_per_s": datapath,
+        "end_to_end_inputs_per_s": min(datapath, uart["vectors_per_s"]),
+        "uart": uart,
+        "clock_choice": clock_choice or {"mode": "given" if clock.params else "oscillator"},
+        "selftest": selftest,
         "bitstream": str(bitstream) if bitstream else None,
         "bitstream_bytes": bitstream.stat().st_size if bitstream else None,
         "yosys_flow": flow, "seed": seed, "tools": versions,
@@ -177,4 +199,11 @@ def report_table(report: dict):
     if report.get("inputs_per_s_at_fmax"):
         table.add_row("inputs/s at Fmax", f"{report['inputs_per_s_at_fmax']:,.0f}",
                       f"{report['clocks_per_input']} clk each", "-")
+    if report.get("datapath_inputs_per_s"):
+        clk = report["clock"]["clock_mhz"]
+        table.add_row("inputs/s at clock", f"{report['datapath_inputs_per_s']:,.0f}",
+                      f"{clk:g} MHz", "-")
+        uart = report["uart"]
+        table.add_row("inputs/s on the UART", f"{uart['vectors_per_s']:,.0f}",
+                      f"{uart['baud']} baud", "-")
     return table

@@ -19,7 +19,7 @@ from bitfab.hw.config import DEFAULT_PIPELINE
 
 from .top import SerialNetwork
 
-__all__ = ["SimTransport", "simulated_board"]
+__all__ = ["SimTransport", "simulated_board", "SIM_DIVISOR"]
 
 _PERIOD = 1e-6  # simulated clock period (only clock counts matter)
 
@@ -83,6 +83,11 @@ class SimTransport:
             if ctx.get(tx):  # the stop bit; a framing error is a lost byte, as on a real line
                 self._in.append(byte)
 
+    @property
+    def divisor(self) -> int:
+        """Clocks per UART bit."""
+        return self._div
+
     def write(self, data: bytes) -> None:
         self._out.extend(bytes(data))
 
@@ -115,13 +120,26 @@ class SimTransport:
         self.close()
 
 
-def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE, divisor: int = 8,
-                    weights=None) -> SimTransport:
+#: clocks per UART bit of a simulated board: the iCEBreaker's link (3 Mbaud from 12 MHz), the
+#: fewest the UART allows, so a simulated vector costs as few clocks as the line allows
+SIM_DIVISOR = 4
+
+
+def simulated_board(model, fold=None, pipeline: int = DEFAULT_PIPELINE,
+                    divisor: int = SIM_DIVISOR, *, weights=None, selftest=None,
+                    clock_hz: float = 12e6, timeout_bits: int = 4000,
+                    selftest_words: int = 1) -> SimTransport:
     """Return a :class:`SimTransport` to the board top-level of ``model`` (unrolled, or folded
     with ``fold = (pe, simd)``, answering identify with its fingerprint), its UART at ``divisor``
     clocks per bit; ``weights`` places the weight memories
     (:func:`bitfab.hw.layer.network_configs`: with a layer in SPRAM the board needs a weight
-    load, :meth:`bitfab.boards.host.BoardClient.load_weights`, before its first input)."""
+    load, :meth:`bitfab.boards.host.BoardClient.load_weights`, before its first input);
+    ``selftest`` (:class:`~bitfab.boards.selftest.SelfTestData`) builds the on-board self-test
+    in (``selftest_words`` ROM words per input), reporting ``clock_hz`` as its clock;
+    ``timeout_bits`` as :class:`SimTransport`'s."""
     from bitfab.hw.layer import build_network
     return SimTransport(SerialNetwork(build_network(model, fold, pipeline, weights), divisor,
-                                      fingerprint=model.fingerprint(), heartbeat_bits=8))
+                                      fingerprint=model.fingerprint(), heartbeat_bits=8,
+                                      selftest=selftest, clock_hz=clock_hz,
+                                      selftest_words=selftest_words),
+                        timeout_bits=timeout_bits)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bitfab.errors import BitfabError
 
-__all__ = ["Board", "BOARDS", "get_board", "Limits"]
+__all__ = ["Board", "BOARDS", "get_board", "Limits", "Bridge", "LINK_BAUD", "FT2232H", "FT231X"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,35 @@ ECP5_25F = Limits(luts=24288, ffs=24288, bram=56, bram_bits=18432, spram=0, dsp=
 
 
 @dataclass(frozen=True)
+class Bridge:
+    """The USB-serial bridge between a board's UART and the host.
+
+    Members
+    -------
+    name : str
+        The chip.
+    max_baud : int or None
+        The highest rate it makes (None: unknown, an adapter of the user's choice).
+    """
+
+    name: str
+    max_baud: int | None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "max_baud": self.max_baud}
+
+
+# FTDI FT2232H datasheet (DS_FT2232H, section 4.4 / 1): its UARTs run up to 12 Mbaud (a 120 MHz
+# base clock divided by n + k/8); the FT231X (DS_FT231X, section 1): up to 3 Mbaud (48 MHz / 16).
+FT2232H = Bridge("FTDI FT2232H", 12_000_000)
+FT231X = Bridge("FTDI FT231X", 3_000_000)
+#: the link rate bitfab builds for (``--baud`` overrides it): 3 Mbaud, the FT231X's maximum and
+#: the common reliable one of the FT2232H with pyserial on Linux (ftdi_sio); the FT2232H makes it
+#: exactly (12 MHz / 4), and so does a 12 MHz oscillator (4 clocks per bit, the UART's floor)
+LINK_BAUD = 3_000_000
+
+
+@dataclass(frozen=True)
 class Board:
     """A board bitfab builds for.
 
@@ -88,6 +117,10 @@ class Board:
     pll_pad : bool
         iCE40: the oscillator arrives on the PLL's dedicated pad (``SB_PLL40_PAD``), not through
         an ``SB_IO`` (``SB_PLL40_CORE``).
+    bridge : Bridge
+        The USB-serial bridge on the UART (its highest rate bounds ``--baud``).
+    baud : int
+        The link rate a build uses when ``--baud`` is not given (:data:`LINK_BAUD`).
     bitstream : str
         The file nextpnr + pack write (``.bin`` iCE40, ``.bit`` ECP5).
     """
@@ -104,6 +137,8 @@ class Board:
     extra_resources: str | None = None
     drive_high: tuple = field(default_factory=tuple)
     pll_pad: bool = False
+    bridge: Bridge = Bridge("a USB-serial adapter", None)
+    baud: int = LINK_BAUD
 
     @property
     def bitstream(self) -> str:
@@ -121,7 +156,8 @@ class Board:
     def to_json(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family,
                 "device": self.device, "clock_hz": self.clock_hz,
-                "limits": self.limits.to_json()}
+                "limits": self.limits.to_json(), "bridge": self.bridge.to_json(),
+                "baud": self.baud}
 
     @property
     def device(self) -> str:
@@ -141,16 +177,17 @@ def orangecrab_uart():
 BOARDS: dict[str, Board] = {b.name: b for b in (
     Board("icebreaker", "1BitSquared iCEBreaker (iCE40UP5K)",
           "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "clk12", 12e6, "uart",
-          "led_g", UP5K, pll_pad=True),
+          "led_g", UP5K, pll_pad=True, bridge=FT2232H),
     Board("ice40-hx8k", "Lattice iCE40-HX8K Breakout Board (ICE40HX8K-B-EVN)",
           "amaranth_boards.ice40_hx8k_b_evn:ICE40HX8KBEVNPlatform", "ice40", "clk12", 12e6,
-          "uart", "led", HX8K),
+          "uart", "led", HX8K, bridge=FT2232H),
     Board("ulx3s", "Radiona ULX3S 85F (ECP5 LFE5U-85F)",
           "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25", 25e6, "uart", "led",
-          ECP5_85F, drive_high=("uart_tx_enable",)),
+          ECP5_85F, drive_high=("uart_tx_enable",), bridge=FT231X),
     Board("orangecrab", "Great Scott Gadgets / GsD OrangeCrab r0.2 25F (ECP5 LFE5U-25F)",
           "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "ecp5", "clk", 48e6,
-          "uart", "rgb_led.g", ECP5_25F, extra_resources="bitfab.boards.targets:orangecrab_uart"),
+          "uart", "rgb_led.g", ECP5_25F, extra_resources="bitfab.boards.targets:orangecrab_uart",
+          bridge=Bridge("a 3.3 V USB-serial adapter on the Feather header", None)),
 )}
 
 

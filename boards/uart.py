@@ -14,7 +14,10 @@ from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
 
-__all__ = ["UARTTx", "UARTRx", "uart_divisor"]
+__all__ = ["UARTTx", "UARTRx", "uart_divisor", "check_baud", "link_baud", "STANDARD_BAUDS"]
+
+#: rates :func:`link_baud` falls back to, fastest first (each one an FTDI bridge makes exactly)
+STANDARD_BAUDS = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 500_000, 230_400, 115_200)
 
 
 def uart_divisor(clk_hz: float, baud: int) -> int:
@@ -24,12 +27,44 @@ def uart_divisor(clk_hz: float, baud: int) -> int:
     div = round(clk_hz / baud)
     if div < 4:
         raise BitfabError(f"a {clk_hz / 1e6:g} MHz clock is too slow for {baud} baud "
-                          f"(needs at least 4 clocks per bit, has {clk_hz / baud:.2f})")
+                          f"(needs at least 4 clocks per bit, has {clk_hz / baud:.2f}): give a "
+                          f"--clock of at least {4 * baud / 1e6:g} MHz or a lower --baud")
     error = abs(clk_hz / div - baud) / baud
     if error > 0.02:
         raise BitfabError(f"{baud} baud from {clk_hz / 1e6:g} MHz is off by {100 * error:.1f} % "
-                          f"(more than the 2 % an 8N1 link tolerates)")
+                          f"(more than the 2 % an 8N1 link tolerates): give a --clock near a "
+                          f"multiple of {baud / 1e6:g} MHz or another --baud")
     return div
+
+
+def check_baud(board, baud: int) -> None:
+    """Refuse a ``baud`` above what ``board``'s USB bridge makes (:attr:`Board.bridge`)."""
+    top = board.bridge.max_baud
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise BitfabError(f"baud must be a positive integer, not {baud!r}")
+    if top is not None and baud > top:
+        raise BitfabError(f"baud {baud} is more than the {board.bridge.name} USB bridge of "
+                          f"{board.name} makes (at most {top})")
+
+
+def link_baud(board, clock_hz: float, baud: int | None = None) -> int:
+    """Return the UART rate of a build of ``board`` clocked at ``clock_hz``: ``baud`` when given
+    (checked against the bridge, :func:`check_baud`, and the clock, :func:`uart_divisor`), else
+    the board's link rate (:attr:`Board.baud`) when the clock makes it within 2 %, else the
+    fastest of :data:`STANDARD_BAUDS` below it that the clock makes (a clock is chosen with the
+    rate in mind by :func:`bitfab.boards.pll.choose_clock`; an explicit clock may not be)."""
+    if baud is not None:
+        check_baud(board, baud)
+        uart_divisor(clock_hz, baud)
+        return baud
+    for rate in (board.baud,) + tuple(b for b in STANDARD_BAUDS if b < board.baud):
+        try:
+            uart_divisor(clock_hz, rate)
+        except BitfabError:
+            continue
+        return rate
+    raise BitfabError(f"a {clock_hz / 1e6:g} MHz clock makes none of the UART rates "
+                      f"{', '.join(map(str, STANDARD_BAUDS))} within 2 %: give --baud")
 
 
 def _divisor(divisor) -> int:

@@ -19,8 +19,8 @@ from bitfab.errors import BitfabError
 from bitfab.hw.config import DEFAULT_PIPELINE
 from bitfab.toolchain import build_dir
 
-__all__ = ["SimRun", "simulate_model", "random_inputs", "choose_simulator", "amaranth_seconds",
-           "AMARANTH_SECONDS_PER_SYNAPSE", "AUTO_SECONDS", "BENCHES"]
+__all__ = ["SimRun", "simulate_model", "random_inputs", "selftest_vectors", "choose_simulator",
+           "amaranth_seconds", "AMARANTH_SECONDS_PER_SYNAPSE", "AUTO_SECONDS", "BENCHES"]
 
 #: seconds Amaranth's simulator takes per synapse and vector, the larger of two measurements on
 #: 2-core machines: 2.3 us (the digits MLP 64-64-32-10, 6,464 synapses, 1,000 vectors in 15 s on
@@ -56,6 +56,22 @@ class SimRun:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+def selftest_vectors(model, count: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Return the contents of an on-board self-test of ``model``
+    (:class:`bitfab.boards.selftest.SelfTestData`): the input payloads of ``count`` random
+    inputs (:func:`random_inputs`) and the golden model's result payloads for them, in stream
+    order. Sequence models are refused (their steps and answers interleave)."""
+    from .golden import execute
+    if model.sequential:
+        raise BitfabError(f"the self-test runs vector and image models, not the sequence model "
+                          f"{model.name}")
+    x, lengths = random_inputs(model, count, seed)
+    trace = execute(model, x, lengths)
+    out = model.out_stream
+    expected = out.pack(trace.output) if not out.framed else out.pack(trace.output, lengths)
+    return model.in_stream.pack(x, lengths), expected
 
 
 def random_inputs(model, count: int, seed: int = 0, max_steps: int = 12

@@ -75,7 +75,7 @@ class FoldSearch:
 
 def search_folds(model_path, board, out: Path, *, count: int = 3, faster: int = 1,
                  workers: int | None = None, scheduler: str | None = None, seed: int = 0,
-                 clock_hz: float | None = None, baud: int = 115200, pipeline: int = 1,
+                 clock_hz: float | str | None = None, baud: int | None = None, pipeline: int = 1,
                  progress=None) -> FoldSearch:
     """Build the :func:`fold_candidates` of the model at ``model_path`` for ``board`` in
     parallel into ``out/fold-PE-SIMD`` (``out/unrolled``); return the :class:`FoldSearch`.

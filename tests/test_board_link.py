@@ -181,10 +181,10 @@ class _Corrupting:
         self._inner.close()
 
 
-@pytest.mark.parametrize("at", [None, 18 + 9 + 3])
+@pytest.mark.parametrize("at", [None, 24 + 9 + 3])
 def test_client_names_a_corrupted_length(at):
     """The length byte of answer 1 corrupted on the way to the host: the error says so at once
-    (the identify answer is 18 bytes, each result 9); None: the same run, uncorrupted."""
+    (the identify answer is 24 bytes, each result 9); None: the same run, uncorrupted."""
     model = _tiny(2)
     x = _inputs(4)
     with simulated_board(model) as board:
@@ -271,7 +271,7 @@ def test_one_answer_per_wrong_length_frame(kind, payload):
         assert kinds == [TYPE_ERROR, TYPE_RESULT, TYPE_IDENTITY], kinds
         assert answers[0].payload == bytes([ERR_LENGTH])
         assert payload_from_bytes(answers[1].payload) == golden[0] != golden[1]
-        assert Identity.from_bytes(answers[2].payload) == client.expected_identity
+        assert Identity.from_bytes(answers[2].payload).same_model(client.expected_identity)
         assert client._parser.pending == 0
 
 
@@ -283,10 +283,16 @@ def test_identify_answers_the_fingerprint_built_in():
     with simulated_board(model) as board:
         client = BoardClient(board, model)
         got = client.check_board()
-    assert got == Identity(model.fingerprint(), 2, 3) == client.identity
+    # an unrolled network takes a vector a clock; the simulated UART has 4 clocks per bit
+    assert got == Identity(model.fingerprint(), 2, 3, 1, 4) == client.identity
     assert got.fingerprint == model.fingerprint()[:16]
-    assert got.to_bytes() == bytes.fromhex(model.fingerprint()[:16]) + b"\x02\x00\x03\x00"
-    assert got != Identity(other.fingerprint(), 2, 3)  # a wrong reference differs
+    assert got.to_bytes() == bytes.fromhex(model.fingerprint()[:16]) + \
+        b"\x02\x00\x03\x00" + b"\x01\x00\x00\x00\x04\x00"
+    assert not got.same_model(Identity(other.fingerprint(), 2, 3))  # a wrong reference differs
+    # a bitstream from before the link fields answers 12 bytes: read as "not said"
+    old = Identity.from_bytes(got.to_bytes()[:12])
+    assert old.same_model(got) and (old.input_clocks, old.divisor) == (0, 0)
+    assert not old.keeps_up()
 
 
 def test_identify_refuses_another_models_bitstream():
@@ -325,7 +331,7 @@ def test_identity_and_parser_refuse_bad_values():
         Identity("xyz", 1, 1)
     with pytest.raises(ProtocolError, match="out_bytes must be an integer in 0..65535, not -1"):
         Identity("0" * 16, 1, -1)
-    with pytest.raises(ProtocolError, match="an identify answer holds 12 bytes, not 3"):
+    with pytest.raises(ProtocolError, match="an identify answer holds 18 bytes, not 3"):
         Identity.from_bytes(b"abc")
     with pytest.raises(ProtocolError, match="max_payload must be an integer in 0..65535, "
                                             "not 70000"):

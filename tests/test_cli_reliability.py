@@ -258,6 +258,20 @@ TRAIN = ["train", "--recipe", "binary", "--limit", "200", "--hidden", "8", "--no
     (["synth", "{model}", "--board", "orangecrab", "--clock", "50"], 1,
      r"cannot make 50 MHz from 48 MHz within 1 %: the nearest is 51.2 MHz"),
     (["synth", "{model}", "--board", "icebreaker", "--baud", "0"], 2, r"'--baud': 0 is not"),
+    # a baud the USB bridge cannot make, a clock too slow or too far off for the baud, a
+    # self-test whose ROMs do not fit the block RAM: refused before any work
+    (["synth", "{model}", "--board", "ulx3s", "--baud", "4000000"], 1,
+     r"baud 4000000 is more than the FTDI FT231X USB bridge of ulx3s makes \(at most 3000000\)"),
+    (["synth", "{model}", "--board", "icebreaker", "--baud", "13000000"], 1,
+     r"more than the FTDI FT2232H USB bridge of icebreaker makes \(at most 12000000\)"),
+    (["synth", "{model}", "--board", "icebreaker", "--clock", "12", "--baud", "6000000"], 1,
+     r"a 12 MHz clock is too slow for 6000000 baud \(needs at least 4 clocks per bit, has "
+     r"2.00\): give a --clock of at least 24 MHz"),
+    (["synth", "{model}", "--board", "ulx3s", "--clock", "25", "--baud", "3000000"], 1,
+     r"3000000 baud from 25 MHz is off by 4.2 %"),
+    (["synth", "{model}", "--board", "icebreaker", "--selftest", "100000"], 1,
+     r"the self-test's 100000 vectors need \d+ block RAMs \(128 \+ 9 bits each\), \d+ of 30 are "
+     r"free beside hand's at fold 2,16: try --selftest \d+$"),
     (["board", "run", "{model}", "--simulate", "--timeout", "nan"], 2, r"nan is not a finite"),
 ])
 def test_out_of_range_values_are_refused_up_front(capsys, tmp_path, monkeypatch, args, status,

@@ -148,3 +148,26 @@ def test_a_memory_deeper_than_one_spram_takes_rows_of_them():
     mem = SpramWeights(20, 20000)  # 2 columns x 2 rows
     assert (mem.columns, mem.blocks) == (2, 4)
     assert verilog.convert(mem, emit_src=False, platform=Ice40Cells()).count("SB_SPRAM256KA") == 4
+
+
+def test_spram_board_self_tests_and_pipelines_after_the_load():
+    """Weights in SPRAM beside the board link: a self-test before the load is refused (error
+    5); the client loads first, the self-test then finds no mismatch, and a run pipelines its
+    vectors (a deep window at the simulated link rate) and equals golden."""
+    from bitfab.boards.selftest import SelfTestData
+    from bitfab.sim.run import selftest_vectors
+    rng = np.random.default_rng(3)
+    model = mlp(rng, (64, 8, 2), "binary", name="wide")  # 14-byte inputs, 8-byte results
+    x = 2 * rng.integers(0, 2, size=(12, 64)) - 1
+    image = weight_image(network_configs(model, (2, 16), 1, "spram"))
+    data = SelfTestData(*selftest_vectors(model, 8, seed=0), 0)
+    with simulated_board(model, (2, 16), 1, weights="spram", selftest=data,
+                         timeout_bits=8000) as transport:
+        with pytest.raises(ProtocolError, match="weights not loaded"):
+            BoardClient(transport, model).selftest()
+        client = BoardClient(transport, model, weights=image)
+        report = client.selftest()  # identify, load, then the self-test
+        assert client.loaded and (report.vectors, report.mismatches) == (8, 0)
+        run = client.run(x)
+        assert client.window > 2
+        np.testing.assert_array_equal(run.outputs, golden.execute(model, x).output)

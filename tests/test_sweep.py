@@ -345,7 +345,7 @@ def test_synth_fold_auto_builds_candidates_in_parallel(tmp_path, capsys):
     path = tmp_path / "tiny.bfm"
     mlp(np.random.default_rng(0), (16, 8, 4), "binary", name="tiny").save(path)
     code, out, err = bitfab_cli(capsys, "synth", path, "--board", "icebreaker", "--fold", "auto",
-                                "--candidates", "2", "--workers", "2", "--out",
+                                "--clock", "12", "--candidates", "2", "--workers", "2", "--out",
                                 tmp_path / "build", "--json")
     assert code == 0, err
     result = json.loads(out)
