@@ -112,6 +112,17 @@ def _sim_rows(r: dict) -> list:
     return rows
 
 
+def _board_rate_rows(r: dict) -> list:
+    rows = []
+    for name, b in r["boards"].items():
+        rows.append((f"{name}: link at {b['baud']:,} baud", f"{_g(b['link_vectors_per_s'])} "
+                     f"vectors/s", f"{b['speedup_over_115200']:.1f}x the 115200-baud link"))
+        rows.append((f"{name}: self-test at {b['clock_mhz']:g} MHz (simulated)",
+                     f"{_g(b['selftest_vectors_per_s_simulated'])} vectors/s",
+                     f"clock / II = {_g(b['datapath_vectors_per_s_at_clock'])}"))
+    return rows
+
+
 def _sim_fast_rows(r: dict) -> list:
     paths = r["paths"]
     harness = paths["harness"]["cycles_per_s"]
@@ -233,6 +244,8 @@ SECTIONS = (
     Section("boards", "board_flow", "Fmax, flow time and vectors/s per board", _board_rows),
     Section("sim_speed", "sim_speed", "simulated cycles/s: Amaranth, Icarus, Verilator",
             _sim_rows),
+    Section("board_rates", "board_rates", "vectors/s per board: datapath, link, self-test",
+            _board_rate_rows, smoke=False),
     Section("sim_fast", "sim_fast", "Verilator cycles/s: fast bench vs plain C++ harness vs "
             "cocotb", _sim_fast_rows, smoke=False),
 )
