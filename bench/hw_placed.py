@@ -34,10 +34,8 @@ from pathlib import Path
 
 import eda  # bench/eda.py: run as a script, bench/ is on sys.path
 import numpy as np
-from amaranth.hdl import Module, Signal
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 from hw_area import PopcountHarness, baseline_sums
+from hw_datapaths import BASELINE, CASES, Harness
 from rich.console import Console
 from rich.progress import Progress
 
@@ -46,45 +44,12 @@ from bitfab.examples import random_dense
 from bitfab.hw import adder_tree
 from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import build_layer
-from bitfab.model import Binary, InputFormat, IntWeights, Lut, Pow2, Ternary
+from bitfab.model import Binary, InputFormat
 
-#: name -> (encoding, input format, sparsity)
-CASES = {
-    "xnor_popcount (bipolar x binary)": (Binary(), InputFormat.bipolar(), 0.0),
-    "add/sub/skip (uint4 x ternary, 50% zero)": (Ternary(), InputFormat.int(4), 0.5),
-    "shift_add (uint4 x pow2 2^0..2^3)": (Pow2(0, 3), InputFormat.int(4), 0.0),
-    "shift_add (uint4 x DenseShift, zero-free)": (Pow2(0, 3, zero=False), InputFormat.int(4), 0.0),
-    "lut (uint4 x {-3,-1,0,2,5})": (Lut((-3, -1, 0, 2, 5)), InputFormat.int(4), 0.0),
-    "lut (uint4 x pow2 dictionary {-4,0,1,2})": (Lut((-4, 0, 1, 2)), InputFormat.int(4), 0.0),
-    "int (uint4 x int4 multiply, baseline)": (IntWeights(4), InputFormat.int(4), 0.0),
-}
-BASELINE = "int (uint4 x int4 multiply, baseline)"
 #: the binary layer again, every sum a plain ``sum()`` (yosys's ``$macc``)
 SUM_BASELINE = "sum() baseline (bipolar x binary, plain sum)"
 #: nextpnr targets: device -> clock constraint (MHz) given to nextpnr
 DEVICES = {"up5k": 60, "hx8k": 150, "ecp5-85f-6": 200}
-
-
-class Harness(wiring.Component):
-    """Serial in, one pin out: lets nextpnr place a layer whose ports outnumber the package pins.
-
-    ``sin`` shifts into a register as wide as the input payload, which feeds ``i`` every clock;
-    the output payload is XOR-reduced into a registered ``sout`` (so no output bit is dead).
-    """
-
-    def __init__(self, layer_component):
-        self._dut = layer_component
-        super().__init__({"sin": In(1), "sout": Out(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = dut = self._dut
-        width = len(dut.i.payload.as_value())
-        shift = Signal(width)
-        m.d.sync += shift.eq(shift << 1 | self.sin)
-        m.d.comb += [dut.i.payload.eq(shift), dut.i.valid.eq(1), dut.o.ready.eq(1)]
-        m.d.sync += self.sout.eq(dut.o.payload.as_value().xor() ^ dut.o.valid)
-        return m
 
 
 def _pnr(vfile: Path, device: str) -> dict:

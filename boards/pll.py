@@ -51,11 +51,10 @@ class ClockPlan:
                 "pll": self.params}
 
 
-def _ice40(f_in: float, f_req: float) -> tuple[float, dict]:
+def _ice40_settings(f_in: float):
     # iCE40 sysCLOCK PLL (TN1251 / FPGA-TN-02052): F_PFD = F_in / (DIVR+1) in 10..133 MHz,
     # F_VCO = F_PFD * (DIVF+1) in 533..1066 MHz (SIMPLE feedback), F_out = F_VCO / 2^DIVQ,
-    # DIVQ 1..6, F_out 16..275 MHz. The same search icepll does.
-    best = None
+    # DIVQ 1..6, F_out 16..275 MHz. The same search icepll does. Yields (F_out, parameters).
     for divr in range(16):
         pfd = f_in / (divr + 1)
         if not 10e6 <= pfd <= 133e6:
@@ -66,15 +65,9 @@ def _ice40(f_in: float, f_req: float) -> tuple[float, dict]:
                 continue
             for divq in range(1, 7):
                 f = vco / 2 ** divq
-                if not OUTPUT_RANGE["ice40"][0] <= f <= OUTPUT_RANGE["ice40"][1]:
-                    continue
-                if best is None or abs(f - f_req) < abs(best[0] - f_req):
-                    best = (f, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
-                                "FILTER_RANGE": _ice40_filter(pfd)})
-    if best is None:
-        raise BitfabError(f"the iCE40 PLL cannot make {f_req / 1e6:g} MHz from "
-                          f"{f_in / 1e6:g} MHz")
-    return best
+                if OUTPUT_RANGE["ice40"][0] <= f <= OUTPUT_RANGE["ice40"][1]:
+                    yield f, {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
+                              "FILTER_RANGE": _ice40_filter(pfd)}
 
 
 def _ice40_filter(pfd: float) -> int:
@@ -84,10 +77,10 @@ def _ice40_filter(pfd: float) -> int:
     return 6
 
 
-def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
+def _ecp5_settings(f_in: float):
     # ECP5 sysCLOCK PLL (FPGA-TN-02200): F_PFD = F_in / CLKI_DIV in 3.125..400 MHz,
     # F_out = F_PFD * CLKFB_DIV (feedback from CLKOP), F_VCO = F_out * CLKOP_DIV in 400..800 MHz.
-    best = None
+    # Yields (F_out, parameters).
     for clki in range(1, 129):
         pfd = f_in / clki
         if not 3.125e6 <= pfd <= 400e6:
@@ -98,37 +91,30 @@ def _ecp5(f_in: float, f_req: float) -> tuple[float, dict]:
                 continue
             for clkop in range(1, 129):
                 if 400e6 <= f * clkop <= 800e6:
+                    yield f, {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop,
+                              "CLKOP_CPHASE": (clkop - 1) // 2}
                     break
-            else:
-                continue
-            if best is None or abs(f - f_req) < abs(best[0] - f_req):
-                best = (f, {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop,
-                            "CLKOP_CPHASE": (clkop - 1) // 2})
+
+
+_SETTINGS = {"ice40": (_ice40_settings, "iCE40"), "ecp5": (_ecp5_settings, "ECP5")}
+
+
+def _closest(family: str, f_in: float, f_req: float) -> tuple[float, dict]:
+    """The PLL setting whose output is closest to ``f_req`` (the first found on a tie)."""
+    settings, title = _SETTINGS[family]
+    best = None
+    for f, params in settings(f_in):
+        if best is None or abs(f - f_req) < abs(best[0] - f_req):
+            best = (f, params)
     if best is None:
-        raise BitfabError(f"the ECP5 PLL cannot make {f_req / 1e6:g} MHz from {f_in / 1e6:g} MHz")
+        raise BitfabError(f"the {title} PLL cannot make {f_req / 1e6:g} MHz from "
+                          f"{f_in / 1e6:g} MHz")
     return best
 
 
 @functools.cache
 def _frequencies(family: str, f_in: float) -> tuple[float, ...]:
-    out = set()
-    if family == "ice40":
-        for divr in range(16):
-            pfd = f_in / (divr + 1)
-            if not 10e6 <= pfd <= 133e6:
-                continue
-            for divf in range(128):
-                vco = pfd * (divf + 1)
-                if 533e6 <= vco <= 1066e6:
-                    out.update(vco / 2 ** q for q in range(1, 7))
-    else:
-        for clki in range(1, 129):
-            pfd = f_in / clki
-            if 3.125e6 <= pfd <= 400e6:
-                # some CLKOP_DIV puts the VCO in 400..800 MHz for every output in range
-                out.update(pfd * fb for fb in range(1, 81))
-    lo, hi = OUTPUT_RANGE[family]
-    return tuple(sorted(f for f in out if lo <= f <= hi))
+    return tuple(sorted({f for f, _ in _SETTINGS[family][0](f_in)}))
 
 
 def frequencies(board) -> tuple[float, ...]:
@@ -185,8 +171,7 @@ def plan(board, clock_hz: float | None) -> ClockPlan:
     if not lo * (1 - TOLERANCE) <= clock_hz <= hi * (1 + TOLERANCE):
         raise BitfabError(f"the {name} PLL makes {lo / 1e6:g}..{hi / 1e6:g} MHz (or the "
                           f"{board.clock_hz / 1e6:g} MHz oscillator), not {clock_hz / 1e6:g} MHz")
-    search = _ice40 if board.family == "ice40" else _ecp5
-    f, params = search(board.clock_hz, clock_hz)
+    f, params = _closest(board.family, board.clock_hz, clock_hz)
     if abs(f - clock_hz) > TOLERANCE * clock_hz:
         raise BitfabError(f"the {name} PLL cannot make {clock_hz / 1e6:g} MHz from "
                           f"{board.clock_hz / 1e6:g} MHz within {100 * TOLERANCE:g} %: the "

@@ -695,12 +695,8 @@ class MaxPoolLayer(_Image):
         return self._chain(pad=self._pad, **self._stages, framer=self._framer)
 
 
-class GlobalPoolLayer(_Image):
-    """A global avgpool (:func:`is_global_pool`): each pixel's ``C`` values are added into ``C``
-    accumulators; the last pixel of an image completes the sums, which go through the output
-    stage (:func:`bitfab.hw.datapath.output_stage`) into the output register, and the
-    accumulators start over. ``latency`` 1 (after the last pixel), a pixel per clock; no window
-    register and no line buffer (a windowed avgpool would hold the whole image)."""
+class _OneRegister(_Image):
+    """An image layer that takes a pixel per clock and gives its result from one register."""
 
     @property
     def latency(self) -> int:
@@ -711,6 +707,14 @@ class GlobalPoolLayer(_Image):
     def initiation_interval(self) -> int:
         """1: a pixel per clock."""
         return 1
+
+
+class GlobalPoolLayer(_OneRegister):
+    """A global avgpool (:func:`is_global_pool`): each pixel's ``C`` values are added into ``C``
+    accumulators; the last pixel of an image completes the sums, which go through the output
+    stage (:func:`bitfab.hw.datapath.output_stage`) into the output register, and the
+    accumulators start over. ``latency`` 1 (after the last pixel), a pixel per clock; no window
+    register and no line buffer (a windowed avgpool would hold the whole image)."""
 
     def elaborate(self, platform):
         m = Module()
@@ -752,22 +756,12 @@ class GlobalPoolLayer(_Image):
         return m
 
 
-class FlattenLayer(_Image):
+class FlattenLayer(_OneRegister):
     """A flatten layer: the ``P`` pixels of an image shift into one register of ``P * C``
     codes (pixel-major), which is the output once the last pixel arrived; the next image's
     first pixel enters as the vector is taken. ``latency`` 1 (after the last pixel), a pixel
     per clock while the consumer keeps up; ``P * C * bits`` register bits (the consumer, a
     dense layer, buffers the vector itself)."""
-
-    @property
-    def latency(self) -> int:
-        """1: the register."""
-        return 1
-
-    @property
-    def initiation_interval(self) -> int:
-        """1: a pixel per clock."""
-        return 1
 
     def elaborate(self, platform):
         m = Module()
@@ -792,7 +786,7 @@ class FlattenLayer(_Image):
         return m
 
 
-class AddLayer(_Image):
+class AddLayer(_OneRegister):
     """A residual join: ``i`` carries ``a`` (the layer's ``source``), ``skip`` carries ``b``;
     ``acc = (a << shift) + (b << skip_shift)`` per element, then the output stage of
     :func:`bitfab.hw.datapath.output_stage`, registered (``latency`` 1). A transfer takes one
@@ -803,16 +797,6 @@ class AddLayer(_Image):
         extra = {} if layer is None else {"skip": In(stream.Signature(stream_layout(
             replace(layer.in_stream, element=layer.skip_input))))}
         super().__init__(config, extra)
-
-    @property
-    def latency(self) -> int:
-        """1: the output register."""
-        return 1
-
-    @property
-    def initiation_interval(self) -> int:
-        """1: a pixel per clock."""
-        return 1
 
     def elaborate(self, platform):
         m = Module()

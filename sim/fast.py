@@ -33,10 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bitfab.errors import ModelRangeError, ToolError
-from bitfab.toolchain import build_dir, content_hash, icarus_available, verilator_env
+from bitfab.errors import ToolError
+from bitfab.toolchain import build_dir, content_hash, verilator_env
 
-from .verilog import Design, SimResult, _sources, build_estimate, synthesize_netlist
+from .verilog import (
+    Design,
+    SimResult,
+    _sources,
+    build_estimate,
+    checked_run,
+    synthesize_netlist,
+)
 
 __all__ = ["run_fast", "bench_verilog", "verilator_build", "VERILATOR_FLAGS", "TB_TOP"]
 
@@ -299,23 +306,9 @@ def run_fast(design: Design, model_path, x: np.ndarray, lengths=None, *,
 
     ``max_cycles`` overrides the cycle limit (default ``transfers * II * 4 + 10,000``).
     """
-    from bitfab.model import IntegerModel
+    from .golden import compare_outputs, expected_rows
 
-    from .golden import check_inputs, compare_outputs, expected_rows
-
-    if simulator not in ("verilator", "icarus"):
-        raise ToolError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
-    if simulator == "icarus" and not icarus_available():
-        raise ToolError("Icarus Verilog (iverilog, vvp) is not on PATH: apt-get install iverilog")
-    if netlist == "ecp5" and simulator == "icarus":
-        raise ToolError("the ECP5 cell models need Verilator; Icarus 11 cannot parse them")
-    model = IntegerModel.load(model_path)
-    if design.layer is not None:
-        model = model.single(design.layer)
-    try:
-        x, lengths = check_inputs(model, x, lengths)
-    except ModelRangeError as exc:
-        raise ToolError(f"inputs: {exc}") from None
+    model, x, lengths = checked_run(design, model_path, x, lengths, simulator, netlist)
     say = progress or (lambda stage, detail="": None)
     payloads = model.in_stream.pack(x, lengths)
     want = np.array(expected_rows(model, x, lengths), dtype=np.int64)

@@ -172,6 +172,29 @@ def _sources(design: Design, netlist: str | None) -> list[Path]:
     return [Path(design.verilog).resolve()] + (cell_models(netlist) if netlist else [])
 
 
+def checked_run(design: Design, model_path, x, lengths, simulator: str, netlist: str | None):
+    """Refuse a simulator or netlist that cannot run, and inputs the design's model does not
+    take (:class:`ToolError`), before any work; return ``(model, x, lengths)`` checked."""
+    from bitfab.model import IntegerModel
+
+    from .golden import check_inputs
+
+    if simulator not in ("verilator", "icarus"):
+        raise ToolError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
+    if simulator == "icarus" and not icarus_available():
+        raise ToolError("Icarus Verilog (iverilog, vvp) is not on PATH: apt-get install iverilog")
+    if netlist == "ecp5" and simulator == "icarus":
+        raise ToolError("the ECP5 cell models need Verilator; Icarus 11 cannot parse them")
+    model = IntegerModel.load(model_path)
+    if design.layer is not None:
+        model = model.single(design.layer)
+    try:
+        x, lengths = check_inputs(model, x, lengths)
+    except ModelRangeError as exc:
+        raise ToolError(f"inputs: {exc}") from None
+    return model, x, lengths
+
+
 def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
               simulator: str = "verilator",
               netlist: str | None = None, p_bubble: float = 0.2, p_stall: float = 0.2,
@@ -206,23 +229,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
-    from bitfab.model import IntegerModel
 
-    if simulator not in ("verilator", "icarus"):
-        raise ToolError(f"simulator must be 'verilator' or 'icarus', not {simulator!r}")
-    if simulator == "icarus" and not icarus_available():
-        raise ToolError("Icarus Verilog (iverilog, vvp) is not on PATH: apt-get install iverilog")
-    if netlist == "ecp5" and simulator == "icarus":
-        raise ToolError("the ECP5 cell models need Verilator; Icarus 11 cannot parse them")
-    from .golden import check_inputs
-
-    model = IntegerModel.load(model_path)
-    if design.layer is not None:
-        model = model.single(design.layer)
-    try:
-        x, lengths = check_inputs(model, x, lengths)
-    except ModelRangeError as exc:
-        raise ToolError(f"inputs: {exc}") from None
+    model, x, lengths = checked_run(design, model_path, x, lengths, simulator, netlist)
     say = progress or (lambda stage, detail="": None)
     flow = None
     build_start = time.perf_counter()
