@@ -23,7 +23,7 @@ every kind):
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Const, Module, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -119,10 +119,10 @@ class _LayerBase(wiring.Component):
     def latency(self) -> int:
         """Clock edges from an input transfer to ``o.valid`` of its result when nothing stalls.
 
-        Unrolled: ``Lt + 2`` (``0`` when ``pipeline == 0``), ``Lt`` the deepest adder tree's
-        register stages (as :func:`~bitfab.hw.adder_tree.sum_terms` reports them), then the
-        output-code register and the output FIFO. Folded: ``SF * NF + 2 + Lt`` (input buffer,
-        weight memory read, adder tree, output buffer).
+        Unrolled: ``Lt + (1 if pipeline else 0)``, ``Lt`` the deepest adder tree's register
+        stages (as :func:`~bitfab.hw.adder_tree.sum_terms` reports them) plus the output
+        register. Folded: ``SF * NF + 2 + Lt`` (input buffer, weight memory read, adder tree,
+        output buffer).
         """
         if self._latency is None:
             # the adder trees decide the depth: build the hardware once and keep it for the
@@ -150,15 +150,8 @@ class UnrolledDense(_LayerBase):
 
     Zero weights produce no hardware, XNORs with constant weights are wires or inverters, pow2
     weights are shifts; the sums are :func:`~bitfab.hw.adder_tree.sum_terms` trees pipelined every
-    ``config.pipeline`` levels.
-
-    Pipelined (``config.pipeline > 0``), the datapath never stalls: its registers load every
-    clock and a valid bit travels beside the data, and the last stage writes a small output FIFO
-    (:func:`_credit_fifo`) of ``latency + 1`` vectors. A credit counter of the vectors accepted and
-    not yet read keeps ``i.ready`` low once the FIFO could overflow, so ``o.ready`` drives only the
-    FIFO and the counter, not a clock enable of every pipeline register (that enable was the
-    critical net of whole layers: measured in docs/results/datapaths.md). Combinational
-    (``pipeline == 0``), ``i.ready`` is ``o.ready``.
+    ``config.pipeline`` levels. The pipeline advances only when its last stage is empty or being
+    read (``en = ~o.valid | o.ready``), so a stall holds every stage.
 
     Parameters
     ----------
@@ -172,81 +165,39 @@ class UnrolledDense(_LayerBase):
         cfg = self._config
         layer = cfg.layer
         k = cfg.pipeline
+        en = Signal(name="en")
         xs = _elements(m, layer, self.i.payload.as_value(), "x")
         cache = {}
         sums = []
         for o in range(cfg.out_features):
             terms, negated = unrolled_terms(m, layer, o, xs, cache)
-            s, lat = sum_terms(m, terms, negated, pipeline=k, name=f"acc{o}")
+            s, lat = sum_terms(m, terms, negated, pipeline=k, en=en, name=f"acc{o}")
             sums.append((s, lat))
         tree = max(lat for _, lat in sums)
-        always = Const(1)
         codes = []
         for o, (s, lat) in enumerate(sums):
-            # a channel that is ready early waits as its output code (narrower than its sum)
-            code = output_stage(m, layer, s, [o], None, f"out{o}")
-            codes.append(_delay(m, code, tree - lat, always, f"out{o}"))
+            s = _delay(m, s, tree - lat, en, f"acc{o}")
+            codes.append(output_stage(m, layer, s, [o], None, f"out{o}"))
         flat = Signal(cfg.out_bits * cfg.out_features, name="out_codes")
         for o, code in enumerate(codes):
             m.d.comb += flat[o * cfg.out_bits:(o + 1) * cfg.out_bits].eq(code)
-        if not k:
-            m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(flat),
-                         self.i.ready.eq(self.o.ready)]
-            return 0
-        valid = Signal(name="accepted")
-        m.d.comb += valid.eq(self.i.valid & self.i.ready)
-        for s in range(tree + 1):
+        latency = tree + (1 if k else 0)
+        payload = _delay(m, flat, 1 if k else 0, en, "out")
+        valid = self.i.valid
+        for s in range(tree + (1 if k else 0)):
             reg = Signal(name=f"valid{s}")
-            m.d.sync += reg.eq(valid)
+            with m.If(en):
+                m.d.sync += reg.eq(valid)
             valid = reg
-        # the output codes are registered once before the FIFO: the output stage's compare and
-        # the FIFO's write multiplexers (every entry) would otherwise share one clock
-        codes_r = _delay(m, flat, 1, always, "out_codes")
-        latency = tree + 2
-        _credit_fifo(m, self.i, self.o, codes_r, valid, latency)
+        m.d.comb += [
+            self.o.valid.eq(valid),
+            self.o.payload.eq(payload),
+        ]
+        if latency == 0:
+            m.d.comb += [en.eq(1), self.i.ready.eq(self.o.ready)]
+        else:
+            m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
         return latency
-
-
-def _credit_fifo(m: Module, i, o, payload, valid, latency: int) -> None:
-    """Give the output of a datapath that never stalls to ``o`` through a FIFO.
-
-    ``payload`` and ``valid`` leave a pipeline whose registers load every clock, ``latency - 1``
-    clocks after the input transfer; the FIFO (``latency + 1`` entries, first word fall
-    through) is the last stage, so ``o.valid`` rises ``latency`` clocks after the transfer. A
-    counter of the vectors accepted and not yet read holds ``i.ready`` low while it is at the
-    FIFO depth, so no vector in flight finds the FIFO full; ``latency + 1`` credits keep a vector
-    a clock going in while ``o.ready`` stays high. ``o.valid`` is high while the FIFO holds a
-    vector: once high it stays high until the transfer.
-
-    The FIFO is a shift register whose head entry drives ``o.payload`` (a read shifts every
-    entry one place, a write lands behind the last full one), so the payload leaves a register,
-    not a read multiplexer.
-    """
-    depth = latency + 1
-    width = len(payload)
-    entries = [Signal(width, name=f"out_q{k}") for k in range(depth)]
-    # the fill level, one-hot (``level[k]``: k entries full), so that every control is a LUT
-    level = Signal(depth + 1, name="out_level", init=1)
-    credits = Signal(range(depth + 1), name="in_flight")
-    took, gave = i.valid & i.ready, o.valid & o.ready
-    m.d.comb += [o.valid.eq(~level[0]), o.payload.eq(entries[0]),
-                 i.ready.eq(credits != depth)]
-    for k, entry in enumerate(entries):
-        # a write lands behind the last full entry (one place lower while a read shifts)
-        write = valid & Mux(gave, level[k + 1], level[k])
-        with m.If(write):
-            m.d.sync += entry.eq(payload)
-        if k + 1 < depth:
-            with m.Elif(gave):
-                m.d.sync += entry.eq(entries[k + 1])
-    with m.If(valid & ~gave):
-        m.d.sync += level.eq(level << 1)
-    with m.Elif(gave & ~valid):
-        m.d.sync += level.eq(level >> 1)
-    with m.If(took & ~gave):
-        m.d.sync += credits.eq(credits + 1)
-    with m.Elif(gave & ~took):
-        m.d.sync += credits.eq(credits - 1)
 
 
 class FoldedDense(_LayerBase):
