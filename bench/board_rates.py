@@ -30,8 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bitfab.boards.build import choose_fold, initiation_interval
 from bitfab.boards.host import BoardClient
 from bitfab.boards.pll import MARGIN, choose_clock
@@ -41,8 +39,7 @@ from bitfab.boards.selftest import SelfTestData
 from bitfab.boards.simboard import SIM_DIVISOR, simulated_board
 from bitfab.boards.targets import BOARDS, get_board
 from bitfab.boards.uart import link_baud
-from bitfab.examples import random_dense
-from bitfab.model import InputFormat, IntegerModel
+from bitfab.examples import digits_like
 from bitfab.sim.run import random_inputs, selftest_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,16 +52,6 @@ FALLBACK_FOLD = (2, 32)
 #: its own is cached
 PUBLISHED = {"icebreaker": ((1, 32), 33.4), "ice40-hx8k": ((1, 64), 72.2),
              "ulx3s": ((1, 64), 93.8), "orangecrab": ((1, 64), 127.8)}
-
-
-def digits_like(seed: int = 0) -> IntegerModel:
-    rng = np.random.default_rng(seed)
-    return IntegerModel((
-        random_dense(rng, 64, 64, "binary", InputFormat.int(5), "threshold").replace(name="fc0"),
-        random_dense(rng, 64, 32, "binary", InputFormat.bipolar(), "threshold").replace(
-            name="fc1"),
-        random_dense(rng, 32, 10, "binary", InputFormat.bipolar(), "none").replace(name="fc2"),
-    ), name="digits")
 
 
 def _simulate(fn, model, fold):

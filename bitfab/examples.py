@@ -25,7 +25,7 @@ from .model import (
 )
 
 __all__ = ["ENCODINGS", "random_weights", "random_dense", "random_thresholds", "sfc", "mlp",
-           "random_conv", "cnn", "resnet1d"]
+           "digits_like", "random_conv", "cnn", "resnet1d"]
 
 #: encoding name -> a default instance
 ENCODINGS = {
@@ -102,6 +102,18 @@ def mlp(rng: np.random.Generator, sizes, encoding="binary", name="mlp") -> Integ
         layers.append(layer.replace(name=f"fc{i}"))
         fmt = InputFormat.bipolar() if binary else InputFormat.int(2)
     return IntegerModel(tuple(layers), name=name)
+
+
+def digits_like(seed: int = 0) -> IntegerModel:
+    """The shape of the digits network of ``bitfab demo`` with random weights: 64 uint5 inputs,
+    binary 64-64-32-10, raw accumulators out (40-byte input and 9-byte result payloads)."""
+    rng = np.random.default_rng(seed)
+    return IntegerModel((
+        random_dense(rng, 64, 64, "binary", InputFormat.int(5), "threshold").replace(name="fc0"),
+        random_dense(rng, 64, 32, "binary", InputFormat.bipolar(), "threshold").replace(
+            name="fc1"),
+        random_dense(rng, 32, 10, "binary", InputFormat.bipolar(), "none").replace(name="fc2"),
+    ), name="digits")
 
 
 def sfc(rng: np.random.Generator) -> IntegerModel:

@@ -42,7 +42,7 @@ from .verilog import (
     _sources,
     build_estimate,
     checked_run,
-    synthesize_netlist,
+    netlist_of,
 )
 
 __all__ = ["run_fast", "bench_verilog", "verilator_build", "VERILATOR_FLAGS", "TB_TOP"]
@@ -316,11 +316,8 @@ def run_fast(design: Design, model_path, x: np.ndarray, lengths=None, *,
         row = want[len(want) // 2]
         row[0] = (row[0] + 1) % (1 << model.out_stream.element.bits)
 
-    flow = None
     build_start = time.perf_counter()
-    if netlist:
-        design = synthesize_netlist(design, netlist, say)
-        flow = (Path(design.verilog).parent / "flow.txt").read_text()
+    design, flow = netlist_of(design, netlist, say)
     sources = _sources(design, netlist)
     in_width, out_width = model.in_stream.payload_bits, model.out_stream.payload_bits
     bench = bench_verilog(design, in_width, out_width)

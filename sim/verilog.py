@@ -168,6 +168,15 @@ def synthesize_netlist(design: Design, family: str, progress=None) -> Design:
                   design.ports)
 
 
+def netlist_of(design: Design, netlist: str | None, say) -> tuple[Design, str | None]:
+    """``(design, None)`` without ``netlist``; else the synthesized netlist
+    (:func:`synthesize_netlist`) and the yosys flow that made it."""
+    if not netlist:
+        return design, None
+    design = synthesize_netlist(design, netlist, say)
+    return design, (Path(design.verilog).parent / "flow.txt").read_text()
+
+
 def _sources(design: Design, netlist: str | None) -> list[Path]:
     return [Path(design.verilog).resolve()] + (cell_models(netlist) if netlist else [])
 
@@ -232,11 +241,8 @@ def run_bench(design: Design, model_path, x: np.ndarray, lengths=None, *,
 
     model, x, lengths = checked_run(design, model_path, x, lengths, simulator, netlist)
     say = progress or (lambda stage, detail="": None)
-    flow = None
     build_start = time.perf_counter()
-    if netlist:
-        design = synthesize_netlist(design, netlist, say)
-        flow = (Path(design.verilog).parent / "flow.txt").read_text()
+    design, flow = netlist_of(design, netlist, say)
     sources = _sources(design, netlist)
     waves = vcd is not None
     icarus_vcd = waves and simulator == "icarus"

@@ -20,26 +20,13 @@ from bitfab.boards.simboard import SIM_DIVISOR, simulated_board
 from bitfab.boards.targets import BOARDS, LINK_BAUD, get_board
 from bitfab.boards.uart import check_baud, link_baud, uart_divisor
 from bitfab.errors import BitfabError
-from bitfab.examples import mlp, random_dense
-from bitfab.model import InputFormat, IntegerModel
+from bitfab.examples import digits_like, mlp
 from bitfab.sim.golden import execute
 from bitfab.sim.run import selftest_vectors
 
 
 def _tiny():
     return mlp(np.random.default_rng(0), (16, 8, 4), "binary", name="tiny")
-
-
-def _digits_like(seed=0):
-    """The shape of the digits network of ``bitfab demo``: 64 uint5 inputs, binary 64-64-32-10,
-    raw accumulators out (40-byte input and 9-byte result payloads)."""
-    rng = np.random.default_rng(seed)
-    return IntegerModel((
-        random_dense(rng, 64, 64, "binary", InputFormat.int(5), "threshold").replace(name="fc0"),
-        random_dense(rng, 64, 32, "binary", InputFormat.bipolar(), "threshold").replace(
-            name="fc1"),
-        random_dense(rng, 32, 10, "binary", InputFormat.bipolar(), "none").replace(name="fc2"),
-    ), name="digits")
 
 
 # --- the link rate of each board ----------------------------------------------------------------
@@ -72,7 +59,7 @@ def test_each_board_links_at_its_bridges_rate():
 def test_digits_network_link_rate_is_over_20x_the_old_one():
     """The digits network's frames: 46 bytes in, 15 out. 115200 baud carried 250 of them a
     second (the 256 of the old report counted a 5-byte frame overhead); 3 Mbaud carries 6522."""
-    model = _digits_like()
+    model = digits_like()
     in_bytes = -(-model.in_stream.payload_bits // 8)
     out_bytes = -(-model.out_stream.payload_bits // 8)
     assert (in_bytes, out_bytes, FRAME_OVERHEAD) == (40, 9, 6)
@@ -203,7 +190,7 @@ def test_selftest_roms_fit_beside_the_network():
     inputs are read as two 160-bit words (II 128 leaves the time); 256 do not."""
     from bitfab.boards.build import FitError, check_selftest
     from bitfab.cli.board import selftest_data
-    model, ice = _digits_like(), get_board("icebreaker")
+    model, ice = digits_like(), get_board("icebreaker")
     got = check_selftest(model, ice, (1, 32), selftest_data(model, 64))
     assert (got["input_words"], got["rom_blocks"], got["vectors"]) == (2, 15, 64)
     assert check_selftest(model, get_board("ulx3s"), (1, 64),
