@@ -120,6 +120,35 @@ def test_does_not_fit_says_so_with_numbers(tmp_path, monkeypatch):
                        "5280 available at fold unrolled; trying 2,32"]
 
 
+def test_ecp5_refolds_above_the_placeable_fraction(tmp_path, monkeypatch):
+    """yosys' counts of the Fashion-MNIST CNN that nextpnr-ecp5 could not place (83 % of the
+    LUT4 slots with the carries) are refused after synthesis, before place and route."""
+    from bitfab import toolchain
+    from bitfab.boards.build import FitError, logic_cells, placeable_cells
+    from bitfab.boards.report import yosys_counts
+
+    fashion = {"LUT4": 34402, "CCU2C": 17534, "TRELLIS_FF": 40852, "DP16KD": 3}
+    board = get_board("ulx3s")
+    assert logic_cells(yosys_counts({"design": {"num_cells_by_type": fashion}}, board),
+                       board) == 69470
+    assert placeable_cells(board) == 66912 and placeable_cells(get_board("icebreaker")) == 5280
+    # an ECP5 slice holds two flip-flops: a flip-flop-bound design counts its flip-flops
+    assert logic_cells({"luts": 10, "ffs": 30}, board) == 30
+    calls = []
+
+    def fake_run(cmd, cwd, log, env=None, timeout=None):
+        calls.append(cmd[0])
+        (cwd / "top.stat.json").write_text(json.dumps({"design": {"num_cells_by_type": fashion}}))
+        return 0.0
+
+    monkeypatch.setattr(toolchain, "run_tool", fake_run)
+    model = mlp(np.random.default_rng(2), (32, 16, 10), "binary", name="m")
+    with pytest.raises(FitError, match=r"logic cells \(estimated\) 69470 needed, 66912 "
+                                       r"placeable \(80% of 83640\) \(synthesized at fold 1,1\)"):
+        synthesize(model, "ulx3s", fold=(1, 1), clock_hz=25e6, out=tmp_path / "a")
+    assert not any("nextpnr" in str(c) for c in calls)
+
+
 def test_ecp5_luts_count_the_carry_cells():
     from bitfab.boards.report import yosys_counts
     stat = {"design": {"num_cells_by_type": {"LUT4": 7021, "CCU2C": 5796, "TRELLIS_FF": 5442,
