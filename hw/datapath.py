@@ -32,8 +32,8 @@ from bitfab.model import Dense, signed_bits, unsigned_bits
 
 from .adder_tree import sum_terms
 
-__all__ = ["csd", "const_mul", "unrolled_terms", "lane_terms", "output_stage", "channel_offsets",
-           "resize"]
+__all__ = ["csd", "const_mul", "unrolled_terms", "lane_terms", "output_stage", "moved_thresholds",
+           "pick_constant", "channel_offsets", "resize"]
 
 
 def csd(n: int) -> list[tuple[int, int]]:
@@ -225,6 +225,24 @@ def _pick(values: list[int], sel: Value | None) -> Value:
     return out
 
 
+def pick_constant(values: list[int], sel: Value | None) -> Value:
+    """A constant (``sel`` None: ``values[0]``) or a table of integer constants indexed by
+    ``sel`` (a read-only table in logic: yosys maps it to LUTs)."""
+    return _pick(values, sel)
+
+
+def moved_thresholds(layer: Dense) -> list[list[int]]:
+    """Return the thresholds of a threshold output stage moved into the domain of the sum ``S``
+    (``acc = scale * S + offset[channel]``), per channel: ``acc >= T  <=>  S >= ceil((T - off) /
+    scale)`` (direction +1) and ``acc <= T  <=>  S <= floor((T - off) / scale)`` (direction -1)."""
+    stage = layer.output
+    scale, offsets = channel_offsets(layer)
+    t, d = stage.thresholds, stage.direction
+    return [[-((offsets[c] - int(t[c, k])) // scale) if d[c] > 0
+             else (int(t[c, k]) - offsets[c]) // scale for k in range(stage.count)]
+            for c in range(t.shape[0])]
+
+
 def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Value | None,
                  name: str) -> Value:
     """Return the output code (``layer.out_bits`` wide) of the sum ``s`` of a channel.
@@ -236,13 +254,11 @@ def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Va
     scale, offsets = channel_offsets(layer)
     off = [offsets[c] for c in channels]
     if stage.kind == "threshold":
-        t = stage.thresholds
         d = stage.direction
+        moved_all = moved_thresholds(layer)
         bits = []
         for k in range(stage.count):
-            # acc >= T  <=>  s >= ceil((T - off) / scale);  acc <= T  <=>  s <= floor(...)
-            moved = [-((off_c - int(t[c, k])) // scale) if d[c] > 0
-                     else (int(t[c, k]) - off_c) // scale for c, off_c in zip(channels, off)]
+            moved = [moved_all[c][k] for c in channels]
             dirs = {int(d[c]) for c in channels}
             th = _pick(moved, sel)
             if dirs == {1}:

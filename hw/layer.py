@@ -23,7 +23,7 @@ every kind):
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Signal, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,7 +33,15 @@ from bitfab.model import IntegerModel
 from . import kinds
 from .adder_tree import sum_terms
 from .config import ConfigError, LayerConfig
-from .datapath import lane_terms, lut_lane_products, output_stage, unrolled_terms
+from .datapath import (
+    lane_terms,
+    lut_lane_products,
+    moved_thresholds,
+    output_stage,
+    pick_constant,
+    resize,
+    unrolled_terms,
+)
 from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
@@ -313,7 +321,8 @@ class FoldedDense(_LayerBase):
         ovalid = Signal(name="ovalid")
         obuf = Signal(n_out * out_bits, name="obuf")
         sbuf = Signal(n_out * out_bits, name="sbuf")
-        results = []
+        serial = serial_thresholds(cfg)
+        totals, results = [], []
         for p, part in enumerate(partials):
             lo_hi = _acc_range(layer, sf_n, part)
             acc = Signal(range(lo_hi[0], lo_hi[1] + 1), name=f"pe{p}_acc")
@@ -323,9 +332,14 @@ class FoldedDense(_LayerBase):
                 m.d.comb += total.eq(part)
             with m.If(en & va):
                 m.d.sync += acc.eq(total)
-            chans = [min(f * pe + p, n_out - 1) for f in range(nf_n)]
-            results.append(output_stage(m, layer, total, chans,
-                                        nfa if nf_n > 1 else None, f"pe{p}_out"))
+            totals.append(total)
+            if not serial:
+                chans = [min(f * pe + p, n_out - 1) for f in range(nf_n)]
+                results.append(output_stage(m, layer, total, chans,
+                                            nfa if nf_n > 1 else None, f"pe{p}_out"))
+        if serial:
+            self._serial_stage(m, totals, en, va, lasta, vlasta, nfa, ovalid, obuf, sbuf)
+            return cfg.initiation_interval + 2 + tree + layer.output.count
         nxt = Signal.like(obuf, name="obuf_next")
         m.d.comb += nxt.eq(sbuf)
         for f in range(nf_n):
@@ -344,6 +358,88 @@ class FoldedDense(_LayerBase):
             m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
         m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]
         return cfg.initiation_interval + 2 + tree
+
+    def _serial_stage(self, m: Module, totals, en, va, lasta, vlasta, nfa, ovalid, obuf, sbuf):
+        """The threshold output stage, one threshold per clock (:func:`serial_thresholds`).
+
+        At a channel group's last synapse fold each PE's sum is held; then for ``k = 0 ..
+        count-1`` one comparator per PE checks it against threshold ``k`` of its channel (a
+        table of constants indexed by ``(neuron fold, k)``) and counts the thresholds passed.
+        The code goes into the staging buffer ``count`` clocks after the sum, before the next
+        group's sum arrives (``count <= SF``), so the initiation interval is unchanged and the
+        latency grows by ``count``. The pipeline stalls only when a sum arrives while the stage
+        still waits to hand a finished vector to an output register the consumer has not read.
+        """
+        cfg = self._config
+        layer = cfg.layer
+        pe, nf_n, n_out, out_bits = cfg.pe, cfg.neuron_folds, cfg.out_features, cfg.out_bits
+        stage = layer.output
+        count = stage.count
+        moved = moved_thresholds(layer)
+        busy, hlast = Signal(name="th_busy"), Signal(name="th_last")
+        k = Signal(range(count), name="th_k")
+        hnf = Signal(range(nf_n), name="th_nf")
+        sel = hnf * count + k if nf_n > 1 else k
+        finishing = busy & (k == count - 1)
+        finish_ok = finishing & (~hlast | ~ovalid | self.o.ready)
+        accept = en & va & lasta
+        m.d.comb += en.eq(~(va & lasta & busy & ~finish_ok))
+        nxt = Signal.like(obuf, name="obuf_next")
+        m.d.comb += nxt.eq(sbuf)
+        for p, total in enumerate(totals):
+            hold = Signal.like(total, name=f"pe{p}_hold")
+            passed = Signal(range(count + 1), name=f"pe{p}_passed")
+            chans = [min(f * pe + p, n_out - 1) for f in range(nf_n)]
+            th = pick_constant([moved[c][j] for c in chans for j in range(count)], sel)
+            dirs = {int(stage.direction[c]) for c in chans}
+            if dirs == {1}:
+                bit = hold >= th
+            elif dirs == {-1}:
+                bit = hold <= th
+            else:
+                up = pick_constant([int(stage.direction[c] > 0) for c in chans],
+                                   hnf if nf_n > 1 else None)
+                bit = Mux(up, hold >= th, hold <= th)
+            code = resize(m, passed + bit, out_bits, f"pe{p}_code")
+            with m.If(busy & ~finishing):
+                m.d.sync += passed.eq(passed + bit)
+            with m.If(accept):
+                m.d.sync += [hold.eq(total), passed.eq(0)]
+            for f in range(nf_n):
+                o = f * pe + p
+                if o >= n_out:
+                    continue
+                with m.If(finishing & (hnf == f)):
+                    m.d.comb += nxt[o * out_bits:(o + 1) * out_bits].eq(code)
+        with m.If(busy & ~finishing):
+            m.d.sync += k.eq(k + 1)
+        with m.If(finish_ok):
+            m.d.sync += [sbuf.eq(nxt), busy.eq(0)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += ovalid.eq(0)
+        with m.If(finish_ok & hlast):
+            m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
+        with m.If(accept):
+            m.d.sync += [busy.eq(1), k.eq(0), hlast.eq(vlasta)]
+            if nf_n > 1:
+                m.d.sync += hnf.eq(nfa)
+        m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]
+
+
+#: Folded threshold stages compare one threshold per clock where they have the time
+#: (:func:`serial_thresholds`); False: every threshold in parallel (the comparison baseline).
+SERIAL_THRESHOLDS = True
+
+
+def serial_thresholds(config: LayerConfig) -> bool:
+    """Whether a folded layer's threshold output stage checks its thresholds serially: one
+    comparator per PE instead of one per threshold, and no multiplexer of per-channel thresholds
+    per comparator. It needs ``count`` clocks per channel group, which a folded layer has when
+    ``count <= SF`` (its synapse folds); with fewer than three thresholds the parallel stage is
+    as small."""
+    stage = config.layer.output
+    return (SERIAL_THRESHOLDS and config.architecture == "folded" and stage.kind == "threshold"
+            and 3 <= stage.count <= config.synapse_folds)
 
 
 def _acc_range(layer, sf_n: int, part) -> tuple[int, int]:

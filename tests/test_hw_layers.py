@@ -288,3 +288,53 @@ def test_corner_encodings_and_stages(arch, case):
         layer = Dense(w, IntWeights(4), fmt, NoOutput(), np.array([1, -2, 0]))
     cfg = LayerConfig.unrolled(layer, 1) if arch == "unrolled" else LayerConfig.folded(layer, 2, 3)
     check(cfg, random_inputs(rng, fmt, 5, 6), stall=0.2)
+
+
+@pytest.mark.parametrize("count,n_in,n_out,pe,simd", [(3, 6, 5, 2, 2), (7, 8, 4, 1, 1),
+                                                      (15, 16, 3, 3, 1), (3, 9, 6, 6, 3)])
+def test_serial_threshold_stage_matches_golden_under_stalls(count, n_in, n_out, pe, simd):
+    """A folded layer with ``3 <= count <= SF`` thresholds checks them one per clock: the codes
+    equal golden's under stalls and bubbles, thresholds out of reach and mixed directions
+    included; the latency grows by ``count``, the initiation interval does not."""
+    from bitfab.hw import layer as hw_layer
+    rng = np.random.default_rng(count)
+    layer = random_dense(rng, n_in, n_out, "ternary", InputFormat.int(3, signed=True),
+                         "threshold", thresholds=count)
+    t = layer.output.thresholds.copy()
+    lo, hi = layer.acc_range
+    t[0] = np.sort(np.concatenate([[int(lo[0]) - 5], t[0, 1:-1], [int(hi[0]) + 9]]))
+    d = layer.output.direction.copy()
+    d[: n_out // 2] = -d[: n_out // 2]
+    t = np.where(d[:, None] > 0, np.sort(t, axis=1), np.sort(t, axis=1)[:, ::-1])
+    layer = layer.replace(output=Threshold(t, d))
+    cfg = LayerConfig.folded(layer, pe, simd, 1)
+    assert hw_layer.serial_thresholds(cfg)
+    x = random_inputs(rng, layer.input, 12, n_in)
+    for stall, bubble in ((0.0, 0.0), (0.6, 0.2), (0.2, 0.6)):
+        check(cfg, x, stall=stall, bubble=bubble, seed=count)
+    serial = build_layer(cfg)
+    result = run_stream(serial, pack(x[:4], layer.input))
+    np.testing.assert_array_equal(np.array(result.out_cycles) - np.array(result.in_cycles),
+                                  serial.latency)
+    np.testing.assert_array_equal(np.diff(result.in_cycles), serial.initiation_interval)
+    hw_layer.SERIAL_THRESHOLDS = False
+    try:
+        parallel = build_layer(cfg)
+        assert serial.latency == parallel.latency + count
+        y = unpack(run_stream(parallel, pack(x, layer.input), stall=0.3, bubble=0.3).outputs,
+                   layer.out_format, n_out)
+        np.testing.assert_array_equal(y, reference(layer, x))
+    finally:
+        hw_layer.SERIAL_THRESHOLDS = True
+
+
+def test_serial_threshold_stage_fails_on_a_wrong_reference():
+    rng = np.random.default_rng(3)
+    layer = random_dense(rng, 8, 3, "pow2", InputFormat.int(4), "threshold", thresholds=7)
+    cfg = LayerConfig.folded(layer, 1, 1)
+    x = random_inputs(rng, layer.input, 6, 8)
+    y = simulate(cfg, x)
+    wrong = reference(layer, x)
+    wrong[2, 1] = (wrong[2, 1] + 1) % 8
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(y, wrong)
