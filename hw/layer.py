@@ -217,13 +217,15 @@ class FoldedDense(_LayerBase):
     read through a synchronous port so that it maps to block RAM (iCE40 EBR, ECP5 DP16KD); with
     ``config.weights == "spram"`` the memory is :class:`~bitfab.hw.spram.SpramWeights` instead,
     empty until written through the extra ``load`` port (iCE40 UP SPRAM). Each PE
-    has an accumulator; after ``SF`` clocks its channel's output stage writes the result into a
-    staging buffer, and the last neuron fold moves the whole vector into the output register.
+    has an accumulator; after ``SF`` clocks its channel's output stage writes the result into the
+    output register, which offers the vector after the last neuron fold (there is no second,
+    staging copy of the vector: flip-flops are the scarce cells of a small FPGA).
 
     The pipeline (issue, memory read, adder tree, accumulate) advances on ``en``, which is low only
-    while a finished vector waits for an output register that the consumer has not read, so a
-    stalled consumer holds every stage. A new input vector is accepted while the last fold of the
-    previous one issues, so vectors follow each other every ``SF * NF`` clocks.
+    while a channel group's result waits for an output register whose vector the consumer has
+    not read, so a stalled consumer holds every stage; a consumer that takes each vector within
+    ``SF`` clocks never stalls the layer. A new input vector is accepted while the last fold of
+    the previous one issues, so vectors follow each other every ``SF * NF`` clocks.
 
     Parameters
     ----------
@@ -317,10 +319,9 @@ class FoldedDense(_LayerBase):
         vlasta = _delay(m, vlast1, tree, en, "vlast")
         nfa = _delay(m, nf1, tree, en, "nf")
 
-        # accumulate; at the last synapse fold the output stage writes the staging buffer
+        # accumulate; at the last synapse fold the output stage writes the output register
         ovalid = Signal(name="ovalid")
         obuf = Signal(n_out * out_bits, name="obuf")
-        sbuf = Signal(n_out * out_bits, name="sbuf")
         serial = serial_thresholds(cfg)
         totals, results = [], []
         for p, part in enumerate(partials):
@@ -338,37 +339,34 @@ class FoldedDense(_LayerBase):
                 results.append(output_stage(m, layer, total, chans,
                                             nfa if nf_n > 1 else None, f"pe{p}_out"))
         if serial:
-            self._serial_stage(m, totals, en, va, lasta, vlasta, nfa, ovalid, obuf, sbuf)
+            self._serial_stage(m, totals, en, va, lasta, vlasta, nfa, ovalid, obuf)
             return cfg.initiation_interval + 2 + tree + layer.output.count
-        nxt = Signal.like(obuf, name="obuf_next")
-        m.d.comb += nxt.eq(sbuf)
+        # a channel group's codes go into the output register once its last vector has left
+        m.d.comb += en.eq(~(va & lasta & ovalid & ~self.o.ready))
         for f in range(nf_n):
             for p in range(pe):
                 o = f * pe + p
                 if o >= n_out:
                     continue
-                with m.If(va & lasta & (nfa == f)):
-                    m.d.comb += nxt[o * out_bits:(o + 1) * out_bits].eq(results[p])
-        with m.If(en & va & lasta):
-            m.d.sync += sbuf.eq(nxt)
-        m.d.comb += en.eq(~(va & vlasta & ovalid & ~self.o.ready))
+                with m.If(en & va & lasta & (nfa == f)):
+                    m.d.sync += obuf[o * out_bits:(o + 1) * out_bits].eq(results[p])
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += ovalid.eq(0)
         with m.If(en & va & vlasta):
-            m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
+            m.d.sync += ovalid.eq(1)
         m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]
         return cfg.initiation_interval + 2 + tree
 
-    def _serial_stage(self, m: Module, totals, en, va, lasta, vlasta, nfa, ovalid, obuf, sbuf):
+    def _serial_stage(self, m: Module, totals, en, va, lasta, vlasta, nfa, ovalid, obuf):
         """The threshold output stage, one threshold per clock (:func:`serial_thresholds`).
 
         At a channel group's last synapse fold each PE's sum is held; then for ``k = 0 ..
         count-1`` one comparator per PE checks it against threshold ``k`` of its channel (a
         table of constants indexed by ``(neuron fold, k)``) and counts the thresholds passed.
-        The code goes into the staging buffer ``count`` clocks after the sum, before the next
+        The code goes into the output register ``count`` clocks after the sum, before the next
         group's sum arrives (``count <= SF``), so the initiation interval is unchanged and the
         latency grows by ``count``. The pipeline stalls only when a sum arrives while the stage
-        still waits to hand a finished vector to an output register the consumer has not read.
+        still waits for an output register whose vector the consumer has not read.
         """
         cfg = self._config
         layer = cfg.layer
@@ -381,11 +379,9 @@ class FoldedDense(_LayerBase):
         hnf = Signal(range(nf_n), name="th_nf")
         sel = hnf * count + k if nf_n > 1 else k
         finishing = busy & (k == count - 1)
-        finish_ok = finishing & (~hlast | ~ovalid | self.o.ready)
+        finish_ok = finishing & (~ovalid | self.o.ready)
         accept = en & va & lasta
         m.d.comb += en.eq(~(va & lasta & busy & ~finish_ok))
-        nxt = Signal.like(obuf, name="obuf_next")
-        m.d.comb += nxt.eq(sbuf)
         for p, total in enumerate(totals):
             hold = Signal.like(total, name=f"pe{p}_hold")
             passed = Signal(range(count + 1), name=f"pe{p}_passed")
@@ -409,16 +405,16 @@ class FoldedDense(_LayerBase):
                 o = f * pe + p
                 if o >= n_out:
                     continue
-                with m.If(finishing & (hnf == f)):
-                    m.d.comb += nxt[o * out_bits:(o + 1) * out_bits].eq(code)
+                with m.If(finish_ok & (hnf == f)):
+                    m.d.sync += obuf[o * out_bits:(o + 1) * out_bits].eq(code)
         with m.If(busy & ~finishing):
             m.d.sync += k.eq(k + 1)
         with m.If(finish_ok):
-            m.d.sync += [sbuf.eq(nxt), busy.eq(0)]
+            m.d.sync += busy.eq(0)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += ovalid.eq(0)
         with m.If(finish_ok & hlast):
-            m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
+            m.d.sync += ovalid.eq(1)
         with m.If(accept):
             m.d.sync += [busy.eq(1), k.eq(0), hlast.eq(vlasta)]
             if nf_n > 1:
