@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Fragment, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,8 +41,8 @@ from .adder_tree import sum_terms
 from .config import ARCHITECTURES, ConfigError, LayerConfig
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "step_layout", "hidden_layout",
-           "stacked_gates"]
+__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "step_layout",
+           "hidden_layout", "stacked_gates"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -304,11 +303,11 @@ class FoldedLstmCell(wiring.Component):
        (the existing folded datapath: ``ceil(4H / pe) * (in + H) / simd`` clocks, then its
        adder tree and output register), which gives all ``4H`` accumulators at once;
     2. while the dense output is held, units ``j = 0 .. H-1`` go one per clock through a
-       four-stage pipeline: select unit ``j``'s four sums and read its six thresholds (a ROM)
-       and its cell state ``c[j]`` (a small memory); quantize i, f, o and read the candidate
-       tanh; form ``c``, saturate it, write it back, read the output tanh; gate it by ``o`` into
-       ``h[j]``. One candidate and one output ROM serve every unit, so the nonlinear stage does
-       not grow with ``hidden``.
+       four-stage pipeline: select unit ``j``'s four sums, its six thresholds (a constant
+       table in logic) and its cell state ``c[j]`` (a small memory); quantize i, f, o and
+       read the candidate tanh; form ``c``, saturate it, write it back, read the output tanh;
+       gate it by ``o`` into ``h[j]``. One candidate and one output ROM serve every unit, so
+       the nonlinear stage does not grow with ``hidden``.
 
     ``h`` lives in registers (they are the output payload, and the dense datapath reads all of
     ``h`` at once as half of its input vector); ``c`` lives in a ``hidden``-word memory (read and
@@ -440,12 +439,17 @@ class FoldedLstmCell(wiring.Component):
             for n, t in enumerate(thr[:, j].reshape(-1)):
                 word |= (int(t) & ((1 << tb) - 1)) << (n * tb)
             words.append(word)
-        m.submodules.thresholds = trom = Memory(shape=unsigned(6 * tb), depth=hidden, init=words)
-        tport = trom.read_port()
+        # the six thresholds of unit j: a constant table in logic, registered (a block RAM
+        # would spend ~6 EBR on a few hundred bits)
+        tword = Signal(6 * tb, name="thresholds")
+        with m.Switch(unit):
+            for j, word in enumerate(words):
+                with m.Case(j):
+                    m.d.sync += tword.eq(word)
         m.submodules.cells = cmem = Memory(shape=signed(cb), depth=hidden, init=[])
         cread = cmem.read_port()
         cwrite = cmem.write_port()
-        m.d.comb += [tport.addr.eq(unit), cread.addr.eq(unit)]
+        m.d.comb += cread.addr.eq(unit)
         sums = dense.o.payload.as_value().word_select(unit, 4 * ab) if hidden > 1 else \
             dense.o.payload.as_value()
         acc1 = [Signal(signed(ab), name=f"acc1_{g}") for g in "ifgo"]
@@ -455,7 +459,7 @@ class FoldedLstmCell(wiring.Component):
         m.d.sync += [a.eq(sums[k * ab:(k + 1) * ab].as_signed()) for k, a in enumerate(acc1)]
 
         # stage 1: gate codes i, f, o; the candidate tanh is read
-        t = [tport.data[n * tb:(n + 1) * tb].as_signed() for n in range(6)]
+        t = [tword[n * tb:(n + 1) * tb].as_signed() for n in range(6)]
         q1 = []
         for n, k in enumerate((0, 1, 3)):
             q = Signal(range(3), name=f"q1_{'ifgo'[k]}")
@@ -598,7 +602,8 @@ class LstmConfig:
         """Clocks per time step at full throughput (the cell's
         :attr:`~LstmCell.initiation_interval`; built once to know its adder trees)."""
         cell = _cell(self, 0)
-        cell._MustUse__silence = True  # built only to be measured
+        # elaborated once (and then dropped): its adder trees decide the depth
+        Fragment.get(cell, None)
         return cell.initiation_interval
 
     def to_json(self) -> dict:
