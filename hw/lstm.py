@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import weakref
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from amaranth.hdl import Fragment, Module, Mux, Signal, signed, unsigned
@@ -597,14 +597,19 @@ class LstmConfig:
         logic and block RAM read (:mod:`bitfab.boards.build`)."""
         return self.gates(0)
 
-    @cached_property
+    @property
     def initiation_interval(self) -> int:
         """Clocks per time step at full throughput (the cell's
-        :attr:`~LstmCell.initiation_interval`; built once to know its adder trees)."""
-        cell = _cell(self, 0)
-        # elaborated once (and then dropped): its adder trees decide the depth
-        Fragment.get(cell, None)
-        return cell.initiation_interval
+        :attr:`~LstmCell.initiation_interval`; built once per layer and fold to know its adder
+        trees: the fold choice asks for dozens of folds)."""
+        key = (self.architecture, self.pe, self.simd, self.pipeline)
+        known = _INTERVALS.setdefault(self.layer, {})
+        if key not in known:
+            cell = _cell(self, 0)
+            # elaborated once (and then dropped): its adder trees decide the depth
+            Fragment.get(cell, None)
+            known[key] = cell.initiation_interval
+        return known[key]
 
     def to_json(self) -> dict:
         layer = self.layer
@@ -618,6 +623,10 @@ class LstmConfig:
             "hidden_bits": layer.hidden_bits, "cell_bits": layer.cell_bits,
             "max_length": layer.max_length, "name": layer.name,
         }
+
+
+#: per layer, the initiation intervals of the folds asked for (LstmConfig.initiation_interval)
+_INTERVALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cell(config: LstmConfig, direction: int):

@@ -289,3 +289,27 @@ def test_folded_model_on_verilator(tmp_path):
     bad = run_fast(design, tmp_path / "lstm.bfm", x, lengths, p_bubble=0.3, p_stall=0.3, seed=4,
                    wrong_reference=True)
     assert bad.mismatches == 1
+
+
+def test_board_estimates_fold_an_lstm_model():
+    """boards.build plans an lstm model's folds: estimates, block RAMs, interval per step."""
+    from bitfab.boards.build import estimate_luts, foldable, initiation_interval, memory_blocks
+    from bitfab.boards.targets import get_board
+    from bitfab.hw.layer import build_network
+    rng = np.random.default_rng(6)
+    layer = random_lstm(rng, 4, 8, Ternary(), returns="last", hidden_bits=8, cell_bits=12,
+                        table_bits=(8, 8))
+    head = Dense(rng.integers(-3, 4, (3, 8)), IntWeights(3), layer.out_format, NoOutput())
+    model = IntegerModel((layer, head))
+    assert foldable(model)  # candidate_folds tries folds (it builds a cell per fold: slow here)
+    icebreaker = get_board("icebreaker")
+    assert estimate_luts(model, (1, 1)) < estimate_luts(model, (8, 4)) < estimate_luts(model,
+                                                                                         None)
+    # one block each: the gate weights (384 x 2 bits), the head's weights, the two 256-entry
+    # tanh tables, the cell states
+    assert memory_blocks(model, (1, 1), icebreaker) == 5
+    assert memory_blocks(model, None, icebreaker) == 0  # the unrolled cell: yosys decides
+    net = build_network(model, (2, 4))
+    # 32 gate rows / pe 2 x 12 columns / simd 4 = 48 clocks of mat-vec, then 8 units
+    assert initiation_interval(model, (2, 4)) == net.layers[0].initiation_interval > 48 + 8
+    Fragment.get(net, None)
