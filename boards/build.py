@@ -261,7 +261,7 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
     """Return the block RAMs the design needs on ``board``: the folded weight memories not in
     SPRAM (``weights``, :func:`plan_weights`) and the image layers' line buffers (counted as
     block RAM even where yosys maps a small one to logic)."""
-    from bitfab.hw.layer import network_configs
+    from bitfab.hw.layer import network_configs, serial_thresholds, threshold_table
     blocks = 0
     for cfg in network_configs(model, fold, weights=weights):
         layer = cfg.layer
@@ -277,10 +277,14 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
                 _blocks_of(board, cell, layer.hidden_bits) + \
                 _blocks_of(board, layer.hidden, layer.cell_bits)
         cfg = _datapath(cfg)
-        if cfg is None or cfg.architecture == "unrolled" or \
-                getattr(cfg, "weights", "bram") == "spram":
+        if cfg is None or cfg.architecture == "unrolled":
             continue
-        blocks += _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
+        if serial_thresholds(cfg):  # the threshold ROM (block RAM past 16 words)
+            width, words = threshold_table(cfg)
+            if len(words) > 16:
+                blocks += _blocks_of(board, len(words), cfg.pe * width)
+        if getattr(cfg, "weights", "bram") != "spram":
+            blocks += _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
     return blocks
 
 

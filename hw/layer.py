@@ -28,7 +28,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from bitfab.errors import BitfabError
-from bitfab.model import IntegerModel
+from bitfab.model import IntegerModel, signed_bits
 
 from . import kinds
 from .adder_tree import sum_terms
@@ -361,10 +361,11 @@ class FoldedDense(_LayerBase):
         """The threshold output stage, one threshold per clock (:func:`serial_thresholds`).
 
         At a channel group's last synapse fold each PE's sum is held; then for ``k = 0 ..
-        count-1`` one comparator per PE checks it against threshold ``k`` of its channel (a
-        table of constants indexed by ``(neuron fold, k)``) and counts the thresholds passed.
-        The code goes into the output register ``count`` clocks after the sum, before the next
-        group's sum arrives (``count <= SF``), so the initiation interval is unchanged and the
+        count-1`` one comparator per PE checks it against threshold ``k`` of its channel and
+        counts the thresholds passed. The thresholds are a synchronous ROM indexed by ``(neuron
+        fold, k)`` (:func:`threshold_table`; block RAM where it has more than 16 words). The code
+        goes into the output register ``count`` clocks after the sum, before the next group's
+        sum arrives (``count <= SF``), so the initiation interval is unchanged and the
         latency grows by ``count``. The pipeline stalls only when a sum arrives while the stage
         still waits for an output register whose vector the consumer has not read.
         """
@@ -373,20 +374,30 @@ class FoldedDense(_LayerBase):
         pe, nf_n, n_out, out_bits = cfg.pe, cfg.neuron_folds, cfg.out_features, cfg.out_bits
         stage = layer.output
         count = stage.count
-        moved = moved_thresholds(layer)
         busy, hlast = Signal(name="th_busy"), Signal(name="th_last")
         k = Signal(range(count), name="th_k")
         hnf = Signal(range(nf_n), name="th_nf")
-        sel = hnf * count + k if nf_n > 1 else k
         finishing = busy & (k == count - 1)
         finish_ok = finishing & (~ovalid | self.o.ready)
         accept = en & va & lasta
         m.d.comb += en.eq(~(va & lasta & busy & ~finish_ok))
+        # the thresholds: a synchronous ROM (threshold_table), word nf * count + k = the PE
+        # lanes' thresholds; the word of the next comparison is read one clock ahead, and a
+        # stage waiting for the output register keeps its word
+        width, words = threshold_table(cfg)
+        rom = memory.Memory(shape=unsigned(pe * width), depth=len(words), init=words,
+                            attrs={"rom_style": "block"} if len(words) > 16 else None)
+        m.submodules.thresholds = rom
+        rd = rom.read_port(domain="sync")
+        base = nfa * count if nf_n > 1 else 0
+        nxt_addr = (hnf * count if nf_n > 1 else 0) + k + 1
+        m.d.comb += [rd.addr.eq(Mux(accept, base, nxt_addr)),
+                     rd.en.eq(accept | (busy & ~finishing))]
         for p, total in enumerate(totals):
             hold = Signal.like(total, name=f"pe{p}_hold")
             passed = Signal(range(count + 1), name=f"pe{p}_passed")
             chans = [min(f * pe + p, n_out - 1) for f in range(nf_n)]
-            th = pick_constant([moved[c][j] for c in chans for j in range(count)], sel)
+            th = rd.data[p * width:(p + 1) * width].as_signed()
             dirs = {int(stage.direction[c]) for c in chans}
             if dirs == {1}:
                 bit = hold >= th
@@ -436,6 +447,40 @@ def serial_thresholds(config: LayerConfig) -> bool:
     stage = config.layer.output
     return (SERIAL_THRESHOLDS and config.architecture == "folded" and stage.kind == "threshold"
             and 3 <= stage.count <= config.synapse_folds)
+
+
+def threshold_table(config: LayerConfig) -> tuple[int, list[int]]:
+    """Return ``(width, words)`` of a serial threshold stage's ROM: word ``nf * count + k`` holds
+    threshold ``k`` (moved into the sum's domain, :func:`~bitfab.hw.datapath.moved_thresholds`)
+    of channel ``nf * pe + p`` in bits ``[p * width, (p + 1) * width)``, two's complement; lanes
+    past the last channel repeat it. Thresholds beyond the sum's reach are clamped to one past
+    it, which decides every comparison the same way and keeps the words narrow."""
+    layer = config.layer
+    pe, nf_n, n_out = config.pe, config.neuron_folds, config.out_features
+    count = layer.output.count
+    moved = moved_thresholds(layer)
+    lo, hi = _sum_bounds(config)
+    clamp = [[min(max(t, lo - 1), hi + 1) for t in row] for row in moved]
+    width = signed_bits(lo - 1, hi + 1)
+    mask = (1 << width) - 1
+    words = []
+    for f in range(nf_n):
+        for j in range(count):
+            word = 0
+            for p in range(pe):
+                word |= (clamp[min(f * pe + p, n_out - 1)][j] & mask) << (p * width)
+            words.append(word)
+    return width, words
+
+
+def _sum_bounds(config: LayerConfig) -> tuple[int, int]:
+    """Bounds of a folded layer's per-channel sum ``S`` over every reachable input."""
+    from .datapath import channel_offsets
+    layer = config.layer
+    scale, offsets = channel_offsets(layer)
+    lo, hi = layer.acc_range
+    return (min((int(a) - off) // scale for a, off in zip(lo, offsets)),
+            max(-((off - int(b)) // scale) for b, off in zip(hi, offsets)))
 
 
 def _acc_range(layer, sf_n: int, part) -> tuple[int, int]:
