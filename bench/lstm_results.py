@@ -40,6 +40,7 @@ import torch
 
 from bitfab.quant.lstm_data import Sentences
 from bitfab.quant.lstm_train import (
+    CHAR_FEATURES,
     LstmConfig,
     _load,
     fit_lstm,
@@ -51,7 +52,13 @@ from bitfab.sim.golden import execute
 
 #: digits rows: the settings of the first table (``ner``: the recipe's defaults)
 DIGITS = {"hidden": 32, "lr": 0.01, "epochs": 20}
-VARIANTS = [(False, "float"), (True, "float"), (True, "ternary"), (True, "pow2")]
+#: (gate_quant, weights, changes to the base configuration, label suffix); the delta of each is
+#: to the first (the float network of the task's settings)
+VARIANTS = [(False, "float", {}, ""), (True, "float", {}, ""), (True, "ternary", {}, ""),
+            (True, "pow2", {}, "")]
+#: ``ner`` also trains the float tagger with the hashed character features
+NER_VARIANTS = VARIANTS[:1] + [(False, "float", {"features": CHAR_FEATURES},
+                                ", + character features (pre3, suf3, pattern)")] + VARIANTS[1:]
 #: the page ``--table`` writes
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "lstm.md"
 
@@ -126,16 +133,17 @@ def run_seed(task: str, seed: int, epochs: int | None) -> list[dict]:
     base = base_config(task, seed, epochs)
     data = _load(base)
     rows, float_score = [], None
-    for gate_quant, weights in VARIANTS:
-        cfg = LstmConfig(**{**base.__dict__, "gate_quant": gate_quant, "weights": weights})
+    for gate_quant, weights, changes, suffix in NER_VARIANTS if task == "ner" else VARIANTS:
+        cfg = LstmConfig(**{**base.__dict__, "gate_quant": gate_quant, "weights": weights,
+                            **changes})
         start = time.perf_counter()
-        result = fit_lstm(cfg, data)
-        row = {"task": task, "seed": seed, "variant": cfg.label,
+        result = fit_lstm(cfg, data if not changes else None)
+        row = {"task": task, "seed": seed, "variant": cfg.label + suffix,
                "metric": "entity F1" if task == "ner" else "accuracy",
                "score": result.score, "integer": cfg.exportable,
                "train_seconds": round(result.seconds, 1),
                "wall_seconds": round(time.perf_counter() - start, 1)}
-        if not gate_quant:
+        if float_score is None:
             float_score = result.score
         row["delta_points"] = 100 * (result.score - float_score)
         if result.model is not None:

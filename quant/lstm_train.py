@@ -34,14 +34,18 @@ from .recipes import check_int, check_rate
 
 __all__ = ["LstmConfig", "LstmNet", "LstmResult", "fit_lstm", "export_lstm", "integer_forward",
            "evaluate_integer", "test_split", "lstm_config", "load_task", "ner_features",
-           "MAX_HIDDEN", "NER_FEATURES", "NER_DEFAULTS"]
+           "MAX_HIDDEN", "NER_FEATURES", "CHAR_FEATURES", "NER_DEFAULTS"]
 
 #: the largest LSTM hidden size bitfab trains (4 gates x hidden x (inputs + hidden) weights per
-#: direction: 4.4 Mi at 1024 with the 56 inputs of the default NER features, both directions
-#: 8.8 Mi)
+#: direction: 4.3 Mi at 1024 with the 32 inputs of the default NER features, both directions
+#: 8.6 Mi)
 MAX_HIDDEN = 1024
-#: the token features of a ``ner`` tagger by default (:data:`~.lstm_data.FEATURES`)
-NER_FEATURES = ("word", "shape", "pre3", "suf3", "pattern")
+#: the token features of a ``ner`` tagger by default (:data:`~.lstm_data.FEATURES`): word and
+#: shape; with the hashed character features (:data:`CHAR_FEATURES`) the float tagger scored no
+#: better here (docs/results/lstm.md)
+NER_FEATURES = ("word", "shape")
+#: word, shape and the hashed character features: 3-character prefix and suffix, spelling pattern
+CHAR_FEATURES = ("word", "shape", "pre3", "suf3", "pattern")
 
 
 @dataclass(frozen=True)
@@ -433,7 +437,7 @@ def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
 #: ``bitfab train --recipe lstm-gates --dataset ner`` defaults (the best of the settings tried,
 #: docs/lstm.md#training); other datasets: hidden 32, lr 0.01, 15 epochs, batch 32
 NER_DEFAULTS = {"hidden": 48, "epochs": 15, "lr": 0.005, "batch_size": 32, "dropout": 0.0,
-                "word_dropout": 0.0, "o_weight": 1.0, "buckets": 512,
+                "word_dropout": 0.0, "o_weight": 0.4, "buckets": 512,
                 "features": NER_FEATURES}
 #: the ``--option`` keys of the recipe
 OPTIONS = ("weights", "hidden_bits", "cell_bits", "lr", "batch_size", "dropout", "word_dropout",

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from bitfab.cli import main
 from bitfab.errors import BitfabError
 from bitfab.model import InputFormat, IntegerModel
+from bitfab.quant import lstm_train
+from bitfab.quant.evaluate import reference
 from bitfab.quant.lstm import (
     QuantLstm,
     fake_fixed,
@@ -17,8 +19,6 @@ from bitfab.quant.lstm import (
     integer_lstm,
     reverse_padded,
 )
-from bitfab.quant import lstm_train
-from bitfab.quant.evaluate import reference
 from bitfab.quant.lstm_data import (
     FEATURES,
     SHAPES,
@@ -28,9 +28,10 @@ from bitfab.quant.lstm_data import (
     parse_conll,
 )
 from bitfab.quant.lstm_train import (
+    CHAR_FEATURES,
     LstmConfig,
-    fit_lstm,
     evaluate_integer,
+    fit_lstm,
     integer_forward,
     ner_inputs,
 )
@@ -161,10 +162,10 @@ def test_ner_corpus():
 
 @pytest.fixture(scope="module")
 def ner_model(tmp_path_factory):
-    """A tagger with the default token features after a very short training, saved and loaded
-    again, with its data."""
-    config = LstmConfig("ner", True, "ternary", hidden=8, epochs=1, limit=150)
-    assert set(config.features) - {"word", "shape"}  # the hashed character features are in
+    """A tagger with the hashed character features after a very short training, saved and
+    loaded again, with its data."""
+    config = LstmConfig("ner", True, "ternary", hidden=8, epochs=1, limit=150,
+                        features=CHAR_FEATURES, o_weight=0.4, word_dropout=0.1, dropout=0.1)
     result = fit_lstm(config)
     path = tmp_path_factory.mktemp("ner") / "ner.bfm"
     result.model.save(path)
@@ -264,6 +265,15 @@ def test_recipe_bad_options():
     res = CliRunner().invoke(main, ["train", "--recipe", "lstm-gates", "--option", "K=3"])
     assert isinstance(res.exception, BitfabError)  # bitfab.cli.run prints it on one line
     assert "recipe 'lstm-gates' takes options weights" in str(res.exception)
+    cfg = lstm_train.lstm_config("ner", None, 3, None, {"features": "word+shape+suf3",
+                                                         "o_weight": 0.5}, None)
+    assert cfg.features == ("word", "shape", "suf3") and cfg.o_weight == 0.5 and cfg.seed == 3
+    assert {k: getattr(cfg, k) for k in ("hidden", "epochs", "lr", "buckets")} == {
+        k: lstm_train.NER_DEFAULTS[k] for k in ("hidden", "epochs", "lr", "buckets")}
+    with pytest.raises(BitfabError, match=r"^word_dropout must be below 1, not 1.0$"):
+        LstmConfig(word_dropout=1.0)
+    with pytest.raises(BitfabError, match="ner features must be distinct names among"):
+        lstm_train.lstm_config("ner", None, 0, None, {"features": "word+chars"}, None)
 
 
 def test_doctests():
