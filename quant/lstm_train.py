@@ -48,6 +48,9 @@ class LstmConfig:
     seed : int
     limit : int or None
         Train on the first ``limit`` training sequences only (tests).
+    compress : None, ``"mps:R"`` or ``"mpo:R"``
+        Tensor-train gate matrices of bond dimension ``R`` (:mod:`bitfab.quant.lstm_mps`),
+        trained directly in that form; ``weights`` then quantizes the cores.
     """
 
     dataset: str = "ner"
@@ -63,8 +66,10 @@ class LstmConfig:
     limit: int | None = None
     word_dim: int = 24
     shape_dim: int = 8
+    compress: str | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "compress", _compress_option(self.compress))
         if not isinstance(self.dataset, str):
             raise BitfabError(f"dataset must be a dataset name, not {self.dataset!r}")
         if not isinstance(self.weights, str) or self.weights not in WEIGHTS:
@@ -87,7 +92,8 @@ class LstmConfig:
     def label(self) -> str:
         if not self.gate_quant:
             return "float"
-        return f"gates {{0, .5, 1}}, {self.weights} weights"
+        cores = f", {self.compress} cores" if self.compress else ""
+        return f"gates {{0, .5, 1}}, {self.weights} weights{cores}"
 
 
 class LstmNet(nn.Module):
@@ -105,7 +111,7 @@ class LstmNet(nn.Module):
             n_in = config.word_dim + config.shape_dim
         self.lstm = QuantLstm(n_in, config.hidden, 2 if self.ner else 1, config.gate_quant,
                               config.weights, config.hidden_bits,
-                              "sequence" if self.ner else "last")
+                              "sequence" if self.ner else "last", config.compress)
         width = config.hidden * self.lstm.directions
         self.head = nn.Parameter(torch.empty(classes, width).uniform_(-width ** -0.5,
                                                                       width ** -0.5))
@@ -265,8 +271,9 @@ def _evaluate_float(net: LstmNet, data) -> float:
     return float(np.mean(pred == y_test))
 
 
-def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
-    """Train one network; the score is the integer model's for exportable configurations."""
+def fit_lstm(config: LstmConfig, data=None, progress=None, init=None) -> LstmResult:
+    """Train one network; the score is the integer model's for exportable configurations.
+    ``init(net)``, if given, runs on the new network before training (e.g. a TT-SVD start)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     data = _load(config) if data is None else data
@@ -277,6 +284,8 @@ def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
         x_tr, y_tr, _, _, steps, scale = data
         net = LstmNet(config, x_tr.shape[2], int(y_tr.max()) + 1)
         train_index = np.arange(min(config.limit or len(y_tr), len(y_tr)))
+    if init is not None:
+        init(net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs)
     task = progress.add_task(config.label, total=config.epochs, info="") if progress else None
@@ -323,14 +332,22 @@ def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
 def lstm_config(dataset: str, epochs: int | None, seed: int, hidden: int | None, options: dict,
                 limit: int | None) -> LstmConfig:
     """Return the :class:`LstmConfig` of ``bitfab train --recipe lstm-gates`` options."""
-    unknown = set(options) - {"weights", "hidden_bits", "cell_bits", "lr", "batch_size"}
+    unknown = set(options) - {"weights", "hidden_bits", "cell_bits", "lr", "batch_size",
+                              "compress"}
     if unknown:
         raise BitfabError(f"recipe 'lstm-gates' takes options weights, hidden_bits, cell_bits, "
-                          f"lr, batch_size, not {sorted(unknown)}")
+                          f"lr, batch_size, compress, not {sorted(unknown)}")
     return LstmConfig(dataset, True, options.get("weights", "ternary"),
                       32 if hidden is None else hidden, options.get("hidden_bits", 8),
                       options.get("cell_bits", 16), 15 if epochs is None else epochs,
-                      options.get("batch_size", 32), options.get("lr", 0.01), seed, limit)
+                      options.get("batch_size", 32), options.get("lr", 0.01), seed, limit,
+                      compress=options.get("compress"))
+
+
+def _compress_option(value):
+    from .mps import parse_compress
+    parsed = parse_compress(value)
+    return None if parsed is None else f"{parsed[0]}:{parsed[1]}"
 
 
 def load_task(config: LstmConfig):

@@ -1,0 +1,170 @@
+"""Rank sweep: LSTM gate matrices as MPS chains vs the MPO (TT-matrix) baseline vs dense.
+
+For one task (``digits``: accuracy of a forward LSTM reading 8x8 images row by row; ``ner``:
+entity F1 of the Bi-LSTM tagger) this trains, with the same seed, epochs, data split and core
+quantizer (``--weights``, the gates quantized to {0, .5, 1} throughout):
+
+- the dense gate-quantized LSTM (the reference),
+- ``compress=mps:R`` for every ``--mps`` rank and ``compress=mpo:R`` for every ``--mpo`` rank,
+  trained directly in chain form (``--init svd``: started from the TT-SVD of the trained dense
+  network's latent weights instead, then fine-tuned for the same epochs).
+
+Every network is scored through its exported integer model (torch integer eval); every exported
+``lstm_mps`` model is also run through the golden model on ``--golden`` test sequences and must
+match bit for bit (the run stops otherwise). "params" counts the LSTM's gate weights (cores for
+chains; embeddings, biases and the head are the same for all and not counted).
+
+Usage::
+
+    .venv/bin/python bench/lstm_mps.py --task digits --epochs 10 --mps 2,4,6,8 --mpo 1,2,3,4 \\
+        --json build/lstm_mps.json --table docs/results/lstm-mps.md --plot docs/results/lstm-mps.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitfab.quant.lstm_data import Sentences
+from bitfab.quant.lstm_mps import dense_param_count
+from bitfab.quant.lstm_train import LstmConfig, _load, fit_lstm, integer_forward, ner_inputs
+from bitfab.sim.golden import execute
+
+SETTINGS = {"ner": {"hidden": 32, "lr": 0.005}, "digits": {"hidden": 32, "lr": 0.01}}
+
+
+def _golden(result, count: int) -> int:
+    """Golden model vs torch integer eval on ``count`` test sequences; return steps compared."""
+    model, data = result.model, result.data
+    if isinstance(data, Sentences):
+        words, shapes, _, lengths = data.batch(data.test[:count])
+        x = ner_inputs(model, words, shapes)
+    else:
+        x = data[2][:count]
+        lengths = np.full(len(x), data[4])
+    h, logits = integer_forward(model, x, lengths)
+    trace = execute(model, x, lengths)
+    np.testing.assert_array_equal(trace.outputs[0], h.numpy())
+    np.testing.assert_array_equal(trace.output, logits.numpy())
+    return int(lengths.sum())
+
+
+def _svd_init(dense_net):
+    def init(net):
+        state = {k: v for k, v in dense_net.state_dict().items()
+                 if not k.startswith("lstm.compressed")}
+        net.load_state_dict(state, strict=False)
+        net.lstm.compressed.from_dense(dense_net.lstm.weight.detach())
+    return init
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="digits", choices=sorted(SETTINGS))
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--weights", default="pow2", choices=["ternary", "pow2", "int8"])
+    ap.add_argument("--mps", default="2,4,6,8")
+    ap.add_argument("--mpo", default="1,2,3,4")
+    ap.add_argument("--init", default="direct", choices=["direct", "svd"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--golden", type=int, default=64, help="test sequences golden-checked")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--table", type=Path)
+    ap.add_argument("--plot", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    st = SETTINGS[args.task]
+    base = LstmConfig(args.task, True, args.weights, st["hidden"], epochs=args.epochs,
+                      lr=st["lr"], seed=args.seed)
+    data = _load(base)
+    runs, started = [], time.time()
+    plan = [(None, 0)] + [("mps", int(r)) for r in args.mps.split(",") if r] \
+        + [("mpo", int(r)) for r in args.mpo.split(",") if r]
+    dense_net = None
+    for method, rank in plan:
+        cfg = LstmConfig(**{**base.__dict__,
+                            "compress": f"{method}:{rank}" if method else None})
+        init = _svd_init(dense_net) if method and args.init == "svd" else None
+        t0 = time.time()
+        res = fit_lstm(cfg, data, init=init)
+        lstm = res.net.lstm
+        if method is None:
+            dense_net = res.net
+            params = dense_param_count(lstm.n_in, lstm.hidden, lstm.directions)
+        else:
+            params = lstm.compressed.param_count
+        layer = res.model.layers[0]
+        steps = _golden(res, args.golden) if layer.kind == "lstm_mps" else 0
+        run = {"method": method or "dense", "rank": rank, "params": params,
+               "score": res.score, "train_seconds": res.seconds,
+               "wall_seconds": time.time() - t0, "golden_steps": steps,
+               "layer": layer.describe(), "acc_bits": int(layer.acc_bits)}
+        if layer.kind == "lstm_mps":
+            run["stage_bits"] = layer.stage_bits[0]
+            run["ranks"] = list(layer.ranks)
+            run["macs"] = layer.macs
+        runs.append(run)
+        print(json.dumps(run), file=sys.stderr, flush=True)
+    out = {"task": args.task, "weights": args.weights, "epochs": args.epochs,
+           "hidden": st["hidden"], "init": args.init, "seed": args.seed,
+           "metric": "entity F1" if args.task == "ner" else "accuracy",
+           "machine": platform.processor() or platform.machine(),
+           "wall_seconds": time.time() - started, "command": " ".join(sys.argv), "runs": runs}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    if args.table:
+        args.table.write_text(table(out))
+    if args.plot:
+        plot(out, args.plot)
+    print(json.dumps(out))
+
+
+def table(out: dict) -> str:
+    """The markdown results table of one sweep."""
+    dense = next(r for r in out["runs"] if r["method"] == "dense")
+    lines = [f"| gate matrices | rank | params | x fewer | {out['metric']} | delta (points) "
+             f"| train s | golden steps |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
+    for r in out["runs"]:
+        lines.append(f"| {r['method']} | {r['rank'] or '-'} | {r['params']} | "
+                     f"{dense['params'] / r['params']:.1f} | {100 * r['score']:.2f} % | "
+                     f"{100 * (r['score'] - dense['score']):+.2f} | {r['train_seconds']:.0f} | "
+                     f"{r['golden_steps'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dense = next(r for r in out["runs"] if r["method"] == "dense")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, style in (("mps", "o-"), ("mpo", "s--")):
+        rs = sorted((r for r in out["runs"] if r["method"] == method), key=lambda r: r["params"])
+        ax.plot([r["params"] for r in rs], [100 * r["score"] for r in rs], style,
+                label=f"{method.upper()} cores")
+    ax.axhline(100 * dense["score"], color="k", lw=1, label=f"dense ({dense['params']})")
+    ax.axhline(100 * dense["score"] - 1, color="k", lw=0.5, ls=":", label="dense - 1 point")
+    ax.axvline(dense["params"] / 10, color="gray", lw=0.5, ls="-.", label="10x fewer")
+    ax.set_xscale("log")
+    ax.set_xlabel("LSTM gate weight parameters")
+    ax.set_ylabel(f"{out['metric']} (%)")
+    ax.set_title(f"{out['task']}: {out['weights']} weights, hidden {out['hidden']}, "
+                 f"{out['epochs']} epochs ({out['init']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
