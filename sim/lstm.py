@@ -15,8 +15,8 @@ from bitfab.lstm import Lstm
 
 from .golden import check_sequences, exact_matmul, register, threshold
 
-__all__ = ["gate_mul", "table_lookup", "dense_gate_sums", "GATE_SUMS", "lstm_step", "lstm_direction", "lstm_layer",
-           "lstm_golden"]
+__all__ = ["gate_mul", "table_lookup", "dense_gate_sums", "GATE_SUMS", "lstm_step",
+           "lstm_direction", "lstm_layer", "lstm_golden"]
 
 
 def gate_mul(q: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ import torch
 
 from bitfab.errors import BitfabError, ModelFormatError
 from bitfab.lstm_mps import LstmMps, contract_cores, random_lstm_mps
-from bitfab.model import Dense, IntegerModel, NoOutput
+from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput
+from bitfab.quant.lstm import QuantLstm
 from bitfab.quant.lstm_train import LstmConfig, fit_lstm, integer_forward, lstm_config
 from bitfab.quant.mps import (
     MpoLinear,
@@ -104,7 +105,8 @@ def test_layer_refuses_bad_chains():
 def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     layer = random_lstm_mps(rng, 8, 8, (4, 4), (4, 8), 3, directions=2)
-    assert layer.weight_count == 2 * (4 * 3 + 3 * 4 * 3 + 3 * 4 * 3 + 3 * 8) < layer.dense.weight_count
+    assert layer.weight_count == 2 * (4 * 3 + 3 * 4 * 3 + 3 * 4 * 3 + 3 * 8)
+    assert layer.dense.weight_count == 2 * 4 * 8 * 16
     x = rng.integers(0, 16, (6, 9, 8))
     lengths = np.array([9, 3, 5, 1, 9, 7])
     out, hs, cs = lstm_layer(layer, x, lengths)
@@ -113,7 +115,8 @@ def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):
     np.testing.assert_array_equal(cs[1], ref_cs[1])
     assert len(np.unique(out)) > 10  # not a trivially saturated layer
     z = rng.integers(-32, 32, (4, 16))
-    np.testing.assert_array_equal(mps_gate_sums(layer, 0, z), z @ layer.weights[0].reshape(32, -1).T)
+    np.testing.assert_array_equal(mps_gate_sums(layer, 0, z),
+                                  z @ layer.weights[0].reshape(32, -1).T)
     # a deliberately wrong reference (two input modes swapped in the contraction) differs
     swapped = contract_cores(layer.cores[0], 16, 32).reshape(32, 4, 4).transpose(0, 2, 1)
     assert not np.array_equal(mps_gate_sums(layer, 0, z), z @ swapped.reshape(32, 16).T)
@@ -128,7 +131,7 @@ def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):
 
 @pytest.mark.train
 def test_trained_mps_lstm_integer_eval_equals_golden(tmp_path):
-    config = LstmConfig("digits", True, "pow2", hidden=8, epochs=1, limit=300, compress="mps:3")
+    config = LstmConfig("digits", True, "pow2", hidden=8, epochs=1, limit=200, compress="mps:3")
     result = fit_lstm(config, None)
     model = result.model
     layer = model.layers[0]
@@ -155,9 +158,19 @@ def test_trained_mps_lstm_integer_eval_equals_golden(tmp_path):
     wrong = model.replace(layers=(layer.replace(cores=bad), model.layers[1]))
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(execute(wrong, x_test, lengths).outputs[0], h.numpy())
-    mpo = fit_lstm(LstmConfig(**{**config.__dict__, "compress": "mpo:2"}), result.data)
-    assert mpo.model.layers[0].kind == "lstm"  # exported as its exact dense equivalent
-    assert mpo.net.lstm.compressed.param_count == 4 * 4 * 2 + 2 * 8 * 4
+
+
+def test_mpo_lstm_exports_its_exact_dense_equivalent():
+    torch.manual_seed(0)
+    lstm = QuantLstm(8, 8, 2, True, "ternary", 6, compress="mpo:2")
+    assert lstm.compressed.param_count == 2 * (4 * 4 * 2 + 2 * 8 * 4)
+    layer = lstm.to_integer(InputFormat.int(6, signed=True), cell_bits=12)
+    assert layer.kind == "lstm"  # the MPO baseline has no layer kind: its contraction, exactly
+    for d in range(2):
+        cores, w_int, scale = lstm.compressed.integer(d)
+        np.testing.assert_array_equal(layer.weights[d].reshape(32, 16), w_int)
+        torch.testing.assert_close(lstm.compressed.matrix(d).detach().double(),
+                                   torch.tensor(w_int * scale), rtol=1e-5, atol=1e-7)
 
 
 def test_doctests():
