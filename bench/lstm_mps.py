@@ -69,7 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="digits", choices=sorted(SETTINGS))
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--weights", default="pow2", choices=["ternary", "pow2", "int8"])
+    ap.add_argument("--weights", default="pow2", choices=["ternary", "pow2", "int8", "float"],
+                    help="core / gate weight quantizer (float: scored in torch, no export)")
     ap.add_argument("--mps", default="2,4,6,8")
     ap.add_argument("--mpo", default="1,2,3,4")
     ap.add_argument("--init", default="direct", choices=["direct", "svd"])
@@ -101,13 +102,14 @@ def main() -> None:
             params = dense_param_count(lstm.n_in, lstm.hidden, lstm.directions)
         else:
             params = lstm.compressed.param_count
-        layer = res.model.layers[0]
-        steps = _golden(res, args.golden) if layer.kind == "lstm_mps" else 0
+        layer = res.model.layers[0] if res.model is not None else None
+        steps = _golden(res, args.golden) if layer and layer.kind == "lstm_mps" else 0
         run = {"method": method or "dense", "rank": rank, "params": params,
                "score": res.score, "train_seconds": res.seconds,
-               "wall_seconds": time.time() - t0, "golden_steps": steps,
-               "layer": layer.describe(), "acc_bits": int(layer.acc_bits)}
-        if layer.kind == "lstm_mps":
+               "wall_seconds": time.time() - t0, "golden_steps": steps}
+        if layer is not None:
+            run.update(layer=layer.describe(), acc_bits=int(layer.acc_bits))
+        if layer is not None and layer.kind == "lstm_mps":
             run["stage_bits"] = layer.stage_bits[0]
             run["ranks"] = list(layer.ranks)
             run["macs"] = layer.macs

@@ -318,8 +318,7 @@ class MpoLinear(_Chain):
         return t.reshape(batch, -1)
 
 
-def rank_for_budget(sizes: Sequence[int], budget: int, paired: Sequence[int] | None = None,
-                    ) -> int:
+def rank_for_budget(sizes: Sequence[int], budget: int) -> int:
     """Return the largest uniform rank whose chain over ``sizes`` stores at most ``budget``
     numbers (at least 1)."""
     best, rank = 1, 1
