@@ -80,7 +80,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--table", type=Path)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--from-json", type=Path, nargs="+",
+                    help="no training: combine these sweeps' JSON into --table and --plot")
     args = ap.parse_args()
+    if args.from_json:
+        sweeps = [json.loads(p.read_text()) for p in args.from_json]
+        if args.table:
+            args.table.write_text("\n".join(section(s) for s in sweeps))
+        if args.plot:
+            plot(sweeps, args.plot)
+        return
     torch.set_num_threads(args.threads)
     st = SETTINGS[args.task]
     base = LstmConfig(args.task, True, args.weights, st["hidden"], epochs=args.epochs,
@@ -124,9 +133,9 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
     if args.table:
-        args.table.write_text(table(out))
+        args.table.write_text(section(out))
     if args.plot:
-        plot(out, args.plot)
+        plot([out], args.plot)
     print(json.dumps(out))
 
 
@@ -144,25 +153,40 @@ def table(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(out: dict, path: Path) -> None:
+def _name(out: dict) -> str:
+    return (f"{out['task']}, {out['weights']} cores, {out['init']}, seed {out['seed']}")
+
+
+def section(out: dict) -> str:
+    """A markdown section: the sweep's settings, command, wall time and table."""
+    return (f"### {_name(out)}\n\n{out['epochs']} epochs, hidden {out['hidden']}; "
+            f"wall time {out['wall_seconds'] / 60:.1f} min (machine shared with other jobs); "
+            f"command:\n\n    .venv/bin/python {out['command']}\n\n{table(out)}")
+
+
+def plot(sweeps: list, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    dense = next(r for r in out["runs"] if r["method"] == "dense")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in (("mps", "o-"), ("mpo", "s--")):
-        rs = sorted((r for r in out["runs"] if r["method"] == method), key=lambda r: r["params"])
-        ax.plot([r["params"] for r in rs], [100 * r["score"] for r in rs], style,
-                label=f"{method.upper()} cores")
-    ax.axhline(100 * dense["score"], color="k", lw=1, label=f"dense ({dense['params']})")
-    ax.axhline(100 * dense["score"] - 1, color="k", lw=0.5, ls=":", label="dense - 1 point")
-    ax.axvline(dense["params"] / 10, color="gray", lw=0.5, ls="-.", label="10x fewer")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, out in enumerate(sweeps):
+        color = colors[i % len(colors)]
+        dense = next(r for r in out["runs"] if r["method"] == "dense")
+        for method, style in (("mps", "o-"), ("mpo", "s--")):
+            rs = sorted((r for r in out["runs"] if r["method"] == method),
+                        key=lambda r: r["params"])
+            ax.plot([r["params"] for r in rs], [100 * r["score"] for r in rs], style,
+                    color=color, label=f"{method.upper()}: {_name(out)}")
+        ax.plot([dense["params"]], [100 * dense["score"]], "*", ms=10, color=color,
+                label=f"dense: {_name(out)}")
+    first = next(r for r in sweeps[0]["runs"] if r["method"] == "dense")
+    ax.axvline(first["params"] / 10, color="gray", lw=0.7, ls="-.", label="10x fewer")
     ax.set_xscale("log")
-    ax.set_xlabel("LSTM gate weight parameters")
-    ax.set_ylabel(f"{out['metric']} (%)")
-    ax.set_title(f"{out['task']}: {out['weights']} weights, hidden {out['hidden']}, "
-                 f"{out['epochs']} epochs ({out['init']})")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("LSTM gate weight parameters (cores, or the dense matrices)")
+    ax.set_ylabel(f"{sweeps[0]['metric']} (%)")
+    ax.set_title(f"LSTM gate matrices as MPS / MPO chains, {sweeps[0]['task']}")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
