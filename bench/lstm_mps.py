@@ -86,7 +86,7 @@ def main() -> None:
     if args.from_json:
         sweeps = [json.loads(p.read_text()) for p in args.from_json]
         if args.table:
-            args.table.write_text("\n".join(section(s) for s in sweeps))
+            args.table.write_text(seed_means(sweeps) + "\n".join(section(s) for s in sweeps))
         if args.plot:
             plot(sweeps, args.plot)
         return
@@ -162,6 +162,34 @@ def section(out: dict) -> str:
     return (f"### {_name(out)}\n\n{out['epochs']} epochs, hidden {out['hidden']}; "
             f"wall time {out['wall_seconds'] / 60:.1f} min (machine shared with other jobs); "
             f"command:\n\n    .venv/bin/python {out['command']}\n\n{table(out)}")
+
+
+def seed_means(sweeps: list) -> str:
+    """Mean and spread over the seeds of sweeps with the same task, cores, init and epochs (the
+    (method, rank) points every seed has), as markdown; empty when no setting has two seeds."""
+    groups: dict = {}
+    for s in sweeps:
+        groups.setdefault((s["task"], s["weights"], s["init"], s["epochs"]), []).append(s)
+    text = ""
+    for (task, weights, init, epochs), group in groups.items():
+        if len(group) < 2:
+            continue
+        keys = set.intersection(*({(r["method"], r["rank"]) for r in s["runs"]} for s in group))
+        seeds = ", ".join(str(s["seed"]) for s in group)
+        text += (f"### Mean over seeds {seeds}: {task}, {weights} cores, {init}, {epochs} epochs"
+                 f"\n\n| gate matrices | rank | params | mean {group[0]['metric']} | min .. max "
+                 f"| mean delta to dense (points) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+        dense = [next(r["score"] for r in s["runs"] if r["method"] == "dense") for s in group]
+        params = {(r["method"], r["rank"]): r["params"] for r in group[0]["runs"]}
+        for method, rank in sorted(keys, key=lambda k: (k[0] != "dense", params[k])):
+            rs = [next(r for r in s["runs"] if (r["method"], r["rank"]) == (method, rank))
+                  for s in group]
+            sc = np.array([r["score"] for r in rs]) * 100
+            text += (f"| {method} | {rank or '-'} | {rs[0]['params']} | {sc.mean():.2f} % | "
+                     f"{sc.min():.2f} .. {sc.max():.2f} | "
+                     f"{sc.mean() - 100 * np.mean(dense):+.2f} |\n")
+        text += "\n"
+    return text
 
 
 def plot(sweeps: list, path: Path) -> None:
