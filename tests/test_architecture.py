@@ -56,12 +56,16 @@ def test_every_layer_kind_has_a_hook_on_every_floor():
     from bitfab.hw import kinds as hw_kinds
     from bitfab.layers import layer_kinds
     from bitfab.sim import golden
-    assert set(layer_kinds()) == {"dense", "lstm", "conv", "maxpool", "avgpool", "flatten", "add"}
+    assert set(layer_kinds()) == {"dense", "lstm", "lstm_mps", "conv", "maxpool", "avgpool",
+                                  "flatten", "add"}
     hw_kinds._load()
     for kind in layer_kinds():
         assert kind in golden._KINDS, kind
-    # every kind has its hardware (the image kinds: bitfab.hw.conv)
-    assert set(layer_kinds()) == set(hw_kinds._KINDS)
+    # every kind has its hardware (the image kinds: bitfab.hw.conv), except lstm_mps (MPS gate
+    # matrices: golden model and training only; docs/lstm.md says how it would map onto the
+    # folded datapaths), which the hardware refuses by name
+    no_hardware = {"lstm_mps"}
+    assert set(layer_kinds()) - no_hardware == set(hw_kinds._KINDS)
 
 
 def test_no_isinstance_on_an_encoding_outside_the_encodings_module():

@@ -106,6 +106,10 @@ def test_layer_refuses_bad_chains():
     cores[0][2] = cores[0][2] * 2
     with pytest.raises(ModelFormatError, match=r"^cores\[0\]\[2\]: "):
         layer.replace(cores=cores)  # 2 is not ternary
+    from bitfab.hw.config import ConfigError
+    from bitfab.hw.kinds import hw_kind
+    with pytest.raises(ConfigError, match=r"^no hardware for 'lstm_mps' layers"):
+        hw_kind(layer)  # the hardware is not built (docs/lstm.md)
 
 
 def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):
