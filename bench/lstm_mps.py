@@ -164,6 +164,16 @@ def section(out: dict) -> str:
             f"command:\n\n    .venv/bin/python {out['command']}\n\n{table(out)}")
 
 
+def _points(group: list, method: str) -> dict:
+    """``{rank: [runs]}`` of ``method`` over the sweeps of ``group`` (each run that exists)."""
+    out: dict = {}
+    for s in group:
+        for r in s["runs"]:
+            if r["method"] == method:
+                out.setdefault(r["rank"], []).append(r)
+    return dict(sorted(out.items()))
+
+
 def seed_means(sweeps: list) -> str:
     """Mean and spread over the seeds of sweeps with the same task, cores, init and epochs (the
     (method, rank) points every seed has), as markdown; empty when no setting has two seeds."""
@@ -174,47 +184,58 @@ def seed_means(sweeps: list) -> str:
     for (task, weights, init, epochs), group in groups.items():
         if len(group) < 2:
             continue
-        keys = set.intersection(*({(r["method"], r["rank"]) for r in s["runs"]} for s in group))
-        seeds = ", ".join(str(s["seed"]) for s in group)
+        points = {(m, rank): rs for m in ("dense", "mps", "mpo")
+                  for rank, rs in _points(group, m).items() if len(rs) > 1}
+        keys = set(points)
+        seeds = ", ".join(sorted({str(s["seed"]) for s in group}))
         text += (f"### Mean over seeds {seeds}: {task}, {weights} cores, {init}, {epochs} epochs"
-                 f"\n\n| gate matrices | rank | params | mean {group[0]['metric']} | min .. max "
-                 f"| mean delta to dense (points) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+                 f" (points run more than once)\n\n| gate matrices | rank | params | runs | "
+                 f"mean {group[0]['metric']} | min .. max | mean delta to dense (points) |\n"
+                 f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
         dense = [next(r["score"] for r in s["runs"] if r["method"] == "dense") for s in group]
-        params = {(r["method"], r["rank"]): r["params"] for r in group[0]["runs"]}
-        for method, rank in sorted(keys, key=lambda k: (k[0] != "dense", params[k])):
-            rs = [next(r for r in s["runs"] if (r["method"], r["rank"]) == (method, rank))
-                  for s in group]
+        for method, rank in sorted(keys, key=lambda k: (k[0] != "dense", points[k][0]["params"])):
+            rs = points[(method, rank)]
             sc = np.array([r["score"] for r in rs]) * 100
-            text += (f"| {method} | {rank or '-'} | {rs[0]['params']} | {sc.mean():.2f} % | "
+            text += (f"| {method} | {rank or '-'} | {rs[0]['params']} | {len(rs)} | "
+                     f"{sc.mean():.2f} % | "
                      f"{sc.min():.2f} .. {sc.max():.2f} | "
-                     f"{sc.mean() - 100 * np.mean(dense):+.2f} |\n")
+                     f"{round(sc.mean() - 100 * np.mean(dense), 2) + 0.0:+.2f} |\n")
         text += "\n"
     return text
 
 
 def plot(sweeps: list, path: Path) -> None:
+    """One panel per task; sweeps of the same cores, init and epochs are averaged over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tasks = list(dict.fromkeys(s["task"] for s in sweeps))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, out in enumerate(sweeps):
-        color = colors[i % len(colors)]
-        dense = next(r for r in out["runs"] if r["method"] == "dense")
-        for method, style in (("mps", "o-"), ("mpo", "s--")):
-            rs = sorted((r for r in out["runs"] if r["method"] == method),
-                        key=lambda r: r["params"])
-            ax.plot([r["params"] for r in rs], [100 * r["score"] for r in rs], style,
-                    color=color, label=f"{method.upper()}: {_name(out)}")
-        ax.plot([dense["params"]], [100 * dense["score"]], "*", ms=10, color=color,
-                label=f"dense: {_name(out)}")
-    first = next(r for r in sweeps[0]["runs"] if r["method"] == "dense")
-    ax.axvline(first["params"] / 10, color="gray", lw=0.7, ls="-.", label="10x fewer")
-    ax.set_xscale("log")
-    ax.set_xlabel("LSTM gate weight parameters (cores, or the dense matrices)")
-    ax.set_ylabel(f"{sweeps[0]['metric']} (%)")
-    ax.set_title(f"LSTM gate matrices as MPS / MPO chains, {sweeps[0]['task']}")
-    ax.legend(fontsize=6)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        groups: dict = {}
+        for s in sweeps:
+            if s["task"] == task:
+                groups.setdefault((s["weights"], s["init"], s["epochs"]), []).append(s)
+        for i, ((weights, init, epochs), group) in enumerate(groups.items()):
+            color = colors[i % len(colors)]
+            name = f"{weights} cores, {init}, {epochs} epochs, " + (
+                "mean over the seeds run" if len(group) > 1 else f"seed {group[0]['seed']}")
+            for method, style in (("dense", "*"), ("mps", "o-"), ("mpo", "s--")):
+                pts = [(rs[0]["params"], 100 * np.mean([r["score"] for r in rs]))
+                       for rs in _points(group, method).values()]
+                pts.sort()
+                ax.plot([p for p, _ in pts], [v for _, v in pts], style, color=color,
+                        ms=10 if method == "dense" else 6, label=f"{method.upper()}: {name}")
+        dense = next(r for s in sweeps if s["task"] == task for r in s["runs"]
+                     if r["method"] == "dense")
+        ax.axvline(dense["params"] / 10, color="gray", lw=0.7, ls="-.", label="10x fewer")
+        ax.set_xscale("log")
+        ax.set_xlabel("LSTM gate weight parameters (cores, or the dense matrices)")
+        metric = next(s["metric"] for s in sweeps if s["task"] == task)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(f"{task}: gate matrices as MPS / MPO chains vs dense")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
