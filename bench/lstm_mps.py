@@ -165,13 +165,14 @@ def section(out: dict) -> str:
 
 
 def _points(group: list, method: str) -> dict:
-    """``{rank: [runs]}`` of ``method`` over the sweeps of ``group`` (each run that exists)."""
+    """``{rank: [runs]}`` of ``method`` over the sweeps of ``group`` (one run per seed: a point
+    rerun with the same seed, e.g. the dense reference of every sweep, counts once)."""
     out: dict = {}
     for s in group:
         for r in s["runs"]:
             if r["method"] == method:
-                out.setdefault(r["rank"], []).append(r)
-    return dict(sorted(out.items()))
+                out.setdefault(r["rank"], {}).setdefault(s["seed"], r)
+    return {rank: list(by_seed.values()) for rank, by_seed in sorted(out.items())}
 
 
 def seed_means(sweeps: list) -> str:
@@ -192,7 +193,7 @@ def seed_means(sweeps: list) -> str:
                  f" (points run more than once)\n\n| gate matrices | rank | params | runs | "
                  f"mean {group[0]['metric']} | min .. max | mean delta to dense (points) |\n"
                  f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-        dense = [next(r["score"] for r in s["runs"] if r["method"] == "dense") for s in group]
+        dense = [r["score"] for r in _points(group, "dense")[0]]
         for method, rank in sorted(keys, key=lambda k: (k[0] != "dense", points[k][0]["params"])):
             rs = points[(method, rank)]
             sc = np.array([r["score"] for r in rs]) * 100
