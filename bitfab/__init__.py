@@ -7,6 +7,7 @@ The :class:`~bitfab.model.IntegerModel` is the contract: ``bitfab.quant`` writes
 from .conv import Add, AvgPool, Conv, Flatten, MaxPool  # register the image kinds
 from .errors import BitfabError, ModelFormatError, ModelRangeError, ToolError, VerificationError
 from .lstm import Lstm  # registers the lstm layer kind, so IntegerModel.load reads it
+from .lstm_mps import LstmMps  # registers the lstm_mps layer kind (MPS gate matrices)
 from .model import (
     Binary,
     Dense,
@@ -26,8 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BitfabError", "ModelFormatError", "ModelRangeError", "ToolError", "VerificationError",
     "IntegerModel", "Dense", "InputFormat", "Binary", "Ternary", "Pow2", "Lut", "IntWeights",
-    "Threshold", "Requant", "NoOutput", "Lstm", "Conv", "MaxPool", "AvgPool", "Flatten", "Add",
-    "load",
+    "Threshold", "Requant", "NoOutput", "Lstm", "LstmMps", "Conv", "MaxPool", "AvgPool",
+    "Flatten", "Add", "load",
 ]
 
 

@@ -97,4 +97,4 @@ def build(config):
 
 def _load() -> None:
     # the kinds register on import of their modules
-    from . import conv, layer, lstm  # noqa: F401
+    from . import conv, layer, lstm, lstm_mps  # noqa: F401

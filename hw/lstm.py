@@ -41,7 +41,7 @@ from .adder_tree import sum_terms
 from .config import ARCHITECTURES, ConfigError, LayerConfig
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "step_layout",
+__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "configure_lstm", "step_layout",
            "hidden_layout", "stacked_gates"]
 
 
@@ -705,7 +705,9 @@ class LstmLayer(wiring.Component):
         return m
 
 
-def _configure(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
+def configure_lstm(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
+    """The ``configure`` hook of the lstm kind (:mod:`bitfab.hw.kinds`): unrolled cells
+    (``fold`` None) or folded ones, a network-wide fold fitted unless ``exact``."""
     if fold is None:
         return LstmConfig(layer, pipeline)
     pe, simd = fold
@@ -718,4 +720,4 @@ def _configure(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
     return LstmConfig(layer, pipeline, "folded", pe, simd)
 
 
-kinds.register("lstm", kinds.HwKind(_configure, LstmLayer, foldable=True))
+kinds.register("lstm", kinds.HwKind(configure_lstm, LstmLayer, foldable=True))

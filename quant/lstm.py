@@ -25,6 +25,7 @@ from bitfab.errors import BitfabError
 from bitfab.lstm import Lstm
 from bitfab.model import InputFormat
 
+from .mps import parse_compress
 from .quantizers import FloatWeight, IntWeight, Pow2Weight, TernaryWeight
 from .ste import round_half_up, ste
 
@@ -84,10 +85,14 @@ class QuantLstm(nn.Module):
     hidden_bits : int
         Width of the integer hidden state (and of the input grid).
     output : ``"sequence"`` or ``"last"``
+    compress : None, ``"mps:R"`` or ``"mpo:R"``
+        Tensor-train gate matrices (:mod:`bitfab.quant.lstm_mps`; ``weights`` quantizes the
+        cores); the dense ``weight`` is then unused.
     """
 
     def __init__(self, n_in: int, hidden: int, directions: int = 1, gate_quant: bool = True,
-                 weights: str = "float", hidden_bits: int = 8, output: str = "sequence"):
+                 weights: str = "float", hidden_bits: int = 8, output: str = "sequence",
+                 compress: str | None = None):
         super().__init__()
         if weights not in WEIGHTS:
             raise BitfabError(f"lstm weights must be one of {sorted(WEIGHTS)}, not {weights!r}")
@@ -107,19 +112,26 @@ class QuantLstm(nn.Module):
         with torch.no_grad():
             for k, q in enumerate(self.quantizers):
                 q.init_(self.weight[k // 4, k % 4])
+        self.compressed = None
+        if parse_compress(compress) is not None:
+            from .lstm_mps import CompressedGates
+            self.compressed = CompressedGates(compress, n_in, hidden, directions, weights)
 
     def qweight(self, d: int, k: int) -> torch.Tensor:
         """Return the (fake-)quantized ``[W U]`` of direction ``d``, gate ``k``."""
         return self.quantizers[4 * d + k](self.weight[d, k])
 
     def post_step(self) -> None:
+        if self.compressed is not None:
+            self.compressed.post_step()
         with torch.no_grad():
             for k, q in enumerate(self.quantizers):
                 q.post_step(self.weight[k // 4, k % 4])
 
     def _direction(self, d: int, x: torch.Tensor, lengths: torch.Tensor):
         batch, steps, _ = x.shape
-        w = torch.cat([self.qweight(d, k) for k in range(4)], dim=0)  # (4H, N)
+        w = torch.cat([self.qweight(d, k) for k in range(4)], dim=0) \
+            if self.compressed is None else self.compressed.matrix(d)  # (4H, N)
         b = self.bias[d].reshape(-1)
         h = x.new_zeros(batch, self.hidden)
         c = x.new_zeros(batch, self.hidden)
@@ -171,7 +183,8 @@ class QuantLstm(nn.Module):
         for d in range(self.directions):
             wd, bd, td = [], [], []
             for k in range(4):
-                w_int, alpha, enc = self.quantizers[4 * d + k].integer(self.weight[d, k])
+                w_int, alpha, enc = self.quantizers[4 * d + k].integer(self.weight[d, k]) \
+                    if self.compressed is None else self.compressed.gate_integer(d, k)
                 encoding = enc if encoding is None else encoding
                 if enc != encoding:
                     raise BitfabError(f"gate encodings differ: {enc} vs {encoding}")
@@ -202,10 +215,11 @@ class QuantLstm(nn.Module):
             ws.append(np.stack(wd))
             biases.append(np.stack(bd))
             thresholds.append(np.stack(td))
-        return Lstm(np.stack(ws), encoding, input_format, hb, cell_bits,
-                    np.stack(thresholds).astype(np.int64), np.stack(cands).astype(np.int64),
-                    np.array(cshifts), np.stack(cells).astype(np.int64), np.array(hshifts),
-                    np.stack(biases), max_length, self.output, name=name)
+        layer = Lstm(np.stack(ws), encoding, input_format, hb, cell_bits,
+                     np.stack(thresholds).astype(np.int64), np.stack(cands).astype(np.int64),
+                     np.array(cshifts), np.stack(cells).astype(np.int64), np.array(hshifts),
+                     np.stack(biases), max_length, self.output, name=name)
+        return layer if self.compressed is None else self.compressed.to_layer(layer)
 
 
 def _gate_mul(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

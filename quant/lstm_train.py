@@ -78,6 +78,9 @@ class LstmConfig:
         the tagger learns to read unknown words from their other features), in ``[0, 1)``.
     o_weight : float
         Loss weight of the ``O`` tag (``ner``; the entity tags weigh 1), > 0.
+    compress : None, ``"mps:R"`` or ``"mpo:R"``
+        Tensor-train gate matrices of bond dimension ``R`` (:mod:`bitfab.quant.lstm_mps`),
+        trained directly in that form; ``weights`` then quantizes the cores.
     """
 
     dataset: str = "ner"
@@ -100,8 +103,10 @@ class LstmConfig:
     dropout: float = 0.0
     word_dropout: float = 0.0
     o_weight: float = 1.0
+    compress: str | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "compress", _compress_option(self.compress))
         if not isinstance(self.dataset, str):
             raise BitfabError(f"dataset must be a dataset name, not {self.dataset!r}")
         if not isinstance(self.weights, str) or self.weights not in WEIGHTS:
@@ -137,7 +142,8 @@ class LstmConfig:
     def label(self) -> str:
         if not self.gate_quant:
             return "float"
-        return f"gates {{0, .5, 1}}, {self.weights} weights"
+        cores = f", {self.compress} cores" if self.compress else ""
+        return f"gates {{0, .5, 1}}, {self.weights} weights{cores}"
 
 
 class LstmNet(nn.Module):
@@ -156,7 +162,7 @@ class LstmNet(nn.Module):
             self.drop = nn.Dropout(config.dropout)
         self.lstm = QuantLstm(n_in, config.hidden, 2 if self.ner else 1, config.gate_quant,
                               config.weights, config.hidden_bits,
-                              "sequence" if self.ner else "last")
+                              "sequence" if self.ner else "last", config.compress)
         width = config.hidden * self.lstm.directions
         self.head = nn.Parameter(torch.empty(classes, width).uniform_(-width ** -0.5,
                                                                       width ** -0.5))
@@ -370,8 +376,9 @@ def _evaluate_float(net: LstmNet, data) -> float:
     return float(np.mean(pred == y_test))
 
 
-def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
-    """Train one network; the score is the integer model's for exportable configurations."""
+def fit_lstm(config: LstmConfig, data=None, progress=None, init=None) -> LstmResult:
+    """Train one network; the score is the integer model's for exportable configurations.
+    ``init(net)``, if given, runs on the new network before training (e.g. a TT-SVD start)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     data = _load(config) if data is None else data
@@ -391,6 +398,8 @@ def fit_lstm(config: LstmConfig, data=None, progress=None) -> LstmResult:
     if isinstance(data, Sentences) and config.o_weight != 1:
         weight = torch.ones(len(data.tag_names))
         weight[data.tag_names.index("O")] = config.o_weight
+    if init is not None:
+        init(net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs)
     task = progress.add_task(config.label, total=config.epochs, info="") if progress else None
@@ -441,7 +450,7 @@ NER_DEFAULTS = {"hidden": 48, "epochs": 15, "lr": 0.005, "batch_size": 32, "drop
                 "features": NER_FEATURES}
 #: the ``--option`` keys of the recipe
 OPTIONS = ("weights", "hidden_bits", "cell_bits", "lr", "batch_size", "dropout", "word_dropout",
-           "o_weight", "buckets", "features")
+           "o_weight", "buckets", "features", "compress")
 
 
 def lstm_config(dataset: str, epochs: int | None, seed: int, hidden: int | None, options: dict,
@@ -463,6 +472,12 @@ def lstm_config(dataset: str, epochs: int | None, seed: int, hidden: int | None,
         settings["epochs"] = epochs
     return LstmConfig(dataset, True, options.get("weights", "ternary"), seed=seed, limit=limit,
                       **settings)
+
+
+def _compress_option(value):
+    from .mps import parse_compress
+    parsed = parse_compress(value)
+    return None if parsed is None else f"{parsed[0]}:{parsed[1]}"
 
 
 def load_task(config: LstmConfig):

@@ -15,8 +15,8 @@ from bitfab.lstm import Lstm
 
 from .golden import check_sequences, exact_matmul, register, threshold
 
-__all__ = ["gate_mul", "table_lookup", "lstm_step", "lstm_direction", "lstm_layer",
-           "lstm_golden"]
+__all__ = ["gate_mul", "table_lookup", "dense_gate_sums", "GATE_SUMS", "lstm_step",
+           "lstm_direction", "lstm_layer", "lstm_golden"]
 
 
 def gate_mul(q: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -36,6 +36,16 @@ def table_lookup(table: np.ndarray, value: np.ndarray, shift: int) -> np.ndarray
     return np.asarray(table)[idx]
 
 
+def dense_gate_sums(layer: Lstm, d: int, z: np.ndarray) -> np.ndarray:
+    """Return ``W_d @ z`` (``(batch, 4 hidden)``, no bias) of an ``lstm`` layer, exactly."""
+    return exact_matmul(z, layer.weights[d].reshape(4 * layer.hidden, -1))
+
+
+#: How each lstm-like kind computes its gate sums ``W_d @ z`` (step 1 of :mod:`bitfab.lstm`;
+#: steps 2-6 are shared): :mod:`bitfab.sim.lstm_mps` adds ``lstm_mps``.
+GATE_SUMS = {"lstm": dense_gate_sums}
+
+
 def lstm_step(layer: Lstm, d: int, x: np.ndarray, h: np.ndarray, c: np.ndarray):
     """Run one time step of direction ``d`` for a batch: return ``(h, c, acc, q)``.
 
@@ -44,8 +54,7 @@ def lstm_step(layer: Lstm, d: int, x: np.ndarray, h: np.ndarray, c: np.ndarray):
     """
     hidden = layer.hidden
     z = np.concatenate([x, h], axis=1)
-    w = layer.weights[d].reshape(4 * hidden, -1)
-    acc = (exact_matmul(z, w) + layer.bias[d].reshape(-1)).reshape(-1, 4, hidden)
+    acc = (GATE_SUMS[layer.kind](layer, d, z) + layer.bias[d].reshape(-1)).reshape(-1, 4, hidden)
     q = np.stack([threshold(acc[:, k], layer.gate_thresholds[d, j])
                   for j, k in enumerate((0, 1, 3))], axis=1)
     g = table_lookup(layer.cand_table[d], acc[:, 2], layer.cand_shift[d])

@@ -56,11 +56,13 @@ def test_every_layer_kind_has_a_hook_on_every_floor():
     from bitfab.hw import kinds as hw_kinds
     from bitfab.layers import layer_kinds
     from bitfab.sim import golden
-    assert set(layer_kinds()) == {"dense", "lstm", "conv", "maxpool", "avgpool", "flatten", "add"}
+    assert set(layer_kinds()) == {"dense", "lstm", "lstm_mps", "conv", "maxpool", "avgpool",
+                                  "flatten", "add"}
     hw_kinds._load()
     for kind in layer_kinds():
         assert kind in golden._KINDS, kind
-    # every kind has its hardware (the image kinds: bitfab.hw.conv)
+    # every kind has its hardware (the image kinds: bitfab.hw.conv; lstm_mps: the lstm cell over
+    # its exact dense equivalent, bitfab.hw.lstm_mps)
     assert set(layer_kinds()) == set(hw_kinds._KINDS)
 
 
