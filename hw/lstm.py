@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -38,7 +38,8 @@ from .adder_tree import sum_terms
 from .config import ConfigError
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "LstmConfig", "LstmLayer", "step_layout", "hidden_layout"]
+__all__ = ["LstmCell", "LstmConfig", "LstmLayer", "BiLstmLayer", "step_layout", "hidden_layout",
+           "bi_output_layout", "direction_cell"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -265,8 +266,8 @@ class LstmConfig:
     Members
     -------
     layer : Lstm
-        A forward layer (``directions == 1``; a bidirectional one needs the whole sequence
-        buffered and reversed, which hw does not build yet).
+        A forward (``directions == 1``, :class:`LstmLayer`) or bidirectional layer
+        (``directions == 2``, :class:`BiLstmLayer`: the sequence buffered in block RAM).
     pipeline : int
         A register stage every ``pipeline`` adder levels of the gate sums.
     """
@@ -280,10 +281,6 @@ class LstmConfig:
     def __post_init__(self):
         if not isinstance(self.layer, Lstm):
             raise ConfigError(f"layer must be an Lstm, not {type(self.layer).__name__}")
-        if self.layer.directions != 1:
-            raise ConfigError(f"a bidirectional lstm layer has no hardware yet (supported: "
-                              f"forward lstm layers, directions=1; this one has "
-                              f"{self.layer.directions})")
 
     def to_json(self) -> dict:
         layer = self.layer
@@ -291,7 +288,8 @@ class LstmConfig:
             "kind": layer.kind, "architecture": self.architecture, "pe": None, "simd": None,
             "pipeline": self.pipeline, "datapath": layer.datapath,
             "in_features": layer.in_features, "out_features": layer.out_features,
-            "hidden": layer.hidden, "returns": layer.returns, "encoding": layer.encoding.to_json(),
+            "hidden": layer.hidden, "directions": layer.directions, "returns": layer.returns,
+            "encoding": layer.encoding.to_json(),
             "input": layer.input.to_json(), "acc_bits": layer.acc_bits,
             "hidden_bits": layer.hidden_bits, "cell_bits": layer.cell_bits,
             "max_length": layer.max_length, "name": layer.name,
@@ -365,8 +363,226 @@ class LstmLayer(wiring.Component):
         return m
 
 
+def direction_cell(config: LstmConfig, direction: int) -> wiring.Component:
+    """Return the cell of one direction of ``config``'s layer (as the configuration builds
+    it): a component with ``i`` (:func:`step_layout`), ``o`` (:func:`hidden_layout`),
+    ``latency`` and ``initiation_interval``."""
+    return LstmCell(config.layer, direction, config.pipeline)
+
+
+def bi_output_layout(layer: Lstm) -> data.Layout:
+    """Payload of a bidirectional layer's output: ``concat(h_fwd, h_bwd)`` codes
+    (``hidden_bits`` each) and ``last`` per step (``returns="sequence"``), or the codes alone
+    (``"last"``)."""
+    h = data.ArrayLayout(unsigned(layer.hidden_bits), layer.out_features)
+    return data.StructLayout({"h": h, "last": unsigned(1)}) if layer.returns == "sequence" \
+        else h
+
+
+class BiLstmLayer(wiring.Component):
+    """A bidirectional lstm layer behind the layer contract: one cell per direction, the
+    sequence buffered in block RAM.
+
+    Per sequence (of length ``L <= layer.max_length``):
+
+    1. *take*: the steps come in on ``i``; each goes to the forward cell as it arrives and into
+       the ``x`` memory (``max_length`` words); the forward cell's ``h_f[t]`` go into the
+       ``h_f`` memory as they leave it;
+    2. *backward*: after the step flagged ``last`` is taken, ``i`` is not ready; the backward
+       cell is fed ``x[L-1] .. x[0]`` from the ``x`` memory (``last`` on ``x[0]``) and its
+       ``h_b[t]`` go into the ``h_b`` memory;
+    3. *emit*: once both cells have given their final step, ``o`` gives
+       ``concat(h_f[t], h_b[t])`` for ``t = 0 .. L-1`` with ``last`` on ``t = L-1``
+       (``returns="sequence"``), or ``concat(h_f[L-1], h_b[0])`` once (``"last"``: each
+       direction's final state, as :func:`bitfab.sim.lstm.lstm_layer` gives it; no ``h``
+       memories then); then it takes the next sequence.
+
+    Steps of a sequence beyond ``max_length`` (the host and the golden model refuse them) go
+    through the forward cell but are not stored: the memories are never written out of range,
+    the backward direction runs over the first ``max_length`` steps and ``o`` gives
+    ``max_length`` steps for that sequence (``returns="sequence"``).
+
+    With ``II`` the cells' initiation interval, a sequence of ``L`` steps occupies the layer
+    for about ``L * II`` (take, at the producer's rate at best) ``+ L * II`` (backward) ``+ L``
+    (emit) clocks: :attr:`initiation_interval` is ``2 * II + 1`` clocks per step.
+
+    Parameters
+    ----------
+    config : LstmConfig
+        Of a layer with ``directions == 2``.
+    """
+
+    def __init__(self, config: LstmConfig):
+        if not isinstance(config, LstmConfig):
+            self._MustUse__silence = True
+            raise ConfigError(f"config must be an LstmConfig, not {type(config).__name__}")
+        layer = config.layer
+        if layer.directions != 2:
+            self._MustUse__silence = True
+            raise ConfigError(f"BiLstmLayer needs a bidirectional layer (directions=2), not "
+                              f"directions={layer.directions}")
+        self._config = config
+        self._cells = (direction_cell(config, 0), direction_cell(config, 1))
+        super().__init__({
+            "i": In(stream.Signature(step_layout(layer))),
+            "o": Out(stream.Signature(bi_output_layout(layer))),
+        })
+
+    @property
+    def config(self) -> LstmConfig:
+        return self._config
+
+    @property
+    def layer(self) -> Lstm:
+        return self._config.layer
+
+    @property
+    def cells(self) -> tuple:
+        """The forward and the backward cell."""
+        return self._cells
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per step at full throughput, on average over a sequence: ``2 * II + 1`` (the
+        forward pass, the backward pass and the emission one after the other)."""
+        return self._cells[0].initiation_interval + self._cells[1].initiation_interval + 1
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from the transfer of a sequence's final step to the first output when
+        nothing stalls, for the longest sequence (``max_length``): the backward pass,
+        ``(max_length - 1) * II + latency`` of the backward cell, plus 4 (the first memory
+        read, the done flag, the output read and its register). A shorter sequence takes
+        ``(max_length - L) * II`` clocks less."""
+        bwd = self._cells[1]
+        return (self.layer.max_length - 1) * bwd.initiation_interval + bwd.latency + 4
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        fwd, bwd = self._cells
+        m.submodules.forward = fwd
+        m.submodules.backward = bwd
+        n, hidden, hb = layer.max_length, layer.hidden, layer.hidden_bits
+        seq = layer.returns == "sequence"
+        x_bits = layer.in_features * layer.input.bits
+        h_bits = hidden * hb
+
+        m.submodules.x_mem = x_mem = Memory(shape=unsigned(x_bits), depth=n, init=[])
+        x_wr, x_rd = x_mem.write_port(), x_mem.read_port()
+        if seq:
+            m.submodules.hf_mem = hf_mem = Memory(shape=unsigned(h_bits), depth=n, init=[])
+            m.submodules.hb_mem = hb_mem = Memory(shape=unsigned(h_bits), depth=n, init=[])
+            hf_wr, hf_rd = hf_mem.write_port(), hf_mem.read_port()
+            hb_wr, hb_rd = hb_mem.write_port(), hb_mem.read_port()
+        else:
+            hf_last = Signal(h_bits, name="hf_last")
+            hb_last = Signal(h_bits, name="hb_last")
+
+        count = Signal(range(n + 1), name="count")   # steps stored (saturates at max_length)
+        f_count = Signal(range(n + 1), name="f_count")  # forward outputs stored
+        f_done, b_done = Signal(name="f_done"), Signal(name="b_done")
+        b_idx = Signal(range(n), name="b_idx")    # the step fed to the backward cell next
+        b_out = Signal(range(n), name="b_out")    # where its next output goes
+        b_valid = Signal(name="b_valid")
+        t = Signal(range(n + 1), name="t")        # the step read for the output next
+        o_valid = Signal(name="o_valid")
+        o_last = Signal(name="o_last")
+        reset = Signal(name="reset")  # the sequence has left: back to taking steps
+
+        # the forward cell: every output is taken and stored (h_f[t], or the final one)
+        m.d.comb += fwd.o.ready.eq(1)
+        with m.If(fwd.o.valid):
+            with m.If(fwd.o.payload.last):
+                m.d.sync += f_done.eq(1)
+            if seq:
+                m.d.comb += [hf_wr.addr.eq(f_count), hf_wr.data.eq(fwd.o.payload.h.as_value()),
+                             hf_wr.en.eq(f_count < n)]
+                with m.If(f_count < n):
+                    m.d.sync += f_count.eq(f_count + 1)
+            else:
+                with m.If(fwd.o.payload.last):
+                    m.d.sync += hf_last.eq(fwd.o.payload.h.as_value())
+        # the backward cell likewise, from the sequence's last stored step down to step 0
+        m.d.comb += bwd.o.ready.eq(1)
+        with m.If(bwd.o.valid):
+            with m.If(bwd.o.payload.last):
+                m.d.sync += b_done.eq(1)
+            if seq:
+                m.d.comb += [hb_wr.addr.eq(b_out), hb_wr.data.eq(bwd.o.payload.h.as_value()),
+                             hb_wr.en.eq(1)]
+                with m.If(b_out != 0):
+                    m.d.sync += b_out.eq(b_out - 1)
+            else:
+                with m.If(bwd.o.payload.last):
+                    m.d.sync += hb_last.eq(bwd.o.payload.h.as_value())
+
+        m.d.comb += [
+            fwd.i.payload.eq(self.i.payload),
+            x_wr.addr.eq(count), x_wr.data.eq(self.i.payload.x.as_value()),
+            x_rd.addr.eq(b_idx), x_rd.en.eq(~b_valid),
+            bwd.i.payload.x.eq(x_rd.data), bwd.i.payload.last.eq(b_idx == 0),
+            bwd.i.valid.eq(b_valid),
+        ]
+        with m.FSM(name="phase"):
+            with m.State("take"):
+                m.d.comb += [fwd.i.valid.eq(self.i.valid), self.i.ready.eq(fwd.i.ready)]
+                with m.If(self.i.valid & self.i.ready):
+                    with m.If(count < n):
+                        m.d.comb += x_wr.en.eq(1)
+                        m.d.sync += count.eq(count + 1)
+                    with m.If(self.i.payload.last):
+                        start = Mux(count < n, count, n - 1)
+                        m.d.sync += [b_idx.eq(start), b_out.eq(start), b_valid.eq(0)]
+                        m.next = "backward"
+            with m.State("backward"):
+                # a read while nothing waits for the cell; its data holds until taken
+                with m.If(~b_valid):
+                    m.d.sync += b_valid.eq(1)
+                with m.If(bwd.i.valid & bwd.i.ready):
+                    m.d.sync += b_valid.eq(0)
+                    with m.If(b_idx == 0):
+                        m.next = "drain"
+                    with m.Else():
+                        m.d.sync += b_idx.eq(b_idx - 1)
+            with m.State("drain"):
+                m.d.comb += x_rd.en.eq(0)
+                with m.If(f_done & b_done):
+                    m.d.sync += [t.eq(0), o_valid.eq(0)]
+                    m.next = "emit"
+            with m.State("emit"):
+                m.d.comb += x_rd.en.eq(0)
+                if seq:
+                    load = ~o_valid | self.o.ready
+                    for rd in (hf_rd, hb_rd):
+                        m.d.comb += [rd.addr.eq(t), rd.en.eq(load)]
+                    with m.If(load):
+                        m.d.sync += [o_valid.eq(t < count), o_last.eq(t == count - 1)]
+                        with m.If(t < count):
+                            m.d.sync += t.eq(t + 1)
+                    m.d.comb += [self.o.valid.eq(o_valid),
+                                 self.o.payload.h.as_value().eq(Cat(hf_rd.data, hb_rd.data)),
+                                 self.o.payload.last.eq(o_last),
+                                 reset.eq(o_valid & self.o.ready & o_last)]
+                else:
+                    m.d.comb += [self.o.valid.eq(1),
+                                 self.o.payload.as_value().eq(Cat(hf_last, hb_last)),
+                                 reset.eq(self.o.ready)]
+                with m.If(reset):
+                    m.d.sync += [count.eq(0), f_count.eq(0), f_done.eq(0), b_done.eq(0),
+                                 o_valid.eq(0)]
+                    m.next = "take"
+        return m
+
+
 def _configure(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
     return LstmConfig(layer, pipeline)
 
 
-kinds.register("lstm", kinds.HwKind(_configure, LstmLayer, foldable=False))
+def _build(config: LstmConfig) -> wiring.Component:
+    if isinstance(config, LstmConfig) and config.layer.directions == 2:
+        return BiLstmLayer(config)
+    return LstmLayer(config)
+
+
+kinds.register("lstm", kinds.HwKind(_configure, _build, foldable=False))
