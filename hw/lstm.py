@@ -403,8 +403,10 @@ class BiLstmLayer(wiring.Component):
     ``max_length`` steps for that sequence (``returns="sequence"``).
 
     With ``II`` the cells' initiation interval, a sequence of ``L`` steps occupies the layer
-    for about ``L * II`` (take, at the producer's rate at best) ``+ L * II`` (backward) ``+ L``
-    (emit) clocks: :attr:`initiation_interval` is ``2 * II + 1`` clocks per step.
+    for ``L * II`` (take, at the producer's rate at best) ``+ L * II`` (backward) ``+ L``
+    (emit) ``- 2`` clocks, ``2 * L * II - 2`` with ``returns="last"`` (measured with a producer
+    and a consumer that never wait): :attr:`initiation_interval` is ``2 * II + 1`` clocks per
+    step.
 
     Parameters
     ----------
@@ -451,11 +453,13 @@ class BiLstmLayer(wiring.Component):
     def latency(self) -> int:
         """Clock edges from the transfer of a sequence's final step to the first output when
         nothing stalls, for the longest sequence (``max_length``): the backward pass,
-        ``(max_length - 1) * II + latency`` of the backward cell, plus 4 (the first memory
-        read, the done flag, the output read and its register). A shorter sequence takes
-        ``(max_length - L) * II`` clocks less."""
+        ``(max_length - 1) * II + latency`` of the backward cell, plus 4 (the first ``x``
+        read, the done flag, the phase change, the output) and 1 more with
+        ``returns="sequence"`` (the ``h`` memories' read). A sequence of ``L`` steps takes
+        ``(max_length - L) * II`` clocks less (measured in ``tests/test_lstm_bidir.py``)."""
         bwd = self._cells[1]
-        return (self.layer.max_length - 1) * bwd.initiation_interval + bwd.latency + 4
+        return (self.layer.max_length - 1) * bwd.initiation_interval + bwd.latency + 4 \
+            + (self.layer.returns == "sequence")
 
     def elaborate(self, platform):
         m = Module()
@@ -490,88 +494,93 @@ class BiLstmLayer(wiring.Component):
         o_last = Signal(name="o_last")
         reset = Signal(name="reset")  # the sequence has left: back to taking steps
 
+        # the phase (plain registers and expressions, no FSM: every output is a continuous
+        # assignment, which event-driven simulators evaluate from time 0)
+        TAKE, BACKWARD, DRAIN, EMIT = range(4)
+        phase = Signal(range(4), name="phase")
+        taking, backward, emitting = phase == TAKE, phase == BACKWARD, phase == EMIT
+        took = self.i.valid & self.i.ready
+        fed = bwd.i.valid & bwd.i.ready
+
         # the forward cell: every output is taken and stored (h_f[t], or the final one)
         m.d.comb += fwd.o.ready.eq(1)
-        with m.If(fwd.o.valid):
-            with m.If(fwd.o.payload.last):
-                m.d.sync += f_done.eq(1)
-            if seq:
-                m.d.comb += [hf_wr.addr.eq(f_count), hf_wr.data.eq(fwd.o.payload.h.as_value()),
-                             hf_wr.en.eq(f_count < n)]
-                with m.If(f_count < n):
-                    m.d.sync += f_count.eq(f_count + 1)
-            else:
-                with m.If(fwd.o.payload.last):
-                    m.d.sync += hf_last.eq(fwd.o.payload.h.as_value())
+        with m.If(fwd.o.valid & fwd.o.payload.last):
+            m.d.sync += f_done.eq(1)
+        if seq:
+            m.d.comb += [hf_wr.addr.eq(f_count), hf_wr.data.eq(fwd.o.payload.h.as_value()),
+                         hf_wr.en.eq(fwd.o.valid & (f_count < n))]
+            with m.If(fwd.o.valid & (f_count < n)):
+                m.d.sync += f_count.eq(f_count + 1)
+        else:
+            with m.If(fwd.o.valid & fwd.o.payload.last):
+                m.d.sync += hf_last.eq(fwd.o.payload.h.as_value())
         # the backward cell likewise, from the sequence's last stored step down to step 0
         m.d.comb += bwd.o.ready.eq(1)
-        with m.If(bwd.o.valid):
-            with m.If(bwd.o.payload.last):
-                m.d.sync += b_done.eq(1)
-            if seq:
-                m.d.comb += [hb_wr.addr.eq(b_out), hb_wr.data.eq(bwd.o.payload.h.as_value()),
-                             hb_wr.en.eq(1)]
-                with m.If(b_out != 0):
-                    m.d.sync += b_out.eq(b_out - 1)
-            else:
-                with m.If(bwd.o.payload.last):
-                    m.d.sync += hb_last.eq(bwd.o.payload.h.as_value())
+        with m.If(bwd.o.valid & bwd.o.payload.last):
+            m.d.sync += b_done.eq(1)
+        if seq:
+            m.d.comb += [hb_wr.addr.eq(b_out), hb_wr.data.eq(bwd.o.payload.h.as_value()),
+                         hb_wr.en.eq(bwd.o.valid)]
+            with m.If(bwd.o.valid & (b_out != 0)):
+                m.d.sync += b_out.eq(b_out - 1)
+        else:
+            with m.If(bwd.o.valid & bwd.o.payload.last):
+                m.d.sync += hb_last.eq(bwd.o.payload.h.as_value())
 
+        # take: each step to the forward cell and (while there is room) into the x memory
         m.d.comb += [
             fwd.i.payload.eq(self.i.payload),
+            fwd.i.valid.eq(self.i.valid & taking),
+            self.i.ready.eq(fwd.i.ready & taking),
             x_wr.addr.eq(count), x_wr.data.eq(self.i.payload.x.as_value()),
-            x_rd.addr.eq(b_idx), x_rd.en.eq(~b_valid),
+            x_wr.en.eq(took & (count < n)),
+        ]
+        with m.If(took & (count < n)):
+            m.d.sync += count.eq(count + 1)
+        with m.If(took & self.i.payload.last):
+            start = Mux(count < n, count, n - 1)
+            m.d.sync += [b_idx.eq(start), b_out.eq(start), b_valid.eq(0), phase.eq(BACKWARD)]
+
+        # backward: read x[b_idx] while nothing waits for the cell; its data holds until taken
+        m.d.comb += [
+            x_rd.addr.eq(b_idx), x_rd.en.eq(backward & ~b_valid),
             bwd.i.payload.x.eq(x_rd.data), bwd.i.payload.last.eq(b_idx == 0),
             bwd.i.valid.eq(b_valid),
         ]
-        with m.FSM(name="phase"):
-            with m.State("take"):
-                m.d.comb += [fwd.i.valid.eq(self.i.valid), self.i.ready.eq(fwd.i.ready)]
-                with m.If(self.i.valid & self.i.ready):
-                    with m.If(count < n):
-                        m.d.comb += x_wr.en.eq(1)
-                        m.d.sync += count.eq(count + 1)
-                    with m.If(self.i.payload.last):
-                        start = Mux(count < n, count, n - 1)
-                        m.d.sync += [b_idx.eq(start), b_out.eq(start), b_valid.eq(0)]
-                        m.next = "backward"
-            with m.State("backward"):
-                # a read while nothing waits for the cell; its data holds until taken
-                with m.If(~b_valid):
-                    m.d.sync += b_valid.eq(1)
-                with m.If(bwd.i.valid & bwd.i.ready):
-                    m.d.sync += b_valid.eq(0)
-                    with m.If(b_idx == 0):
-                        m.next = "drain"
-                    with m.Else():
-                        m.d.sync += b_idx.eq(b_idx - 1)
-            with m.State("drain"):
-                m.d.comb += x_rd.en.eq(0)
-                with m.If(f_done & b_done):
-                    m.d.sync += [t.eq(0), o_valid.eq(0)]
-                    m.next = "emit"
-            with m.State("emit"):
-                m.d.comb += x_rd.en.eq(0)
-                if seq:
-                    load = ~o_valid | self.o.ready
-                    for rd in (hf_rd, hb_rd):
-                        m.d.comb += [rd.addr.eq(t), rd.en.eq(load)]
-                    with m.If(load):
-                        m.d.sync += [o_valid.eq(t < count), o_last.eq(t == count - 1)]
-                        with m.If(t < count):
-                            m.d.sync += t.eq(t + 1)
-                    m.d.comb += [self.o.valid.eq(o_valid),
-                                 self.o.payload.h.as_value().eq(Cat(hf_rd.data, hb_rd.data)),
-                                 self.o.payload.last.eq(o_last),
-                                 reset.eq(o_valid & self.o.ready & o_last)]
-                else:
-                    m.d.comb += [self.o.valid.eq(1),
-                                 self.o.payload.as_value().eq(Cat(hf_last, hb_last)),
-                                 reset.eq(self.o.ready)]
-                with m.If(reset):
-                    m.d.sync += [count.eq(0), f_count.eq(0), f_done.eq(0), b_done.eq(0),
-                                 o_valid.eq(0)]
-                    m.next = "take"
+        with m.If(backward & ~b_valid):
+            m.d.sync += b_valid.eq(1)
+        with m.If(fed):
+            m.d.sync += b_valid.eq(0)
+            with m.If(b_idx == 0):
+                m.d.sync += phase.eq(DRAIN)
+            with m.Else():
+                m.d.sync += b_idx.eq(b_idx - 1)
+
+        # drain: wait for both cells' final outputs
+        with m.If((phase == DRAIN) & f_done & b_done):
+            m.d.sync += [t.eq(0), o_valid.eq(0), phase.eq(EMIT)]
+
+        # emit
+        if seq:
+            load = Signal(name="load")
+            m.d.comb += load.eq(emitting & (~o_valid | self.o.ready))
+            for rd in (hf_rd, hb_rd):
+                m.d.comb += [rd.addr.eq(t), rd.en.eq(load)]
+            with m.If(load):
+                m.d.sync += [o_valid.eq(t < count), o_last.eq(t == count - 1)]
+                with m.If(t < count):
+                    m.d.sync += t.eq(t + 1)
+            m.d.comb += [self.o.valid.eq(o_valid),
+                         self.o.payload.h.as_value().eq(Cat(hf_rd.data, hb_rd.data)),
+                         self.o.payload.last.eq(o_last),
+                         reset.eq(o_valid & self.o.ready & o_last)]
+        else:
+            m.d.comb += [self.o.valid.eq(emitting),
+                         self.o.payload.as_value().eq(Cat(hf_last, hb_last)),
+                         reset.eq(emitting & self.o.ready)]
+        with m.If(reset):
+            m.d.sync += [count.eq(0), f_count.eq(0), f_done.eq(0), b_done.eq(0), o_valid.eq(0),
+                         phase.eq(TAKE)]
         return m
 
 
