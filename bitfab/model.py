@@ -299,6 +299,13 @@ class IntegerModel:
         return self.streams[-1][1]
 
     @property
+    def holds_sequences(self) -> bool:
+        """Whether the hardware gives no output of a sequence before its last step is in and
+        takes no step while it answers (a layer with ``holds_sequence``: a bidirectional lstm).
+        A host then sends a whole sequence and waits for its answers."""
+        return any(getattr(layer, "holds_sequence", False) for layer in self.layers)
+
+    @property
     def streams(self) -> tuple[tuple[StreamFormat, StreamFormat], ...]:
         """Per layer, its ``(input, output)`` streams in this model.
 

@@ -236,8 +236,9 @@ def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
 
 def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
     """Return the block RAMs the design needs on ``board``: the folded weight memories not in
-    SPRAM (``weights``, :func:`plan_weights`) and the image layers' line buffers (counted as
-    block RAM even where yosys maps a small one to logic)."""
+    SPRAM (``weights``, :func:`plan_weights`), the image layers' line buffers and a
+    bidirectional lstm layer's sequence buffers (counted as block RAM even where yosys maps a
+    small one to logic)."""
     from bitfab.hw.layer import network_configs
     blocks = 0
     for cfg in network_configs(model, fold, weights=weights):
@@ -247,6 +248,9 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
             depth, width = line_buffer(cfg)
             if depth and width:
                 blocks += _blocks_of(board, depth, width)
+        if layer.kind == "lstm":  # a bidirectional layer's sequence buffers
+            from bitfab.hw.lstm import buffer_memories
+            blocks += sum(_blocks_of(board, d, w) for d, w in buffer_memories(layer))
         cfg = _datapath(cfg)
         if cfg is None or cfg.architecture == "unrolled" or \
                 getattr(cfg, "weights", "bram") == "spram":

@@ -39,7 +39,7 @@ from .config import ConfigError
 from .datapath import unrolled_terms
 
 __all__ = ["LstmCell", "LstmConfig", "LstmLayer", "BiLstmLayer", "step_layout", "hidden_layout",
-           "bi_output_layout", "direction_cell"]
+           "bi_output_layout", "buffer_memories", "direction_cell"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -368,6 +368,17 @@ def direction_cell(config: LstmConfig, direction: int) -> wiring.Component:
     it): a component with ``i`` (:func:`step_layout`), ``o`` (:func:`hidden_layout`),
     ``latency`` and ``initiation_interval``."""
     return LstmCell(config.layer, direction, config.pipeline)
+
+
+def buffer_memories(layer: Lstm) -> list[tuple[int, int]]:
+    """``(depth, width)`` of the block RAMs a bidirectional layer buffers a sequence in
+    (:class:`BiLstmLayer`: ``x``, and ``h_f``, ``h_b`` with ``returns="sequence"``); none for a
+    forward layer."""
+    if layer.directions == 1:
+        return []
+    x = (layer.max_length, layer.in_features * layer.input.bits)
+    h = (layer.max_length, layer.hidden * layer.hidden_bits)
+    return [x, h, h] if layer.returns == "sequence" else [x]
 
 
 def bi_output_layout(layer: Lstm) -> data.Layout:

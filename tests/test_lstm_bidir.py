@@ -165,7 +165,8 @@ def test_per_step_head_after_forward_lstm_and_refusals():
 @pytest.mark.cocotb
 def test_tagger_fast_verilator_bench_and_cli(tmp_path, capsys):
     """The fast bench on Verilator with stalls and bubbles: 0 mismatches, and a wrong
-    reference fails at the middle step; ``bitfab sim`` runs the same model."""
+    reference fails at the middle step; ``bitfab sim`` and ``bitfab board run --simulate`` run
+    the same model."""
     import json
 
     from bitfab.cli import run
@@ -195,3 +196,11 @@ def test_tagger_fast_verilator_bench_and_cli(tmp_path, capsys):
          "--lengths", str(tmp_path / "n.npy"), "--json"])
     verdict = json.loads(capsys.readouterr().out)
     assert (verdict["vectors"], verdict["inputs"], verdict["mismatches"]) == (steps, steps, 0)
+    # the simulated board: the host sends a whole sequence, then takes its answers
+    assert model.holds_sequences
+    np.save(tmp_path / "x3.npy", x[:3])
+    np.save(tmp_path / "n3.npy", lengths[:3])
+    run(["board", "run", str(path), "--simulate", "--inputs", str(tmp_path / "x3.npy"),
+         "--lengths", str(tmp_path / "n3.npy"), "--json"])
+    verdict = json.loads(capsys.readouterr().out)
+    assert (verdict["vectors"], verdict["mismatches"]) == (int(lengths[:3].sum()), 0)
