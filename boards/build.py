@@ -143,6 +143,24 @@ def _window_luts(cfg) -> float:
     return layer.out_features * 2 * layer.acc_bits if hasattr(layer, "acc_bits") else 60
 
 
+def _lstm_luts(cfg) -> float:
+    # an lstm layer's nonlinear stage beside its gate mat-vec (counted as a dense datapath):
+    # per stage two comparators a gate, two table indices (shift and clamp), the gate
+    # multiplexers, the cell adder and saturation; the unrolled cell has one stage per unit and
+    # h, c in registers; the folded one (hw.lstm.FoldedLstmCell) one stage for all units, the
+    # unit select of four sums from the held accumulators (an H:1 multiplexer per bit), the
+    # threshold table, the pipeline registers, h, and the [x; h] input with its reset to zero
+    layer = cfg.layer
+    hidden, hb, cb = layer.hidden, layer.hidden_bits, layer.cell_bits
+    ab = cfg.dense.layer.acc_bits
+    stage = 6 * (ab + 1) + 2 * ab + 4 * cb + 2 * hb
+    if cfg.architecture != "folded":
+        return hidden * (stage + hb + cb)
+    select = 4 * ab * max(hidden / 3, 1) + 6 * (ab + 1) * max(hidden / 16, 1)
+    inputs = (layer.in_features + hidden) * cfg.dense.in_bits
+    return stage + select + 4 * ab + 2 * cb + hidden * hb + inputs + 60
+
+
 def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
     """Return a rough logic-cell count of the board top-level with ``fold`` (the fold choice's
     first guess; the synthesis has the last word and calibrates the next guess); ``weights``
@@ -154,6 +172,11 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
     for cfg in network_configs(model, fold):
         if hasattr(cfg, "conv"):  # an image layer: its stream stages, then its datapath
             total += _window_luts(cfg)
+        # a bidirectional lstm layer has a cell per direction (cfg.dense is direction 0's)
+        copies = cfg.layer.directions if cfg.layer.kind == "lstm" else 1
+        before = total
+        if cfg.layer.kind == "lstm":  # its nonlinear stage, then its gate mat-vec
+            total += _lstm_luts(cfg)
         cfg = _datapath(cfg)
         if cfg is None:
             continue
@@ -167,6 +190,7 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
             # input buffer word select: a SF-to-1 mux per SIMD lane bit
             total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 2
             total += cfg.out_features * cfg.out_bits * 2
+        total += (copies - 1) * (total - before)
     return int(total)
 
 
@@ -248,14 +272,23 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
             depth, width = line_buffer(cfg)
             if depth and width:
                 blocks += _blocks_of(board, depth, width)
-        if layer.kind == "lstm":  # a bidirectional layer's sequence buffers
+        if layer.kind == "lstm":
             from bitfab.hw.lstm import buffer_memories
+            # a bidirectional layer's sequence buffers (hw.lstm.BiLstmLayer)
             blocks += sum(_blocks_of(board, d, w) for d, w in buffer_memories(layer))
+            if cfg.architecture == "folded":
+                # one candidate and one output tanh table and the cell states per direction
+                cand, cell = layer.table_sizes
+                blocks += layer.directions * (
+                    _blocks_of(board, cand, layer.cell_bits)
+                    + _blocks_of(board, cell, layer.hidden_bits)
+                    + _blocks_of(board, layer.hidden, layer.cell_bits))
+        copies = layer.directions if layer.kind == "lstm" else 1
         cfg = _datapath(cfg)
         if cfg is None or cfg.architecture == "unrolled" or \
                 getattr(cfg, "weights", "bram") == "spram":
             continue
-        blocks += _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
+        blocks += copies * _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
     return blocks
 
 

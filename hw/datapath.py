@@ -216,12 +216,20 @@ def _pick(values: list[int], sel: Value | None) -> Value:
     shape = signed(signed_bits(lo, hi)) if lo < 0 else unsigned(unsigned_bits(hi))
     if sel is None or len(set(values)) == 1:
         return Const(values[0], shape)
-    # a chain of multiplexers, not an Array: Amaranth writes a constant Array as an ``always @*``
-    # case block, which Icarus leaves at X until its selector changes (the folded layers' first
-    # vectors read X there); continuous assignments have no such start-up race
-    out = Const(values[-1], shape)
-    for k in range(len(values) - 2, -1, -1):
-        out = Mux(sel == k, Const(values[k], shape), out)
+    # multiplexers, not an Array: Amaranth writes a constant Array as an ``always @*`` case
+    # block, which Icarus leaves at X until its selector changes (the folded layers' first
+    # vectors read X there); continuous assignments have no such start-up race. A balanced tree
+    # on the bits of ``sel``, not a chain: the Amaranth simulator compiles a chain of 50-odd
+    # nested multiplexers (a folded layer of 64 channels at pe 1) past Python's nesting limit.
+    # A ``sel`` past the last value reads the last value.
+    k = max(len(values) - 1, 1).bit_length()
+    level = [Const(v, shape) for v in values + [values[-1]] * ((1 << k) - len(values))]
+    for b in range(k):
+        level = [Mux(sel[b], level[2 * i + 1], level[2 * i]) if b < len(sel) else level[2 * i]
+                 for i in range(len(level) // 2)]
+    out = level[0]
+    if len(sel) > k:
+        out = Mux(sel[k:] != 0, Const(values[-1], shape), out)
     return out
 
 

@@ -21,10 +21,13 @@ The recurrence makes step ``t + 1`` wait for ``h_t``: the cell takes one step ev
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import weakref
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+import numpy as np
+from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -35,11 +38,12 @@ from bitfab.model import Dense, NoOutput, signed_bits
 
 from . import kinds
 from .adder_tree import sum_terms
-from .config import ConfigError
+from .config import ARCHITECTURES, ConfigError, LayerConfig
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "LstmConfig", "LstmLayer", "BiLstmLayer", "step_layout", "hidden_layout",
-           "bi_output_layout", "buffer_memories", "direction_cell"]
+__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "BiLstmLayer", "step_layout",
+           "hidden_layout", "stacked_gates", "bi_output_layout", "buffer_memories",
+           "direction_cell"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -59,6 +63,50 @@ def gate_dense(layer: Lstm, d: int, k: int) -> Dense:
     """Return gate ``k`` (0..3 = i, f, g, o) of direction ``d`` as a dense layer over ``[x; h]``."""
     return Dense(layer.weights[d, k], layer.encoding, layer.concat_format, NoOutput(),
                  layer.bias[d, k], name=f"gate{'ifgo'[k]}")
+
+
+def _gate_mul(m: Module, q, v, width: int, name: str) -> Signal:
+    """The gate product ``0``, ``v >> 1`` (floor) or ``v`` for gate code ``q = 0, 1, 2``."""
+    out = Signal(signed(width), name=name)
+    m.d.comb += out.eq(Mux(q == 0, 0, Mux(q == 1, v >> 1, v)))
+    return out
+
+
+def _rom(m: Module, table, name: str, width: int):
+    """A tanh table as a ROM (read through a synchronous port: block RAM); return it and its
+    size."""
+    size = len(table)
+    mem = Memory(shape=signed(width), depth=size, init=[int(v) for v in table])
+    m.submodules[name] = mem
+    return mem, size
+
+
+def _table_index(m: Module, value, shift: int, size: int, name: str) -> Signal:
+    """``clamp(value >> shift, -S/2, S/2 - 1) + S/2`` (``S = size``): a tanh table's index."""
+    half = size // 2
+    shifted = Signal(signed(max(len(value) - shift, 1) + 1), name=f"{name}_sh")
+    m.d.comb += shifted.eq(value >> shift)
+    idx = Signal(range(size), name=f"{name}_idx")
+    with m.If(shifted < -half):
+        m.d.comb += idx.eq(0)
+    with m.Elif(shifted > half - 1):
+        m.d.comb += idx.eq(size - 1)
+    with m.Else():
+        m.d.comb += idx.eq((shifted + half)[:len(idx)])
+    return idx
+
+
+def _saturate(m: Module, total, lo: int, hi: int, name: str) -> Signal:
+    """``clamp(total, lo, hi)`` in ``signed_bits(lo, hi)`` bits: the saturating cell state."""
+    c = Signal(signed(signed_bits(lo, hi)), name=name)
+    with m.If(total < lo):
+        m.d.comb += c.eq(lo)
+    with m.Elif(total > hi):
+        m.d.comb += c.eq(hi)
+    with m.Else():
+        m.d.comb += c.eq(total)
+    return c
+
 
 
 class LstmCell(wiring.Component):
@@ -186,28 +234,13 @@ class LstmCell(wiring.Component):
             return q
 
         def gate_mul(q, v, width: int, name: str):
-            out = Signal(signed(width), name=name)
-            m.d.comb += out.eq(Mux(q == 0, 0, Mux(q == 1, v >> 1, v)))
-            return out
+            return _gate_mul(m, q, v, width, name)
 
         def rom(table, name: str, width: int):
-            size = len(table)
-            mem = Memory(shape=signed(width), depth=size, init=[int(v) for v in table])
-            m.submodules[name] = mem
-            return mem, size
+            return _rom(m, table, name, width)
 
         def index(value, shift: int, size: int, name: str):
-            half = size // 2
-            shifted = Signal(signed(max(len(value) - shift, 1) + 1), name=f"{name}_sh")
-            m.d.comb += shifted.eq(value >> shift)
-            idx = Signal(range(size), name=f"{name}_idx")
-            with m.If(shifted < -half):
-                m.d.comb += idx.eq(0)
-            with m.Elif(shifted > half - 1):
-                m.d.comb += idx.eq(size - 1)
-            with m.Else():
-                m.d.comb += idx.eq((shifted + half)[:len(idx)])
-            return idx
+            return _table_index(m, value, shift, size, name)
 
         lo, hi = layer.cell_range
         wide = signed_bits(2 * lo, 2 * hi)
@@ -221,13 +254,7 @@ class LstmCell(wiring.Component):
             total = Signal(signed(wide), name=f"csum{j}")
             m.d.comb += total.eq(gate_mul(qf, c_reg[j], layer.cell_bits, f"fc{j}")
                                  + gate_mul(qi, g, layer.cell_bits, f"ig{j}"))
-            c = Signal(signed(layer.cell_bits), name=f"cnew{j}")
-            with m.If(total < lo):
-                m.d.comb += c.eq(lo)
-            with m.Elif(total > hi):
-                m.d.comb += c.eq(hi)
-            with m.Else():
-                m.d.comb += c.eq(total)
+            c = _saturate(m, total, lo, hi, f"cnew{j}")
             mem, size = rom(layer.cell_table[d], f"cell_rom{j}", hb)
             port = mem.read_port()
             m.d.comb += port.addr.eq(index(c, int(layer.cell_shift[d]), size, f"t{j}"))
@@ -256,12 +283,238 @@ class LstmCell(wiring.Component):
                              c_reg[j].eq(Mux(last, 0, c_new[j]))]
 
 
+def stacked_gates(layer: Lstm, d: int) -> Dense:
+    """Return the gate mat-vec of direction ``d`` as one dense layer over ``[x; h]``: ``4 *
+    hidden`` rows, unit-major (row ``4 * j + k`` is gate ``k`` = i, f, g, o of unit ``j``, so a
+    unit's four sums sit side by side in the output vector), no output stage (the accumulators
+    leave as they are)."""
+    hidden, cols = layer.hidden, layer.weights.shape[-1]
+    w = layer.weights[d].transpose(1, 0, 2).reshape(4 * hidden, cols)
+    b = layer.bias[d].T.reshape(-1)
+    return Dense(w, layer.encoding, layer.concat_format, NoOutput(), b, name="gates")
+
+
+class FoldedLstmCell(wiring.Component):
+    """One direction of an integer LSTM layer with the gate mat-vec folded (``pe`` x ``simd``
+    weights per clock, weights in block RAM) and the nonlinear stage serial (one unit per clock).
+
+    Same ports and protocol as :class:`LstmCell`. Per step:
+
+    1. ``[x; h]`` goes to a :class:`~bitfab.hw.layer.FoldedDense` over :func:`stacked_gates`
+       (the existing folded datapath: ``ceil(4H / pe) * (in + H) / simd`` clocks, then its
+       adder tree and output register), which gives all ``4H`` accumulators at once;
+    2. while the dense output is held, units ``j = 0 .. H-1`` go one per clock through a
+       four-stage pipeline: select unit ``j``'s four sums, its six thresholds (a constant
+       table in logic) and its cell state ``c[j]`` (a small memory); quantize i, f, o and
+       read the candidate tanh; form ``c``, saturate it, write it back, read the output tanh;
+       gate it by ``o`` into ``h[j]``. One candidate and one output ROM serve every unit, so
+       the nonlinear stage does not grow with ``hidden``.
+
+    ``h`` lives in registers (they are the output payload, and the dense datapath reads all of
+    ``h`` at once as half of its input vector); ``c`` lives in a ``hidden``-word memory (read and
+    written one unit at a time; block RAM or logic, as the synthesis decides). After a step
+    flagged ``last`` the next step reads ``h = 0`` and ``c = 0``.
+
+    The next step's input is taken as soon as ``h`` is complete, while the consumer may still
+    hold the output; its nonlinear stage waits until the output has been read.
+
+    Parameters
+    ----------
+    layer : Lstm
+    direction : int
+        Which direction's weights (a backward direction is this cell fed the reversed sequence).
+    pe, simd : int
+        Gate rows and ``[x; h]`` columns per clock of the folded mat-vec (``1 <= pe <= 4 *
+        hidden``, ``simd`` dividing ``in_features + hidden``).
+    pipeline : int
+        A register stage every ``pipeline`` adder levels of the folded datapath's tree.
+
+    Members
+    -------
+    i : In(stream.Signature(step_layout(layer)))
+    o : Out(stream.Signature(hidden_layout(layer)))
+    """
+
+    def __init__(self, layer: Lstm, direction: int = 0, pe: int = 1, simd: int = 1,
+                 pipeline: int = 0):
+        if not isinstance(layer, Lstm):
+            self._MustUse__silence = True
+            raise BitfabError(f"layer must be an Lstm, not {type(layer).__name__}")
+        try:
+            direction = operator.index(direction)
+        except TypeError:
+            self._MustUse__silence = True
+            raise BitfabError(f"direction must be an integer, not {direction!r}") from None
+        if not 0 <= direction < layer.directions:
+            self._MustUse__silence = True
+            raise BitfabError(f"direction must be in 0..{layer.directions - 1}, "
+                              f"not {direction!r}")
+        from .layer import FoldedDense
+        try:
+            self._gates = LayerConfig.folded(stacked_gates(layer, direction), pe, simd, pipeline)
+        except ConfigError:
+            self._MustUse__silence = True
+            raise
+        self._layer, self._direction = layer, direction
+        self._dense = FoldedDense(self._gates)
+        super().__init__({
+            "i": In(stream.Signature(step_layout(layer))),
+            "o": Out(stream.Signature(hidden_layout(layer))),
+        })
+
+    @property
+    def layer(self) -> Lstm:
+        return self._layer
+
+    @property
+    def direction(self) -> int:
+        return self._direction
+
+    @property
+    def gates(self) -> LayerConfig:
+        """The folded configuration of the gate mat-vec (:func:`stacked_gates`)."""
+        return self._gates
+
+    @property
+    def dense_latency(self) -> int:
+        """Clocks from ``[x; h]`` entering the folded mat-vec to its accumulators:
+        ``ceil(4H / pe) * (in + H) / simd + 2 + Lt`` (:attr:`FoldedDense.latency`)."""
+        return self._dense.latency
+
+    @property
+    def latency(self) -> int:
+        """Clocks from an input transfer to ``o.valid`` of its hidden state when the output is
+        free: :attr:`dense_latency` ``+ hidden + 3`` (one unit per clock into the four-stage
+        nonlinear pipeline, the last unit's three more stages)."""
+        return self.dense_latency + self._layer.hidden + 3
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per time step at full throughput: :attr:`latency` (the next step needs this
+        step's ``h``), i.e. ``ceil(4H / pe) * (in + H) / simd + Lt + H + 5``."""
+        return self.latency
+
+    def elaborate(self, platform):
+        m = Module()
+        layer, d = self._layer, self._direction
+        hidden, n_in = layer.hidden, layer.in_features
+        hb, cb = layer.hidden_bits, layer.cell_bits
+        zb = layer.concat_format.bits
+        m.submodules.gates = dense = self._dense
+        ab = self._gates.out_bits  # the accumulators' width (NoOutput: acc_bits)
+
+        busy = Signal(name="busy")      # a step has entered and its h is not complete
+        last = Signal(name="last_reg")  # the step in flight ends its sequence
+        zero = Signal(name="zero")      # the next step starts a sequence: h = c = 0
+        fresh = Signal(name="fresh")    # the step in flight starts a sequence
+        h = [self.o.payload.h[j] for j in range(hidden)]
+
+        # --- the folded mat-vec over [x; h] ------
+        fmt = layer.input
+        for k in range(n_in):
+            code = self.i.payload.x[k]
+            m.d.comb += dense.i.payload[k].eq(code.as_signed() if fmt.signed else code)
+        for j in range(hidden):
+            m.d.comb += dense.i.payload[n_in + j].eq(Mux(zero, 0, h[j].as_signed()))
+        assert len(dense.i.payload[0]) == zb
+        m.d.comb += [dense.i.valid.eq(self.i.valid & ~busy),
+                     self.i.ready.eq(dense.i.ready & ~busy)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [busy.eq(1), last.eq(self.i.payload.last), fresh.eq(zero), zero.eq(0)]
+
+        # --- the nonlinear stage, one unit per clock while the dense output is held ------
+        # stage 0: unit j's four sums; thresholds and c[j] are read (synchronous ports)
+        unit = Signal(range(hidden), name="unit")
+        issue = Signal(name="issue")
+        m.d.comb += issue.eq(dense.o.valid & ~self.o.valid)
+        final = unit == hidden - 1
+        m.d.comb += dense.o.ready.eq(issue & final)
+        with m.If(issue):
+            m.d.sync += unit.eq(Mux(final, 0, unit + 1))
+        lo_t, hi_t = -(1 << (ab - 1)), 1 << (ab - 1)  # thresholds outside clamp to these
+        tb = ab + 1
+        thr = np.clip(layer.gate_thresholds[d], lo_t, hi_t)  # (3, hidden, 2)
+        words = []
+        for j in range(hidden):
+            word = 0
+            for n, t in enumerate(thr[:, j].reshape(-1)):
+                word |= (int(t) & ((1 << tb) - 1)) << (n * tb)
+            words.append(word)
+        # the six thresholds of unit j: a constant table in logic, registered (a block RAM
+        # would spend ~6 EBR on a few hundred bits)
+        tword = Signal(6 * tb, name="thresholds")
+        with m.Switch(unit):
+            for j, word in enumerate(words):
+                with m.Case(j):
+                    m.d.sync += tword.eq(word)
+        m.submodules.cells = cmem = Memory(shape=signed(cb), depth=hidden, init=[])
+        cread = cmem.read_port()
+        cwrite = cmem.write_port()
+        m.d.comb += cread.addr.eq(unit)
+        sums = dense.o.payload.as_value().word_select(unit, 4 * ab) if hidden > 1 else \
+            dense.o.payload.as_value()
+        acc1 = [Signal(signed(ab), name=f"acc1_{g}") for g in "ifgo"]
+        v1 = Signal(name="v1")
+        j1 = Signal(range(hidden), name="j1")
+        m.d.sync += [v1.eq(issue), j1.eq(unit)]
+        m.d.sync += [a.eq(sums[k * ab:(k + 1) * ab].as_signed()) for k, a in enumerate(acc1)]
+
+        # stage 1: gate codes i, f, o; the candidate tanh is read
+        t = [tword[n * tb:(n + 1) * tb].as_signed() for n in range(6)]
+        q1 = []
+        for n, k in enumerate((0, 1, 3)):
+            q = Signal(range(3), name=f"q1_{'ifgo'[k]}")
+            m.d.comb += q.eq((acc1[k] >= t[2 * n]).as_unsigned()
+                             + (acc1[k] >= t[2 * n + 1]).as_unsigned())
+            q1.append(q)
+        cand, size = _rom(m, layer.cand_table[d], "cand_rom", cb)
+        cand_port = cand.read_port()
+        m.d.comb += cand_port.addr.eq(_table_index(m, acc1[2], int(layer.cand_shift[d]), size,
+                                                   "g"))
+        q2 = [Signal(range(3), name=f"q2_{g}") for g in "ifo"]
+        c2 = Signal(signed(cb), name="c2")
+        v2 = Signal(name="v2")
+        j2 = Signal(range(hidden), name="j2")
+        m.d.sync += [v2.eq(v1), j2.eq(j1), c2.eq(Mux(fresh, 0, cread.data))]
+        m.d.sync += [a.eq(b) for a, b in zip(q2, q1)]
+
+        # stage 2: the new cell state, saturated and written back; the output tanh is read
+        lo, hi = layer.cell_range
+        total = Signal(signed(signed_bits(2 * lo, 2 * hi)), name="csum")
+        m.d.comb += total.eq(_gate_mul(m, q2[1], c2, cb, "fc")
+                             + _gate_mul(m, q2[0], cand_port.data, cb, "ig"))
+        c = _saturate(m, total, lo, hi, "cnew")
+        m.d.comb += [cwrite.addr.eq(j2), cwrite.data.eq(c), cwrite.en.eq(v2)]
+        cell, size = _rom(m, layer.cell_table[d], "cell_rom", hb)
+        cell_port = cell.read_port()
+        m.d.comb += cell_port.addr.eq(_table_index(m, c, int(layer.cell_shift[d]), size, "t"))
+        q3 = Signal(range(3), name="q3_o")
+        v3 = Signal(name="v3")
+        j3 = Signal(range(hidden), name="j3")
+        m.d.sync += [v3.eq(v2), j3.eq(j2), q3.eq(q2[2])]
+
+        # stage 3: h[j] = o * tanh(c[j]); the last unit completes the step
+        h_new = _gate_mul(m, q3, cell_port.data, hb, "hnew")
+        with m.If(v3):
+            with m.Switch(j3):
+                for j in range(hidden):
+                    with m.Case(j):
+                        m.d.sync += h[j].eq(h_new)
+            with m.If(j3 == hidden - 1):
+                m.d.sync += [busy.eq(0), self.o.valid.eq(1), self.o.payload.last.eq(last),
+                             zero.eq(last)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m
+
+
 # --- the layer component (the hw hook of the lstm kind) -------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
 class LstmConfig:
-    """How an lstm layer becomes hardware: one unrolled :class:`LstmCell` per direction.
+    """How an lstm layer becomes hardware: one cell per direction, :class:`LstmCell` (unrolled)
+    or :class:`FoldedLstmCell` (folded).
 
     Members
     -------
@@ -270,22 +523,96 @@ class LstmConfig:
         (``directions == 2``, :class:`BiLstmLayer`: the sequence buffered in block RAM).
     pipeline : int
         A register stage every ``pipeline`` adder levels of the gate sums.
+    architecture : ``"unrolled"`` or ``"folded"``
+        *unrolled*: the four gate mat-vecs as constant-weight adder trees and one nonlinear
+        stage per unit; *folded*: the stacked gate mat-vec on the folded dense datapath
+        (``pe`` rows x ``simd`` columns of ``[x; h]`` per clock, weights in block RAM) and one
+        serial nonlinear stage.
+    pe : int or None
+        Gate rows per clock, folded only: ``1 <= pe <= 4 * hidden``.
+    simd : int or None
+        ``[x; h]`` columns per clock, folded only: divides ``in_features + hidden``.
+    weights : ``"bram"``
+        Where the folded gate weights live (block RAM; SPRAM is not built for lstm layers).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field: an unknown architecture, ``pe``/``simd`` given to an unrolled layer
+        or out of range for a folded one, weights other than ``"bram"``.
     """
 
     layer: Lstm
     pipeline: int = 1
     architecture: str = "unrolled"
-    pe: None = None
-    simd: None = None
+    pe: int | None = None
+    simd: int | None = None
+    weights: str = "bram"
 
     def __post_init__(self):
         if not isinstance(self.layer, Lstm):
             raise ConfigError(f"layer must be an Lstm, not {type(self.layer).__name__}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
+                              f"not {self.architecture!r}")
+        if self.weights != "bram":
+            raise ConfigError(f"weights of an lstm layer must be 'bram' (its folded gate "
+                              f"weights in block RAM), not {self.weights!r}")
+        if self.architecture == "unrolled":
+            if self.pe is not None or self.simd is not None:
+                raise ConfigError(f"pe and simd apply to the folded architecture only, not to "
+                                  f"an unrolled lstm layer (pe={self.pe!r}, simd={self.simd!r})")
+            return
+        layer = self.layer
+        rows, cols = 4 * layer.hidden, layer.in_features + layer.hidden
+        for what, value in (("pe", self.pe), ("simd", self.simd)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"a folded lstm layer needs an integer {what}, not {value!r}")
+        if not 1 <= self.pe <= rows:
+            raise ConfigError(f"pe must be in 1..{rows} (4 gates x {layer.hidden} hidden "
+                              f"units), not {self.pe}")
+        if self.simd < 1 or cols % self.simd:
+            raise ConfigError(f"simd must divide in_features + hidden ({layer.in_features} + "
+                              f"{layer.hidden} = {cols}), not {self.simd}")
+
+    def replace(self, **changes) -> LstmConfig:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def gates(self, direction: int = 0) -> LayerConfig:
+        """The dense configuration of direction ``direction``'s gate mat-vec
+        (:func:`stacked_gates`): folded at ``pe, simd`` or unrolled (the unrolled cell builds
+        its trees itself; this one is for estimates)."""
+        dense = stacked_gates(self.layer, direction)
+        if self.architecture == "folded":
+            return LayerConfig.folded(dense, self.pe, self.simd, self.pipeline)
+        return LayerConfig.unrolled(dense, self.pipeline)
+
+    @property
+    def dense(self) -> LayerConfig:
+        """The gate mat-vec of direction 0 (:meth:`gates`): what estimates of the weights'
+        logic and block RAM read (:mod:`bitfab.boards.build`)."""
+        return self.gates(0)
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per time step at full throughput (the cell's
+        :attr:`~LstmCell.initiation_interval`; built once per layer and fold to know its adder
+        trees: the fold choice asks for dozens of folds)."""
+        key = (self.architecture, self.pe, self.simd, self.pipeline)
+        known = _INTERVALS.setdefault(self.layer, {})
+        if key not in known:
+            cell = _cell(self, 0)
+            # elaborated once (and then dropped): its adder trees decide the depth
+            Fragment.get(cell, None)
+            known[key] = cell.initiation_interval
+        return known[key]
 
     def to_json(self) -> dict:
         layer = self.layer
         return {
-            "kind": layer.kind, "architecture": self.architecture, "pe": None, "simd": None,
+            "kind": layer.kind, "architecture": self.architecture, "pe": self.pe,
+            "simd": self.simd, "weights": self.weights if self.architecture == "folded" else None,
             "pipeline": self.pipeline, "datapath": layer.datapath,
             "in_features": layer.in_features, "out_features": layer.out_features,
             "hidden": layer.hidden, "directions": layer.directions, "returns": layer.returns,
@@ -294,6 +621,17 @@ class LstmConfig:
             "hidden_bits": layer.hidden_bits, "cell_bits": layer.cell_bits,
             "max_length": layer.max_length, "name": layer.name,
         }
+
+
+#: per layer, the initiation intervals of the folds asked for (LstmConfig.initiation_interval)
+_INTERVALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cell(config: LstmConfig, direction: int):
+    """The cell of ``direction`` that ``config`` describes."""
+    if config.architecture == "folded":
+        return FoldedLstmCell(config.layer, direction, config.pe, config.simd, config.pipeline)
+    return LstmCell(config.layer, direction, config.pipeline)
 
 
 class LstmLayer(wiring.Component):
@@ -315,7 +653,7 @@ class LstmLayer(wiring.Component):
             raise ConfigError(f"config must be an LstmConfig, not {type(config).__name__}")
         layer = config.layer
         self._config = config
-        self._cell = LstmCell(layer, 0, config.pipeline)
+        self._cell = _cell(config, 0)
         out = hidden_layout(layer) if layer.returns == "sequence" else \
             data.ArrayLayout(unsigned(layer.hidden_bits), layer.hidden)
         super().__init__({
@@ -332,7 +670,7 @@ class LstmLayer(wiring.Component):
         return self._config.layer
 
     @property
-    def cell(self) -> LstmCell:
+    def cell(self) -> LstmCell | FoldedLstmCell:
         return self._cell
 
     @property
@@ -366,8 +704,9 @@ class LstmLayer(wiring.Component):
 def direction_cell(config: LstmConfig, direction: int) -> wiring.Component:
     """Return the cell of one direction of ``config``'s layer (as the configuration builds
     it): a component with ``i`` (:func:`step_layout`), ``o`` (:func:`hidden_layout`),
-    ``latency`` and ``initiation_interval``."""
-    return LstmCell(config.layer, direction, config.pipeline)
+    ``latency`` and ``initiation_interval`` (:class:`LstmCell` unrolled, :class:`FoldedLstmCell`
+    folded)."""
+    return _cell(config, direction)
 
 
 def buffer_memories(layer: Lstm) -> list[tuple[int, int]]:
@@ -413,11 +752,11 @@ class BiLstmLayer(wiring.Component):
     the backward direction runs over the first ``max_length`` steps and ``o`` gives
     ``max_length`` steps for that sequence (``returns="sequence"``).
 
-    With ``II`` the cells' initiation interval, a sequence of ``L`` steps occupies the layer
-    for ``L * II`` (take, at the producer's rate at best) ``+ L * II`` (backward) ``+ L``
-    (emit) ``- 2`` clocks, ``2 * L * II - 2`` with ``returns="last"`` (measured with a producer
-    and a consumer that never wait): :attr:`initiation_interval` is ``2 * II + 1`` clocks per
-    step.
+    With ``II`` and ``Lc`` the cells' initiation interval and latency, a sequence of ``L``
+    steps occupies the layer for ``(L - 1) * II`` (take, at the producer's rate at best)
+    ``+ (L - 1) * II + Lc`` (backward) ``+ L`` (emit, ``returns="sequence"`` only) ``+ 5``
+    clocks (measured with a producer and a consumer that never wait; ``Lc == II`` for both
+    cells): :attr:`initiation_interval` is ``2 * II + 1`` clocks per step, on average.
 
     Parameters
     ----------
@@ -596,7 +935,16 @@ class BiLstmLayer(wiring.Component):
 
 
 def _configure(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
-    return LstmConfig(layer, pipeline)
+    if fold is None:
+        return LstmConfig(layer, pipeline)
+    pe, simd = fold
+    if not exact and isinstance(layer, Lstm):
+        # a network-wide fold: cap pe at the gate rows, lower simd to the largest divisor of
+        # the [x; h] columns (as a dense layer's fold is fitted, hw.layer)
+        cols = layer.in_features + layer.hidden
+        simd = max(k for k in range(1, min(simd, cols) + 1) if cols % k == 0)
+        pe = min(pe, 4 * layer.hidden)
+    return LstmConfig(layer, pipeline, "folded", pe, simd)
 
 
 def _build(config: LstmConfig) -> wiring.Component:
@@ -605,4 +953,4 @@ def _build(config: LstmConfig) -> wiring.Component:
     return LstmLayer(config)
 
 
-kinds.register("lstm", kinds.HwKind(_configure, _build, foldable=False))
+kinds.register("lstm", kinds.HwKind(_configure, _build, foldable=True))

@@ -10,7 +10,16 @@ from bitfab.hw.config import LayerConfig
 from bitfab.hw.layer import Network, PerStep, build_network
 from bitfab.hw.lstm import BiLstmLayer, LstmConfig
 from bitfab.lstm import random_lstm
-from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, NoOutput, Pow2, Ternary
+from bitfab.model import (
+    Dense,
+    InputFormat,
+    IntegerModel,
+    IntWeights,
+    Lut,
+    NoOutput,
+    Pow2,
+    Ternary,
+)
 from bitfab.sim.amaranth_sim import outputs_of, run_stream, simulate
 from bitfab.sim.golden import execute, expected_rows
 from bitfab.sim.lstm import lstm_layer
@@ -41,15 +50,22 @@ def _tagger(seed, classes=4, **kwargs):
     return IntegerModel((layer, head), name="tagger"), rng
 
 
-@pytest.mark.parametrize("returns,pipeline,encoding,signed", [
-    ("sequence", 0, Ternary(), False), ("sequence", 1, Pow2(0, 2), True),
-    ("last", 1, Ternary(), True), ("last", 0, IntWeights(3), False)])
-def test_bidirectional_layer_equals_golden_with_stalls(returns, pipeline, encoding, signed):
+@pytest.mark.parametrize("returns,pipeline,encoding,signed,fold", [
+    ("sequence", 0, Ternary(), False, None), ("sequence", 1, Pow2(0, 2), True, None),
+    ("last", 1, Ternary(), True, None), ("last", 0, IntWeights(3), False, None),
+    ("sequence", 1, Lut((-3, 0, 1, 2)), True, (2, 3)), ("last", 0, Ternary(), False, (12, 1))],
+    ids=["seq-ternary", "seq-pow2", "last-ternary", "last-int", "seq-lut-folded",
+         "last-ternary-folded"])
+def test_bidirectional_layer_equals_golden_with_stalls(returns, pipeline, encoding, signed,
+                                                       fold):
     layer, rng = _bi(30 + pipeline, returns, encoding, signed=signed)
     x, lengths = _sequences(rng, layer, 14)
     model = IntegerModel((layer,))
     assert model.out_stream.framed == (returns == "sequence")
-    got = simulate(model, x, lengths, stall=0.3, bubble=0.3, seed=pipeline, pipeline=pipeline)
+    net = build_network(model, fold, pipeline)
+    assert isinstance(net.layers[0], BiLstmLayer)
+    assert net.configs[0].architecture == ("unrolled" if fold is None else "folded")
+    got = simulate(net, x, lengths, stall=0.3, bubble=0.3, seed=pipeline)
     np.testing.assert_array_equal(got, execute(model, x, lengths).output)
     # returns="last" is each direction's final state: h_f[L-1] and h_b[0]
     if returns == "last":
@@ -81,12 +97,13 @@ def test_wrong_references_fail():
 def test_timing_and_clocks_per_sequence():
     """Measured with a producer and a consumer that never wait: the latency property for the
     longest sequence, ``(max_length - L) * II`` less for a shorter one, and
-    ``(2 II + 1) L - 2`` clocks per sequence (``2 II L - 2`` for returns="last")."""
-    for returns in ("sequence", "last"):
+    ``2 (L - 1) II + Lc + 5 (+ L)`` clocks per sequence, unrolled and folded cells."""
+    for returns, fold in (("sequence", None), ("last", None), ("sequence", (4, 3))):
         layer, rng = _bi(34, returns, max_length=6)
         for length in (1, 6):
-            dut = BiLstmLayer(LstmConfig(layer, 1))
-            ii = dut.cells[0].initiation_interval
+            dut = BiLstmLayer(LstmConfig(layer, 1) if fold is None
+                              else LstmConfig(layer, 1, "folded", *fold))
+            ii, lc = dut.cells[0].initiation_interval, dut.cells[1].latency
             assert dut.initiation_interval == 2 * ii + 1
             x = rng.integers(0, 16, (2, length, layer.in_features))
             per = length if returns == "sequence" else 1
@@ -94,7 +111,8 @@ def test_timing_and_clocks_per_sequence():
             assert r.out_cycles[0] - r.in_cycles[length - 1] == \
                 dut.latency - (layer.max_length - length) * ii
             period = r.in_cycles[length] - r.in_cycles[0]
-            assert period == 2 * ii * length + (length if returns == "sequence" else 0) - 2
+            assert period == 2 * (length - 1) * ii + lc + 5 + \
+                (length if returns == "sequence" else 0)
 
 
 def test_steps_beyond_max_length_are_not_stored():
@@ -117,12 +135,14 @@ def test_steps_beyond_max_length_are_not_stored():
 
 @pytest.mark.parametrize("fold", [None, (2, 3)], ids=["unrolled", "folded"])
 def test_tagger_network_equals_golden(fold):
-    """A bidirectional lstm and a dense head per step: framed out, bit for bit."""
+    """A bidirectional lstm and a dense head per step (both unrolled, or both folded): framed
+    out, bit for bit."""
     model, rng = _tagger(40)
     head_stream = model.streams[1]
     assert head_stream[0].framed and head_stream[1].framed and model.out_stream.framed
     assert not model.layers[1].out_stream.framed  # the layer alone reads vectors
-    configs = (LstmConfig(model.layers[0], 1),
+    configs = (LstmConfig(model.layers[0], 1) if fold is None
+               else LstmConfig(model.layers[0], 1, "folded", 4, 2),
                LayerConfig.unrolled(model.layers[1], 1) if fold is None
                else LayerConfig.folded(model.layers[1], *fold, 1))
     net = Network(configs)

@@ -99,10 +99,16 @@ def test_board_run_simulated(lstm_file, capsys):
     assert result["vectors"] == 3 and result["inputs"] == 3
 
 
-def test_fold_is_refused_by_name(lstm_file, capsys, tmp_path):
-    code, _, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,2")
-    assert code == 1
-    assert err == ("error: layers[0] is an lstm layer, which cannot be folded yet (folding "
-                   "applies to conv, dense layers): build it unrolled (no --fold)\n")
+def test_fold_builds_the_folded_cell(lstm_file, capsys, tmp_path):
+    code, facts, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,3",
+                              "--json")
+    assert code == 0, err
+    cfg = facts["layers"][0]["config"]
+    # pe 2 of 16 gate rows, simd 3 lowered to 2 (a divisor of 8 inputs + 4 hidden = 12)
+    assert (cfg["architecture"], cfg["pe"], cfg["simd"]) == ("folded", 2, 2)
+    code, result, err = bitfab(capsys, "sim", lstm_file, "--fold", "2,3", "--vectors", "20",
+                               "--json")
+    assert code == 0, err
+    assert result["mismatches"] == 0
     model = IntegerModel.load(lstm_file)
     assert model.sequential and not model.out_stream.framed

@@ -3,11 +3,12 @@ Amaranth simulator and through the one cocotb bench (the same code paths as dens
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 
 from bitfab.errors import BitfabError, VerificationError
 from bitfab.formats import StreamFormat
 from bitfab.hw.config import ConfigError
-from bitfab.hw.lstm import LstmCell, LstmConfig
+from bitfab.hw.lstm import FoldedLstmCell, LstmCell, LstmConfig
 from bitfab.lstm import random_lstm
 from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, Lut, NoOutput, Pow2, Ternary
 from bitfab.sim.amaranth_sim import outputs_of, run_stream, simulate
@@ -16,17 +17,20 @@ from bitfab.sim.lstm import lstm_layer
 
 
 def rtl_lstm(layer, x, lengths=None, *, direction=0, pipeline=0, stall=0.0, bubble=0.0,
-             seed=0):
-    """The hidden states ``(batch, T, hidden)`` of one direction's cell, in input step order: a
-    backward cell is fed each sequence reversed, as the golden model reads it."""
+             seed=0, fold=None):
+    """The hidden states ``(batch, T, hidden)`` of one direction's cell (``fold = (pe, simd)``:
+    the folded cell), in input step order: a backward cell is fed each sequence reversed, as the
+    golden model reads it."""
     x = np.asarray(x)
     lengths = np.full(len(x), x.shape[1]) if lengths is None else np.asarray(lengths)
     flip = np.array([[(n - 1 - t) if (direction and t < n) else t for t in range(x.shape[1])]
                      for n in lengths])
     fed = np.take_along_axis(x, flip[..., None], axis=1)
     steps = StreamFormat(layer.hidden_format, layer.hidden, framed=True)
-    result = run_stream(LstmCell(layer, direction, pipeline), layer.in_stream.pack(fed, lengths),
-                        stall=stall, bubble=bubble, seed=seed)
+    cell = LstmCell(layer, direction, pipeline) if fold is None else \
+        FoldedLstmCell(layer, direction, *fold, pipeline)
+    result = run_stream(cell, layer.in_stream.pack(fed, lengths), stall=stall, bubble=bubble,
+                        seed=seed)
     hs = outputs_of(steps, result.outputs, lengths, x.shape[1])
     return np.take_along_axis(hs, flip[..., None], axis=1) if direction else hs
 
@@ -131,11 +135,7 @@ def test_sequence_model_network_equals_golden(returns, pipeline):
 
 
 def test_lstm_hardware_refusals_name_what_is_supported():
-    from bitfab.hw.layer import build_network, network_configs, per_step_layers
-    model, _ = _sequence_model(21)
-    with pytest.raises(ConfigError, match=r"layers\[0\] is an lstm layer, which cannot be "
-                                          r"folded yet \(folding applies to conv, dense layers\)"):
-        build_network(model, (2, 2))
+    from bitfab.hw.layer import network_configs, per_step_layers
     # a bidirectional layer and a per-step head build (tests/test_lstm_bidir.py runs them)
     rng = np.random.default_rng(3)
     bi = random_lstm(rng, 3, 4, Ternary(), directions=2)
@@ -166,3 +166,146 @@ def test_verilator_100_sequences(tmp_path):
                                   execute(model, x, lengths).output)
     wrong = run_bench(design, tmp_path / "lstm.bfm", x, lengths, seed=4, wrong_reference=True)
     assert wrong.mismatches == 1
+
+
+# --- the folded cell ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding,fold,pipeline,signed", [
+    (Ternary(), (1, 1), 0, False), (Pow2(0, 2), (3, 7), 1, True),
+    (IntWeights(3), (16, 7), 1, False), (Lut((-3, 0, 1, 2)), (5, 1), 2, True)])
+def test_folded_cell_equals_golden_with_stalls(encoding, fold, pipeline, signed):
+    """The folded cell (gate mat-vec on the folded dense datapath, serial nonlinear stage) ==
+    the golden model, both directions (the backward one fed reversed sequences)."""
+    layer, rng = _case(10, encoding, directions=2, signed=signed)
+    fmt = layer.input
+    x = rng.integers(fmt.min_value, fmt.max_value + 1, (8, 9, layer.in_features))
+    lengths = rng.integers(1, 10, 8)
+    _, hs, _ = lstm_layer(layer, x, lengths)
+    for d in range(2):
+        got = rtl_lstm(layer, x, lengths, direction=d, pipeline=pipeline, stall=0.3,
+                       bubble=0.3, seed=d, fold=fold)
+        np.testing.assert_array_equal(got, hs[d])
+
+
+def test_folded_cell_timing_reset_and_wrong_reference():
+    layer, rng = _case(16, Ternary(), hidden=5)
+    cell = FoldedLstmCell(layer, 0, 4, 2, 1)
+    gates = cell.gates
+    assert (gates.pe, gates.simd, gates.out_features, gates.in_features) == (4, 2, 20, 8)
+    # II = ceil(4H / pe) * (in + H) / simd + 2 + Lt (the folded mat-vec) + H + 3
+    assert cell.dense_latency >= 5 * 4 + 2
+    assert cell.initiation_interval == cell.latency == cell.dense_latency + 5 + 3
+    # measured: with no stalls a step is taken every initiation_interval clocks
+    seq = rng.integers(0, 16, (1, 6, 3))
+    result = run_stream(cell, layer.in_stream.pack(seq))
+    assert set(np.diff(result.in_cycles).tolist()) == {cell.initiation_interval}
+    assert result.out_cycles[0] - result.in_cycles[0] == cell.latency
+    # the same sequence twice in one stream: the state is cleared after the first
+    x = np.concatenate([seq, seq])
+    got = rtl_lstm(layer, x, fold=(2, 4), stall=0.2, bubble=0.2)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got, lstm_layer(layer, x)[1][0])
+    wrong = lstm_layer(layer.replace(cell_shift=layer.cell_shift + 1), x)[1][0]
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, wrong)
+
+
+@pytest.mark.parametrize("fold", [(1, 1), (8, 7)])
+def test_folded_network_equals_golden(fold):
+    """A folded lstm (returns="last") and its dense head in a Network == the golden model."""
+    from bitfab.hw.layer import Network, network_configs
+    model, rng = _sequence_model(22)
+    configs = network_configs(model, fold, pipeline=1)
+    assert (configs[0].architecture, configs[0].pe, configs[0].simd) == ("folded", *fold)
+    x = rng.integers(0, 16, (10, 7, 3))
+    lengths = rng.integers(1, 8, 10)
+    got = simulate(Network(configs), x, lengths, stall=0.3, bubble=0.3, seed=2)
+    np.testing.assert_array_equal(got, execute(model, x, lengths).output)
+
+
+def test_fold_configuration_and_refusals():
+    from bitfab.hw import kinds
+    from bitfab.hw.layer import build_network
+    layer, _ = _case(17, Ternary())  # 3 inputs, 4 hidden: 16 gate rows, 7 columns
+    # a network-wide fold is fitted: pe capped at the gate rows, simd lowered to a divisor
+    cfg = kinds.configure(layer, (64, 6), 1, exact=False)
+    assert (cfg.architecture, cfg.pe, cfg.simd) == ("folded", 16, 1)
+    assert cfg.to_json()["pe"] == 16 and cfg.to_json()["weights"] == "bram"
+    cell = FoldedLstmCell(layer, 0, 16, 1, 1)
+    assert cfg.initiation_interval == cell.initiation_interval
+    Fragment.get(cell, None)
+    assert kinds.configure(layer, None).architecture == "unrolled"
+    for fold, message in [
+            ((17, 1), r"^pe must be in 1..16 \(4 gates x 4 hidden units\), not 17"),
+            ((0, 1), r"pe must be in 1..16 \(4 gates x 4 hidden units\), not 0"),
+            ((2, 3), r"simd must divide in_features \+ hidden \(3 \+ 4 = 7\), not 3"),
+            ((2, True), r"a folded lstm layer needs an integer simd, not True")]:
+        with pytest.raises(ConfigError, match=message):
+            kinds.configure(layer, fold, 1, exact=True)
+    with pytest.raises(ConfigError, match=r"layers\[0\]: simd must divide"):
+        kinds.configure(layer, (2, 3), 1, "layers[0]", exact=True)
+    with pytest.raises(ConfigError, match="pe and simd apply to the folded architecture only"):
+        LstmConfig(layer, 1, "unrolled", 2, 1)
+    with pytest.raises(ConfigError, match="architecture must be 'unrolled' or 'folded', "
+                                          "not 'tiled'"):
+        LstmConfig(layer, 1, "tiled")
+    with pytest.raises(ConfigError, match="weights of an lstm layer must be 'bram'"):
+        LstmConfig(layer, 1, "folded", 2, 1, "spram")
+    with pytest.raises(BitfabError, match="direction must be in 0..0, not 1"):
+        FoldedLstmCell(layer, 1, 2, 1)
+    with pytest.raises(ConfigError, match=r"simd must divide in_features \(7\), not 2"):
+        FoldedLstmCell(layer, 0, 2, 2)
+    model, _ = _sequence_model(21)
+    net = build_network(model, (4, 7))
+    assert isinstance(net.layers[0].cell, FoldedLstmCell)
+    assert net.layers[0].initiation_interval == net.layers[0].cell.initiation_interval
+    Fragment.get(net, None)
+
+
+@pytest.mark.cocotb
+def test_folded_model_on_verilator(tmp_path):
+    """The fast bench (sim.fast) on Verilator: a folded lstm + head, stalls and bubbles, 0
+    mismatches; a wrong reference fails it."""
+    from bitfab.hw.verilog import generate
+    from bitfab.sim.fast import run_fast
+    from bitfab.sim.verilog import Design
+
+    model, rng = _sequence_model(23)
+    model.save(tmp_path / "lstm.bfm")
+    x = rng.integers(0, 16, (40, 8, 3))
+    lengths = rng.integers(1, 9, 40)
+    facts = generate(model, tmp_path / "rtl", fold=(4, 7), pipeline=1)
+    assert facts["layers"][0]["config"]["architecture"] == "folded"
+    design = Design.from_sidecar(tmp_path / "rtl" / f"{facts['top']}.json")
+    ok = run_fast(design, tmp_path / "lstm.bfm", x, lengths, p_bubble=0.3, p_stall=0.3, seed=4)
+    assert (ok.mismatches, ok.vectors, ok.inputs) == (0, 40, int(lengths.sum())), ok
+    np.testing.assert_array_equal(model.out_stream.values(ok.outputs),
+                                  execute(model, x, lengths).output)
+    bad = run_fast(design, tmp_path / "lstm.bfm", x, lengths, p_bubble=0.3, p_stall=0.3, seed=4,
+                   wrong_reference=True)
+    assert bad.mismatches == 1
+
+
+def test_board_estimates_fold_an_lstm_model():
+    """boards.build plans an lstm model's folds: estimates, block RAMs, interval per step."""
+    from bitfab.boards.build import estimate_luts, foldable, initiation_interval, memory_blocks
+    from bitfab.boards.targets import get_board
+    from bitfab.hw.layer import build_network
+    rng = np.random.default_rng(6)
+    layer = random_lstm(rng, 4, 8, Ternary(), returns="last", hidden_bits=8, cell_bits=12,
+                        table_bits=(8, 8))
+    head = Dense(rng.integers(-3, 4, (3, 8)), IntWeights(3), layer.out_format, NoOutput())
+    model = IntegerModel((layer, head))
+    assert foldable(model)  # candidate_folds tries folds (it builds a cell per fold: slow here)
+    icebreaker = get_board("icebreaker")
+    assert estimate_luts(model, (1, 1)) < estimate_luts(model, (8, 4)) < estimate_luts(model,
+                                                                                         None)
+    # one block each: the gate weights (384 x 2 bits), the head's weights, the two 256-entry
+    # tanh tables, the cell states
+    assert memory_blocks(model, (1, 1), icebreaker) == 5
+    assert memory_blocks(model, None, icebreaker) == 0  # the unrolled cell: yosys decides
+    net = build_network(model, (2, 4))
+    # 32 gate rows / pe 2 x 12 columns / simd 4 = 48 clocks of mat-vec, then 8 units
+    assert initiation_interval(model, (2, 4)) == net.layers[0].initiation_interval > 48 + 8
+    Fragment.get(net, None)
