@@ -224,3 +224,4 @@ def test_tagger_fast_verilator_bench_and_cli(tmp_path, capsys):
          "--lengths", str(tmp_path / "n3.npy"), "--json"])
     verdict = json.loads(capsys.readouterr().out)
     assert (verdict["vectors"], verdict["mismatches"]) == (int(lengths[:3].sum()), 0)
+    assert verdict["golden_prediction_mismatches"] == 0  # per step of the tagger
