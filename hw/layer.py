@@ -449,7 +449,7 @@ class PerStep(wiring.Component):
                                                          i_shape.length))),
                    "o": Out(stream.Signature(pixel_layout(o_shape.elem_shape.width,
                                                           o_shape.length)))}
-        members.update({k: v for k, v in inner.signature.members.items() if k not in "io"})
+        members.update({k: v for k, v in inner.signature.members.items() if k not in ("i", "o")})
         super().__init__(wiring.Signature(members))
 
     @property
