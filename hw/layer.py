@@ -218,13 +218,26 @@ class FoldedDense(_LayerBase):
     stalled consumer holds every stage. A new input vector is accepted while the last fold of the
     previous one issues, so vectors follow each other every ``SF * NF`` clocks.
 
+    With ``held=True`` the staging buffer is the output register (no second whole-vector
+    buffer): a finished vector stays there until it is read, and the next vector's first result
+    waits for that (``en`` low), so vectors no longer overlap a slow consumer. For a consumer
+    that reads each output before it sends the next input (the folded lstm cell, hw/lstm.py), it
+    saves ``out_features * out_bits`` flip-flops and their multiplexers; latency and interval
+    are the same.
+
     Parameters
     ----------
     config : LayerConfig
         A ``folded`` configuration.
+    held : bool
+        One output buffer instead of two (see above).
     """
 
     _architecture = "folded"
+
+    def __init__(self, config: LayerConfig, held: bool = False):
+        self._held = bool(held)
+        super().__init__(config)
 
     def _make_signature(self, config: LayerConfig) -> wiring.Signature:
         sig = super()._make_signature(config)
@@ -338,9 +351,15 @@ class FoldedDense(_LayerBase):
                     m.d.comb += nxt[o * out_bits:(o + 1) * out_bits].eq(results[p])
         with m.If(en & va & lasta):
             m.d.sync += sbuf.eq(nxt)
-        m.d.comb += en.eq(~(va & vlasta & ovalid & ~self.o.ready))
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += ovalid.eq(0)
+        if self._held:  # the staging buffer is the output: no write while it is unread
+            m.d.comb += en.eq(~(va & lasta & ovalid & ~self.o.ready))
+            with m.If(en & va & vlasta):
+                m.d.sync += ovalid.eq(1)
+            m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(sbuf)]
+            return cfg.initiation_interval + 2 + tree
+        m.d.comb += en.eq(~(va & vlasta & ovalid & ~self.o.ready))
         with m.If(en & va & vlasta):
             m.d.sync += [obuf.eq(nxt), ovalid.eq(1)]
         m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]

@@ -356,7 +356,9 @@ class FoldedLstmCell(wiring.Component):
             self._MustUse__silence = True
             raise
         self._layer, self._direction = layer, direction
-        self._dense = FoldedDense(self._gates)
+        # held: the cell reads every accumulator before it sends the next [x; h], so one
+        # output buffer of 4H accumulators is enough
+        self._dense = FoldedDense(self._gates, held=True)
         super().__init__({
             "i": In(stream.Signature(step_layout(layer))),
             "o": Out(stream.Signature(hidden_layout(layer))),

@@ -8,7 +8,7 @@ order, with none lost or duplicated.
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Fragment, Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from hypothesis import given, settings
@@ -192,6 +192,29 @@ def test_backpressure_and_bubbles_lose_nothing(arch, pipeline):
         assert len(result.outputs) == len(x)
         y = unpack(result.outputs, layer.out_format, layer.out_features)
         np.testing.assert_array_equal(y, reference(layer, x))
+
+
+@pytest.mark.parametrize("pe,simd", [(2, 4), (1, 8)])
+def test_held_folded_output_under_backpressure(pe, simd):
+    """A held FoldedDense (one output buffer): the same vectors under stalls and bubbles, the
+    same latency and interval when nothing stalls; a wrong reference fails."""
+    from bitfab.hw.layer import FoldedDense
+    rng = np.random.default_rng(7)
+    layer = random_dense(rng, 8, 3, "ternary", InputFormat.int(4, signed=True), "none")
+    x = random_inputs(rng, layer.input, 24, 8)
+    cfg = LayerConfig.folded(layer, pe, simd, 1)
+    result = run_stream(FoldedDense(cfg, held=True), pack(x, layer.input), stall=0.6,
+                        bubble=0.3, seed=3)
+    y = unpack(result.outputs, layer.out_format, layer.out_features)
+    np.testing.assert_array_equal(y, reference(layer, x))
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(y, reference(layer, x) + (np.arange(24) == 7)[:, None])
+    dut, plain = FoldedDense(cfg, held=True), build_layer(cfg)
+    timed = run_stream(dut, pack(x[:4], layer.input))
+    assert (dut.latency, dut.initiation_interval) == (plain.latency, plain.initiation_interval)
+    np.testing.assert_array_equal(np.array(timed.out_cycles) - timed.in_cycles, dut.latency)
+    np.testing.assert_array_equal(np.diff(timed.in_cycles), dut.initiation_interval)
+    Fragment.get(plain, None)  # built for its properties only
 
 
 @pytest.mark.parametrize("cfg_args", [("unrolled", None, None, 0), ("unrolled", None, None, 1),

@@ -100,13 +100,13 @@ def test_board_run_simulated(lstm_file, capsys):
 
 
 def test_fold_builds_the_folded_cell(lstm_file, capsys, tmp_path):
-    code, facts, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,3",
+    code, facts, err = bitfab(capsys, "verilog", lstm_file, "--out", tmp_path, "--fold", "2,5",
                               "--json")
     assert code == 0, err
     cfg = facts["layers"][0]["config"]
-    # pe 2 of 16 gate rows, simd 3 lowered to 2 (a divisor of 8 inputs + 4 hidden = 12)
-    assert (cfg["architecture"], cfg["pe"], cfg["simd"]) == ("folded", 2, 2)
-    code, result, err = bitfab(capsys, "sim", lstm_file, "--fold", "2,3", "--vectors", "20",
+    # pe 2 of 16 gate rows, simd 5 lowered to 4 (a divisor of 8 inputs + 4 hidden = 12)
+    assert (cfg["architecture"], cfg["pe"], cfg["simd"]) == ("folded", 2, 4)
+    code, result, err = bitfab(capsys, "sim", lstm_file, "--fold", "2,5", "--vectors", "20",
                                "--json")
     assert code == 0, err
     assert result["mismatches"] == 0

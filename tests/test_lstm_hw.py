@@ -211,6 +211,17 @@ def test_folded_cell_timing_reset_and_wrong_reference():
         np.testing.assert_array_equal(got, wrong)
 
 
+def test_folded_cell_edge_shapes():
+    """One input and one unit (no unit counter, a one-word cell memory), and pe = 4 * hidden."""
+    for n_in, hidden, fold in ((1, 1, (1, 1)), (1, 1, (4, 2)), (2, 3, (12, 5))):
+        rng = np.random.default_rng(n_in * 10 + hidden)
+        layer = random_lstm(rng, n_in, hidden, Ternary(), input=InputFormat.int(3, signed=True))
+        x = rng.integers(-4, 4, (6, 5, n_in))
+        lengths = rng.integers(1, 6, 6)
+        got = rtl_lstm(layer, x, lengths, fold=fold, stall=0.3, bubble=0.3, pipeline=1)
+        np.testing.assert_array_equal(got, lstm_layer(layer, x, lengths)[1][0])
+
+
 @pytest.mark.parametrize("fold", [(1, 1), (8, 7)])
 def test_folded_network_equals_golden(fold):
     """A folded lstm (returns="last") and its dense head in a Network == the golden model."""
