@@ -207,6 +207,12 @@ class Lstm:
         return int(self.weights.shape[0])
 
     @property
+    def holds_sequence(self) -> bool:
+        """Whether its output for a sequence waits for the sequence's last step (a backward
+        direction reads it from the end): :attr:`bitfab.model.IntegerModel.holds_sequences`."""
+        return self.directions == 2
+
+    @property
     def hidden(self) -> int:
         """Hidden units per direction."""
         return int(self.weights.shape[2])

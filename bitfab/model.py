@@ -295,8 +295,35 @@ class IntegerModel:
 
     @property
     def out_stream(self) -> StreamFormat:
-        """The hardware output stream (the last layer's)."""
-        return self.layers[-1].out_stream
+        """The hardware output stream (the last layer's, as it travels here: :attr:`streams`)."""
+        return self.streams[-1][1]
+
+    @property
+    def holds_sequences(self) -> bool:
+        """Whether the hardware gives no output of a sequence before its last step is in and
+        takes no step while it answers (a layer with ``holds_sequence``: a bidirectional lstm).
+        A host then sends a whole sequence and waits for its answers."""
+        return any(getattr(layer, "holds_sequence", False) for layer in self.layers)
+
+    @property
+    def streams(self) -> tuple[tuple[StreamFormat, StreamFormat], ...]:
+        """Per layer, its ``(input, output)`` streams in this model.
+
+        A layer's own ``in_stream`` / ``out_stream``, except that a layer which reads and gives
+        one vector per transfer (a dense layer) and reads a framed stream (the time steps of an
+        lstm with ``returns="sequence"``) runs once per step: both its streams are framed too,
+        the ``last`` bit of each step passing through (a tagger's per-step head).
+        """
+        out = []
+        for k, layer in enumerate(self.layers):
+            src = self.edges[k][0]
+            reads = out[src][1] if src >= 0 else self.layers[0].in_stream
+            own_in, own_out = layer.in_stream, layer.out_stream
+            if reads.framed and not own_in.framed and not own_out.framed:
+                own_in = dataclasses.replace(own_in, framed=True)
+                own_out = dataclasses.replace(own_out, framed=True)
+            out.append((own_in, own_out))
+        return tuple(out)
 
     @property
     def sequential(self) -> bool:

@@ -175,6 +175,9 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
     for cfg in network_configs(model, fold):
         if hasattr(cfg, "conv"):  # an image layer: its stream stages, then its datapath
             total += _window_luts(cfg)
+        # a bidirectional lstm layer has a cell per direction (cfg.dense is direction 0's)
+        copies = cfg.layer.directions if cfg.layer.kind == "lstm" else 1
+        before = total
         if cfg.layer.kind == "lstm":  # its nonlinear stage, then its gate mat-vec
             total += _lstm_luts(cfg)
         cfg = _datapath(cfg)
@@ -190,6 +193,7 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
             # input buffer word select: a SF-to-1 mux per SIMD lane bit
             total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 2
             total += cfg.out_features * cfg.out_bits * 2
+        total += (copies - 1) * (total - before)
     return int(total)
 
 
@@ -259,8 +263,9 @@ def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
 
 def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
     """Return the block RAMs the design needs on ``board``: the folded weight memories not in
-    SPRAM (``weights``, :func:`plan_weights`) and the image layers' line buffers (counted as
-    block RAM even where yosys maps a small one to logic)."""
+    SPRAM (``weights``, :func:`plan_weights`), the image layers' line buffers, a
+    bidirectional lstm layer's sequence buffers and the serial threshold stages' ROMs (counted
+    as block RAM even where yosys maps a small one to logic)."""
     from bitfab.hw.layer import network_configs, serial_thresholds, threshold_table
     blocks = 0
     for cfg in network_configs(model, fold, weights=weights):
@@ -270,12 +275,18 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
             depth, width = line_buffer(cfg)
             if depth and width:
                 blocks += _blocks_of(board, depth, width)
-        if layer.kind == "lstm" and cfg.architecture == "folded":
-            # one candidate and one output tanh table and the cell states (hw.lstm)
-            cand, cell = layer.table_sizes
-            blocks += _blocks_of(board, cand, layer.cell_bits) + \
-                _blocks_of(board, cell, layer.hidden_bits) + \
-                _blocks_of(board, layer.hidden, layer.cell_bits)
+        if layer.kind == "lstm":
+            from bitfab.hw.lstm import buffer_memories
+            # a bidirectional layer's sequence buffers (hw.lstm.BiLstmLayer)
+            blocks += sum(_blocks_of(board, d, w) for d, w in buffer_memories(layer))
+            if cfg.architecture == "folded":
+                # one candidate and one output tanh table and the cell states per direction
+                cand, cell = layer.table_sizes
+                blocks += layer.directions * (
+                    _blocks_of(board, cand, layer.cell_bits)
+                    + _blocks_of(board, cell, layer.hidden_bits)
+                    + _blocks_of(board, layer.hidden, layer.cell_bits))
+        copies = layer.directions if layer.kind == "lstm" else 1
         cfg = _datapath(cfg)
         if cfg is None or cfg.architecture == "unrolled":
             continue
@@ -284,7 +295,7 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
             if len(words) > 16:
                 blocks += _blocks_of(board, len(words), cfg.pe * width)
         if getattr(cfg, "weights", "bram") != "spram":
-            blocks += _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
+            blocks += copies * _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
     return blocks
 
 

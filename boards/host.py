@@ -321,14 +321,22 @@ class BoardClient:
             self.check_board()
         if self._weights is not None and not self.loaded:
             self.load_weights()
-        answers = self.in_stream.answers(self.out_stream, last)
+        answers = self.in_stream.answers(self.out_stream, last).astype(np.int64)
+        window = self.window
+        if self._model.holds_sequences:
+            # no answer of a sequence comes before its last step is in, and the board takes no
+            # step while it answers: a whole sequence goes out, then all its answers come back
+            if self.out_stream.framed:
+                ends = np.flatnonzero(last)
+                answers = np.zeros(len(last), dtype=np.int64)
+                answers[ends] = np.diff(np.concatenate([[-1], ends]))
+            window = 1
         frames = [self.frame_of(p) for p in payloads]
         expected = int(answers.sum())
         results = []
         start = time.perf_counter()
         sent0, received0 = self.sent, self.received
         issued = pending = 0
-        window = self.window
         while len(results) < expected:
             while issued < len(frames) and pending < window:
                 self.send(frames[issued])

@@ -44,8 +44,9 @@ from .datapath import (
 )
 from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 
-__all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "Network",
-           "build_layer", "build_network", "network_configs", "skip_fifo_depths",
+__all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "PerStep", "Network",
+           "build_layer", "build_network", "network_configs", "per_step_layers",
+           "skip_fifo_depths",
            "weight_image", "spram_capable"]
 
 
@@ -560,13 +561,110 @@ def _dense_build(config: LayerConfig) -> wiring.Component:
 kinds.register("dense", kinds.HwKind(_dense_configure, _dense_build, foldable=True, spram=True))
 
 
+class PerStep(wiring.Component):
+    """A layer that reads one vector per transfer (a dense layer), run once per time step of a
+    framed stream: ``{codes, last}`` in, ``{codes, last}`` out, ``last`` carried past the layer.
+
+    The ``last`` bit of every input transfer goes into a small FIFO beside the layer (pushed on
+    the input transfer, popped on the output transfer: the layer gives one output per input, in
+    order); the input is taken only while that FIFO has room, so no bit is lost whatever its
+    depth, and a depth of ``latency + 1`` lets the layer run at its full rate. A layer of latency
+    0 (combinational) passes ``last`` by wire.
+
+    Parameters
+    ----------
+    inner : wiring.Component
+        The layer component (the layer contract of :mod:`bitfab.hw.kinds`, unframed streams).
+    """
+
+    def __init__(self, inner):
+        from .conv import pixel_layout
+        self._inner = inner
+        i_shape = inner.signature.members["i"].signature.members["payload"].shape
+        o_shape = inner.signature.members["o"].signature.members["payload"].shape
+        members = {"i": In(stream.Signature(pixel_layout(i_shape.elem_shape.width,
+                                                         i_shape.length))),
+                   "o": Out(stream.Signature(pixel_layout(o_shape.elem_shape.width,
+                                                          o_shape.length)))}
+        members.update({k: v for k, v in inner.signature.members.items() if k not in ("i", "o")})
+        super().__init__(wiring.Signature(members))
+
+    @property
+    def inner(self):
+        """The wrapped layer component."""
+        return self._inner
+
+    @property
+    def config(self):
+        return self._inner.config
+
+    @property
+    def layer(self):
+        return self._inner.config.layer
+
+    @property
+    def latency(self) -> int:
+        """The layer's latency (the FIFO is beside it, not in its path)."""
+        return self._inner.latency
+
+    @property
+    def initiation_interval(self) -> int:
+        """The layer's initiation interval."""
+        return self._inner.initiation_interval
+
+    @property
+    def fifo_depth(self) -> int:
+        """Entries of the ``last`` FIFO: ``latency + 1`` (0: a wire)."""
+        lat = self._inner.latency
+        return lat + 1 if lat else 0
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFO
+        m = Module()
+        m.submodules.layer = inner = self._inner
+        for name in self.signature.members:
+            if name not in ("i", "o"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(inner, name))
+        m.d.comb += [inner.i.payload.eq(self.i.payload.data),
+                     self.o.payload.data.eq(inner.o.payload),
+                     self.o.valid.eq(inner.o.valid), inner.o.ready.eq(self.o.ready)]
+        if not self.fifo_depth:
+            m.d.comb += [inner.i.valid.eq(self.i.valid), self.i.ready.eq(inner.i.ready),
+                         self.o.payload.last.eq(self.i.payload.last)]
+            return m
+        m.submodules.last = q = SyncFIFO(width=1, depth=self.fifo_depth)
+        m.d.comb += [inner.i.valid.eq(self.i.valid & q.w_rdy),
+                     self.i.ready.eq(inner.i.ready & q.w_rdy),
+                     q.w_data.eq(self.i.payload.last), q.w_en.eq(self.i.valid & self.i.ready),
+                     self.o.payload.last.eq(q.r_data), q.r_en.eq(self.o.valid & self.o.ready)]
+        return m
+
+
+def per_step_layers(configs, edges) -> tuple:
+    """Return, per layer of a network of ``configs`` whose layer ``k`` reads the layers
+    ``edges[k]``, whether it runs once per time step of a framed stream (:class:`PerStep`;
+    :attr:`bitfab.model.IntegerModel.streams`) and whether its output is framed."""
+    per_step, framed = [], []
+    for k, cfg in enumerate(configs):
+        layer = cfg.layer
+        src = edges[k][0]
+        reads = framed[src] if src >= 0 else layer.in_stream.framed
+        step = reads and not layer.in_stream.framed and not layer.out_stream.framed
+        per_step.append(step)
+        framed.append(step or layer.out_stream.framed)
+    return tuple(per_step), tuple(framed)
+
+
 class Network(wiring.Component):
     """A whole network: layers chained with ``wiring.connect``, one input and one output stream.
 
     A bipolar layer reads the previous one-threshold output bit as its code; where a layer's
     output elements are narrower than the next layer's input elements a :class:`Resize` joins
-    them. The input stream is the first layer's, the output stream the last layer's (framed
-    where they carry time steps).
+    them. A layer that reads vectors after a per-step (framed) output, e.g. a tagger's dense
+    head after an lstm with ``returns="sequence"``, runs once per step inside a
+    :class:`PerStep`, which carries ``last`` past it. The input stream is the first layer's, the
+    output stream the last layer's (framed where they carry time steps:
+    :attr:`bitfab.model.IntegerModel.streams`).
 
     Parameters
     ----------
@@ -591,6 +689,7 @@ class Network(wiring.Component):
                 raise _refuse(self, str(exc)) from None
         else:
             edges = tuple((k - 1,) for k in range(len(layers)))
+        per_step, framed = per_step_layers(configs, edges)
         for k, srcs in enumerate(edges):
             for port, j in enumerate(srcs):
                 if j < 0:
@@ -604,15 +703,20 @@ class Network(wiring.Component):
                     raise _refuse(self, f"configs[{k}]: {fmt.describe()} input is narrower "
                                         f"than the {a.out_format.describe()} output of "
                                         f"configs[{j}]")
-                if a.out_stream.framed != b.in_stream.framed:
-                    per = "one step" if a.out_stream.framed else "one vector"
+                if framed[j] and not per_step[k] and not b.in_stream.framed:
                     raise _refuse(self, f"layers[{k}] ({b.kind}) cannot follow layers[{j}] "
-                                        f"({a.kind}) in hardware yet: it gives {per} per "
-                                        f"transfer, layers[{k}] takes "
-                                        f"{'steps' if b.in_stream.framed else 'vectors'}")
+                                        f"({a.kind}) in hardware yet: it gives one step per "
+                                        f"transfer, layers[{k}] takes vectors and gives "
+                                        f"{b.out_stream.describe()}")
+                if not framed[j] and b.in_stream.framed:
+                    raise _refuse(self, f"layers[{k}] ({b.kind}) cannot follow layers[{j}] "
+                                        f"({a.kind}) in hardware yet: it gives one vector per "
+                                        f"transfer, layers[{k}] takes steps")
         self._configs = configs
         self._edges = edges
-        self._layers = tuple(build_layer(c) for c in configs)
+        self._per_step, self._framed = per_step, framed
+        self._layers = tuple(PerStep(build_layer(c)) if step else build_layer(c)
+                             for c, step in zip(configs, per_step))
         first, last = self._layers[0], self._layers[-1]
         members = {"i": first.signature.members["i"], "o": last.signature.members["o"]}
         # the layers whose weights live in SPRAM, loaded in layer order through `load`
@@ -628,8 +732,13 @@ class Network(wiring.Component):
 
     @property
     def layers(self) -> tuple:
-        """The layer components, in order."""
+        """The layer components, in order (a per-step layer inside its :class:`PerStep`)."""
         return self._layers
+
+    @property
+    def per_step(self) -> tuple:
+        """Per layer, whether it runs once per time step of a framed stream (:class:`PerStep`)."""
+        return self._per_step
 
     @property
     def spram_layers(self) -> tuple:
@@ -703,7 +812,7 @@ class Network(wiring.Component):
                 b = self._configs[k].layer
                 fmt = b.input if port == 0 else b.skip_input
                 join = Resize(a.out_features, a.out_format.bits, fmt.bits, a.out_format.signed,
-                              framed=a.out_stream.framed)
+                              framed=self._framed[j])
                 m.submodules[f"resize{k}_{port}"] = join
                 wiring.connect(m, out, join.i)
                 wiring.connect(m, join.o, dst)

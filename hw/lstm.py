@@ -27,7 +27,7 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import Fragment, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -41,8 +41,9 @@ from .adder_tree import sum_terms
 from .config import ARCHITECTURES, ConfigError, LayerConfig
 from .datapath import unrolled_terms
 
-__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "configure_lstm", "step_layout",
-           "hidden_layout", "stacked_gates"]
+__all__ = ["LstmCell", "FoldedLstmCell", "LstmConfig", "LstmLayer", "BiLstmLayer",
+           "configure_lstm", "build_lstm", "step_layout", "hidden_layout", "stacked_gates",
+           "bi_output_layout", "buffer_memories", "direction_cell"]
 
 
 def step_layout(layer: Lstm) -> data.StructLayout:
@@ -520,8 +521,8 @@ class LstmConfig:
     Members
     -------
     layer : Lstm
-        A forward layer (``directions == 1``; a bidirectional one needs the whole sequence
-        buffered and reversed, which hw does not build yet).
+        A forward (``directions == 1``, :class:`LstmLayer`) or bidirectional layer
+        (``directions == 2``, :class:`BiLstmLayer`: the sequence buffered in block RAM).
     pipeline : int
         A register stage every ``pipeline`` adder levels of the gate sums.
     architecture : ``"unrolled"`` or ``"folded"``
@@ -553,10 +554,6 @@ class LstmConfig:
     def __post_init__(self):
         if not isinstance(self.layer, Lstm):
             raise ConfigError(f"layer must be an Lstm, not {type(self.layer).__name__}")
-        if self.layer.directions != 1:
-            raise ConfigError(f"a bidirectional lstm layer has no hardware yet (supported: "
-                              f"forward lstm layers, directions=1; this one has "
-                              f"{self.layer.directions})")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
                               f"not {self.architecture!r}")
@@ -620,7 +617,8 @@ class LstmConfig:
             "simd": self.simd, "weights": self.weights if self.architecture == "folded" else None,
             "pipeline": self.pipeline, "datapath": layer.datapath,
             "in_features": layer.in_features, "out_features": layer.out_features,
-            "hidden": layer.hidden, "returns": layer.returns, "encoding": layer.encoding.to_json(),
+            "hidden": layer.hidden, "directions": layer.directions, "returns": layer.returns,
+            "encoding": layer.encoding.to_json(),
             "input": layer.input.to_json(), "acc_bits": layer.acc_bits,
             "hidden_bits": layer.hidden_bits, "cell_bits": layer.cell_bits,
             "max_length": layer.max_length, "name": layer.name,
@@ -705,6 +703,239 @@ class LstmLayer(wiring.Component):
         return m
 
 
+def direction_cell(config: LstmConfig, direction: int) -> wiring.Component:
+    """Return the cell of one direction of ``config``'s layer (as the configuration builds
+    it): a component with ``i`` (:func:`step_layout`), ``o`` (:func:`hidden_layout`),
+    ``latency`` and ``initiation_interval`` (:class:`LstmCell` unrolled, :class:`FoldedLstmCell`
+    folded)."""
+    return _cell(config, direction)
+
+
+def buffer_memories(layer: Lstm) -> list[tuple[int, int]]:
+    """``(depth, width)`` of the block RAMs a bidirectional layer buffers a sequence in
+    (:class:`BiLstmLayer`: ``x``, and ``h_f``, ``h_b`` with ``returns="sequence"``); none for a
+    forward layer."""
+    if layer.directions == 1:
+        return []
+    x = (layer.max_length, layer.in_features * layer.input.bits)
+    h = (layer.max_length, layer.hidden * layer.hidden_bits)
+    return [x, h, h] if layer.returns == "sequence" else [x]
+
+
+def bi_output_layout(layer: Lstm) -> data.Layout:
+    """Payload of a bidirectional layer's output: ``concat(h_fwd, h_bwd)`` codes
+    (``hidden_bits`` each) and ``last`` per step (``returns="sequence"``), or the codes alone
+    (``"last"``)."""
+    h = data.ArrayLayout(unsigned(layer.hidden_bits), layer.out_features)
+    return data.StructLayout({"h": h, "last": unsigned(1)}) if layer.returns == "sequence" \
+        else h
+
+
+class BiLstmLayer(wiring.Component):
+    """A bidirectional lstm layer behind the layer contract: one cell per direction, the
+    sequence buffered in block RAM.
+
+    Per sequence (of length ``L <= layer.max_length``):
+
+    1. *take*: the steps come in on ``i``; each goes to the forward cell as it arrives and into
+       the ``x`` memory (``max_length`` words); the forward cell's ``h_f[t]`` go into the
+       ``h_f`` memory as they leave it;
+    2. *backward*: after the step flagged ``last`` is taken, ``i`` is not ready; the backward
+       cell is fed ``x[L-1] .. x[0]`` from the ``x`` memory (``last`` on ``x[0]``) and its
+       ``h_b[t]`` go into the ``h_b`` memory;
+    3. *emit*: once both cells have given their final step, ``o`` gives
+       ``concat(h_f[t], h_b[t])`` for ``t = 0 .. L-1`` with ``last`` on ``t = L-1``
+       (``returns="sequence"``), or ``concat(h_f[L-1], h_b[0])`` once (``"last"``: each
+       direction's final state, as :func:`bitfab.sim.lstm.lstm_layer` gives it; no ``h``
+       memories then); then it takes the next sequence.
+
+    Steps of a sequence beyond ``max_length`` (the host and the golden model refuse them) go
+    through the forward cell but are not stored: the memories are never written out of range,
+    the backward direction runs over the first ``max_length`` steps and ``o`` gives
+    ``max_length`` steps for that sequence (``returns="sequence"``).
+
+    With ``II`` and ``Lc`` the cells' initiation interval and latency, a sequence of ``L``
+    steps occupies the layer for ``(L - 1) * II`` (take, at the producer's rate at best)
+    ``+ (L - 1) * II + Lc`` (backward) ``+ L`` (emit, ``returns="sequence"`` only) ``+ 5``
+    clocks (measured with a producer and a consumer that never wait; ``Lc == II`` for both
+    cells): :attr:`initiation_interval` is ``2 * II + 1`` clocks per step, on average.
+
+    Parameters
+    ----------
+    config : LstmConfig
+        Of a layer with ``directions == 2``.
+    """
+
+    def __init__(self, config: LstmConfig):
+        if not isinstance(config, LstmConfig):
+            self._MustUse__silence = True
+            raise ConfigError(f"config must be an LstmConfig, not {type(config).__name__}")
+        layer = config.layer
+        if layer.directions != 2:
+            self._MustUse__silence = True
+            raise ConfigError(f"BiLstmLayer needs a bidirectional layer (directions=2), not "
+                              f"directions={layer.directions}")
+        self._config = config
+        self._cells = (direction_cell(config, 0), direction_cell(config, 1))
+        super().__init__({
+            "i": In(stream.Signature(step_layout(layer))),
+            "o": Out(stream.Signature(bi_output_layout(layer))),
+        })
+
+    @property
+    def config(self) -> LstmConfig:
+        return self._config
+
+    @property
+    def layer(self) -> Lstm:
+        return self._config.layer
+
+    @property
+    def cells(self) -> tuple:
+        """The forward and the backward cell."""
+        return self._cells
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks per step at full throughput, on average over a sequence: ``2 * II + 1`` (the
+        forward pass, the backward pass and the emission one after the other)."""
+        return self._cells[0].initiation_interval + self._cells[1].initiation_interval + 1
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from the transfer of a sequence's final step to the first output when
+        nothing stalls, for the longest sequence (``max_length``): the backward pass,
+        ``(max_length - 1) * II + latency`` of the backward cell, plus 4 (the first ``x``
+        read, the done flag, the phase change, the output) and 1 more with
+        ``returns="sequence"`` (the ``h`` memories' read). A sequence of ``L`` steps takes
+        ``(max_length - L) * II`` clocks less (measured in ``tests/test_lstm_bidir.py``)."""
+        bwd = self._cells[1]
+        return (self.layer.max_length - 1) * bwd.initiation_interval + bwd.latency + 4 \
+            + (self.layer.returns == "sequence")
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        fwd, bwd = self._cells
+        m.submodules.forward = fwd
+        m.submodules.backward = bwd
+        n, hidden, hb = layer.max_length, layer.hidden, layer.hidden_bits
+        seq = layer.returns == "sequence"
+        x_bits = layer.in_features * layer.input.bits
+        h_bits = hidden * hb
+
+        m.submodules.x_mem = x_mem = Memory(shape=unsigned(x_bits), depth=n, init=[])
+        x_wr, x_rd = x_mem.write_port(), x_mem.read_port()
+        if seq:
+            m.submodules.hf_mem = hf_mem = Memory(shape=unsigned(h_bits), depth=n, init=[])
+            m.submodules.hb_mem = hb_mem = Memory(shape=unsigned(h_bits), depth=n, init=[])
+            hf_wr, hf_rd = hf_mem.write_port(), hf_mem.read_port()
+            hb_wr, hb_rd = hb_mem.write_port(), hb_mem.read_port()
+        else:
+            hf_last = Signal(h_bits, name="hf_last")
+            hb_last = Signal(h_bits, name="hb_last")
+
+        count = Signal(range(n + 1), name="count")   # steps stored (saturates at max_length)
+        f_count = Signal(range(n + 1), name="f_count")  # forward outputs stored
+        f_done, b_done = Signal(name="f_done"), Signal(name="b_done")
+        b_idx = Signal(range(n), name="b_idx")    # the step fed to the backward cell next
+        b_out = Signal(range(n), name="b_out")    # where its next output goes
+        b_valid = Signal(name="b_valid")
+        t = Signal(range(n + 1), name="t")        # the step read for the output next
+        o_valid = Signal(name="o_valid")
+        o_last = Signal(name="o_last")
+        reset = Signal(name="reset")  # the sequence has left: back to taking steps
+
+        # the phase (plain registers and expressions, no FSM: every output is a continuous
+        # assignment, which event-driven simulators evaluate from time 0)
+        TAKE, BACKWARD, DRAIN, EMIT = range(4)
+        phase = Signal(range(4), name="phase")
+        taking, backward, emitting = phase == TAKE, phase == BACKWARD, phase == EMIT
+        took = self.i.valid & self.i.ready
+        fed = bwd.i.valid & bwd.i.ready
+
+        # the forward cell: every output is taken and stored (h_f[t], or the final one)
+        m.d.comb += fwd.o.ready.eq(1)
+        with m.If(fwd.o.valid & fwd.o.payload.last):
+            m.d.sync += f_done.eq(1)
+        if seq:
+            m.d.comb += [hf_wr.addr.eq(f_count), hf_wr.data.eq(fwd.o.payload.h.as_value()),
+                         hf_wr.en.eq(fwd.o.valid & (f_count < n))]
+            with m.If(fwd.o.valid & (f_count < n)):
+                m.d.sync += f_count.eq(f_count + 1)
+        else:
+            with m.If(fwd.o.valid & fwd.o.payload.last):
+                m.d.sync += hf_last.eq(fwd.o.payload.h.as_value())
+        # the backward cell likewise, from the sequence's last stored step down to step 0
+        m.d.comb += bwd.o.ready.eq(1)
+        with m.If(bwd.o.valid & bwd.o.payload.last):
+            m.d.sync += b_done.eq(1)
+        if seq:
+            m.d.comb += [hb_wr.addr.eq(b_out), hb_wr.data.eq(bwd.o.payload.h.as_value()),
+                         hb_wr.en.eq(bwd.o.valid)]
+            with m.If(bwd.o.valid & (b_out != 0)):
+                m.d.sync += b_out.eq(b_out - 1)
+        else:
+            with m.If(bwd.o.valid & bwd.o.payload.last):
+                m.d.sync += hb_last.eq(bwd.o.payload.h.as_value())
+
+        # take: each step to the forward cell and (while there is room) into the x memory
+        m.d.comb += [
+            fwd.i.payload.eq(self.i.payload),
+            fwd.i.valid.eq(self.i.valid & taking),
+            self.i.ready.eq(fwd.i.ready & taking),
+            x_wr.addr.eq(count), x_wr.data.eq(self.i.payload.x.as_value()),
+            x_wr.en.eq(took & (count < n)),
+        ]
+        with m.If(took & (count < n)):
+            m.d.sync += count.eq(count + 1)
+        with m.If(took & self.i.payload.last):
+            start = Mux(count < n, count, n - 1)
+            m.d.sync += [b_idx.eq(start), b_out.eq(start), b_valid.eq(0), phase.eq(BACKWARD)]
+
+        # backward: read x[b_idx] while nothing waits for the cell; its data holds until taken
+        m.d.comb += [
+            x_rd.addr.eq(b_idx), x_rd.en.eq(backward & ~b_valid),
+            bwd.i.payload.x.eq(x_rd.data), bwd.i.payload.last.eq(b_idx == 0),
+            bwd.i.valid.eq(b_valid),
+        ]
+        with m.If(backward & ~b_valid):
+            m.d.sync += b_valid.eq(1)
+        with m.If(fed):
+            m.d.sync += b_valid.eq(0)
+            with m.If(b_idx == 0):
+                m.d.sync += phase.eq(DRAIN)
+            with m.Else():
+                m.d.sync += b_idx.eq(b_idx - 1)
+
+        # drain: wait for both cells' final outputs
+        with m.If((phase == DRAIN) & f_done & b_done):
+            m.d.sync += [t.eq(0), o_valid.eq(0), phase.eq(EMIT)]
+
+        # emit
+        if seq:
+            load = Signal(name="load")
+            m.d.comb += load.eq(emitting & (~o_valid | self.o.ready))
+            for rd in (hf_rd, hb_rd):
+                m.d.comb += [rd.addr.eq(t), rd.en.eq(load)]
+            with m.If(load):
+                m.d.sync += [o_valid.eq(t < count), o_last.eq(t == count - 1)]
+                with m.If(t < count):
+                    m.d.sync += t.eq(t + 1)
+            m.d.comb += [self.o.valid.eq(o_valid),
+                         self.o.payload.h.as_value().eq(Cat(hf_rd.data, hb_rd.data)),
+                         self.o.payload.last.eq(o_last),
+                         reset.eq(o_valid & self.o.ready & o_last)]
+        else:
+            m.d.comb += [self.o.valid.eq(emitting),
+                         self.o.payload.as_value().eq(Cat(hf_last, hb_last)),
+                         reset.eq(emitting & self.o.ready)]
+        with m.If(reset):
+            m.d.sync += [count.eq(0), f_count.eq(0), f_done.eq(0), b_done.eq(0), o_valid.eq(0),
+                         phase.eq(TAKE)]
+        return m
+
+
 def configure_lstm(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
     """The ``configure`` hook of the lstm kind (:mod:`bitfab.hw.kinds`): unrolled cells
     (``fold`` None) or folded ones, a network-wide fold fitted unless ``exact``."""
@@ -720,4 +951,12 @@ def configure_lstm(layer: Lstm, fold, pipeline: int, exact: bool) -> LstmConfig:
     return LstmConfig(layer, pipeline, "folded", pe, simd)
 
 
-kinds.register("lstm", kinds.HwKind(configure_lstm, LstmLayer, foldable=True))
+def build_lstm(config: LstmConfig) -> wiring.Component:
+    """The ``build`` hook of the lstm kind: a :class:`BiLstmLayer` for two directions, else an
+    :class:`LstmLayer`."""
+    if isinstance(config, LstmConfig) and config.layer.directions == 2:
+        return BiLstmLayer(config)
+    return LstmLayer(config)
+
+
+kinds.register("lstm", kinds.HwKind(configure_lstm, build_lstm, foldable=True))

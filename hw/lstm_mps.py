@@ -14,7 +14,7 @@ from bitfab.lstm_mps import LstmMps
 
 from . import kinds
 from .config import ConfigError
-from .lstm import LstmLayer, configure_lstm
+from .lstm import build_lstm, configure_lstm
 
 __all__: list[str] = []
 
@@ -25,4 +25,4 @@ def _configure(layer: LstmMps, fold, pipeline: int, exact: bool):
     return configure_lstm(layer.dense, fold, pipeline, exact)
 
 
-kinds.register("lstm_mps", kinds.HwKind(_configure, LstmLayer, foldable=True))
+kinds.register("lstm_mps", kinds.HwKind(_configure, build_lstm, foldable=True))

@@ -55,17 +55,18 @@ def verilog_ports(source: str, top: str) -> list[dict]:
     return ports
 
 
-def _layer_json(index: int, component) -> dict:
+def _layer_json(index: int, component, streams=None) -> dict:
     cfg = component.config
     layer = cfg.layer
+    into, out = streams or (layer.in_stream, layer.out_stream)
     return {
         "index": index,
         "kind": layer.kind,
         "config": cfg.to_json(),
         "latency": component.latency,
         "initiation_interval": component.initiation_interval,
-        "input": layer.in_stream.to_json(),
-        "output": layer.out_stream.to_json(),
+        "input": into.to_json(),
+        "output": out.to_json(),
     }
 
 
@@ -73,7 +74,8 @@ def sidecar(component, model: IntegerModel, top: str, ports: list[dict],
             layer_index: int | None = None) -> dict:
     """Return the sidecar object of ``component`` (a layer component or a :class:`Network`)."""
     if isinstance(component, Network):
-        layers = [_layer_json(k, c) for k, c in enumerate(component.layers)]
+        streams = IntegerModel(tuple(c.layer for c in component.configs)).streams
+        layers = [_layer_json(k, c, streams[k]) for k, c in enumerate(component.layers)]
         configs = component.configs
     else:
         layers = [_layer_json(layer_index or 0, component)]
@@ -103,7 +105,8 @@ def sidecar(component, model: IntegerModel, top: str, ports: list[dict],
                        "last = 1 on each sequence's final step",
         },
         "input": first.in_stream.to_json(),
-        "output": last.out_stream.to_json(),
+        "output": (streams[-1][1] if isinstance(component, Network)
+                   else last.out_stream).to_json(),
         "latency": component.latency,
         "initiation_interval": component.initiation_interval,
         "architecture": archs.pop() if len(archs) == 1 else "mixed",

@@ -135,19 +135,15 @@ def test_sequence_model_network_equals_golden(returns, pipeline):
 
 
 def test_lstm_hardware_refusals_name_what_is_supported():
-    from bitfab.hw.layer import build_network
-    from bitfab.hw.verilog import generate
-    model, _ = _sequence_model(21)
+    from bitfab.hw.layer import network_configs, per_step_layers
+    # a bidirectional layer and a per-step head build (tests/test_lstm_bidir.py runs them)
     rng = np.random.default_rng(3)
     bi = random_lstm(rng, 3, 4, Ternary(), directions=2)
-    with pytest.raises(ConfigError, match="bidirectional lstm layer has no hardware yet "
-                                          r"\(supported: forward lstm layers"):
-        generate(IntegerModel((bi,)), "unused")
-    per_step = random_lstm(rng, 3, 4, Ternary(), returns="sequence")
-    head = Dense(np.ones((2, 4), int), Ternary(), per_step.out_format)
-    with pytest.raises(ConfigError, match=r"layers\[1\] \(dense\) cannot follow layers\[0\] "
-                                          r"\(lstm\) in hardware yet"):
-        build_network(IntegerModel((per_step, head)))
+    head = Dense(np.ones((2, 8), int), Ternary(), bi.out_format)
+    configs = network_configs(IntegerModel((bi, head)))
+    assert per_step_layers(configs, ((-1,), (0,))) == ((False, True), (True, True))
+    with pytest.raises(ConfigError, match="layer must be an Lstm, not str"):
+        LstmConfig("x")
 
 
 @pytest.mark.cocotb
