@@ -85,9 +85,15 @@ def test_synth(lstm_file, capsys, tmp_path, board):
     code, report, err = bitfab(capsys, "synth", lstm_file, "--board", board, "--clock", clock,
                                "--out", tmp_path / board, "--json")
     assert code == 0, err
-    assert report["fold"] is None and report["timing_met"]
+    # the lstm kind folds: the fold is the estimator's choice (unrolled when it is estimated to
+    # fit), and a refold after synthesis would show as a later fold
+    from bitfab.boards.build import choose_fold
+    from bitfab.boards.targets import get_board
+    from bitfab.model import IntegerModel
+    first = choose_fold(IntegerModel.load(lstm_file), get_board(board))
+    assert report["fold"] == (None if first is None else list(first)) and report["timing_met"]
     assert [la["kind"] for la in report["layers"]] == ["lstm", "dense"]
-    assert report["resources"]["bram"]["used"] >= 2  # the tanh tables are block RAM
+    assert report["resources"]["bram"]["used"] >= 1  # weights / tanh tables: yosys decides
     assert (tmp_path / board / report["bitstream"].split("/")[-1]).exists()
 
 
