@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from bitfab.errors import BitfabError
 
 __all__ = [
-    "START", "TYPE_INPUT", "TYPE_IDENTIFY", "TYPE_RESULT", "TYPE_IDENTITY", "TYPE_ERROR",
+    "START", "IDLE", "TYPE_INPUT", "TYPE_IDENTIFY", "TYPE_RESULT", "TYPE_IDENTITY", "TYPE_ERROR",
     "ERRORS", "ERR_CRC", "ERR_LENGTH", "ERR_TYPE", "ERR_OVERRUN", "ERR_NOT_LOADED", "CRC_INIT",
     "CRC_POLY", "TYPE_LOAD", "TYPE_LOADED", "LOAD_WORDS", "LOAD_BYTES", "LOAD_STATUS",
     "LOAD_MORE", "LOAD_DONE", "LOAD_BAD_CRC", "LOAD_ORDER", "load_crc", "load_frames",
@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 START = 0xA5
+#: A filler byte between frames (anything but :data:`START`: the frame receiver skips it while it
+#: hunts for the next frame's start byte).
+IDLE = 0x00
 TYPE_INPUT = 0x49
 TYPE_IDENTIFY = 0x3F
 TYPE_RESULT = 0x52
@@ -343,6 +346,16 @@ class Identity:
             return False
         line = self.frame_clocks(self.in_bytes)
         return self.input_clocks <= line and self.frame_clocks(self.out_bytes) <= line
+
+    def idle_bytes(self) -> int:
+        """Filler bytes (:data:`IDLE`) a host sends after an input frame that gets no answer (a
+        step before a sequence's last) so that the next frame arrives after the network took
+        this one: the bytes whose line time covers ``input_clocks`` beyond the frame's own,
+        plus one; 0 when the board keeps up or does not say its timing."""
+        if not self.divisor or not self.input_clocks:
+            return 0
+        extra = self.input_clocks - self.frame_clocks(self.in_bytes)
+        return 0 if extra <= 0 else -(-extra // (10 * self.divisor)) + 1
 
 
 @dataclass(frozen=True)

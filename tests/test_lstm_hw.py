@@ -320,3 +320,25 @@ def test_board_estimates_fold_an_lstm_model():
     # 32 gate rows / pe 2 x 12 columns / simd 4 = 48 clocks of mat-vec, then 8 units
     assert initiation_interval(model, (2, 4)) == net.layers[0].initiation_interval > 48 + 8
     Fragment.get(net, None)
+
+
+def test_simulated_board_paces_steps_of_a_network_slower_than_the_line(tmp_path, capsys,
+                                                                      monkeypatch):
+    """A folded cell slower than a step frame on the line (4 clocks a bit): the host follows
+    each unanswered step with idle bytes, so the board never overruns; without them it does."""
+    import json
+
+    from bitfab.boards.protocol import Identity
+    from bitfab.cli import run
+    model, _ = _sequence_model(31, hidden=8)
+    path = tmp_path / "slow.bfm"
+    model.save(path)
+    args = ["board", "run", str(path), "--simulate", "--vectors", "3", "--fold", "1,1", "--json"]
+    assert not run(args)
+    verdict = json.loads(capsys.readouterr().out)
+    assert (verdict["mismatches"], verdict["vectors"]) == (0, 3)
+    monkeypatch.setattr(Identity, "idle_bytes", lambda self: 0)
+    with pytest.raises(SystemExit) as exit_:
+        run(args)
+    assert exit_.value.code != 0
+    assert "overrun" in capsys.readouterr().err
