@@ -31,29 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lstm_results import check_golden  # the sibling script (bench/ is on the path)
 
-from bitfab.quant.lstm_data import Sentences
 from bitfab.quant.lstm_mps import dense_param_count
-from bitfab.quant.lstm_train import LstmConfig, _load, fit_lstm, integer_forward, ner_inputs
-from bitfab.sim.golden import execute
+from bitfab.quant.lstm_train import LstmConfig, _load, fit_lstm
 
 SETTINGS = {"ner": {"hidden": 32, "lr": 0.005}, "digits": {"hidden": 32, "lr": 0.01}}
-
-
-def _golden(result, count: int) -> int:
-    """Golden model vs torch integer eval on ``count`` test sequences; return steps compared."""
-    model, data = result.model, result.data
-    if isinstance(data, Sentences):
-        ids, _, lengths = data.batch(data.test[:count])
-        x = ner_inputs(model, ids)
-    else:
-        x = data[2][:count]
-        lengths = np.full(len(x), data[4])
-    h, logits = integer_forward(model, x, lengths)
-    trace = execute(model, x, lengths)
-    np.testing.assert_array_equal(trace.outputs[0], h.numpy())
-    np.testing.assert_array_equal(trace.output, logits.numpy())
-    return int(lengths.sum())
 
 
 def _svd_init(dense_net):
@@ -112,7 +95,7 @@ def main() -> None:
         else:
             params = lstm.compressed.param_count
         layer = res.model.layers[0] if res.model is not None else None
-        steps = _golden(res, args.golden) if layer and layer.kind == "lstm_mps" else 0
+        steps = check_golden(res, args.golden) if layer and layer.kind == "lstm_mps" else 0
         run = {"method": method or "dense", "rank": rank, "params": params,
                "score": res.score, "train_seconds": res.seconds,
                "wall_seconds": time.time() - t0, "golden_steps": steps}

@@ -72,14 +72,15 @@ def base_config(task: str, seed: int, epochs: int | None) -> LstmConfig:
                       **{**DIGITS, **({"epochs": epochs} if epochs else {})})
 
 
-def _check_golden(result) -> int:
-    """Run the golden model on the whole test set; return the number of steps compared."""
+def check_golden(result, count: int | None = None) -> int:
+    """Run the golden model on the first ``count`` test sequences (None: the whole test set)
+    and compare it with the torch integer eval; return the number of steps compared."""
     model, data = result.model, result.data
     if isinstance(data, Sentences):
-        ids, _, lengths = data.batch(data.test)
+        ids, _, lengths = data.batch(data.test[:count])
         x = ner_inputs(model, ids)
     else:
-        x = data[2]
+        x = data[2][:count]
         lengths = np.full(len(x), data[4])
     h, logits = integer_forward(model, x, lengths)
     trace = execute(model, x, lengths)
@@ -147,7 +148,7 @@ def run_seed(task: str, seed: int, epochs: int | None) -> list[dict]:
             float_score = result.score
         row["delta_points"] = 100 * (result.score - float_score)
         if result.model is not None:
-            row["golden_steps_checked"] = _check_golden(result)
+            row["golden_steps_checked"] = check_golden(result)
             row["weight_bits"] = result.model.weight_bits
             row["fp32_bits"] = result.model.fp32_bits
         rows.append(row)
