@@ -42,10 +42,15 @@ def _case(seed, encoding, directions=1, n_in=3, hidden=4, signed=False):
     return layer, rng
 
 
-@pytest.mark.parametrize("encoding,pipeline,signed", [
-    (Ternary(), 0, False), (Pow2(0, 2), 1, True), (IntWeights(3), 2, False),
-    (Lut((-3, 0, 1, 2)), 1, True)])
-def test_cell_equals_golden_with_stalls(encoding, pipeline, signed):
+@pytest.mark.parametrize("encoding,fold,pipeline,signed", [
+    (Ternary(), None, 0, False), (Pow2(0, 2), None, 1, True), (IntWeights(3), None, 2, False),
+    (Lut((-3, 0, 1, 2)), None, 1, True),
+    (Ternary(), (1, 1), 0, False), (Pow2(0, 2), (3, 7), 1, True),
+    (IntWeights(3), (16, 7), 1, False), (Lut((-3, 0, 1, 2)), (5, 1), 2, True)])
+def test_cell_equals_golden_with_stalls(encoding, fold, pipeline, signed):
+    """The unrolled cell (``fold`` None) and the folded one (gate mat-vec on the folded dense
+    datapath, serial nonlinear stage) == the golden model, both directions (the backward one
+    fed reversed sequences)."""
     layer, rng = _case(10, encoding, directions=2, signed=signed)
     fmt = layer.input
     x = rng.integers(fmt.min_value, fmt.max_value + 1, (8, 9, layer.in_features))
@@ -53,7 +58,7 @@ def test_cell_equals_golden_with_stalls(encoding, pipeline, signed):
     _, hs, _ = lstm_layer(layer, x, lengths)
     for d in range(2):
         got = rtl_lstm(layer, x, lengths, direction=d, pipeline=pipeline, stall=0.3,
-                       bubble=0.3, seed=d)
+                       bubble=0.3, seed=d, fold=fold)
         np.testing.assert_array_equal(got, hs[d])
 
 
@@ -169,23 +174,6 @@ def test_verilator_100_sequences(tmp_path):
 
 
 # --- the folded cell ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("encoding,fold,pipeline,signed", [
-    (Ternary(), (1, 1), 0, False), (Pow2(0, 2), (3, 7), 1, True),
-    (IntWeights(3), (16, 7), 1, False), (Lut((-3, 0, 1, 2)), (5, 1), 2, True)])
-def test_folded_cell_equals_golden_with_stalls(encoding, fold, pipeline, signed):
-    """The folded cell (gate mat-vec on the folded dense datapath, serial nonlinear stage) ==
-    the golden model, both directions (the backward one fed reversed sequences)."""
-    layer, rng = _case(10, encoding, directions=2, signed=signed)
-    fmt = layer.input
-    x = rng.integers(fmt.min_value, fmt.max_value + 1, (8, 9, layer.in_features))
-    lengths = rng.integers(1, 10, 8)
-    _, hs, _ = lstm_layer(layer, x, lengths)
-    for d in range(2):
-        got = rtl_lstm(layer, x, lengths, direction=d, pipeline=pipeline, stall=0.3,
-                       bubble=0.3, seed=d, fold=fold)
-        np.testing.assert_array_equal(got, hs[d])
 
 
 def test_folded_cell_timing_reset_and_wrong_reference():
