@@ -239,16 +239,18 @@ def pick_constant(values: list[int], sel: Value | None) -> Value:
     return _pick(values, sel)
 
 
-def moved_thresholds(layer: Dense) -> list[list[int]]:
+def moved_thresholds(layer: Dense, channels=None) -> list[list[int]]:
     """Return the thresholds of a threshold output stage moved into the domain of the sum ``S``
-    (``acc = scale * S + offset[channel]``), per channel: ``acc >= T  <=>  S >= ceil((T - off) /
-    scale)`` (direction +1) and ``acc <= T  <=>  S <= floor((T - off) / scale)`` (direction -1)."""
+    (``acc = scale * S + offset[channel]``), per channel of ``channels`` (None: every channel):
+    ``acc >= T  <=>  S >= ceil((T - off) / scale)`` (direction +1) and ``acc <= T  <=>  S <=
+    floor((T - off) / scale)`` (direction -1)."""
     stage = layer.output
     scale, offsets = channel_offsets(layer)
     t, d = stage.thresholds, stage.direction
+    channels = range(t.shape[0]) if channels is None else channels
     return [[-((offsets[c] - int(t[c, k])) // scale) if d[c] > 0
              else (int(t[c, k]) - offsets[c]) // scale for k in range(stage.count)]
-            for c in range(t.shape[0])]
+            for c in channels]
 
 
 def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Value | None,
@@ -263,10 +265,10 @@ def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Va
     off = [offsets[c] for c in channels]
     if stage.kind == "threshold":
         d = stage.direction
-        moved_all = moved_thresholds(layer)
+        moved_all = moved_thresholds(layer, channels)
         bits = []
         for k in range(stage.count):
-            moved = [moved_all[c][k] for c in channels]
+            moved = [row[k] for row in moved_all]
             dirs = {int(d[c]) for c in channels}
             th = _pick(moved, sel)
             if dirs == {1}:

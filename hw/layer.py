@@ -34,6 +34,7 @@ from . import kinds
 from .adder_tree import sum_terms
 from .config import ConfigError, LayerConfig
 from .datapath import (
+    channel_offsets,
     lane_terms,
     lut_lane_products,
     moved_thresholds,
@@ -476,7 +477,6 @@ def threshold_table(config: LayerConfig) -> tuple[int, list[int]]:
 
 def _sum_bounds(config: LayerConfig) -> tuple[int, int]:
     """Bounds of a folded layer's per-channel sum ``S`` over every reachable input."""
-    from .datapath import channel_offsets
     layer = config.layer
     scale, offsets = channel_offsets(layer)
     lo, hi = layer.acc_range
