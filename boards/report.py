@@ -130,8 +130,9 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "family": board.family,
         "model": model.name, "fingerprint": model.fingerprint(),
         "fold": list(fold) if fold else None, "pipeline": pipeline,
-        "layers": [{"kind": c.config.layer.kind, "architecture": c.config.architecture,
-                    "pe": c.config.pe, "simd": c.config.simd, "datapath": c.config.layer.datapath,
+        "layers": [{"kind": c.config.to_json()["kind"], "architecture": c.config.architecture,
+                    "pe": c.config.pe, "simd": c.config.simd,
+                    "datapath": c.config.to_json()["datapath"],
                     "in": c.config.layer.in_features, "out": c.config.layer.out_features,
                     "weights": getattr(c.config, "weights", None)
                     if c.config.architecture == "folded" else None,

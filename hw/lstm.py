@@ -328,6 +328,12 @@ class FoldedLstmCell(wiring.Component):
         hidden``, ``simd`` dividing ``in_features + hidden``).
     pipeline : int
         A register stage every ``pipeline`` adder levels of the folded datapath's tree.
+    gates : wiring.Component or None
+        Another engine for step 1 in place of the folded mat-vec (``pe``, ``simd`` and
+        ``pipeline`` are then unused): a component with the same ``i`` / ``o`` streams as that
+        :class:`~bitfab.hw.layer.FoldedDense` (``[x; h]`` in; the ``4 H`` accumulators out,
+        unit-major, bias included, held until read) and the members ``latency`` and
+        ``acc_bits`` (:class:`bitfab.hw.lstm_mps.MpsGates`: the MPS chain).
 
     Members
     -------
@@ -336,7 +342,7 @@ class FoldedLstmCell(wiring.Component):
     """
 
     def __init__(self, layer: Lstm, direction: int = 0, pe: int = 1, simd: int = 1,
-                 pipeline: int = 0):
+                 pipeline: int = 0, gates=None):
         if not isinstance(layer, Lstm):
             self._MustUse__silence = True
             raise BitfabError(f"layer must be an Lstm, not {type(layer).__name__}")
@@ -350,15 +356,21 @@ class FoldedLstmCell(wiring.Component):
             raise BitfabError(f"direction must be in 0..{layer.directions - 1}, "
                               f"not {direction!r}")
         from .layer import FoldedDense
-        try:
-            self._gates = LayerConfig.folded(stacked_gates(layer, direction), pe, simd, pipeline)
-        except ConfigError:
-            self._MustUse__silence = True
-            raise
         self._layer, self._direction = layer, direction
-        # one output register of 4H accumulators (FoldedDense has no staging copy): the cell
-        # reads every accumulator before it sends the next [x; h]
-        self._dense = FoldedDense(self._gates)
+        if gates is not None:
+            # another engine for the gate sums (hw.lstm_mps: the MPS chain), the same contract
+            self._gates, self._dense, self._acc_bits = None, gates, gates.acc_bits
+        else:
+            try:
+                self._gates = LayerConfig.folded(stacked_gates(layer, direction), pe, simd,
+                                                 pipeline)
+            except ConfigError:
+                self._MustUse__silence = True
+                raise
+            # one output register of 4H accumulators (FoldedDense has no staging copy): the
+            # cell reads every accumulator before it sends the next [x; h]
+            self._dense = FoldedDense(self._gates)
+            self._acc_bits = self._gates.out_bits
         super().__init__({
             "i": In(stream.Signature(step_layout(layer))),
             "o": Out(stream.Signature(hidden_layout(layer))),
@@ -373,8 +385,9 @@ class FoldedLstmCell(wiring.Component):
         return self._direction
 
     @property
-    def gates(self) -> LayerConfig:
-        """The folded configuration of the gate mat-vec (:func:`stacked_gates`)."""
+    def gates(self) -> LayerConfig | None:
+        """The folded configuration of the gate mat-vec (:func:`stacked_gates`); None when
+        another engine computes the gate sums (the ``gates`` parameter)."""
         return self._gates
 
     @property
@@ -403,7 +416,7 @@ class FoldedLstmCell(wiring.Component):
         hb, cb = layer.hidden_bits, layer.cell_bits
         zb = layer.concat_format.bits
         m.submodules.gates = dense = self._dense
-        ab = self._gates.out_bits  # the accumulators' width (NoOutput: acc_bits)
+        ab = self._acc_bits  # the accumulators' width (NoOutput: acc_bits)
 
         busy = Signal(name="busy")      # a step has entered and its h is not complete
         last = Signal(name="last_reg")  # the step in flight ends its sequence
@@ -596,12 +609,19 @@ class LstmConfig:
         logic and block RAM read (:mod:`bitfab.boards.build`)."""
         return self.gates(0)
 
+    def gate_engine(self, direction: int):
+        """The component that computes direction ``direction``'s gate sums in place of the
+        cell's own mat-vec (:class:`FoldedLstmCell`'s ``gates``), or None: the cell's own
+        (this class). A subclass for another layer kind returns its engine
+        (:class:`bitfab.hw.lstm_mps.MpsLstmConfig`: the MPS chain)."""
+        return None
+
     @property
     def initiation_interval(self) -> int:
         """Clocks per time step at full throughput (the cell's
         :attr:`~LstmCell.initiation_interval`; built once per layer and fold to know its adder
         trees: the fold choice asks for dozens of folds)."""
-        key = (self.architecture, self.pe, self.simd, self.pipeline)
+        key = (type(self).__name__, self.architecture, self.pe, self.simd, self.pipeline)
         known = _INTERVALS.setdefault(self.layer, {})
         if key not in known:
             cell = _cell(self, 0)
@@ -631,6 +651,9 @@ _INTERVALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _cell(config: LstmConfig, direction: int):
     """The cell of ``direction`` that ``config`` describes."""
+    engine = config.gate_engine(direction)
+    if engine is not None:  # another engine for the gate sums: the folded cell's serial stage
+        return FoldedLstmCell(config.layer, direction, gates=engine)
     if config.architecture == "folded":
         return FoldedLstmCell(config.layer, direction, config.pe, config.simd, config.pipeline)
     return LstmCell(config.layer, direction, config.pipeline)

@@ -1,28 +1,373 @@
-"""The ``lstm_mps`` kind in hardware: the lstm cell over the chain's exact dense equivalent.
+"""The ``lstm_mps`` kind in hardware: the MPS chain of small contractions feeding the lstm cell.
 
-An :class:`~bitfab.lstm_mps.LstmMps` layer's gate sums are ``W_d z`` with ``W_d`` the exact
-integer contraction of its cores (:attr:`~bitfab.lstm_mps.LstmMps.dense`), so the ``lstm``
-kind's hardware (:mod:`bitfab.hw.lstm`: unrolled or folded cells, bidirectional layers) built
-on that dense layer computes the same integers bit for bit. It stores the contracted matrix,
-not the cores: the chain of small contractions in hardware (docs/lstm.md) is not built yet, so
-the hardware keeps none of the chain's parameter saving.
+An :class:`~bitfab.lstm_mps.LstmMps` layer's gate sums ``W_d z + bias`` are computed by
+:class:`MpsGates`, in the order of the golden model (:mod:`bitfab.lstm_mps`, ``chain_stages``):
+one small dense matrix-vector product per core, each on the existing dense datapaths
+(:class:`~bitfab.hw.layer.UnrolledDense` with the core as netlist constants, or
+:class:`~bitfab.hw.layer.FoldedDense` with the core in a weight memory), applied to the
+stage's vectors one after the other. The nonlinear stage is the folded lstm cell's
+(:class:`~bitfab.hw.lstm.FoldedLstmCell`, one unit per clock), and bidirectional layers are
+:class:`~bitfab.hw.lstm.BiLstmLayer` with one chain per direction. Hence the hardware stores the
+cores (``sum r s r`` weights per direction), not the contracted matrix.
+
+Stages (``k`` counts the cores of the chain; shapes from :attr:`LstmMps.ranks`):
+
+- input core ``k <= p`` (``G_k``: ``(r_{k-1}, n_k, r_k)``): the matrix ``G_k`` as ``r_k`` rows of
+  ``r_{k-1} n_k`` columns (column ``a n_k + n``), applied to ``V = n_{k+1} .. n_p`` vectors; the
+  input vector ``c`` is ``t_{k-1}[j V + c]`` for ``j < r_{k-1} n_k``, its result goes to
+  ``t_k[b V + c]``;
+- output core ``p + k`` (``(r_{p+k-1}, m_k, r_{p+k})``): ``m_k r_{p+k}`` rows of ``r_{p+k-1}``
+  columns, applied to ``V = m_1 .. m_{k-1}`` vectors; the input vector ``c`` is
+  ``u_{k-1}[c r_{p+k-1} + a]``, its result goes to ``u_k[c m_k r_{p+k} + row]``;
+- the last stage adds the bias as it stores ``u_q`` into the output register, unit-major (gate
+  row ``g H + j`` of ``u_q`` to accumulator ``4 j + g``), ``acc_bits`` wide.
+
+Widths and rounding: there is no rounding. ``z`` enters at the width of the lstm layer's
+``concat_format``; stage ``k``'s results are stored in registers of
+``LstmMps.stage_bits[d][k]`` bits (a bound on their absolute values: the absolute cores
+contracted with ``max |z|``), which is also the next stage's input format (signed); each stage's
+datapath sums at its own exact accumulator width (the stage's :class:`~bitfab.model.Dense`).
+The final stage's value plus the bias is stored at the dense equivalent's accumulator width,
+which its exact range fits, so the accumulators equal the dense kind's bit for bit.
+
+Per step the chain takes :attr:`MpsGates.latency` clocks: ``1 + sum_k ((V_k - 1) II_k + L_k +
+1)`` (``II_k``, ``L_k`` the stage datapath's initiation interval and latency; unrolled stages
+take one vector per clock).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import wiring
+
+from bitfab.errors import BitfabError
+from bitfab.formats import InputFormat
 from bitfab.lstm_mps import LstmMps
+from bitfab.model import Dense, NoOutput
 
 from . import kinds
-from .config import ConfigError
-from .lstm import build_lstm, configure_lstm
+from .config import ARCHITECTURES, ConfigError, LayerConfig, check_pipeline
+from .layer import FoldedDense, UnrolledDense, layer_signature
+from .lstm import LstmConfig, build_lstm, stacked_gates
 
-__all__: list[str] = []
+__all__ = ["ChainStage", "chain_plan", "stage_configs", "MpsGates", "MpsLstmConfig"]
 
 
-def _configure(layer: LstmMps, fold, pipeline: int, exact: bool):
+@dataclass(frozen=True)
+class ChainStage:
+    """One stage of the chain: a dense product applied to ``vectors`` vectors.
+
+    Members
+    -------
+    matrix : np.ndarray
+        ``(rows, cols)`` integer weights (one core, reshaped).
+    vectors : int
+        How many input vectors the stage multiplies (``V``).
+    gather : np.ndarray
+        ``(vectors, cols)``: input vector ``c``'s element ``j`` is the previous stage's value
+        ``gather[c, j]``.
+    scatter : np.ndarray
+        ``(vectors, rows)``: result ``i`` of vector ``c`` is this stage's value
+        ``scatter[c, i]``.
+    bits : int
+        The signed width of this stage's stored values (``LstmMps.stage_bits``).
+    """
+
+    matrix: np.ndarray
+    vectors: int
+    gather: np.ndarray
+    scatter: np.ndarray
+    bits: int
+
+
+def chain_plan(layer: LstmMps, direction: int) -> list[ChainStage]:
+    """Return the stages of direction ``direction``'s chain in the order of
+    :func:`bitfab.lstm_mps.chain_stages` (module docstring)."""
+    cores, p = layer.cores[direction], layer.p
+    bits = layer.stage_bits[direction]
+    out = []
+    for k, g in enumerate(cores):
+        r0, s, r1 = g.shape
+        if k < p:  # input core: r1 rows of r0 s columns, V = n_{k+1} .. n_p vectors
+            v = math.prod(layer.in_modes[k + 1:])
+            matrix = g.reshape(r0 * s, r1).T
+            c = np.arange(v)[:, None]
+            gather = np.arange(r0 * s)[None, :] * v + c
+            scatter = np.arange(r1)[None, :] * v + c
+        else:  # output core: s r1 rows of r0 columns, V = m_1 .. m_{k-1} vectors
+            v = math.prod(layer.out_modes[:k - p])
+            matrix = g.reshape(r0, s * r1).T
+            c = np.arange(v)[:, None]
+            gather = c * r0 + np.arange(r0)[None, :]
+            scatter = c * (s * r1) + np.arange(s * r1)[None, :]
+        out.append(ChainStage(np.asarray(matrix, dtype=np.int64), v, gather, scatter, bits[k]))
+    return out
+
+
+def _fit_fold(rows: int, cols: int, pe: int, simd: int) -> tuple[int, int]:
+    """A network-wide fold fitted to one stage: ``pe`` capped at its rows, ``simd`` lowered to
+    the largest divisor of its columns."""
+    return min(pe, rows), max(k for k in range(1, min(simd, cols) + 1) if cols % k == 0)
+
+
+def stage_configs(layer: LstmMps, stages: list[ChainStage], architecture: str,
+                  pe: int | None, simd: int | None, pipeline: int) -> list[LayerConfig]:
+    """Each stage's datapath: a :class:`~bitfab.model.Dense` of the stage's matrix (no output
+    stage) reading the previous stage's values (``z``: the layer's ``concat_format``; then
+    signed ``stage.bits``), unrolled or folded at ``pe, simd`` fitted to the stage."""
+    fmt, out = layer.dense.concat_format, []
+    for stage in stages:
+        d = Dense(stage.matrix, layer.encoding, fmt, NoOutput(), name="core")
+        if architecture == "folded":
+            out.append(LayerConfig.folded(d, *_fit_fold(*stage.matrix.shape, pe, simd),
+                                          pipeline))
+        else:
+            out.append(LayerConfig.unrolled(d, pipeline))
+        fmt = InputFormat("int", stage.bits, True)
+    return out
+
+
+class MpsGates(wiring.Component):
+    """The gate sums of one direction of an :class:`~bitfab.lstm_mps.LstmMps` layer by its MPS
+    chain (module docstring), a drop-in for the folded lstm cell's gate mat-vec
+    (:class:`~bitfab.hw.lstm.FoldedLstmCell`'s ``gates``).
+
+    ``i`` takes ``z = [x; h]`` (the lstm layer's ``concat_format`` codes); the stages run one
+    after the other, each stage's vectors streamed through its datapath and its results stored
+    in registers; ``o`` offers the ``4 H`` accumulators (unit-major, bias included) and holds
+    them until read. A new ``z`` is taken once the previous result has been read.
+
+    Parameters
+    ----------
+    layer : LstmMps
+    direction : int
+    architecture : ``"unrolled"`` or ``"folded"``
+        Each stage's datapath: the core as netlist constants (one vector per clock) or in a
+        weight memory (``pe`` x ``simd`` per clock, fitted to each stage: ``pe`` capped at its
+        rows, ``simd`` lowered to the largest divisor of its columns).
+    pe, simd : int or None
+        Folded only.
+    pipeline : int
+        A register stage every ``pipeline`` adder levels of every stage's tree.
+
+    Members
+    -------
+    i : In(stream.Signature(ArrayLayout(unsigned(z bits), in + H)))
+    o : Out(stream.Signature(ArrayLayout(unsigned(acc_bits), 4 H)))
+    """
+
+    def __init__(self, layer: LstmMps, direction: int = 0, architecture: str = "unrolled",
+                 pe: int | None = None, simd: int | None = None, pipeline: int = 0):
+        if not isinstance(layer, LstmMps):
+            self._MustUse__silence = True
+            raise BitfabError(f"layer must be an LstmMps, not {type(layer).__name__}")
+        if direction not in range(len(layer.cores)):
+            self._MustUse__silence = True
+            raise BitfabError(f"direction must be in 0..{len(layer.cores) - 1}, "
+                              f"not {direction!r}")
+        dense = layer.dense
+        self._layer, self._direction = layer, direction
+        self._stages = chain_plan(layer, direction)
+        self._z_bits = dense.concat_format.bits
+        self._acc_bits = stacked_gates(dense, direction).out_bits
+        self._bias = np.asarray(dense.bias[direction], dtype=np.int64)  # (4, H)
+        try:
+            self._configs = stage_configs(layer, self._stages, architecture, pe, simd, pipeline)
+        except ConfigError:
+            self._MustUse__silence = True
+            raise
+        self._datapaths = [FoldedDense(c) if c.architecture == "folded" else UnrolledDense(c)
+                           for c in self._configs]
+        n = dense.in_features + dense.hidden
+        super().__init__(layer_signature(self._z_bits, n, self._acc_bits, 4 * dense.hidden))
+
+    @property
+    def layer(self) -> LstmMps:
+        return self._layer
+
+    @property
+    def stages(self) -> list[ChainStage]:
+        return self._stages
+
+    @property
+    def configs(self) -> list[LayerConfig]:
+        """Each stage's datapath configuration."""
+        return self._configs
+
+    @property
+    def acc_bits(self) -> int:
+        """Width of one output accumulator (the dense equivalent's gate accumulators)."""
+        return self._acc_bits
+
+    @property
+    def latency(self) -> int:
+        """Clock edges from the transfer of ``z`` to ``o.valid``: ``1 + sum_k ((V_k - 1) II_k
+        + L_k + 1)``."""
+        return 1 + sum((s.vectors - 1) * c.initiation_interval + dp.latency + 1
+                       for s, c, dp in zip(self._stages, self._configs, self._datapaths))
+
+    @property
+    def initiation_interval(self) -> int:
+        """Clocks between accepted ``z`` when the result is read at once: :attr:`latency` ``+
+        1`` (the next ``z`` is taken once the result has been read; the lstm cell sends it
+        later still, after its nonlinear stage)."""
+        return self.latency + 1
+
+    @property
+    def weight_count(self) -> int:
+        """Weights the chain stores (its cores)."""
+        return sum(s.matrix.size for s in self._stages)
+
+    def elaborate(self, platform):
+        m = Module()
+        stages, dps = self._stages, self._datapaths
+        n_stages = len(stages)
+        hidden = self._layer.hidden
+        ab = self._acc_bits
+
+        running = Signal(name="running")
+        feeding = Signal(name="feeding")
+        ovalid = Signal(name="ovalid")
+        stage = Signal(range(max(n_stages, 2)), name="stage")
+        most = max(s.vectors for s in stages)
+        cin = Signal(range(max(most, 2)), name="cin")
+        cout = Signal(range(max(most, 2)), name="cout")
+
+        # z, held for stage 0 (the cell's x leaves its stream once taken)
+        n_z = len(self.i.payload)
+        zbuf = [Signal(signed(self._z_bits), name=f"z{j}") for j in range(n_z)]
+        m.d.comb += self.i.ready.eq(~running & ~ovalid)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [z.eq(self.i.payload[j].as_signed()) for j, z in enumerate(zbuf)]
+            m.d.sync += [running.eq(1), feeding.eq(1), stage.eq(0), cin.eq(0), cout.eq(0)]
+
+        values = zbuf
+        obuf = [Signal(signed(ab), name=f"acc{j}") for j in range(4 * hidden)]
+        for k, (st, dp) in enumerate(zip(stages, dps)):
+            m.submodules[f"core{k}"] = dp
+            last = k == n_stages - 1
+            active = running & (stage == k)
+            # the input vector cin, gathered from the previous stage's registers
+            with m.Switch(cin):
+                for c in range(st.vectors):
+                    with m.Case(c):
+                        m.d.comb += [dp.i.payload[j].eq(values[int(src)])
+                                     for j, src in enumerate(st.gather[c])]
+            m.d.comb += [dp.i.valid.eq(active & feeding), dp.o.ready.eq(active)]
+            with m.If(dp.i.valid & dp.i.ready):
+                with m.If(cin == st.vectors - 1):
+                    m.d.sync += [feeding.eq(0), cin.eq(0)]
+                with m.Else():
+                    m.d.sync += cin.eq(cin + 1)
+            got = dp.o.valid & dp.o.ready
+            results = [dp.o.payload[i].as_signed() for i in range(st.matrix.shape[0])]
+            if not last:
+                regs = [Signal(signed(st.bits), name=f"t{k}_{j}")
+                        for j in range(st.vectors * st.matrix.shape[0])]
+                targets = [[regs[int(t)] for t in row] for row in st.scatter]
+            else:
+                # u_q row g H + j, plus its bias, is accumulator 4 j + g
+                targets = [[obuf[4 * (int(t) % hidden) + int(t) // hidden] for t in row]
+                           for row in st.scatter]
+                bias = [Signal(signed(ab), name=f"bias{i}") for i in range(len(results))]
+                with m.Switch(cout):
+                    for c in range(st.vectors):
+                        with m.Case(c):
+                            m.d.comb += [b.eq(int(self._bias.reshape(-1)[int(t)]))
+                                         for b, t in zip(bias, st.scatter[c])]
+                results = [r + b for r, b in zip(results, bias)]
+            with m.If(got):
+                with m.Switch(cout):
+                    for c in range(st.vectors):
+                        with m.Case(c):
+                            m.d.sync += [t.eq(r) for t, r in zip(targets[c], results)]
+                with m.If(cout == st.vectors - 1):
+                    m.d.sync += cout.eq(0)
+                    if last:
+                        m.d.sync += [running.eq(0), ovalid.eq(1)]
+                    else:
+                        m.d.sync += [stage.eq(k + 1), feeding.eq(1)]
+                with m.Else():
+                    m.d.sync += cout.eq(cout + 1)
+            if not last:
+                values = regs
+
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += ovalid.eq(0)
+        m.d.comb += [self.o.valid.eq(ovalid)]
+        m.d.comb += [self.o.payload[j].eq(a) for j, a in enumerate(obuf)]
+        return m
+
+
+@dataclass(frozen=True, eq=False)
+class MpsLstmConfig(LstmConfig):
+    """How an lstm_mps layer becomes hardware: the lstm cells of its dense equivalent
+    (:attr:`LstmMps.dense`: ``layer``), whose gate sums come from :class:`MpsGates` (one chain
+    per direction), each stage ``unrolled`` (cores as netlist constants) or ``folded`` (``pe``
+    x ``simd`` fitted to each stage, cores in weight memories).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field: ``mps`` not an LstmMps, an unknown architecture, ``pe``/``simd``
+        given to an unrolled chain or not positive integers for a folded one.
+    """
+
+    mps: Any = None
+
+    def __post_init__(self):
+        if not isinstance(self.mps, LstmMps):
+            raise ConfigError(f"mps must be an LstmMps, not {type(self.mps).__name__}")
+        if self.layer is not self.mps.dense:
+            raise ConfigError("layer must be the lstm_mps layer's dense equivalent (mps.dense)")
+        object.__setattr__(self, "pipeline", check_pipeline(self.pipeline))
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
+                              f"not {self.architecture!r}")
+        if self.weights != "bram":
+            raise ConfigError(f"weights of an lstm_mps layer must be 'bram', "
+                              f"not {self.weights!r}")
+        if self.architecture == "unrolled":
+            if self.pe is not None or self.simd is not None:
+                raise ConfigError(f"pe and simd apply to the folded architecture only, not to "
+                                  f"an unrolled chain (pe={self.pe!r}, simd={self.simd!r})")
+            return
+        for what, value in (("pe", self.pe), ("simd", self.simd)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"a folded lstm_mps chain needs a positive integer {what}, "
+                                  f"not {value!r}")
+
+    def gate_engine(self, direction: int) -> MpsGates:
+        return MpsGates(self.mps, direction, self.architecture, self.pe, self.simd,
+                        self.pipeline)
+
+    def to_json(self) -> dict:
+        out = super().to_json()
+        stages = chain_plan(self.mps, 0)
+        configs = stage_configs(self.mps, stages, self.architecture, self.pe, self.simd,
+                                self.pipeline)
+        out.update(kind=self.mps.kind, gates="mps chain", datapath=configs[0].kind,
+                   encoding=self.mps.encoding.to_json(), ranks=list(self.mps.ranks),
+                   in_modes=list(self.mps.in_modes), out_modes=list(self.mps.out_modes),
+                   chain_weights=sum(s.matrix.size for s in stages), name=self.mps.name,
+                   stages=[{"rows": s.matrix.shape[0], "cols": s.matrix.shape[1],
+                            "vectors": s.vectors, "bits": s.bits,
+                            "pe": c.pe, "simd": c.simd}
+                           for s, c in zip(stages, configs)])
+        return out
+
+
+def _configure(layer: LstmMps, fold, pipeline: int, exact: bool) -> MpsLstmConfig:
     if not isinstance(layer, LstmMps):
         raise ConfigError(f"layer must be an LstmMps, not {type(layer).__name__}")
-    return configure_lstm(layer.dense, fold, pipeline, exact)
+    if fold is None:
+        return MpsLstmConfig(layer.dense, pipeline, mps=layer)
+    return MpsLstmConfig(layer.dense, pipeline, "folded", fold[0], fold[1], mps=layer)
 
 
 kinds.register("lstm_mps", kinds.HwKind(_configure, build_lstm, foldable=True))

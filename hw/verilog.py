@@ -59,10 +59,11 @@ def _layer_json(index: int, component, streams=None) -> dict:
     cfg = component.config
     layer = cfg.layer
     into, out = streams or (layer.in_stream, layer.out_stream)
+    facts = cfg.to_json()
     return {
         "index": index,
-        "kind": layer.kind,
-        "config": cfg.to_json(),
+        "kind": facts["kind"],  # the model's kind (an lstm_mps layer's config holds an lstm)
+        "config": facts,
         "latency": component.latency,
         "initiation_interval": component.initiation_interval,
         "input": into.to_json(),

@@ -61,8 +61,8 @@ def test_every_layer_kind_has_a_hook_on_every_floor():
     hw_kinds._load()
     for kind in layer_kinds():
         assert kind in golden._KINDS, kind
-    # every kind has its hardware (the image kinds: bitfab.hw.conv; lstm_mps: the lstm cell over
-    # its exact dense equivalent, bitfab.hw.lstm_mps)
+    # every kind has its hardware (the image kinds: bitfab.hw.conv; lstm_mps: the lstm cell fed
+    # by the MPS chain of its cores, bitfab.hw.lstm_mps)
     assert set(layer_kinds()) == set(hw_kinds._KINDS)
 
 

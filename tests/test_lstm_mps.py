@@ -6,7 +6,7 @@ import torch
 
 from bitfab.errors import BitfabError, ModelFormatError
 from bitfab.lstm_mps import LstmMps, contract_cores, random_lstm_mps
-from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput
+from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput, Pow2
 from bitfab.quant.lstm import QuantLstm
 from bitfab.quant.lstm_train import LstmConfig, fit_lstm, integer_forward, lstm_config
 from bitfab.quant.mps import (
@@ -108,23 +108,65 @@ def test_layer_refuses_bad_chains():
         layer.replace(cores=cores)  # 2 is not ternary
 
 
-@pytest.mark.parametrize("fold", [None, (4, 4)])
-def test_hardware_runs_the_exact_dense_equivalent(fold):
-    """The lstm_mps kind's hardware (the lstm cell over the contracted integer weights) == the
-    golden model's chain, unrolled and folded, stalls and bubbles included; a wrong reference
-    fails."""
+def _signed(words, bits: int, n: int) -> np.ndarray:
+    """Unpack ``n`` two's complement elements of ``bits`` from each payload word."""
+    out = np.array([[(int(w) >> (k * bits)) & ((1 << bits) - 1) for k in range(n)]
+                    for w in words], dtype=np.int64)
+    return np.where(out >= 1 << (bits - 1), out - (1 << bits), out)
+
+
+@pytest.mark.parametrize("arch", ["unrolled", "folded"])
+def test_chain_engine_equals_the_golden_chain(arch):
+    """MpsGates alone: the accumulators (unit-major, bias included) == the golden chain's W z +
+    bias for every z, with stalls and bubbles; its latency is what it says; a wrong reference
+    (one accumulator off by one) fails."""
+    from bitfab.hw.lstm_mps import MpsGates
+    from bitfab.sim.amaranth_sim import run_stream
+    rng = np.random.default_rng(4)
+    layer = random_lstm_mps(rng, 8, 8, (4, 4), (4, 8), 3, encoding=Pow2(3))
+    bias = rng.integers(-50, 50, (1, 4, 8))
+    layer = layer.replace(bias=bias)
+    fold = (2, 3) if arch == "folded" else (None, None)
+    dut = MpsGates(layer, 0, arch, *fold, pipeline=1)
+    assert dut.weight_count == layer.weight_count == 4 * 3 + 3 * 4 * 3 + 3 * 4 * 3 + 3 * 8
+    zb, ab = layer.concat_format.bits, dut.acc_bits
+    lo, hi = -(1 << (zb - 1)), 1 << (zb - 1)
+    z = np.concatenate([rng.integers(lo, hi, (30, 16)), np.full((1, 16), lo),
+                        np.full((1, 16), hi - 1)])
+    words = [sum((int(v) & ((1 << zb) - 1)) << (k * zb) for k, v in enumerate(row))
+             for row in z]
+    result = run_stream(dut, words, stall=0.3, bubble=0.3, seed=5)
+    got = _signed(result.outputs, ab, 32)
+    ref = (mps_gate_sums(layer, 0, z) + bias[0].reshape(-1)).reshape(-1, 4, 8)
+    ref = ref.transpose(0, 2, 1).reshape(-1, 32)  # gate-major rows -> unit-major accumulators
+    np.testing.assert_array_equal(got, ref)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, ref + (np.arange(32) == 7))
+    quiet = run_stream(dut, words[:3])  # nothing stalls: o.valid ``latency`` edges after i
+    assert [o - i for i, o in zip(quiet.in_cycles, quiet.out_cycles)] == [dut.latency] * 3
+
+
+@pytest.mark.parametrize("fold,directions", [(None, 1), ((4, 4), 1), ((2, 4), 2)])
+def test_hardware_runs_the_chain(fold, directions):
+    """The lstm_mps kind's hardware (the lstm cell fed by MpsGates, the cores in hardware) ==
+    the golden model's chain, unrolled and folded, forward and bidirectional, stalls and bubbles
+    included; a wrong reference fails."""
     from bitfab.hw.layer import build_network
+    from bitfab.hw.lstm_mps import MpsGates
     from bitfab.model import Dense, IntegerModel, IntWeights, NoOutput
     from bitfab.sim.amaranth_sim import outputs_of, run_stream
     from bitfab.sim.golden import execute
     rng = np.random.default_rng(9)
-    layer = random_lstm_mps(rng, 8, 8, (4, 4), (4, 8), 3, returns="last", max_length=8)
-    head = Dense(rng.integers(-3, 4, (3, 8)), IntWeights(3), layer.out_format, NoOutput(),
-                 name="head")
+    layer = random_lstm_mps(rng, 8, 8, (4, 4), (4, 8), 3, returns="last", max_length=8,
+                            directions=directions)
+    head = Dense(rng.integers(-3, 4, (3, 8 * directions)), IntWeights(3), layer.out_format,
+                 NoOutput(), name="head")
     model = IntegerModel((layer, head), name="mps")
     x = rng.integers(layer.input.min_value, layer.input.max_value + 1, (5, 6, 8))
     lengths = np.array([6, 1, 4, 6, 3])
     net = build_network(model, fold, 1)
+    cells = net.layers[0].cells if directions == 2 else (net.layers[0].cell,)
+    assert all(isinstance(c._dense, MpsGates) for c in cells)  # the chain, not a matrix
     result = run_stream(net, model.in_stream.pack(x, lengths), stall=0.3, bubble=0.3, seed=2,
                         outputs=len(x))
     got = outputs_of(model.out_stream, result.outputs)
@@ -132,6 +174,24 @@ def test_hardware_runs_the_exact_dense_equivalent(fold):
     np.testing.assert_array_equal(got, ref)
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(got, ref + (np.arange(len(ref)) == 3)[:, None])
+
+
+def test_chain_config_refuses_bad_folds():
+    from bitfab.hw.config import ConfigError
+    from bitfab.hw.lstm_mps import MpsLstmConfig
+    layer = random_lstm_mps(np.random.default_rng(1), 8, 8, (4, 4), (4, 8), 3)
+    with pytest.raises(ConfigError, match=r"^a folded lstm_mps chain needs a positive integer "
+                                          r"simd, not 0$"):
+        MpsLstmConfig(layer.dense, 0, "folded", 2, 0, mps=layer)
+    with pytest.raises(ConfigError, match=r"^pe and simd apply to the folded architecture"):
+        MpsLstmConfig(layer.dense, 0, "unrolled", 2, 2, mps=layer)
+    with pytest.raises(ConfigError, match=r"^layer must be the lstm_mps layer's dense"):
+        MpsLstmConfig(random_lstm_mps(np.random.default_rng(2), 8, 8, (4, 4), (4, 8), 3).dense,
+                      0, mps=layer)
+    facts = MpsLstmConfig(layer.dense, 1, "folded", 2, 5, mps=layer).to_json()
+    assert facts["kind"] == "lstm_mps" and facts["gates"] == "mps chain"
+    assert [(s["rows"], s["cols"], s["vectors"], s["pe"], s["simd"]) for s in facts["stages"]] \
+        == [(3, 4, 4, 2, 4), (3, 12, 1, 2, 4), (12, 3, 1, 2, 3), (8, 3, 4, 2, 3)]
 
 
 def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):

@@ -1,0 +1,65 @@
+"""A trained lstm_mps model (the MPS chain in hardware) through the commands dense models use:
+eval (golden vs torch), verilog, sim on Verilator (unrolled and folded chain stages), and on the
+iCE40 netlist, each with 0 mismatches."""
+
+import json
+
+import pytest
+
+from bitfab.cli import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.cocotb, pytest.mark.synth]
+
+
+def bitfab(capsys, *args):
+    """Run the CLI in-process; return (exit status, the JSON it printed, stderr)."""
+    from conftest import bitfab_cli
+    code, out, err = bitfab_cli(capsys, *args)
+    lines = out.strip().splitlines()
+    return code, json.loads(lines[-1]) if code == 0 and lines else None, err
+
+
+@pytest.fixture(scope="module")
+def mps_file(tmp_path_factory):
+    """4 hidden units reading 8-pixel digit rows, the gate matrix an MPS chain of rank 2 with
+    ternary cores."""
+    path = tmp_path_factory.mktemp("mps") / "mps.bfm"
+    try:
+        run(["train", "--recipe", "lstm-gates", "--dataset", "digits", "--hidden", "4",
+             "--epochs", "2", "--option", "compress=mps:2", "--option", "weights=ternary",
+             "--option", "hidden_bits=4", "--no-reference", "--out", str(path), "--json"])
+    except SystemExit as exc:
+        assert not exc.code, exc
+    return path
+
+
+def test_eval_and_verilog_facts(mps_file, capsys, tmp_path):
+    code, result, err = bitfab(capsys, "eval", mps_file, "--dataset", "auto", "--json")
+    assert code == 0, err
+    assert (result["mismatches"], result["accumulator_mismatches"]) == (0, 0)
+    code, facts, err = bitfab(capsys, "verilog", mps_file, "--out", tmp_path, "--fold", "2,4",
+                              "--json")
+    assert code == 0, err
+    layer = facts["layers"][0]
+    assert layer["kind"] == "lstm_mps" and layer["config"]["gates"] == "mps chain"
+    cfg = layer["config"]
+    assert cfg["encoding"]["kind"] == "ternary" and cfg["datapath"] == "ternary"
+    # the chain stores its cores: in_modes (3, 4), out_modes (4, 4), ranks (1, 2, 2, 2, 1)
+    assert cfg["chain_weights"] == 3 * 2 + 2 * 4 * 2 + 2 * 4 * 2 + 2 * 4
+    assert [(s["rows"], s["cols"], s["vectors"]) for s in cfg["stages"]] == \
+        [(2, 3, 4), (2, 8, 1), (8, 2, 1), (4, 2, 4)]
+
+
+@pytest.mark.parametrize("args", [
+    ("--simulator", "verilator", "--vectors", "100"),
+    ("--simulator", "verilator", "--fold", "2,4", "--vectors", "100"),
+    ("--netlist", "ice40", "--fold", "2,4", "--vectors", "20"),
+], ids=["verilator", "verilator-folded", "ice40-netlist"])
+def test_sim(mps_file, capsys, args):
+    code, result, err = bitfab(capsys, "sim", mps_file, *args, "--json")
+    assert code == 0, err
+    assert result["mismatches"] == 0 and result["first_mismatch"] is None
+    vectors = int(args[-1])
+    assert result["vectors"] == vectors and result["inputs"] > vectors  # steps in, one h out
+    if "--netlist" in args:
+        assert result["netlist"] == "ice40" and result["flow"] in ("abc", "abc9-dff")
