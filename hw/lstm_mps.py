@@ -22,11 +22,17 @@ Stages (``k`` counts the cores of the chain; shapes from :attr:`LstmMps.ranks`):
 - the last stage adds the bias as it stores ``u_q`` into the output register, unit-major (gate
   row ``g H + j`` of ``u_q`` to accumulator ``4 j + g``), ``acc_bits`` wide.
 
+Storage: ``z`` is held in registers; a stage with several vectors stores its results in
+registers (``t_k`` / ``u_k``, scattered as above), a stage with one vector (always the last input
+core and the first output core) leaves them in its datapath's output register, which is
+released once the next stage has taken its last input vector (each datapath keeps its own copy
+of the vector it works on).
+
 Widths and rounding: there is no rounding. ``z`` enters at the width of the lstm layer's
-``concat_format``; stage ``k``'s results are stored in registers of
-``LstmMps.stage_bits[d][k]`` bits (a bound on their absolute values: the absolute cores
-contracted with ``max |z|``), which is also the next stage's input format (signed); each stage's
-datapath sums at its own exact accumulator width (the stage's :class:`~bitfab.model.Dense`).
+``concat_format``; stage ``k``'s results are stored at ``LstmMps.stage_bits[d][k]`` bits (a
+bound on their absolute values: the absolute cores contracted with ``max |z|``), which is also
+the next stage's input format (signed); each stage's datapath sums at its own exact
+accumulator width (the stage's :class:`~bitfab.model.Dense`).
 The final stage's value plus the bias is stored at the dense equivalent's accumulator width,
 which its exact range fits, so the accumulators equal the dense kind's bit for bit.
 
@@ -139,8 +145,9 @@ class MpsGates(wiring.Component):
 
     ``i`` takes ``z = [x; h]`` (the lstm layer's ``concat_format`` codes); the stages run one
     after the other, each stage's vectors streamed through its datapath and its results stored
-    in registers; ``o`` offers the ``4 H`` accumulators (unit-major, bias included) and holds
-    them until read. A new ``z`` is taken once the previous result has been read.
+    in registers (or left in its datapath's output register: module docstring); ``o`` offers
+    the ``4 H`` accumulators (unit-major, bias included) and holds them until read. A new ``z``
+    is taken once the previous result has been read.
 
     Parameters
     ----------
@@ -247,25 +254,39 @@ class MpsGates(wiring.Component):
             m.d.sync += [running.eq(1), feeding.eq(1), stage.eq(0), cin.eq(0), cout.eq(0)]
 
         values = zbuf
+        held = None  # the previous stage's datapath when its output register is the storage
         obuf = [Signal(signed(ab), name=f"acc{j}") for j in range(4 * hidden)]
         for k, (st, dp) in enumerate(zip(stages, dps)):
             m.submodules[f"core{k}"] = dp
             last = k == n_stages - 1
             active = running & (stage == k)
-            # the input vector cin, gathered from the previous stage's registers
+            # the input vector cin, gathered from the previous stage's values
             with m.Switch(cin):
                 for c in range(st.vectors):
                     with m.Case(c):
                         m.d.comb += [dp.i.payload[j].eq(values[int(src)])
                                      for j, src in enumerate(st.gather[c])]
-            m.d.comb += [dp.i.valid.eq(active & feeding), dp.o.ready.eq(active)]
+            m.d.comb += dp.i.valid.eq(active & feeding)
+            fed = Signal(name=f"core{k}_fed")  # the stage's last vector goes in
+            m.d.comb += fed.eq(dp.i.valid & dp.i.ready & (cin == st.vectors - 1))
             with m.If(dp.i.valid & dp.i.ready):
-                with m.If(cin == st.vectors - 1):
+                with m.If(fed):
                     m.d.sync += [feeding.eq(0), cin.eq(0)]
                 with m.Else():
                     m.d.sync += cin.eq(cin + 1)
-            got = dp.o.valid & dp.o.ready
+            if held is not None:  # its values were all read (the datapath keeps its input)
+                m.d.comb += held.o.ready.eq(fed)
             results = [dp.o.payload[i].as_signed() for i in range(st.matrix.shape[0])]
+            if st.vectors == 1 and not last:
+                # one result vector: the datapath's output register holds it until the next
+                # stage has taken its last input vector (no copy in registers of our own)
+                with m.If(active & dp.o.valid):
+                    m.d.sync += [stage.eq(k + 1), feeding.eq(1)]
+                values, held = results, dp
+                continue
+            held = None
+            m.d.comb += dp.o.ready.eq(active)
+            got = dp.o.valid & dp.o.ready
             if not last:
                 regs = [Signal(signed(st.bits), name=f"t{k}_{j}")
                         for j in range(st.vectors * st.matrix.shape[0])]
