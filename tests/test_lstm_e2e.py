@@ -53,8 +53,7 @@ def test_info_eval_verilog(lstm_file, capsys, tmp_path):
 @pytest.mark.parametrize("args", [
     ("--simulator", "verilator", "--vectors", "200"),
     ("--simulator", "icarus", "--vectors", "40"),
-    ("--netlist", "ice40", "--vectors", "40"),
-], ids=["verilator", "icarus", "ice40-netlist"])
+], ids=["verilator", "icarus"])
 def test_sim(lstm_file, capsys, tool, args):
     if "icarus" in args:
         tool("iverilog", "Icarus is optional outside CI")
@@ -63,19 +62,23 @@ def test_sim(lstm_file, capsys, tool, args):
     assert result["mismatches"] == 0 and result["first_mismatch"] is None
     vectors = int(args[-1])
     assert result["vectors"] == vectors and result["inputs"] > vectors  # steps in, one h out
-    if "--netlist" in args:
-        assert result["netlist"] == "ice40" and result["flow"] in ("abc", "abc9-dff")
 
 
-def test_sim_on_the_test_split(lstm_file, capsys, tmp_path):
-    """The real digit rows (8 steps of 8 pixels) on Verilator: the golden model's outputs."""
+@pytest.mark.parametrize("args,n", [(("--simulator", "verilator"), 100),
+                                    (("--netlist", "ice40"), 40)],
+                         ids=["verilator", "ice40-netlist"])
+def test_sim_on_the_test_split(lstm_file, capsys, tmp_path, args, n):
+    """The real digit rows (8 steps of 8 pixels) on Verilator and on the iCE40 netlist: the
+    golden model's outputs."""
     from bitfab.quant.lstm_data import row_sequences
     _, _, x_test, _, _, _ = row_sequences("digits", 0)
-    np.save(tmp_path / "x.npy", x_test[:100])
-    code, result, err = bitfab(capsys, "sim", lstm_file, "--simulator", "verilator", "--inputs",
-                               tmp_path / "x.npy", "--json")
+    np.save(tmp_path / "x.npy", x_test[:n])
+    code, result, err = bitfab(capsys, "sim", lstm_file, *args, "--inputs", tmp_path / "x.npy",
+                               "--json")
     assert code == 0, err
-    assert (result["vectors"], result["inputs"], result["mismatches"]) == (100, 800, 0)
+    assert (result["vectors"], result["inputs"], result["mismatches"]) == (n, 8 * n, 0)
+    if "--netlist" in args:
+        assert result["netlist"] == "ice40" and result["flow"] in ("abc", "abc9-dff")
 
 
 @pytest.mark.parametrize("board", ["icebreaker", "ulx3s"])
