@@ -33,7 +33,7 @@ def fold_candidates(model, board, count: int = 3, faster: int = 1) -> list:
     from bitfab.boards.build import FitError, candidate_folds, choose_fold
     folds = candidate_folds(model)
     first = choose_fold(model, board)
-    start = max(folds.index(first) - faster, 0)
+    start = max(folds.index(first) - min(faster, count - 1), 0)  # the pick is always built
     picks = folds[start:folds.index(first) + 1]
     while len(picks) < count:
         try:
