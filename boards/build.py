@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import BitfabError, ToolError
-from bitfab.hw.config import DEFAULT_PIPELINE
+from bitfab.hw.config import DEFAULT_PIPELINE, LayerFolds
 from bitfab.hw.kinds import hw_kind
 from bitfab.model import IntegerModel
 from bitfab.toolchain import (
@@ -505,7 +505,8 @@ def placeable_cells(board: Board) -> int:
 
 
 def _fold_text(fold) -> str:
-    return "unrolled" if fold is None else f"{fold[0]},{fold[1]}"
+    from bitfab.hw.config import fold_text
+    return fold_text(fold)
 
 
 def _tool_commands(script: str, env: dict) -> list[list[str]]:
@@ -611,7 +612,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     say("clock", f"pass 1 of 2: place and route at the {osc / 1e6:g} MHz oscillator for Fmax")
     report, bitstream = _build(model, board, fold, auto, None, baud1, divisor1,
                                max_refolds=max_refolds, place=True, **kw)
-    fold = tuple(report["fold"]) if report["fold"] else None
+    if not isinstance(fold, LayerFolds):  # the fold the refolds of pass 1 ended at
+        fold = tuple(report["fold"]) if report["fold"] else None
     passes = [{"clock_mhz": osc / 1e6, "fmax_mhz": report["fmax_mhz"],
                "wall_s": report["wall_s"]}]
     rate = baud or board.baud
