@@ -94,3 +94,23 @@ def test_balanced_cnn_on_verilator_matches_golden(cnn_file, capsys, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert (result["vectors"], result["mismatches"], result["bench"]) == (20, 0, "fast")
+
+
+@pytest.mark.synth
+def test_synth_builds_and_reports_per_layer_folds(tmp_path):
+    """yosys only: the board top-level of a balanced CNN, its report naming each layer's fold."""
+    from rich.console import Console
+
+    from bitfab.boards.build import synthesize
+    from bitfab.boards.report import report_table
+    model = _cnn()
+    folds = resolve_fold(model, "balanced", 1)
+    report = synthesize(model, "icebreaker", fold=folds, place=False, clock_hz=12e6,
+                        out=tmp_path / "s").report
+    assert report["fold"] == folds.to_json()
+    assert [(la["pe"], la["simd"]) for la in report["layers"]] == \
+        [(None, None) if f is None else f for f in folds]
+    con = Console(width=200, record=True)
+    con.print(report_table(report))
+    text = ", ".join("-" if f is None else f"{f[0]}x{f[1]}" for f in folds)
+    assert f"(folds {text})" in con.export_text()
