@@ -83,7 +83,7 @@ def parse_layer_folds(text: str) -> tuple:
         m = _ENTRY.match(text, pos)
         if m is None:
             where = f" ({text[pos:]!r} is not LAYER=PE,SIMD or LAYER=unrolled)" if pos else ""
-            raise ConfigError(f"fold must be 'PE,SIMD', 'auto', 'balanced' or "
+            raise ConfigError(f"fold must be 'PE,SIMD', 'balanced' or "
                               f"'LAYER=PE,SIMD,...', not {text!r}{where}")
         name, value = m.group(1), m.group(2)
         fold = None if value == "unrolled" else tuple(int(v) for v in value.split(","))

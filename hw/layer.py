@@ -1024,7 +1024,11 @@ def resolve_fold(model: IntegerModel, text: str | None, pipeline: int = 0):
     text = str(text).strip()
     if text == BALANCED or "=" in text:
         return layer_folds(model, text, pipeline)
-    return parse_fold(text)
+    try:
+        return parse_fold(text)
+    except ConfigError:
+        raise ConfigError(f"fold must be 'PE,SIMD' with two positive integers, 'balanced' or "
+                          f"'LAYER=PE,SIMD,...', not {text!r}") from None
 
 
 def spram_capable(config) -> bool:

@@ -43,6 +43,10 @@ def test_layer_folds_by_name_index_and_balanced():
     # one network-wide fold and none are what they were
     assert resolve_fold(model, "1,8", 1) == (1, 8) and resolve_fold(model, None, 1) is None
     assert parse_layer_folds("a=unrolled,b = 2 , 4") == (("a", None), ("b", (2, 4)))
+    # --layer N takes that layer's own fold
+    from bitfab.cli.ui import parse_fold
+    assert parse_fold("conv1=1,6", model, 1, layer=2) == (1, 6)
+    assert parse_fold("conv1=1,6", model, 1, layer=0) is None
 
 
 _LAYERS = "layers: 0 conv0, 1 pool0, 2 conv1, 3 pool1, 4 flatten, 5 fc"
@@ -56,8 +60,10 @@ _LAYERS = "layers: 0 conv0, 1 pool0, 2 conv1, 3 pool1, 4 flatten, 5 fc"
                   r"weights to fold"),
     ("conv1=1,3,2=1,6", r"fold 2=1,6: layers\[2\] is given twice"),
     ("conv1=0,3", r"fold of conv1 must be two positive integers, not '0,3'"),
-    ("conv1=1", r"fold must be 'PE,SIMD', 'auto', 'balanced' or 'LAYER=PE,SIMD,...', not "
+    ("conv1=1", r"fold must be 'PE,SIMD', 'balanced' or 'LAYER=PE,SIMD,...', not "
                 r"'conv1=1'"),
+    ("balance", r"fold must be 'PE,SIMD' with two positive integers, 'balanced' or "
+                r"'LAYER=PE,SIMD,...', not 'balance'"),
 ])
 def test_bad_layer_folds_are_refused_by_name(text, message):
     with pytest.raises(ConfigError, match=f"^{message}$"):
