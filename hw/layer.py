@@ -32,7 +32,15 @@ from bitfab.model import IntegerModel, signed_bits
 
 from . import kinds
 from .adder_tree import sum_terms
-from .config import BALANCED, ConfigError, LayerConfig, LayerFolds, parse_fold, parse_layer_folds
+from .config import (
+    BALANCED,
+    ConfigError,
+    LayerConfig,
+    LayerFolds,
+    fold_text,
+    parse_fold,
+    parse_layer_folds,
+)
 from .datapath import (
     channel_offsets,
     lane_terms,
@@ -991,26 +999,22 @@ def layer_folds(model: IntegerModel, spec, pipeline: int = 0) -> LayerFolds:
             index = names.index(key)
         else:
             why = "is not unique" if key in names else "does not exist"
-            raise ConfigError(f"fold {key}={_text(fold)}: layer {key!r} {why} in {model.name} "
+            raise ConfigError(f"fold {key}={fold_text(fold)}: layer {key!r} {why} in {model.name} "
                               f"(layers: {listed})")
         if index in given:
-            raise ConfigError(f"fold {key}={_text(fold)}: layers[{index}] is given twice")
+            raise ConfigError(f"fold {key}={fold_text(fold)}: layers[{index}] is given twice")
         given.add(index)
         layer = model.layers[index]
         hooks = kinds.hw_kind(layer)
         if fold is not None and hooks.weightless:
-            raise ConfigError(f"fold {key}={_text(fold)}: {_where(model, index)} is a "
+            raise ConfigError(f"fold {key}={fold_text(fold)}: {_where(model, index)} is a "
                               f"{layer.kind} layer, which has no weights to fold")
         try:
             kinds.configure(layer, fold, pipeline, _where(model, index))
         except ConfigError as exc:
-            raise ConfigError(f"fold {key}={_text(fold)}: {exc}") from None
+            raise ConfigError(f"fold {key}={fold_text(fold)}: {exc}") from None
         folds[index] = fold
     return LayerFolds(tuple(folds))
-
-
-def _text(fold) -> str:
-    return "unrolled" if fold is None else f"{fold[0]},{fold[1]}"
 
 
 def resolve_fold(model: IntegerModel, text: str | None, pipeline: int = 0):
