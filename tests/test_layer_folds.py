@@ -120,3 +120,20 @@ def test_synth_builds_and_reports_per_layer_folds(tmp_path):
     con.print(report_table(report))
     text = ", ".join("-" if f is None else f"{f[0]}x{f[1]}" for f in folds)
     assert f"(folds {text})" in con.export_text()
+
+
+def test_a_layer_kind_that_does_not_fold_is_refused_by_name(monkeypatch):
+    """Every kind with weights folds today: the lstm kind stands in for one that does not."""
+    import dataclasses
+
+    from bitfab.hw import kinds
+    from bitfab.lstm import random_lstm
+    from bitfab.model import IntegerModel
+    layer = random_lstm(np.random.default_rng(0), 3, 4, returns="last")
+    monkeypatch.setitem(kinds._KINDS, "lstm",
+                        dataclasses.replace(kinds.hw_kind(layer), foldable=False))
+    model = IntegerModel((layer,), name="cell")
+    with pytest.raises(ConfigError, match=r"^fold 0=1,1: layers\[0\] is an lstm layer, "
+                                          r"which cannot be folded yet"):
+        resolve_fold(model, "0=1,1", 1)
+    assert resolve_fold(model, "0=unrolled", 1) == LayerFolds((None,))
