@@ -186,9 +186,9 @@ def report_table(report: dict):
     """Return a rich table of a report (resources, then timing)."""
     from rich.table import Table
     fold = report["fold"]
-    if fold and isinstance(fold[0], list | None):  # per layer (LayerFolds.to_json)
-        text = ", ".join("-" if f is None else "x".join(map(str, f)) for f in fold)
-        text = f"folds {text}"
+    if fold and isinstance(fold[0], list | None):  # per layer (LayerFolds.to_json): as --fold
+        text = ",".join(f"{k}={f[0]},{f[1]}" for k, f in enumerate(fold) if f is not None)
+        text = f"fold {text}"
     else:
         text = f"fold {'x'.join(map(str, fold)) if fold else 'unrolled'}"
     table = Table(title=f"bitfab synth — {report['model']} on {report['board_title']} "

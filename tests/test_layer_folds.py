@@ -118,8 +118,7 @@ def test_synth_builds_and_reports_per_layer_folds(tmp_path):
         [(None, None) if f is None else f for f in folds]
     con = Console(width=200, record=True)
     con.print(report_table(report))
-    text = ", ".join("-" if f is None else f"{f[0]}x{f[1]}" for f in folds)
-    assert f"(folds {text})" in con.export_text()
+    assert f"(fold {folds.text()})" in con.export_text()  # a --fold that builds it again
 
 
 def test_a_layer_kind_that_does_not_fold_is_refused_by_name(monkeypatch):
