@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfab.errors import BitfabError, ToolError
-from bitfab.hw.config import DEFAULT_PIPELINE
+from bitfab.hw.config import DEFAULT_PIPELINE, LayerFolds
 from bitfab.hw.kinds import hw_kind
 from bitfab.model import IntegerModel
 from bitfab.toolchain import (
@@ -41,7 +41,7 @@ from .uart import check_baud, link_baud
 __all__ = ["FitError", "SynthOutcome", "synthesize", "synth_folder", "candidate_folds",
            "estimate_luts", "memory_blocks", "plan_weights", "choose_fold", "initiation_interval",
            "logic_cells", "placeable_cells", "PLACEABLE", "check_estimate", "STALE", "WEIGHTS_IN",
-           "selftest_blocks", "check_selftest"]
+           "selftest_blocks", "check_selftest", "calibration", "CALIBRATION"]
 
 #: ``--weights-in``: where folded weight memories go (``auto``: block RAM, and the largest layers
 #: in SPRAM when they do not fit; :func:`plan_weights`)
@@ -374,20 +374,48 @@ def _initial_scale(board: Board) -> float:
     return 1.8 if board.family == "ice40" else 1.0
 
 
+#: ``(family, kind) -> (scale, budget)``: the first guess of :func:`choose_fold` for a model with
+#: a layer of ``kind`` on a ``family`` device, calibrated on placed builds of such models (board
+#: top-level: the layers, the UART), where the default (:func:`_initial_scale` and a budget of
+#: 80 % of the device, room for an uncalibrated estimate's error) is wrong. ``scale`` is the
+#: largest ratio of logic cells to :func:`estimate_luts` measured, ``budget`` the share of the
+#: device those cells may take (:data:`PLACEABLE`).
+#:
+#: - iCE40 ``lstm``: the 16-unit digits-rows classifier (folded cell and int8 head,
+#:   docs/results/lstm-synth.md) placed at 4,408 cells at fold 1,2 (estimate 3,459: 1.27x) and
+#:   5,102 at 1,4 (3,806: 1.34x); the 4-unit cell of tests/test_lstm_e2e.py at 2,875 at fold
+#:   1,16 (2,533: 1.14x). The MLP's 1.8 in 80 % of the device refused every fold of the
+#:   16-unit model.
+CALIBRATION = {("ice40", "lstm"): (1.35, 1.0)}
+
+
+def calibration(model: IntegerModel, board: Board) -> tuple[float, float]:
+    """Return ``(scale, budget)`` of :func:`choose_fold`'s first guess for ``model`` on
+    ``board``: :data:`CALIBRATION` of the first of the model's layer kinds calibrated on the
+    board's family, else the default (:func:`_initial_scale`, 80 % of the device)."""
+    for layer in model.layers:
+        if (board.family, layer.kind) in CALIBRATION:
+            return CALIBRATION[board.family, layer.kind]
+    return _initial_scale(board), 0.8
+
+
 _FIRST = object()  # choose_fold: no fold tried yet
 
 
-def choose_fold(model: IntegerModel, board: Board, budget: float = 0.8, after=_FIRST,
+def choose_fold(model: IntegerModel, board: Board, budget: float | None = None, after=_FIRST,
                 scale: float | None = None, weights_in: str = "auto"):
     """Return the fastest fold whose estimated LUTs (times ``scale``, the ratio of synthesized
     to estimated LUTs seen so far) fit ``budget`` of the device and whose weight memories fit its
-    block RAM (None: unrolled); only folds after ``after`` (a fold already tried; None is
+    block RAM (None: unrolled); ``scale`` and ``budget`` None are the model's
+    :func:`calibration` on ``board``; only folds after ``after`` (a fold already tried; None is
     unrolled) in :func:`candidate_folds` order when given; the weight memories placed by
     :func:`plan_weights` with ``weights_in``. A model with a layer kind that does not fold has
     one candidate, unrolled, which is returned unless it was tried already
     (``after``): its synthesis has the word, not the estimate. Raises :class:`FitError` when no
     fold is estimated to fit."""
-    scale = _initial_scale(board) if scale is None else scale
+    first, usable = calibration(model, board)
+    scale = first if scale is None else scale
+    budget = usable if budget is None else budget
     folds = candidate_folds(model)
     if not foldable(model):
         if after is _FIRST:
@@ -477,7 +505,8 @@ def placeable_cells(board: Board) -> int:
 
 
 def _fold_text(fold) -> str:
-    return "unrolled" if fold is None else f"{fold[0]},{fold[1]}"
+    from bitfab.hw.config import fold_text
+    return fold_text(fold)
 
 
 def _tool_commands(script: str, env: dict) -> list[list[str]]:
@@ -583,7 +612,8 @@ def synthesize(model: IntegerModel, board: str | Board, *, fold=None, seed: int 
     say("clock", f"pass 1 of 2: place and route at the {osc / 1e6:g} MHz oscillator for Fmax")
     report, bitstream = _build(model, board, fold, auto, None, baud1, divisor1,
                                max_refolds=max_refolds, place=True, **kw)
-    fold = tuple(report["fold"]) if report["fold"] else None
+    if not isinstance(fold, LayerFolds):  # the fold the refolds of pass 1 ended at
+        fold = tuple(report["fold"]) if report["fold"] else None
     passes = [{"clock_mhz": osc / 1e6, "fmax_mhz": report["fmax_mhz"],
                "wall_s": report["wall_s"]}]
     rate = baud or board.baud
@@ -625,7 +655,7 @@ def _build(model: IntegerModel, board: Board, fold, auto: bool, clock_hz, baud: 
 
     from .top import BoardTop
     env = tool_env()
-    scale = _initial_scale(board)
+    scale = calibration(model, board)[0]
     start = time.perf_counter()
     times = {}
     for attempt in range(max_refolds + 1):

@@ -129,7 +129,7 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "board": board.name, "board_title": board.title, "device": board.device,
         "family": board.family,
         "model": model.name, "fingerprint": model.fingerprint(),
-        "fold": list(fold) if fold else None, "pipeline": pipeline,
+        "fold": _fold_json(fold), "pipeline": pipeline,
         "layers": [{"kind": c.config.to_json()["kind"], "architecture": c.config.architecture,
                     "pe": c.config.pe, "simd": c.config.simd,
                     "datapath": c.config.to_json()["datapath"],
@@ -176,12 +176,24 @@ def _weight_load(network, baud: int) -> dict | None:
             "line_bytes": line}
 
 
+def _fold_json(fold):
+    # (pe, simd) -> [pe, simd]; per-layer folds -> one [pe, simd] or None per layer
+    if fold is None:
+        return None
+    return fold.to_json() if hasattr(fold, "to_json") else list(fold)
+
+
 def report_table(report: dict):
     """Return a rich table of a report (resources, then timing)."""
     from rich.table import Table
     fold = report["fold"]
+    if fold and isinstance(fold[0], list | None):  # per layer (LayerFolds.to_json): as --fold
+        text = ",".join(f"{k}={f[0]},{f[1]}" for k, f in enumerate(fold) if f is not None)
+        text = f"fold {text}"
+    else:
+        text = f"fold {'x'.join(map(str, fold)) if fold else 'unrolled'}"
     table = Table(title=f"bitfab synth — {report['model']} on {report['board_title']} "
-                        f"(fold {'x'.join(map(str, fold)) if fold else 'unrolled'})")
+                        f"({text})")
     for col in ("resource", "used", "available", "use"):
         table.add_column(col, justify="left" if col == "resource" else "right")
     for name, r in report["resources"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,8 @@ from bitfab.errors import BitfabError
 from bitfab.model import STAGES, Dense
 
 __all__ = ["ConfigError", "LayerConfig", "ARCHITECTURES", "DATAPATHS", "DEFAULT_PIPELINE",
-           "STORAGES", "SPRAM_DEPTH", "SPRAM_WIDTH", "parse_fold", "check_pipeline"]
+           "STORAGES", "SPRAM_DEPTH", "SPRAM_WIDTH", "parse_fold", "check_pipeline",
+           "LayerFolds", "BALANCED", "parse_layer_folds", "fold_text"]
 
 #: the two architectures
 ARCHITECTURES = ("unrolled", "folded")
@@ -64,6 +66,102 @@ def parse_fold(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ConfigError(f"fold must be 'PE,SIMD' with two positive integers, not {text!r}")
     return int(parts[0]), int(parts[1])
+
+
+#: ``--fold balanced``: every conv and dense layer its own fold, the intervals balanced
+#: (:func:`bitfab.hw.layer.layer_folds`)
+BALANCED = "balanced"
+
+
+def parse_layer_folds(text: str) -> tuple:
+    """Parse ``"LAYER=PE,SIMD,LAYER=PE,SIMD..."`` (``LAYER`` a layer's name or 0-based index,
+    ``=unrolled`` for one left unrolled; entries apart by ``,`` or ``;``) into
+    ``((layer, (pe, simd) or None), ...)``, layers as written; raise :class:`ConfigError`
+    naming the entry that does not parse."""
+    entries, pos, text = [], 0, str(text)
+    while pos < len(text):
+        m = _ENTRY.match(text, pos)
+        if m is None:
+            where = f" ({text[pos:]!r} is not LAYER=PE,SIMD or LAYER=unrolled)" if pos else ""
+            raise ConfigError(f"fold must be 'PE,SIMD', 'balanced' or "
+                              f"'LAYER=PE,SIMD,...', not {text!r}{where}")
+        name, value = m.group(1), m.group(2)
+        fold = None if value == "unrolled" else tuple(int(v) for v in value.split(","))
+        if fold is not None and min(fold) < 1:
+            raise ConfigError(f"fold of {name} must be two positive integers, not {value!r}")
+        entries.append((name, fold))
+        pos = m.end()
+    if not entries:
+        raise ConfigError("fold must name at least one layer (LAYER=PE,SIMD), not ''")
+    return tuple(entries)
+
+
+_ENTRY = re.compile(r"\s*([^=,;\s]+)\s*=\s*(unrolled|\d+\s*,\s*\d+)\s*(?:[,;]|$)")
+
+
+@dataclass(frozen=True)
+class LayerFolds:
+    """One fold per layer of a network, each taken as given (not capped to the layer as one
+    network-wide fold is): what ``--fold balanced`` and ``--fold LAYER=PE,SIMD,...`` make
+    (:func:`bitfab.hw.layer.layer_folds`, which checks every fold against its layer).
+    :func:`bitfab.hw.layer.network_configs` takes it wherever it takes ``(pe, simd)``.
+
+    Members
+    -------
+    folds : tuple
+        Per layer ``(pe, simd)``, or None: unrolled (and every layer without weights).
+
+    Raises
+    ------
+    ConfigError
+        A fold that is not two positive integers.
+    """
+
+    folds: tuple
+
+    def __post_init__(self):
+        out = []
+        for i, fold in enumerate(tuple(self.folds)):
+            if fold is not None:
+                if len(tuple(fold)) != 2:
+                    raise ConfigError(f"folds[{i}] must be (pe, simd) or None, not {fold!r}")
+                fold = tuple(_index(v, f"folds[{i}]") for v in fold)
+                if min(fold) < 1:
+                    raise ConfigError(f"folds[{i}] must be two positive integers, not {fold!r}")
+            out.append(fold)
+        object.__setattr__(self, "folds", tuple(out))
+
+    def __len__(self) -> int:
+        return len(self.folds)
+
+    def __getitem__(self, index):
+        return self.folds[index]
+
+    def __iter__(self):
+        return iter(self.folds)
+
+    def __str__(self) -> str:
+        # a file-name-safe tag (simulation caches): 1x8-u-2x4
+        return "-".join("u" if f is None else f"{f[0]}x{f[1]}" for f in self.folds)
+
+    def text(self) -> str:
+        """The ``--fold`` that makes these folds again: ``INDEX=PE,SIMD`` per folded layer
+        (``unrolled`` when none is)."""
+        parts = [f"{i}={f[0]},{f[1]}" for i, f in enumerate(self.folds) if f is not None]
+        return ",".join(parts) or "unrolled"
+
+    def to_json(self) -> list:
+        """``[[pe, simd] or None, ...]``, one entry per layer."""
+        return [None if f is None else list(f) for f in self.folds]
+
+
+def fold_text(fold) -> str:
+    """``"unrolled"``, ``"PE,SIMD"`` or a :class:`LayerFolds`' :meth:`~LayerFolds.text`."""
+    if fold is None:
+        return "unrolled"
+    if isinstance(fold, LayerFolds):
+        return fold.text()
+    return f"{fold[0]},{fold[1]}"
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,7 +32,15 @@ from bitfab.model import IntegerModel, signed_bits
 
 from . import kinds
 from .adder_tree import sum_terms
-from .config import ConfigError, LayerConfig
+from .config import (
+    BALANCED,
+    ConfigError,
+    LayerConfig,
+    LayerFolds,
+    fold_text,
+    parse_fold,
+    parse_layer_folds,
+)
 from .datapath import (
     channel_offsets,
     lane_terms,
@@ -48,7 +56,7 @@ from .spram import NetworkLoader, SpramWeights, load_layout, word_layout
 __all__ = ["layer_signature", "UnrolledDense", "FoldedDense", "Resize", "PerStep", "Network",
            "build_layer", "build_network", "network_configs", "per_step_layers",
            "skip_fifo_depths",
-           "weight_image", "spram_capable"]
+           "weight_image", "spram_capable", "layer_folds", "resolve_fold"]
 
 
 def layer_signature(in_bits: int, n_in: int, out_bits: int, n_out: int) -> wiring.Signature:
@@ -883,7 +891,9 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
     """Return one hardware configuration per layer of ``model``
     (:func:`bitfab.hw.kinds.configure`).
 
-    Unrolled when ``fold`` is None. With ``fold = (pe, simd)`` every layer is folded as its kind
+    Unrolled when ``fold`` is None. A :class:`~bitfab.hw.config.LayerFolds` gives each layer
+    its own fold, taken as given (:func:`layer_folds`). With ``fold = (pe, simd)`` every layer
+    is folded as its kind
     fits it (a dense layer gets ``pe`` capped at its ``out_features`` and ``simd`` lowered to
     the largest divisor of its ``in_features`` that is at most ``simd``: one fold rarely fits
     every layer of a network, e.g. a 10-class output layer); the sidecar and ``bitfab verilog``
@@ -897,14 +907,34 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
     """
     if not isinstance(model, IntegerModel):
         raise ConfigError(f"model must be an IntegerModel, not {type(model).__name__}")
+    if isinstance(fold, LayerFolds):
+        if len(fold) != len(model.layers):
+            raise ConfigError(f"fold must have one entry per layer ({len(model.layers)}), "
+                              f"not {len(fold)}")
+        configs = tuple(kinds.configure(layer, f, pipeline, _where(model, i))
+                        for i, (layer, f) in enumerate(zip(model.layers, fold)))
+    else:
+        configs = _network_wide(model, fold, pipeline)
+    return _place_weights(configs, weights)
+
+
+def _where(model: IntegerModel, index: int) -> str:
+    name = getattr(model.layers[index], "name", None)
+    return f"layers[{index}] ({name})" if name else f"layers[{index}]"
+
+
+def _network_wide(model: IntegerModel, fold, pipeline: int) -> tuple:
     if fold is not None:
         pe, simd = fold
         if isinstance(pe, bool) or not isinstance(pe, int) or pe < 1:
             raise ConfigError(f"pe must be a positive integer, not {pe!r}")
         if isinstance(simd, bool) or not isinstance(simd, int) or simd < 1:
             raise ConfigError(f"simd must be a positive integer, not {simd!r}")
-    configs = tuple(kinds.configure(layer, fold, pipeline, f"layers[{i}]", exact=False)
-                    for i, layer in enumerate(model.layers))
+    return tuple(kinds.configure(layer, fold, pipeline, f"layers[{i}]", exact=False)
+                 for i, layer in enumerate(model.layers))
+
+
+def _place_weights(configs: tuple, weights) -> tuple:
     if weights is None or weights == "bram":
         return configs
     if isinstance(weights, str):
@@ -932,6 +962,77 @@ def network_configs(model: IntegerModel, fold: tuple[int, int] | None = None,
         except ConfigError as exc:
             raise ConfigError(f"layers[{i}]: {exc}") from None
     return tuple(out)
+
+
+def layer_folds(model: IntegerModel, spec, pipeline: int = 0) -> LayerFolds:
+    """Return the per-layer folds of ``model`` that ``spec`` asks for, each checked against its
+    layer (:func:`bitfab.hw.kinds.configure`, exactly as given).
+
+    ``spec`` is ``"balanced"`` (:func:`bitfab.hw.conv.balanced_configs`: every conv and dense
+    layer the smallest fold whose interval stays within the unrolled network's slowest layer's;
+    an lstm layer stays unrolled) or ``((layer, (pe, simd) or None), ...)`` as
+    :func:`~bitfab.hw.config.parse_layer_folds` returns (``layer`` a name or 0-based index;
+    layers not named stay unrolled).
+
+    Raises
+    ------
+    ConfigError
+        Naming the layer: one that the model does not have or that is named twice, one without
+        weights to fold (pools, flatten, add), a kind that does not fold, a fold the layer
+        cannot take (e.g. ``simd`` not dividing its inputs).
+    """
+    if spec == BALANCED:
+        from .conv import balanced_configs
+        return LayerFolds(tuple((c.pe, c.simd) if getattr(c, "architecture", None) == "folded"
+                                else None for c in balanced_configs(model, pipeline)))
+    if isinstance(spec, str):
+        spec = parse_layer_folds(spec)
+    names = [getattr(layer, "name", None) for layer in model.layers]
+    listed = ", ".join(f"{i} {n}" if n else str(i) for i, n in enumerate(names))
+    folds = [None] * len(model.layers)
+    given = set()
+    for key, fold in spec:
+        key = str(key)
+        if key.isdigit() and int(key) < len(names):
+            index = int(key)
+        elif key in names and names.count(key) == 1:
+            index = names.index(key)
+        else:
+            why = "is not unique" if key in names else "does not exist"
+            raise ConfigError(f"fold {key}={fold_text(fold)}: layer {key!r} {why} in {model.name} "
+                              f"(layers: {listed})")
+        if index in given:
+            raise ConfigError(f"fold {key}={fold_text(fold)}: layers[{index}] is given twice")
+        given.add(index)
+        layer = model.layers[index]
+        hooks = kinds.hw_kind(layer)
+        if fold is not None and hooks.weightless:
+            raise ConfigError(f"fold {key}={fold_text(fold)}: {_where(model, index)} is a "
+                              f"{layer.kind} layer, which has no weights to fold")
+        try:
+            kinds.configure(layer, fold, pipeline, _where(model, index))
+        except ConfigError as exc:
+            raise ConfigError(f"fold {key}={fold_text(fold)}: {exc}") from None
+        folds[index] = fold
+    return LayerFolds(tuple(folds))
+
+
+def resolve_fold(model: IntegerModel, text: str | None, pipeline: int = 0):
+    """Return the fold that ``--fold`` ``text`` gives ``model``: None (``text`` None: unrolled),
+    ``(pe, simd)`` for ``"PE,SIMD"`` (every layer, fitted to each), or a
+    :class:`~bitfab.hw.config.LayerFolds` for ``"balanced"`` or ``"LAYER=PE,SIMD,..."``
+    (:func:`layer_folds`: each layer's fold is checked against it here, before any work).
+    Raises :class:`ConfigError` naming the layer and field."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    if text == BALANCED or "=" in text:
+        return layer_folds(model, text, pipeline)
+    try:
+        return parse_fold(text)
+    except ConfigError:
+        raise ConfigError(f"fold must be 'PE,SIMD' with two positive integers, 'balanced' or "
+                          f"'LAYER=PE,SIMD,...', not {text!r}") from None
 
 
 def spram_capable(config) -> bool:

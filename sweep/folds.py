@@ -28,12 +28,13 @@ def fold_candidates(model, board, count: int = 3, faster: int = 1) -> list:
     """Return up to ``count`` folds to build, fastest first: ``faster`` folds of
     :func:`~bitfab.boards.build.candidate_folds` before the one
     :func:`~bitfab.boards.build.choose_fold` picks (the estimate is rough and may refuse a fold
-    that fits), that one, then the next ones it would pick. Raises
+    that fits; fewer where ``count`` leaves no room: the pick is always among them), that one,
+    then the next ones it would pick. Raises
     :class:`~bitfab.boards.build.FitError` when no fold is estimated to fit."""
     from bitfab.boards.build import FitError, candidate_folds, choose_fold
     folds = candidate_folds(model)
     first = choose_fold(model, board)
-    start = max(folds.index(first) - faster, 0)
+    start = max(folds.index(first) - min(faster, count - 1), 0)  # the pick is always built
     picks = folds[start:folds.index(first) + 1]
     while len(picks) < count:
         try:

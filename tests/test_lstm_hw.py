@@ -310,6 +310,29 @@ def test_board_estimates_fold_an_lstm_model():
     Fragment.get(net, None)
 
 
+def test_fold_choice_of_the_digits_lstm_is_the_fastest_fold_that_placed():
+    """choose_fold on the 16-unit digits-rows classifier's shapes (docs/results/lstm-synth.md:
+    fold 1,4 placed at 5,102 of 5,280 cells, 1,8 took 6,520 in yosys) picks 1,4: the lstm
+    kind's calibration on iCE40, where the MLP's 1.8 x LUTs in 80 % refused every fold."""
+    from bitfab.boards.build import CALIBRATION, FitError, calibration, choose_fold, estimate_luts
+    from bitfab.boards.targets import get_board
+    rng = np.random.default_rng(0)
+    layer = random_lstm(rng, 8, 16, Ternary(), returns="last", hidden_bits=8, cell_bits=16,
+                        table_bits=(8, 8), input=InputFormat.int(8, signed=False), max_length=32)
+    head = Dense(rng.integers(-127, 128, (10, 16)), IntWeights(8), layer.out_format, NoOutput())
+    model = IntegerModel((layer, head), name="digits-lstm")
+    ice = get_board("icebreaker")
+    scale, budget = calibration(model, ice)
+    assert (scale, budget) == CALIBRATION["ice40", "lstm"]
+    assert calibration(model, get_board("ulx3s")) == (1.0, 0.8)  # ECP5: not measured
+    assert choose_fold(model, ice) == (1, 4)
+    # 1,8 (and every faster fold) is over; the uncalibrated first guess refused 1,2 as well
+    assert scale * estimate_luts(model, (1, 8)) > budget * ice.limits.luts
+    assert 1.8 * estimate_luts(model, (1, 2)) > 0.8 * ice.limits.luts
+    with pytest.raises(FitError, match=r"digits-lstm does not fit .* at any fold"):
+        choose_fold(model, ice, scale=1.8, budget=0.8)
+
+
 def test_simulated_board_paces_steps_of_a_network_slower_than_the_line(tmp_path, capsys,
                                                                       monkeypatch):
     """A folded cell slower than a step frame on the line (4 clocks a bit): the host follows

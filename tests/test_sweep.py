@@ -335,6 +335,7 @@ def test_fold_candidates_start_one_faster_than_the_estimate():
     got = fold_candidates(model, board, count=3, faster=1)
     assert got[:2] == folds[folds.index(pick) - 1: folds.index(pick) + 1]
     assert got[2] == choose_fold(model, board, after=pick) and len(got) == 3
+    assert fold_candidates(model, board, count=1) == [pick]  # one build: the estimate's pick
 
 
 @pytest.mark.synth

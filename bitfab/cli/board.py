@@ -103,7 +103,7 @@ def synth(model, board_name, fold, seed, out, clock_mhz, baud, pipeline, workers
         return
     if workers is not None or candidates != 3:
         raise click.UsageError("--workers and --candidates go with --fold auto")
-    fold = parse_fold(fold)  # bad input fails before any progress display
+    fold = parse_fold(fold, m, pipeline)  # bad input fails before any progress display
     if weights_in != "auto" or fold is not None:
         from bitfab.boards.build import plan_weights
         plan_weights(m, fold, target, weights_in)  # so does a weight placement that cannot be
@@ -314,13 +314,13 @@ def board_run(model, port, simulate, fold, pipeline, inputs, lengths, vectors, b
     m = load_model(model)
     if bool(port) == bool(simulate):
         raise BitfabError("give either --port (a board) or --simulate (the simulated board)")
+    fold = parse_fold(fold, m, pipeline)
     if inputs:
         x, steps = check_inputs(m, load_array(inputs, "inputs"), load_lengths(lengths, m))
     else:
         if lengths:
             raise BitfabError("--lengths needs --inputs")
         x, steps = random_inputs(m, vectors, seed)
-    fold = parse_fold(fold)
     weights, image = _weight_placement(m, fold, pipeline, weights_in, board_name)
     if simulate:
         from bitfab.boards.simboard import simulated_board
@@ -424,7 +424,7 @@ def board_selftest(model, port, simulate, fold, pipeline, vectors, selftest_seed
     if bool(port) == bool(simulate):
         raise BitfabError("give either --port (a board) or --simulate (the simulated board)")
     expected_clocks = None
-    fold = parse_fold(fold)
+    fold = parse_fold(fold, m, pipeline)
     weights, image = _weight_placement(m, fold, pipeline, weights_in, board_name)
     if simulate:
         from bitfab.boards.build import initiation_interval

@@ -22,6 +22,7 @@ from .ui import (
     hardware_options,
     label,
     load_array,
+    load_model,
     parse_fold,
 )
 
@@ -65,7 +66,8 @@ def sim(model, simulator, netlist, vectors, inputs, lengths, layer, fold, pipeli
     steps = load_array(lengths, "lengths") if lengths else None
     if steps is not None and x is None:
         raise BitfabError("--lengths needs --inputs")
-    fold = parse_fold(fold)
+    if fold is not None:  # a per-layer fold is checked against the model before any work
+        fold = parse_fold(fold, load_model(model), pipeline, layer)
     con = console()
     # with --json the stages go to stderr: stdout carries the one JSON object only
     with Stages(console(stderr=as_json), transient=as_json) as stages:

@@ -91,12 +91,21 @@ def load_lengths(path: str | None, model) -> np.ndarray | None:
     return load_array(path, "lengths")
 
 
-def parse_fold(text: str | None):
-    """``"PE,SIMD"`` -> ``(pe, simd)``, None -> None (unrolled)."""
+def parse_fold(text: str | None, model, pipeline: int, layer: int | None = None):
+    """``--fold`` -> None (unrolled), ``(pe, simd)`` or per-layer folds (``balanced``,
+    ``LAYER=PE,SIMD,...``: :func:`bitfab.hw.layer.resolve_fold`, every layer's fold checked
+    against ``model`` before any work); with ``layer`` (``--layer N``) that layer's own fold
+    of per-layer folds."""
     if text is None:
         return None
-    from bitfab.hw.config import parse_fold as parse
-    return parse(text)
+    from bitfab.hw.config import LayerFolds
+    from bitfab.hw.layer import resolve_fold
+    fold = resolve_fold(model, text, pipeline)
+    if layer is not None and isinstance(fold, LayerFolds):
+        if not 0 <= layer < len(fold):
+            raise BitfabError(f"--layer must be in 0..{len(fold) - 1}, not {layer}")
+        return fold[layer]
+    return fold
 
 
 def hardware_options(fn):
@@ -108,11 +117,14 @@ def hardware_options(fn):
                       show_default=True,
                       help="K: a register stage after every K adder levels (0: combinational "
                            "sums).")(fn)
-    fn = click.option("--fold", default=None, metavar="PE,SIMD",
+    fn = click.option("--fold", default=None, metavar="PE,SIMD|balanced|LAYER=PE,SIMD,...",
                       help="Fold the dense layers: PE channels x SIMD inputs per clock (capped "
                            "at each layer's outputs, SIMD lowered to a divisor of its inputs; "
                            "default unrolled, or for synth the fastest fold that fits; synth "
-                           "--fold auto builds candidate folds in parallel).")(fn)
+                           "--fold auto builds candidate folds in parallel). balanced: each "
+                           "conv and dense layer its own fold, the intervals balanced; "
+                           "LAYER=PE,SIMD,...: the named layers (name or index) folded exactly "
+                           "so, the others unrolled.")(fn)
     return fn
 
 

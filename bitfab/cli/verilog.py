@@ -37,9 +37,9 @@ def verilog(model, out, layer, fold, pipeline, as_json):
 
     check_output_folder(out)
     m = load_model(model)
-    fold_pair = parse_fold(fold)
     if layer is not None and layer >= len(m.layers):
         raise BitfabError(f"--layer must be in 0..{len(m.layers) - 1}, not {layer}")
+    fold_pair = parse_fold(fold, m, pipeline, layer)
     configs(m, layer=layer, fold=fold_pair, pipeline=pipeline)  # refuse before --out exists
     from rich.console import Console
     what = f"layer {layer}" if layer is not None else f"{len(m.layers)} layer(s)"
