@@ -83,6 +83,16 @@ def _datapath(cfg):
     return cfg
 
 
+def _datapaths(cfg) -> list:
+    """Every dense datapath configuration of a layer's hardware: an lstm_mps chain's stages
+    (``cfg.datapaths``), else :func:`_datapath`'s one (none for a layer without weights)."""
+    many = getattr(cfg, "datapaths", None)
+    if many is not None:
+        return list(many)
+    one = _datapath(cfg)
+    return [] if one is None else [one]
+
+
 def _unfoldable(model: IntegerModel) -> list[str]:
     return sorted({la.kind for la in model.layers if not hw_kind(la).foldable})
 
@@ -154,7 +164,7 @@ def _lstm_luts(cfg) -> float:
     hidden, hb, cb = layer.hidden, layer.hidden_bits, layer.cell_bits
     ab = cfg.dense.layer.acc_bits
     stage = 6 * (ab + 1) + 2 * ab + 4 * cb + 2 * hb
-    if cfg.architecture != "folded":
+    if not cfg.serial:
         return hidden * (stage + hb + cb)
     select = 4 * ab * max(hidden / 3, 1) + 6 * (ab + 1) * max(hidden / 16, 1)
     inputs = (layer.in_features + hidden) * cfg.dense.in_bits
@@ -180,19 +190,20 @@ def estimate_luts(model: IntegerModel, fold, weights=None) -> int:
         before = total
         if cfg.layer.kind == "lstm":  # its nonlinear stage, then its gate mat-vec
             total += _lstm_luts(cfg)
-        cfg = _datapath(cfg)
-        if cfg is None:
-            continue
-        layer = cfg.layer
-        if cfg.architecture == "unrolled":
-            terms = int(np.count_nonzero(layer.weights))
-            total += terms * _term_luts(layer) + layer.out_features * layer.acc_bits
-        else:
-            total += cfg.pe * cfg.simd * _term_luts(layer)
-            total += cfg.pe * 4 * (layer.acc_bits + cfg.out_bits)
-            # input buffer word select: a SF-to-1 mux per SIMD lane bit
-            total += cfg.simd * cfg.in_bits * max(cfg.synapse_folds - 1, 0) / 2
-            total += cfg.out_features * cfg.out_bits * 2
+        # an lstm_mps chain: its registers (z, stored stage results, the accumulators), then
+        # one datapath per core
+        total += getattr(cfg, "chain_registers", 0)
+        for dp in _datapaths(cfg):
+            layer = dp.layer
+            if dp.architecture == "unrolled":
+                terms = int(np.count_nonzero(layer.weights))
+                total += terms * _term_luts(layer) + layer.out_features * layer.acc_bits
+            else:
+                total += dp.pe * dp.simd * _term_luts(layer)
+                total += dp.pe * 4 * (layer.acc_bits + dp.out_bits)
+                # input buffer word select: a SF-to-1 mux per SIMD lane bit
+                total += dp.simd * dp.in_bits * max(dp.synapse_folds - 1, 0) / 2
+                total += dp.out_features * dp.out_bits * 2
         total += (copies - 1) * (total - before)
     return int(total)
 
@@ -279,7 +290,7 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
             from bitfab.hw.lstm import buffer_memories
             # a bidirectional layer's sequence buffers (hw.lstm.BiLstmLayer)
             blocks += sum(_blocks_of(board, d, w) for d, w in buffer_memories(layer))
-            if cfg.architecture == "folded":
+            if cfg.serial:
                 # one candidate and one output tanh table and the cell states per direction
                 cand, cell = layer.table_sizes
                 blocks += layer.directions * (
@@ -287,15 +298,15 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
                     + _blocks_of(board, cell, layer.hidden_bits)
                     + _blocks_of(board, layer.hidden, layer.cell_bits))
         copies = layer.directions if layer.kind == "lstm" else 1
-        cfg = _datapath(cfg)
-        if cfg is None or cfg.architecture == "unrolled":
-            continue
-        if serial_thresholds(cfg):  # the threshold ROM (block RAM past 16 words)
-            width, words = threshold_table(cfg)
-            if len(words) > 16:
-                blocks += _blocks_of(board, len(words), cfg.pe * width)
-        if getattr(cfg, "weights", "bram") != "spram":
-            blocks += copies * _blocks_of(board, cfg.weight_depth, cfg.weight_word_bits)
+        for dp in _datapaths(cfg):
+            if dp.architecture == "unrolled":
+                continue
+            if serial_thresholds(dp):  # the threshold ROM (block RAM past 16 words)
+                width, words = threshold_table(dp)
+                if len(words) > 16:
+                    blocks += _blocks_of(board, len(words), dp.pe * width)
+            if getattr(dp, "weights", "bram") != "spram":
+                blocks += copies * _blocks_of(board, dp.weight_depth, dp.weight_word_bits)
     return blocks
 
 

@@ -609,6 +609,12 @@ class LstmConfig:
         logic and block RAM read (:mod:`bitfab.boards.build`)."""
         return self.gates(0)
 
+    @property
+    def serial(self) -> bool:
+        """Whether the cells are :class:`FoldedLstmCell` (one nonlinear stage for all units,
+        tables and cell states in memories): folded, or fed by another engine."""
+        return self.architecture == "folded"
+
     def gate_engine(self, direction: int):
         """The component that computes direction ``direction``'s gate sums in place of the
         cell's own mat-vec (:class:`FoldedLstmCell`'s ``gates``), or None: the cell's own

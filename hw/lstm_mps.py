@@ -363,6 +363,33 @@ class MpsLstmConfig(LstmConfig):
                 raise ConfigError(f"a folded lstm_mps chain needs a positive integer {what}, "
                                   f"not {value!r}")
 
+    def gates(self, direction: int = 0) -> LayerConfig:
+        """The dense equivalent's gate mat-vec, unrolled: what estimates read for the widths of
+        the accumulators and of ``[x; h]`` (the chain's own datapaths: :attr:`datapaths`)."""
+        return LayerConfig.unrolled(stacked_gates(self.layer, direction), self.pipeline)
+
+    @property
+    def serial(self) -> bool:
+        """Always: the chain feeds a :class:`~bitfab.hw.lstm.FoldedLstmCell`."""
+        return True
+
+    @property
+    def datapaths(self) -> list[LayerConfig]:
+        """The chain stages' datapaths of direction 0 (:func:`stage_configs`): what estimates of
+        the weights' logic and memory read in place of :attr:`dense`."""
+        return stage_configs(self.mps, chain_plan(self.mps, 0), self.architecture, self.pe,
+                             self.simd, self.pipeline)
+
+    @property
+    def chain_registers(self) -> int:
+        """Flip-flops of direction 0's chain outside its datapaths: ``z``, the stored results of
+        stages with several vectors, and the ``4 H`` accumulators."""
+        stages = chain_plan(self.mps, 0)
+        z = (self.layer.in_features + self.layer.hidden) * self.layer.concat_format.bits
+        kept = sum(s.vectors * s.matrix.shape[0] * s.bits for s in stages[:-1]
+                   if s.vectors > 1)
+        return z + kept + 4 * self.layer.hidden * self.gates(0).out_bits
+
     def gate_engine(self, direction: int) -> MpsGates:
         return MpsGates(self.mps, direction, self.architecture, self.pe, self.simd,
                         self.pipeline)

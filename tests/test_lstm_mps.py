@@ -6,7 +6,7 @@ import torch
 
 from bitfab.errors import BitfabError, ModelFormatError
 from bitfab.lstm_mps import LstmMps, contract_cores, random_lstm_mps
-from bitfab.model import Dense, InputFormat, IntegerModel, NoOutput, Pow2
+from bitfab.model import Dense, InputFormat, IntegerModel, IntWeights, NoOutput, Pow2
 from bitfab.quant.lstm import QuantLstm
 from bitfab.quant.lstm_train import LstmConfig, fit_lstm, integer_forward, lstm_config
 from bitfab.quant.mps import (
@@ -278,3 +278,32 @@ def test_doctests():
     from bitfab.quant import mps
     failed, tried = doctest.testmod(mps)
     assert tried and not failed
+
+
+def test_board_estimates_count_the_chain_not_the_matrix():
+    """The fold choice's estimates read the chain's datapaths (one weight memory per core when
+    folded; the cores' terms when unrolled) and the serial cell's tables, not the dense
+    equivalent's matrix."""
+    from bitfab.boards.build import estimate_luts, memory_blocks
+    from bitfab.boards.targets import get_board
+    from bitfab.hw.layer import network_configs
+    rng = np.random.default_rng(5)
+    layer = random_lstm_mps(rng, 8, 8, (4, 4), (4, 8), 3, returns="last", max_length=8)
+    head = Dense(rng.integers(-3, 4, (3, 8)), IntWeights(3), layer.out_format, NoOutput())
+    model = IntegerModel((layer, head), name="mps")
+    twin = IntegerModel((layer.dense, head), name="dense")
+    board = get_board("icebreaker")
+    cfg = network_configs(model, (2, 4))[0]
+    assert cfg.serial and len(cfg.datapaths) == 4
+    # the same tables, cell states and head; a memory per core in place of the matrix's
+    from bitfab.boards.build import _blocks_of
+
+    def blocks(dps):
+        return sum(_blocks_of(board, dp.weight_depth, dp.weight_word_bits) for dp in dps)
+    chain, matrix = blocks(cfg.datapaths), blocks([network_configs(twin, (2, 4))[0].dense])
+    assert chain == 4 and matrix == 3
+    assert memory_blocks(model, (2, 4), board) - chain == \
+        memory_blocks(twin, (2, 4), board) - matrix
+    # unrolled: the cores' 120 weights against the matrix's 512
+    assert estimate_luts(model, None) < estimate_luts(twin, None) / 2
+    assert estimate_luts(model, (2, 4)) > cfg.chain_registers > 4 * 8 * 10  # the 32 accumulators
