@@ -77,6 +77,10 @@ def main() -> None:
     parser.add_argument("--freq", type=float, default=30.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--builds", default="chain-unrolled,chain-folded,dense-folded",
+                        help="which of the three to build (comma-separated)")
+    parser.add_argument("--merge", type=Path,
+                        help="a previous run's JSON whose builds this run's replace or join")
     args = parser.parse_args()
     model = IntegerModel.load(args.model)
     layer = model.layers[0]
@@ -87,7 +91,12 @@ def main() -> None:
     out = {"model": str(args.model), "layer": layer.describe(), "ranks": list(layer.ranks),
            "in_modes": list(layer.in_modes), "out_modes": list(layer.out_modes),
            "device": args.device, "pipeline": args.pipeline, "builds": {}}
+    if args.merge:
+        out["builds"] = json.loads(args.merge.read_text())["builds"]
+    wanted = args.builds.split(",")
     for name, config in variants(layer, fold, args.pipeline).items():
+        if f"{name.split(',')[0]}-{name.split()[1]}" not in wanted:  # "chain, folded 1,2"
+            continue
         dut = LstmLayer(config)
         steps = dut.initiation_interval
         slug = name.replace(", ", "-").replace(" ", "").replace(",", "x")
