@@ -61,7 +61,7 @@ from .config import ARCHITECTURES, ConfigError, LayerConfig, check_pipeline
 from .layer import FoldedDense, UnrolledDense, layer_signature
 from .lstm import LstmConfig, build_lstm, stacked_gates
 
-__all__ = ["ChainStage", "chain_plan", "stage_configs", "MpsGates", "MpsLstmConfig"]
+__all__ = ["ChainStage", "chain_plan", "split_lanes", "stage_configs", "MpsGates", "MpsLstmConfig"]
 
 
 @dataclass(frozen=True)
@@ -115,23 +115,56 @@ def chain_plan(layer: LstmMps, direction: int) -> list[ChainStage]:
     return out
 
 
-def _fit_fold(rows: int, cols: int, pe: int, simd: int) -> tuple[int, int]:
-    """A network-wide fold fitted to one stage: ``pe`` capped at its rows, ``simd`` lowered to
-    the largest divisor of its columns."""
-    return min(pe, rows), max(k for k in range(1, min(simd, cols) + 1) if cols % k == 0)
+def _stage_clocks(stage: ChainStage, pe: int, simd: int) -> int:
+    """Clocks the stage's vectors take on a ``pe`` x ``simd`` folded datapath."""
+    rows, cols = stage.matrix.shape
+    return stage.vectors * -(-rows // pe) * (cols // simd)
+
+
+def split_lanes(stages: list[ChainStage], lanes: int) -> list[tuple[int, int]]:
+    """Share a budget of ``lanes`` weights per clock (``pe * simd`` of a fold) among the
+    stages: each starts at ``(1, 1)``; then, while the budget allows, the stage that takes the
+    most clocks grows to the next ``(pe, simd)`` (the smallest ``pe`` that saves a channel
+    group, or the next divisor of its columns as ``simd``) that saves the most clocks per added lane. Every stage keeps at least one lane,
+    so a budget below the number of stages is exceeded."""
+    folds = [(1, 1)] * len(stages)
+    used = len(stages)
+    while True:
+        order = sorted(range(len(stages)), key=lambda k: -_stage_clocks(stages[k], *folds[k]))
+        for k in order:
+            st, (pe, simd) = stages[k], folds[k]
+            rows, cols = st.matrix.shape
+            now = _stage_clocks(st, pe, simd)
+            groups = -(-rows // pe)  # the next pe that saves a channel group
+            grown = [(-(-rows // (groups - 1)), simd)] if groups > 1 else []
+            grown += [(pe, d) for d in range(simd + 1, cols + 1) if cols % d == 0][:1]
+            best = None
+            for p2, s2 in grown:
+                extra = p2 * s2 - pe * simd
+                gain = (now - _stage_clocks(st, p2, s2)) / extra
+                if used + extra <= lanes and gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, p2, s2, extra)
+            if best is not None:
+                folds[k] = best[1:3]
+                used += best[3]
+                break
+        else:
+            return folds
 
 
 def stage_configs(layer: LstmMps, stages: list[ChainStage], architecture: str,
                   pe: int | None, simd: int | None, pipeline: int) -> list[LayerConfig]:
     """Each stage's datapath: a :class:`~bitfab.model.Dense` of the stage's matrix (no output
     stage) reading the previous stage's values (``z``: the layer's ``concat_format``; then
-    signed ``stage.bits``), unrolled or folded at ``pe, simd`` fitted to the stage."""
+    signed ``stage.bits``), unrolled, or folded with the stages sharing ``pe * simd`` lanes
+    (:func:`split_lanes`: the chain's stages run one after the other, so the fold's budget of
+    weights per clock is the chain's, as it is the one datapath's of the dense equivalent)."""
     fmt, out = layer.dense.concat_format, []
+    folds = split_lanes(stages, pe * simd) if architecture == "folded" else None
     for stage in stages:
         d = Dense(stage.matrix, layer.encoding, fmt, NoOutput(), name="core")
         if architecture == "folded":
-            out.append(LayerConfig.folded(d, *_fit_fold(*stage.matrix.shape, pe, simd),
-                                          pipeline))
+            out.append(LayerConfig.folded(d, *folds.pop(0), pipeline))
         else:
             out.append(LayerConfig.unrolled(d, pipeline))
         fmt = InputFormat("int", stage.bits, True)

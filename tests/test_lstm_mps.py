@@ -190,8 +190,9 @@ def test_chain_config_refuses_bad_folds():
                       0, mps=layer)
     facts = MpsLstmConfig(layer.dense, 1, "folded", 2, 5, mps=layer).to_json()
     assert facts["kind"] == "lstm_mps" and facts["gates"] == "mps chain"
+    # fold 2,5: the four stages share 10 lanes, the slowest stage growing first
     assert [(s["rows"], s["cols"], s["vectors"], s["pe"], s["simd"]) for s in facts["stages"]] \
-        == [(3, 4, 4, 2, 4), (3, 12, 1, 2, 4), (12, 3, 1, 2, 3), (8, 3, 4, 2, 3)]
+        == [(3, 4, 4, 1, 2), (3, 12, 1, 1, 2), (12, 3, 1, 2, 1), (8, 3, 4, 4, 1)]
 
 
 def test_golden_chain_equals_dense_equivalent_and_file_round_trip(tmp_path):
@@ -278,6 +279,20 @@ def test_doctests():
     from bitfab.quant import mps
     failed, tried = doctest.testmod(mps)
     assert tried and not failed
+
+
+def test_split_lanes_shares_the_budget():
+    from bitfab.hw.lstm_mps import _stage_clocks, chain_plan, split_lanes
+    layer = random_lstm_mps(np.random.default_rng(1), 8, 8, (4, 4), (4, 8), 3)
+    stages = chain_plan(layer, 0)
+    for lanes in (1, 4, 10, 64, 10_000):
+        folds = split_lanes(stages, lanes)
+        assert sum(p * s for p, s in folds) <= max(lanes, len(stages))
+        for st, (p, s) in zip(stages, folds):
+            assert 1 <= p <= st.matrix.shape[0] and st.matrix.shape[1] % s == 0
+    # a budget past every stage's size unrolls each stage's weights over its lanes
+    big = split_lanes(stages, 10_000)
+    assert [_stage_clocks(st, *f) for st, f in zip(stages, big)] == [st.vectors for st in stages]
 
 
 def test_board_estimates_count_the_chain_not_the_matrix():
