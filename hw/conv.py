@@ -510,7 +510,7 @@ class ConvLayer(_Image):
 
     def __init__(self, config: ConvConfig):
         super().__init__(config)
-        from .layer import build_layer
+        from .layer import FoldedDense, build_layer
         conv = config.conv
         spatial, kernel, stride, padding = _geometry(conv)
         fmt = conv.input
@@ -518,7 +518,11 @@ class ConvLayer(_Image):
         pad = int(fmt.to_codes(np.array([conv.pad_value]))[0])
         self._pad = _owned(Padder(spatial, padding, bits, c, pad))
         self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
-        self._dense = _owned(build_layer(config.dense))
+        # a folded datapath reads the window register in place: the window holds it until the
+        # last fold issues, so the layer keeps one copy of the window, not two
+        self._dense = _owned(FoldedDense(config.dense, in_place=True)
+                             if config.dense.architecture == "folded"
+                             else build_layer(config.dense))
         self._framer = _owned(Framer(conv.out_format.bits, conv.out_channels,
                                      math.prod(conv.out_shape[:-1])))
 
@@ -530,8 +534,12 @@ class ConvLayer(_Image):
     @property
     def latency(self) -> int:
         """Clock edges from the pixel that completes a window to its output's ``o.valid``:
-        ``2`` (:class:`SlidingWindow`) plus the dense datapath's ``latency``."""
-        return self._window.latency + self._dense.latency
+        ``2`` (:class:`SlidingWindow`) plus the dense datapath's ``latency``; a folded datapath
+        reads the window in place and its latency counts from its last fold, ``II_dense - 1``
+        clocks after the window arrived."""
+        dense = self._dense
+        folds = dense.initiation_interval - 1 if getattr(dense, "in_place", False) else 0
+        return self._window.latency + folds + dense.latency
 
     @property
     def initiation_interval(self) -> int:
@@ -761,13 +769,23 @@ class FlattenLayer(_OneRegister):
     codes (pixel-major), which is the output once the last pixel arrived; the next image's
     first pixel enters as the vector is taken. ``latency`` 1 (after the last pixel), a pixel
     per clock while the consumer keeps up; ``P * C * bits`` register bits (the consumer, a
-    dense layer, buffers the vector itself)."""
+    dense layer, buffers the vector itself). An image of one pixel (after a global pool) is
+    already the vector: it passes through without a register (``latency`` 0)."""
+
+    @property
+    def latency(self) -> int:
+        """1 (after the last pixel); 0 for a one-pixel image (a wire)."""
+        return 0 if math.prod(self.layer.in_shape[:-1]) == 1 else 1
 
     def elaborate(self, platform):
         m = Module()
         layer = self.layer
         p = math.prod(layer.in_shape[:-1])
         pix = layer.input.bits * layer.in_shape[-1]
+        if p == 1:
+            m.d.comb += [self.o.payload.eq(self.i.payload.data.as_value()),
+                         self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
+            return m
         n = _counter(p, "n")
         buf = Signal(pix * p, name="collect")
         o_valid = Signal(name="o_valid")
@@ -860,8 +878,18 @@ class Fork(wiring.Component):
 
 
 class StreamFifo(wiring.Component):
-    """A first-in first-out buffer of ``depth`` payloads of ``shape`` between two streams
-    (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: block RAM where it is deep). Latency 1."""
+    """A first-in first-out buffer of ``depth`` payloads of ``shape`` between two streams.
+
+    ``depth - 1`` payloads wait in a :class:`amaranth.lib.memory.Memory` read through a
+    synchronous port, whose data register is the output: nothing is copied into flip-flops.
+    The memory asks for block RAM (``ram_style``) where it holds at least
+    :data:`BLOCK_RAM_BITS` bits (a skip FIFO of a small network would otherwise be hundreds of
+    flip-flops, the scarce cells of a small FPGA, beside unused block RAM); smaller ones stay
+    in logic. ``depth`` 1 is one register (:class:`amaranth.lib.fifo.SyncFIFOBuffered`).
+    """
+
+    #: Memories of at least this many bits ask for block RAM.
+    BLOCK_RAM_BITS = 32
 
     def __init__(self, shape, depth: int):
         self._depth = depth
@@ -873,17 +901,49 @@ class StreamFifo(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """2 (1 for ``depth`` 1): a write to an empty buffer is readable two clocks later (the
-        synchronous memory read and the output register of ``SyncFIFOBuffered``)."""
+        """2 (1 for ``depth`` 1): a payload written into an empty buffer is read from the memory
+        the next clock and offered the clock after."""
         return 2 if self._depth > 1 else 1
+
+    @property
+    def block_ram(self) -> bool:
+        """Whether the memory asks for block RAM."""
+        width = len(self.i.payload.as_value())
+        return self._depth > 1 and width * (self._depth - 1) >= self.BLOCK_RAM_BITS
 
     def elaborate(self, platform):
         m = Module()
         width = len(self.i.payload.as_value())
-        m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
-        m.d.comb += [q.w_data.eq(self.i.payload.as_value()), q.w_en.eq(self.i.valid),
-                     self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
-                     self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
+        if self._depth <= 1:
+            m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
+            m.d.comb += [q.w_data.eq(self.i.payload.as_value()), q.w_en.eq(self.i.valid),
+                         self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
+                         self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
+            return m
+        d = self._depth - 1  # words in the memory; the read port's data register is one more
+        mem = memory.Memory(shape=unsigned(width), depth=d, init=[],
+                            attrs={"ram_style": "block"} if self.block_ram else None)
+        m.submodules.memory = mem
+        wr = mem.write_port()
+        rd = mem.read_port(domain="sync")
+        wp, rp = _counter(d, "wp"), _counter(d, "rp")
+        level = Signal(range(d + 1), name="level")
+        o_valid = Signal(name="o_valid")
+        push = self.i.valid & self.i.ready
+        # the memory never reads the word written in the same clock: a read needs level > 0,
+        # so it reads an older word, and a full memory (wp == rp) takes no write
+        pop = (level != 0) & (~o_valid | self.o.ready)
+        m.d.comb += [self.i.ready.eq(level != d),
+                     wr.addr.eq(wp), wr.data.eq(self.i.payload.as_value()), wr.en.eq(push),
+                     rd.addr.eq(rp), rd.en.eq(pop),
+                     self.o.payload.eq(rd.data), self.o.valid.eq(o_valid)]
+        with m.If(push):
+            m.d.sync += wp.eq(Mux(wp == d - 1, 0, wp + 1))
+        with m.If(pop):
+            m.d.sync += [rp.eq(Mux(rp == d - 1, 0, rp + 1)), o_valid.eq(1)]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        m.d.sync += level.eq(level + push - pop)
         return m
 
 
