@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -908,15 +908,15 @@ class StreamFifo(wiring.Component):
     @property
     def block_ram(self) -> bool:
         """Whether the memory asks for block RAM."""
-        width = len(self.i.payload.as_value())
+        width = len(Value.cast(self.i.payload))
         return self._depth > 1 and width * (self._depth - 1) >= self.BLOCK_RAM_BITS
 
     def elaborate(self, platform):
         m = Module()
-        width = len(self.i.payload.as_value())
+        width = len(Value.cast(self.i.payload))
         if self._depth <= 1:
             m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
-            m.d.comb += [q.w_data.eq(self.i.payload.as_value()), q.w_en.eq(self.i.valid),
+            m.d.comb += [q.w_data.eq(Value.cast(self.i.payload)), q.w_en.eq(self.i.valid),
                          self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
                          self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
             return m
@@ -934,7 +934,7 @@ class StreamFifo(wiring.Component):
         # so it reads an older word, and a full memory (wp == rp) takes no write
         pop = (level != 0) & (~o_valid | self.o.ready)
         m.d.comb += [self.i.ready.eq(level != d),
-                     wr.addr.eq(wp), wr.data.eq(self.i.payload.as_value()), wr.en.eq(push),
+                     wr.addr.eq(wp), wr.data.eq(Value.cast(self.i.payload)), wr.en.eq(push),
                      rd.addr.eq(rp), rd.en.eq(pop),
                      self.o.payload.eq(rd.data), self.o.valid.eq(o_valid)]
         with m.If(push):
