@@ -165,7 +165,9 @@ class SlidingWindow(wiring.Component):
     the stride) the window becomes the output. The window register shifts only while the output
     register is empty or being read, so a stalled consumer holds everything.
 
-    ``latency`` 2 (pixel transfer to ``o.valid``); one pixel per clock.
+    ``latency`` 2 (pixel transfer to ``o.valid``); one pixel per clock. A one-row kernel
+    (every 1-D convolution) has no line buffer to read: the pixel shifts into the window
+    register as it is taken (``latency`` 1, no stage-1 copy of the pixel).
 
     Parameters
     ----------
@@ -183,8 +185,9 @@ class SlidingWindow(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """2: the line-buffer read, then the window register."""
-        return 2
+        """2: the line-buffer read, then the window register; 1 for a one-row kernel (the
+        window register only)."""
+        return 1 if self._kernel[0] == 1 else 2
 
     @property
     def line_buffer_bits(self) -> int:
@@ -205,15 +208,30 @@ class SlidingWindow(wiring.Component):
         row_ok = _member(y, self._emits(hp, kh, sy))
         col_ok = _member(x, self._emits(wp, kw, sx))
 
+        o_valid = Signal(name="o_valid")
+        win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
+        free = ~o_valid | self.o.ready
+        take = self.i.valid & self.i.ready
+        m.d.comb += [self.o.valid.eq(o_valid),
+                     self.o.payload.eq(Cat(*(w for row in win for w in row)))]
+        if kh == 1:  # no line buffer: the pixel shifts in as it is taken
+            m.d.comb += self.i.ready.eq(free)
+            with m.If(take):
+                m.d.sync += [win[0][c].eq(win[0][c + 1]) for c in range(kw - 1)]
+                m.d.sync += [win[0][kw - 1].eq(self.i.payload.as_value()),
+                             o_valid.eq(row_ok & col_ok)]
+                with m.If(x == wp - 1):
+                    m.d.sync += [x.eq(0), y.eq(Mux(y == hp - 1, 0, y + 1))]
+                with m.Else():
+                    m.d.sync += x.eq(x + 1)
+            with m.Elif(self.o.valid & self.o.ready):
+                m.d.sync += o_valid.eq(0)
+            return m
+
         s1_valid, s1_emit = Signal(name="s1_valid"), Signal(name="s1_emit")
         s1_pix = Signal(pix, name="s1_pix")
         s1_x = _counter(wp, "s1_x")
-        o_valid = Signal(name="o_valid")
-        win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
-
-        free = ~o_valid | self.o.ready
         adv1 = s1_valid & free
-        take = self.i.valid & self.i.ready
         m.d.comb += self.i.ready.eq(~s1_valid | free)
         with m.If(take):
             m.d.sync += [s1_valid.eq(1), s1_pix.eq(self.i.payload.as_value()), s1_x.eq(x),
@@ -225,20 +243,17 @@ class SlidingWindow(wiring.Component):
         with m.Elif(adv1):
             m.d.sync += s1_valid.eq(0)
 
-        if kh > 1:
-            # word[x] = rows y-1, y-2, ..., y-Kh+1 at column x (slot 0 = the row just above)
-            mem = memory.Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
-            m.submodules.line_buffer = mem
-            wr = mem.write_port()
-            # with one column the next pixel reads the word written in the same clock
-            rd = mem.read_port(transparent_for=(wr,) if wp == 1 else ())
-            m.d.comb += [rd.addr.eq(x), rd.en.eq(take),
-                         wr.addr.eq(s1_x), wr.en.eq(adv1)]
-            slots = [rd.data[k * pix:(k + 1) * pix] for k in range(kh - 1)]
-            m.d.comb += wr.data.eq(Cat(s1_pix, *slots[:kh - 2]))
-            column = list(reversed(slots)) + [s1_pix]  # top (ky = 0) to bottom
-        else:
-            column = [s1_pix]
+        # word[x] = rows y-1, y-2, ..., y-Kh+1 at column x (slot 0 = the row just above)
+        mem = memory.Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
+        m.submodules.line_buffer = mem
+        wr = mem.write_port()
+        # with one column the next pixel reads the word written in the same clock
+        rd = mem.read_port(transparent_for=(wr,) if wp == 1 else ())
+        m.d.comb += [rd.addr.eq(x), rd.en.eq(take),
+                     wr.addr.eq(s1_x), wr.en.eq(adv1)]
+        slots = [rd.data[k * pix:(k + 1) * pix] for k in range(kh - 1)]
+        m.d.comb += wr.data.eq(Cat(s1_pix, *slots[:kh - 2]))
+        column = list(reversed(slots)) + [s1_pix]  # top (ky = 0) to bottom
         with m.If(adv1):
             for r in range(kh):
                 for c in range(kw - 1):
@@ -248,8 +263,6 @@ class SlidingWindow(wiring.Component):
             m.d.sync += o_valid.eq(0)
         with m.If(adv1):
             m.d.sync += o_valid.eq(s1_emit)
-        m.d.comb += [self.o.valid.eq(o_valid),
-                     self.o.payload.eq(Cat(*(w for row in win for w in row)))]
         return m
 
 
@@ -534,9 +547,9 @@ class ConvLayer(_Image):
     @property
     def latency(self) -> int:
         """Clock edges from the pixel that completes a window to its output's ``o.valid``:
-        ``2`` (:class:`SlidingWindow`) plus the dense datapath's ``latency``; a folded datapath
-        reads the window in place and its latency counts from its last fold, ``II_dense - 1``
-        clocks after the window arrived."""
+        :attr:`SlidingWindow.latency` (2; 1 for a one-row kernel) plus the dense datapath's
+        ``latency``; a folded datapath reads the window in place and its latency counts from
+        its last fold, ``II_dense - 1`` clocks after the window arrived."""
         dense = self._dense
         folds = dense.initiation_interval - 1 if getattr(dense, "in_place", False) else 0
         return self._window.latency + folds + dense.latency
@@ -670,9 +683,9 @@ def is_tiled_maxpool(layer) -> bool:
 
 class MaxPoolLayer(_Image):
     """A maxpool layer: :class:`Padder` (no padding: it drops ``last``), :class:`SlidingWindow`,
-    :class:`MaxReduce`, :class:`Framer` (``latency`` 3); non-overlapping tiles
-    (:func:`is_tiled_maxpool`): :class:`TileMax` instead of the window and the comparator tree
-    (``latency`` 2). One pixel per clock."""
+    :class:`MaxReduce`, :class:`Framer` (``latency`` 3, 2 for a one-row kernel);
+    non-overlapping tiles (:func:`is_tiled_maxpool`): :class:`TileMax` instead of the window
+    and the comparator tree (``latency`` 2). One pixel per clock."""
 
     def __init__(self, config: ConvConfig):
         super().__init__(config)
@@ -691,8 +704,11 @@ class MaxPoolLayer(_Image):
 
     @property
     def latency(self) -> int:
-        """3: the window (2) and the registered comparator tree (1); tiles: 2."""
-        return 2 if "tile" in self._stages else 3
+        """The window's (2, or 1 for a one-row kernel) and the registered comparator tree's (1);
+        tiles: 2."""
+        if "tile" in self._stages:
+            return 2
+        return self._stages["window"].latency + 1
 
     @property
     def initiation_interval(self) -> int:
@@ -719,10 +735,11 @@ class _OneRegister(_Image):
 
 class GlobalPoolLayer(_OneRegister):
     """A global avgpool (:func:`is_global_pool`): each pixel's ``C`` values are added into ``C``
-    accumulators; the last pixel of an image completes the sums, which go through the output
-    stage (:func:`bitfab.hw.datapath.output_stage`) into the output register, and the
-    accumulators start over. ``latency`` 1 (after the last pixel), a pixel per clock; no window
-    register and no line buffer (a windowed avgpool would hold the whole image)."""
+    accumulators; after the last pixel of an image they hold its sums, which are the output
+    through the output stage (:func:`bitfab.hw.datapath.output_stage`) until it is taken, and
+    the next image's first pixel starts them over (it waits for that). ``latency`` 1 (after the
+    last pixel), a pixel per clock; no window register, no line buffer (a windowed avgpool would
+    hold the whole image) and no output register beside the accumulators."""
 
     def elaborate(self, platform):
         m = Module()
@@ -737,30 +754,26 @@ class GlobalPoolLayer(_OneRegister):
                                      out_bits=layer.out_format.bits, acc_bits=layer.acc_bits)
         x_data = self.i.payload.data if layer.in_stream.framed else self.i.payload
         n = _counter(p, "n")
-        at_end = n == p - 1
+        first, at_end = n == 0, n == p - 1
         o_valid = Signal(name="o_valid")
-        out = Signal(len(self.o.payload.as_value()), name="out")
         codes, updates = [], []
         for k in range(c):
             code = x_data[k]
             x = code.as_signed() if fmt.signed else code
             acc = Signal(range(min(lo, 0), max(hi, 0) + 1), name=f"acc{k}")
-            s = Signal(range(lo, hi + 1), name=f"sum{k}")
-            m.d.comb += s.eq(acc + x)
-            codes.append(output_stage(m, shim, s, [k], None, f"out{k}"))
+            s = Signal(range(min(lo, 0), max(hi, 0) + 1), name=f"sum{k}")
+            m.d.comb += s.eq(Mux(first, x, acc + x))
+            codes.append(output_stage(m, shim, acc, [k], None, f"out{k}"))
             updates.append((acc, s))
-        m.d.comb += self.i.ready.eq(~at_end | ~o_valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += o_valid.eq(0)
+        # a pixel enters while no sums wait, or as they are taken
+        m.d.comb += self.i.ready.eq(~o_valid | self.o.ready)
         with m.If(self.i.valid & self.i.ready):
-            with m.If(at_end):
-                value = Cat(*codes, Const(1, 1)) if layer.out_stream.framed else Cat(*codes)
-                m.d.sync += [out.eq(value), o_valid.eq(1), n.eq(0)]
-                m.d.sync += [acc.eq(0) for acc, _ in updates]
-            with m.Else():
-                m.d.sync += [acc.eq(s) for acc, s in updates]
-                m.d.sync += n.eq(n + 1)
-        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+            m.d.sync += [acc.eq(s) for acc, s in updates]
+            m.d.sync += [o_valid.eq(at_end), n.eq(Mux(at_end, 0, n + 1))]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        value = Cat(*codes, Const(1, 1)) if layer.out_stream.framed else Cat(*codes)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(value)]
         return m
 
 
