@@ -390,3 +390,41 @@ def test_folded_in_place_reads_the_held_input(pe, simd, output):
     np.testing.assert_array_equal(np.array(timed.out_cycles) - timed.in_cycles, dut.latency)
     np.testing.assert_array_equal(np.diff(timed.in_cycles), dut.initiation_interval)
     Fragment.get(copy, None)  # built for its latency only
+
+
+def test_at_least_a_constant_is_the_comparison():
+    """``at_least`` (a threshold against a constant as AND/OR logic, no carry chain) equals
+    ``s >= t`` for every value of unsigned and signed sums and thresholds in and out of range;
+    a deliberately shifted reference fails."""
+    from amaranth.hdl import signed
+    from amaranth.sim import Simulator
+
+    from bitfab.hw.datapath import at_least
+    cases = [(shape, t) for shape in (unsigned(1), unsigned(4), signed(1), signed(3), signed(5))
+             for t in range(-20, 21)]
+    m = Module()
+    sigs = {shape: Signal(shape, name=f"s_{shape.width}_{int(shape.signed)}")
+            for shape, _ in cases}
+    outs = []
+    for shape, t in cases:
+        o = Signal(name=f"ge{len(outs)}")
+        m.d.comb += o.eq(at_least(sigs[shape], t))
+        outs.append(o)
+    got, want = [], []
+
+    async def bench(ctx):
+        for v in range(32):
+            for shape, s in sigs.items():
+                lo = -(1 << (shape.width - 1)) if shape.signed else 0
+                ctx.set(s, lo + v % (1 << shape.width))
+            for (shape, t), o in zip(cases, outs):
+                x = ctx.get(sigs[shape])
+                got.append(ctx.get(o))
+                want.append(int(x >= t))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, np.roll(want, 1))
