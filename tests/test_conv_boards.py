@@ -21,6 +21,7 @@ from bitfab.boards.simboard import simulated_board
 from bitfab.boards.targets import get_board
 from bitfab.cli import run
 from bitfab.examples import cnn, resnet1d
+from bitfab.hw.layer import skip_fifo_depths
 from bitfab.sim.golden import execute
 from bitfab.sim.run import random_inputs
 
@@ -44,8 +45,11 @@ def test_fold_choice_counts_images_windows_and_line_buffers():
     assert unrolled == 4
     assert memory_blocks(model, (1, 1), board) > unrolled  # weights move into block RAM
     assert choose_fold(model, board) is None  # a small CNN fits unrolled
-    # a 1-D network has one-row windows: no line buffer
-    assert memory_blocks(resnet1d(np.random.default_rng(1)), None, board) == 0
+    # a 1-D network has one-row windows: no line buffer; its skip FIFOs of 32 bits or more
+    # are block RAM (3 words of 13 bits and 3 of 25: one and two EBR of 16-bit words)
+    res = resnet1d(np.random.default_rng(1))
+    assert skip_fifo_depths(res.layers, res.edges) == {(3, 1): 4, (7, 1): 4}
+    assert memory_blocks(res, None, board) == 3
 
 
 def test_a_cnn_on_the_simulated_board_is_bit_exact(tmp_path, capsys):
