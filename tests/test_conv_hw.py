@@ -331,6 +331,10 @@ def test_resnet1d_on_the_cocotb_bench_with_stalls(tmp_path, tool, simulator):
     model.save(tmp_path / "r.bfm")
     r = simulate_model(tmp_path / "r.bfm", simulator=simulator, vectors=100, stall=0.5)
     assert (r.vectors, r.mismatches) == (100, 0)
+    # folded: the datapaths read their windows in place, the head the pool's accumulators
+    r = simulate_model(tmp_path / "r.bfm", simulator=simulator, vectors=12, stall=0.5,
+                       fold=(2, 3))
+    assert (r.vectors, r.mismatches) == (12, 0)
 
 
 @pytest.mark.cocotb
