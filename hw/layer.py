@@ -764,10 +764,16 @@ class Network(wiring.Component):
         super().__init__(wiring.Signature(members))
 
     def _holds(self, layers, j: int) -> bool:
-        """Whether the output of layer ``j`` (built in ``layers``) comes from a register that
-        holds it until it is taken: a layer with a latency, or a wire (a one-pixel flatten)
-        from one; never the network input, whose producer is outside."""
+        """Whether a folded dense layer reading layer ``j`` (built in ``layers``) reads it in
+        place: ``j`` collects an image into one held vector (a flatten's register, a global
+        pool's accumulators, or a one-pixel flatten's wire from those), which waits the
+        layer's interval once per image. Behind a layer that gives a vector every few clocks
+        (another folded dense layer) the layer copies its input, so that both keep their
+        interval; behind the network input (whose producer is outside) too."""
         while j >= 0:
+            kind = self._configs[j].layer.kind
+            if kind not in ("flatten", "avgpool") or getattr(self._configs[j], "dense", None):
+                return False  # not a collecting layer (a windowed avgpool has a datapath)
             if layers[j].latency > 0:
                 return True
             j = self._edges[j][0]
