@@ -275,8 +275,9 @@ def _weight_memories(model: IntegerModel, fold, weights=None) -> list:
 def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
     """Return the block RAMs the design needs on ``board``: the folded weight memories not in
     SPRAM (``weights``, :func:`plan_weights`), the image layers' line buffers, a
-    bidirectional lstm layer's sequence buffers and the serial threshold stages' ROMs (counted
-    as block RAM even where yosys maps a small one to logic)."""
+    bidirectional lstm layer's sequence buffers, the serial threshold stages' ROMs (counted
+    as block RAM even where yosys maps a small one to logic) and the skip FIFOs of residual
+    joins that ask for block RAM."""
     from bitfab.hw.layer import network_configs, serial_thresholds, threshold_table
     blocks = 0
     for cfg in network_configs(model, fold, weights=weights):
@@ -307,6 +308,25 @@ def memory_blocks(model: IntegerModel, fold, board: Board, weights=None) -> int:
                     blocks += _blocks_of(board, len(words), dp.pe * width)
             if getattr(dp, "weights", "bram") != "spram":
                 blocks += copies * _blocks_of(board, dp.weight_depth, dp.weight_word_bits)
+    return blocks + _skip_fifo_blocks(model, board)
+
+
+def _skip_fifo_blocks(model: IntegerModel, board: Board) -> int:
+    """Block RAMs of the residual joins' skip FIFOs (:class:`bitfab.hw.conv.StreamFifo`: the
+    ones of :attr:`~bitfab.hw.conv.StreamFifo.BLOCK_RAM_BITS` or more)."""
+    if not any(len(srcs) > 1 for srcs in model.edges):
+        return 0
+    from amaranth.hdl import Shape
+
+    from bitfab.hw.conv import StreamFifo, stream_layout
+    from bitfab.hw.layer import skip_fifo_depths
+    blocks = 0
+    for (k, port), depth in skip_fifo_depths(model.layers, model.edges).items():
+        j = model.edges[k][port]
+        fmt = model.layers[j].out_stream if j >= 0 else model.layers[0].in_stream
+        width = Shape.cast(stream_layout(fmt)).width
+        if depth > 1 and width * (depth - 1) >= StreamFifo.BLOCK_RAM_BITS:
+            blocks += _blocks_of(board, depth - 1, width)
     return blocks
 
 

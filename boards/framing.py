@@ -305,11 +305,18 @@ class FrameTransmitter(wiring.Component):
     identity : bytes
         The payload of the identify answer (:meth:`bitfab.boards.protocol.Identity.to_bytes`),
         constants in the bitstream.
+    in_place : bool
+        Send results from the producer's held payload instead of a copy (``i``). The producer
+        is then held while its result goes out: for a network that gives a result at most
+        once per result frame's line time (:class:`~bitfab.boards.top.SerialNetwork` decides).
 
     Members
     -------
     i : In(stream.Signature(8 * n_bytes))
-        Result vectors.
+        Result vectors. With ``in_place`` a result is read where the producer holds it and
+        taken (``ready``) as its last payload byte goes out: no copy of it is kept (flip-flops
+        are the scarce cells of a small FPGA), and the producer must keep ``payload`` unchanged
+        while ``valid`` waits, as the network's output register does.
     ident : In(stream.Signature(0))
         Identify requests.
     err : In(stream.Signature(8))
@@ -324,8 +331,9 @@ class FrameTransmitter(wiring.Component):
     """
 
     def __init__(self, n_bytes: int, identity: bytes, load: bool = False, *,
-                 report_bytes: int = 0):
+                 report_bytes: int = 0, in_place: bool = False):
         self._load = bool(load)
+        self._in_place = bool(in_place)
         try:
             self._n = _n_bytes(n_bytes)
             if not isinstance(identity, (bytes, bytearray)) or not 1 <= len(identity) <= 0xFFFF:
@@ -355,6 +363,11 @@ class FrameTransmitter(wiring.Component):
     def identity(self) -> bytes:
         return self._identity
 
+    @property
+    def in_place(self) -> bool:
+        """Whether results are sent from the producer's held payload (no copy)."""
+        return self._in_place
+
     def elaborate(self, platform):
         m = Module()
         n, ident = self._n, self._identity
@@ -364,7 +377,10 @@ class FrameTransmitter(wiring.Component):
         error, rom, acked, selftest = Signal(), Signal(), Signal(), Signal()
         kind = Mux(error, Mux(acked, TYPE_LOADED, TYPE_ERROR),
                    Mux(rom, TYPE_IDENTITY, Mux(selftest, TYPE_SELFTEST_REPORT, TYPE_RESULT)))
-        buf = Signal(8 * max(n, self._report))
+        # in place, a result's bytes are read from i.payload (taken as its last byte goes out):
+        # only the one-byte answers and self-test reports are copied into buf
+        result = Signal()
+        buf = Signal(8 * max(1 if self._in_place else n, self._report))
         left = Signal(range(max(n, len(ident), self._report) + 1))
         data = Signal(8)
         busy = Signal()
@@ -385,37 +401,52 @@ class FrameTransmitter(wiring.Component):
             m.d.comb += [crc.data.eq(value), crc.valid.eq(covered)]
             m.next = following
 
+        # in place, result byte k goes out when `left` is n - k
+        result_byte = Signal(8)
+        if self._in_place:
+            with m.Switch(left):
+                for k in range(n):
+                    with m.Case(n - k):
+                        m.d.comb += result_byte.eq(self.i.payload[8 * k:8 * (k + 1)])
+
         def load_payload():
-            load(Mux(rom, rom_byte, buf[:8]), "send_payload")
+            byte = Mux(result, result_byte, buf[:8]) if self._in_place else buf[:8]
+            load(Mux(rom, rom_byte, byte), "send_payload")
             m.d.sync += [buf.eq(buf >> 8), left.eq(left - 1)]
+            if self._in_place:
+                with m.If(result & (left == 1)):
+                    m.d.comb += self.i.ready.eq(1)  # its last byte: the result is taken
 
         with m.FSM():
             with m.State("idle"):
                 with m.If(self.err.valid):
                     m.d.comb += self.err.ready.eq(1)
                     m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.err.payload), left.eq(1),
-                                 acked.eq(0)]
+                                 acked.eq(0), result.eq(0)]
                     m.next = "start"
                 if self._load:  # a weight-load answer: like an error, one byte, another type
                     with m.Elif(self.loaded.valid):
                         m.d.comb += self.loaded.ready.eq(1)
                         m.d.sync += [error.eq(1), rom.eq(0), buf.eq(self.loaded.payload),
-                                     left.eq(1), acked.eq(1)]
+                                     left.eq(1), acked.eq(1), result.eq(0)]
                         m.next = "start"
                 with m.Elif(self.ident.valid):
                     m.d.comb += self.ident.ready.eq(1)
-                    m.d.sync += [error.eq(0), rom.eq(1), left.eq(len(ident))]
+                    m.d.sync += [error.eq(0), rom.eq(1), left.eq(len(ident)), result.eq(0)]
                     m.next = "start"
                 if self._report:
                     with m.Elif(self.report.valid):
                         m.d.comb += self.report.ready.eq(1)
-                        m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(1),
+                        m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(1), result.eq(0),
                                      buf.eq(self.report.payload), left.eq(self._report)]
                         m.next = "start"
                 with m.Elif(self.i.valid):
-                    m.d.comb += self.i.ready.eq(1)
-                    m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(0), buf.eq(self.i.payload),
-                                 left.eq(n)]
+                    if self._in_place:
+                        m.d.sync += result.eq(1)
+                    else:
+                        m.d.comb += self.i.ready.eq(1)
+                        m.d.sync += buf.eq(self.i.payload)
+                    m.d.sync += [error.eq(0), rom.eq(0), selftest.eq(0), left.eq(n)]
                     m.next = "start"
             with m.State("start"):
                 m.d.comb += crc.start.eq(1)

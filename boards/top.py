@@ -110,8 +110,14 @@ class SerialNetwork(wiring.Component):
         self._loader = WeightLoader(network.load_image()) if loads else None
         test = self._selftest is not None
         self._frx = FrameReceiver(self._in_bytes, LOAD_BYTES if loads else 0, selftest=test)
-        self._ftx = FrameTransmitter(self._out_bytes, self._identity.to_bytes(), load=loads,
-                                     report_bytes=SELFTEST_BYTES if test else 0)
+        # a network that gives a result at most once per result frame's line time is never
+        # held up by the transmitter reading the result where the network holds it (no copy)
+        ident = self._identity
+        in_place = bool(ident.divisor and ident.input_clocks and
+                        ident.frame_clocks(self._out_bytes) <= ident.input_clocks)
+        self._ftx = FrameTransmitter(self._out_bytes, ident.to_bytes(), load=loads,
+                                     report_bytes=SELFTEST_BYTES if test else 0,
+                                     in_place=in_place)
         self._pack = Repack(8 * self._in_bytes, in_shape)
         self._unpack = Repack(out_shape, 8 * self._out_bytes)
         super().__init__()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -165,7 +165,9 @@ class SlidingWindow(wiring.Component):
     the stride) the window becomes the output. The window register shifts only while the output
     register is empty or being read, so a stalled consumer holds everything.
 
-    ``latency`` 2 (pixel transfer to ``o.valid``); one pixel per clock.
+    ``latency`` 2 (pixel transfer to ``o.valid``); one pixel per clock. A one-row kernel
+    (every 1-D convolution) has no line buffer to read: the pixel shifts into the window
+    register as it is taken (``latency`` 1, no stage-1 copy of the pixel).
 
     Parameters
     ----------
@@ -183,8 +185,9 @@ class SlidingWindow(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """2: the line-buffer read, then the window register."""
-        return 2
+        """2: the line-buffer read, then the window register; 1 for a one-row kernel (the
+        window register only)."""
+        return 1 if self._kernel[0] == 1 else 2
 
     @property
     def line_buffer_bits(self) -> int:
@@ -205,15 +208,30 @@ class SlidingWindow(wiring.Component):
         row_ok = _member(y, self._emits(hp, kh, sy))
         col_ok = _member(x, self._emits(wp, kw, sx))
 
+        o_valid = Signal(name="o_valid")
+        win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
+        free = ~o_valid | self.o.ready
+        take = self.i.valid & self.i.ready
+        m.d.comb += [self.o.valid.eq(o_valid),
+                     self.o.payload.eq(Cat(*(w for row in win for w in row)))]
+        if kh == 1:  # no line buffer: the pixel shifts in as it is taken
+            m.d.comb += self.i.ready.eq(free)
+            with m.If(take):
+                m.d.sync += [win[0][c].eq(win[0][c + 1]) for c in range(kw - 1)]
+                m.d.sync += [win[0][kw - 1].eq(self.i.payload.as_value()),
+                             o_valid.eq(row_ok & col_ok)]
+                with m.If(x == wp - 1):
+                    m.d.sync += [x.eq(0), y.eq(Mux(y == hp - 1, 0, y + 1))]
+                with m.Else():
+                    m.d.sync += x.eq(x + 1)
+            with m.Elif(self.o.valid & self.o.ready):
+                m.d.sync += o_valid.eq(0)
+            return m
+
         s1_valid, s1_emit = Signal(name="s1_valid"), Signal(name="s1_emit")
         s1_pix = Signal(pix, name="s1_pix")
         s1_x = _counter(wp, "s1_x")
-        o_valid = Signal(name="o_valid")
-        win = [[Signal(pix, name=f"win{r}_{c}") for c in range(kw)] for r in range(kh)]
-
-        free = ~o_valid | self.o.ready
         adv1 = s1_valid & free
-        take = self.i.valid & self.i.ready
         m.d.comb += self.i.ready.eq(~s1_valid | free)
         with m.If(take):
             m.d.sync += [s1_valid.eq(1), s1_pix.eq(self.i.payload.as_value()), s1_x.eq(x),
@@ -225,20 +243,17 @@ class SlidingWindow(wiring.Component):
         with m.Elif(adv1):
             m.d.sync += s1_valid.eq(0)
 
-        if kh > 1:
-            # word[x] = rows y-1, y-2, ..., y-Kh+1 at column x (slot 0 = the row just above)
-            mem = memory.Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
-            m.submodules.line_buffer = mem
-            wr = mem.write_port()
-            # with one column the next pixel reads the word written in the same clock
-            rd = mem.read_port(transparent_for=(wr,) if wp == 1 else ())
-            m.d.comb += [rd.addr.eq(x), rd.en.eq(take),
-                         wr.addr.eq(s1_x), wr.en.eq(adv1)]
-            slots = [rd.data[k * pix:(k + 1) * pix] for k in range(kh - 1)]
-            m.d.comb += wr.data.eq(Cat(s1_pix, *slots[:kh - 2]))
-            column = list(reversed(slots)) + [s1_pix]  # top (ky = 0) to bottom
-        else:
-            column = [s1_pix]
+        # word[x] = rows y-1, y-2, ..., y-Kh+1 at column x (slot 0 = the row just above)
+        mem = memory.Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
+        m.submodules.line_buffer = mem
+        wr = mem.write_port()
+        # with one column the next pixel reads the word written in the same clock
+        rd = mem.read_port(transparent_for=(wr,) if wp == 1 else ())
+        m.d.comb += [rd.addr.eq(x), rd.en.eq(take),
+                     wr.addr.eq(s1_x), wr.en.eq(adv1)]
+        slots = [rd.data[k * pix:(k + 1) * pix] for k in range(kh - 1)]
+        m.d.comb += wr.data.eq(Cat(s1_pix, *slots[:kh - 2]))
+        column = list(reversed(slots)) + [s1_pix]  # top (ky = 0) to bottom
         with m.If(adv1):
             for r in range(kh):
                 for c in range(kw - 1):
@@ -248,8 +263,6 @@ class SlidingWindow(wiring.Component):
             m.d.sync += o_valid.eq(0)
         with m.If(adv1):
             m.d.sync += o_valid.eq(s1_emit)
-        m.d.comb += [self.o.valid.eq(o_valid),
-                     self.o.payload.eq(Cat(*(w for row in win for w in row)))]
         return m
 
 
@@ -510,7 +523,7 @@ class ConvLayer(_Image):
 
     def __init__(self, config: ConvConfig):
         super().__init__(config)
-        from .layer import build_layer
+        from .layer import FoldedDense, build_layer
         conv = config.conv
         spatial, kernel, stride, padding = _geometry(conv)
         fmt = conv.input
@@ -518,7 +531,11 @@ class ConvLayer(_Image):
         pad = int(fmt.to_codes(np.array([conv.pad_value]))[0])
         self._pad = _owned(Padder(spatial, padding, bits, c, pad))
         self._window = _owned(SlidingWindow(self._pad.padded, kernel, stride, bits, c))
-        self._dense = _owned(build_layer(config.dense))
+        # a folded datapath reads the window register in place: the window holds it until the
+        # last fold issues, so the layer keeps one copy of the window, not two
+        self._dense = _owned(FoldedDense(config.dense, in_place=True)
+                             if config.dense.architecture == "folded"
+                             else build_layer(config.dense))
         self._framer = _owned(Framer(conv.out_format.bits, conv.out_channels,
                                      math.prod(conv.out_shape[:-1])))
 
@@ -530,8 +547,12 @@ class ConvLayer(_Image):
     @property
     def latency(self) -> int:
         """Clock edges from the pixel that completes a window to its output's ``o.valid``:
-        ``2`` (:class:`SlidingWindow`) plus the dense datapath's ``latency``."""
-        return self._window.latency + self._dense.latency
+        :attr:`SlidingWindow.latency` (2; 1 for a one-row kernel) plus the dense datapath's
+        ``latency``; a folded datapath reads the window in place and its latency counts from
+        its last fold, ``II_dense - 1`` clocks after the window arrived."""
+        dense = self._dense
+        folds = dense.initiation_interval - 1 if getattr(dense, "in_place", False) else 0
+        return self._window.latency + folds + dense.latency
 
     @property
     def initiation_interval(self) -> int:
@@ -662,9 +683,9 @@ def is_tiled_maxpool(layer) -> bool:
 
 class MaxPoolLayer(_Image):
     """A maxpool layer: :class:`Padder` (no padding: it drops ``last``), :class:`SlidingWindow`,
-    :class:`MaxReduce`, :class:`Framer` (``latency`` 3); non-overlapping tiles
-    (:func:`is_tiled_maxpool`): :class:`TileMax` instead of the window and the comparator tree
-    (``latency`` 2). One pixel per clock."""
+    :class:`MaxReduce`, :class:`Framer` (``latency`` 3, 2 for a one-row kernel);
+    non-overlapping tiles (:func:`is_tiled_maxpool`): :class:`TileMax` instead of the window
+    and the comparator tree (``latency`` 2). One pixel per clock."""
 
     def __init__(self, config: ConvConfig):
         super().__init__(config)
@@ -683,8 +704,11 @@ class MaxPoolLayer(_Image):
 
     @property
     def latency(self) -> int:
-        """3: the window (2) and the registered comparator tree (1); tiles: 2."""
-        return 2 if "tile" in self._stages else 3
+        """The window's (2, or 1 for a one-row kernel) and the registered comparator tree's (1);
+        tiles: 2."""
+        if "tile" in self._stages:
+            return 2
+        return self._stages["window"].latency + 1
 
     @property
     def initiation_interval(self) -> int:
@@ -711,10 +735,11 @@ class _OneRegister(_Image):
 
 class GlobalPoolLayer(_OneRegister):
     """A global avgpool (:func:`is_global_pool`): each pixel's ``C`` values are added into ``C``
-    accumulators; the last pixel of an image completes the sums, which go through the output
-    stage (:func:`bitfab.hw.datapath.output_stage`) into the output register, and the
-    accumulators start over. ``latency`` 1 (after the last pixel), a pixel per clock; no window
-    register and no line buffer (a windowed avgpool would hold the whole image)."""
+    accumulators; after the last pixel of an image they hold its sums, which are the output
+    through the output stage (:func:`bitfab.hw.datapath.output_stage`) until it is taken, and
+    the next image's first pixel starts them over (it waits for that). ``latency`` 1 (after the
+    last pixel), a pixel per clock; no window register, no line buffer (a windowed avgpool would
+    hold the whole image) and no output register beside the accumulators."""
 
     def elaborate(self, platform):
         m = Module()
@@ -729,30 +754,26 @@ class GlobalPoolLayer(_OneRegister):
                                      out_bits=layer.out_format.bits, acc_bits=layer.acc_bits)
         x_data = self.i.payload.data if layer.in_stream.framed else self.i.payload
         n = _counter(p, "n")
-        at_end = n == p - 1
+        first, at_end = n == 0, n == p - 1
         o_valid = Signal(name="o_valid")
-        out = Signal(len(self.o.payload.as_value()), name="out")
         codes, updates = [], []
         for k in range(c):
             code = x_data[k]
             x = code.as_signed() if fmt.signed else code
             acc = Signal(range(min(lo, 0), max(hi, 0) + 1), name=f"acc{k}")
-            s = Signal(range(lo, hi + 1), name=f"sum{k}")
-            m.d.comb += s.eq(acc + x)
-            codes.append(output_stage(m, shim, s, [k], None, f"out{k}"))
+            s = Signal(range(min(lo, 0), max(hi, 0) + 1), name=f"sum{k}")
+            m.d.comb += s.eq(Mux(first, x, acc + x))
+            codes.append(output_stage(m, shim, acc, [k], None, f"out{k}"))
             updates.append((acc, s))
-        m.d.comb += self.i.ready.eq(~at_end | ~o_valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += o_valid.eq(0)
+        # a pixel enters while no sums wait, or as they are taken
+        m.d.comb += self.i.ready.eq(~o_valid | self.o.ready)
         with m.If(self.i.valid & self.i.ready):
-            with m.If(at_end):
-                value = Cat(*codes, Const(1, 1)) if layer.out_stream.framed else Cat(*codes)
-                m.d.sync += [out.eq(value), o_valid.eq(1), n.eq(0)]
-                m.d.sync += [acc.eq(0) for acc, _ in updates]
-            with m.Else():
-                m.d.sync += [acc.eq(s) for acc, s in updates]
-                m.d.sync += n.eq(n + 1)
-        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
+            m.d.sync += [acc.eq(s) for acc, s in updates]
+            m.d.sync += [o_valid.eq(at_end), n.eq(Mux(at_end, 0, n + 1))]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        value = Cat(*codes, Const(1, 1)) if layer.out_stream.framed else Cat(*codes)
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(value)]
         return m
 
 
@@ -761,13 +782,23 @@ class FlattenLayer(_OneRegister):
     codes (pixel-major), which is the output once the last pixel arrived; the next image's
     first pixel enters as the vector is taken. ``latency`` 1 (after the last pixel), a pixel
     per clock while the consumer keeps up; ``P * C * bits`` register bits (the consumer, a
-    dense layer, buffers the vector itself)."""
+    dense layer, buffers the vector itself). An image of one pixel (after a global pool) is
+    already the vector: it passes through without a register (``latency`` 0)."""
+
+    @property
+    def latency(self) -> int:
+        """1 (after the last pixel); 0 for a one-pixel image (a wire)."""
+        return 0 if math.prod(self.layer.in_shape[:-1]) == 1 else 1
 
     def elaborate(self, platform):
         m = Module()
         layer = self.layer
         p = math.prod(layer.in_shape[:-1])
         pix = layer.input.bits * layer.in_shape[-1]
+        if p == 1:
+            m.d.comb += [self.o.payload.eq(self.i.payload.data.as_value()),
+                         self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
+            return m
         n = _counter(p, "n")
         buf = Signal(pix * p, name="collect")
         o_valid = Signal(name="o_valid")
@@ -860,8 +891,18 @@ class Fork(wiring.Component):
 
 
 class StreamFifo(wiring.Component):
-    """A first-in first-out buffer of ``depth`` payloads of ``shape`` between two streams
-    (:class:`amaranth.lib.fifo.SyncFIFOBuffered`: block RAM where it is deep). Latency 1."""
+    """A first-in first-out buffer of ``depth`` payloads of ``shape`` between two streams.
+
+    ``depth - 1`` payloads wait in a :class:`amaranth.lib.memory.Memory` read through a
+    synchronous port, whose data register is the output: nothing is copied into flip-flops.
+    The memory asks for block RAM (``ram_style``) where it holds at least
+    :data:`BLOCK_RAM_BITS` bits (a skip FIFO of a small network would otherwise be hundreds of
+    flip-flops, the scarce cells of a small FPGA, beside unused block RAM); smaller ones stay
+    in logic. ``depth`` 1 is one register (:class:`amaranth.lib.fifo.SyncFIFOBuffered`).
+    """
+
+    #: Memories of at least this many bits ask for block RAM.
+    BLOCK_RAM_BITS = 32
 
     def __init__(self, shape, depth: int):
         self._depth = depth
@@ -873,17 +914,49 @@ class StreamFifo(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """2 (1 for ``depth`` 1): a write to an empty buffer is readable two clocks later (the
-        synchronous memory read and the output register of ``SyncFIFOBuffered``)."""
+        """2 (1 for ``depth`` 1): a payload written into an empty buffer is read from the memory
+        the next clock and offered the clock after."""
         return 2 if self._depth > 1 else 1
+
+    @property
+    def block_ram(self) -> bool:
+        """Whether the memory asks for block RAM."""
+        width = len(Value.cast(self.i.payload))
+        return self._depth > 1 and width * (self._depth - 1) >= self.BLOCK_RAM_BITS
 
     def elaborate(self, platform):
         m = Module()
-        width = len(self.i.payload.as_value())
-        m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
-        m.d.comb += [q.w_data.eq(self.i.payload.as_value()), q.w_en.eq(self.i.valid),
-                     self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
-                     self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
+        width = len(Value.cast(self.i.payload))
+        if self._depth <= 1:
+            m.submodules.fifo = q = fifo.SyncFIFOBuffered(width=width, depth=self._depth)
+            m.d.comb += [q.w_data.eq(Value.cast(self.i.payload)), q.w_en.eq(self.i.valid),
+                         self.i.ready.eq(q.w_rdy), self.o.payload.eq(q.r_data),
+                         self.o.valid.eq(q.r_rdy), q.r_en.eq(self.o.ready)]
+            return m
+        d = self._depth - 1  # words in the memory; the read port's data register is one more
+        mem = memory.Memory(shape=unsigned(width), depth=d, init=[],
+                            attrs={"ram_style": "block"} if self.block_ram else None)
+        m.submodules.memory = mem
+        wr = mem.write_port()
+        rd = mem.read_port(domain="sync")
+        wp, rp = _counter(d, "wp"), _counter(d, "rp")
+        level = Signal(range(d + 1), name="level")
+        o_valid = Signal(name="o_valid")
+        push = self.i.valid & self.i.ready
+        # the memory never reads the word written in the same clock: a read needs level > 0,
+        # so it reads an older word, and a full memory (wp == rp) takes no write
+        pop = (level != 0) & (~o_valid | self.o.ready)
+        m.d.comb += [self.i.ready.eq(level != d),
+                     wr.addr.eq(wp), wr.data.eq(Value.cast(self.i.payload)), wr.en.eq(push),
+                     rd.addr.eq(rp), rd.en.eq(pop),
+                     self.o.payload.eq(rd.data), self.o.valid.eq(o_valid)]
+        with m.If(push):
+            m.d.sync += wp.eq(Mux(wp == d - 1, 0, wp + 1))
+        with m.If(pop):
+            m.d.sync += [rp.eq(Mux(rp == d - 1, 0, rp + 1)), o_valid.eq(1)]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        m.d.sync += level.eq(level + push - pop)
         return m
 
 

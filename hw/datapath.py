@@ -26,14 +26,14 @@ computes ``acc`` and requantizes it (multiply, floor shift with rounding offset,
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 
 from bitfab.model import Dense, signed_bits, unsigned_bits
 
 from .adder_tree import sum_terms
 
 __all__ = ["csd", "const_mul", "unrolled_terms", "lane_terms", "output_stage", "moved_thresholds",
-           "pick_constant", "channel_offsets", "resize"]
+           "pick_constant", "channel_offsets", "resize", "at_least"]
 
 
 def csd(n: int) -> list[tuple[int, int]]:
@@ -253,6 +253,29 @@ def moved_thresholds(layer: Dense, channels=None) -> list[list[int]]:
             for c in channels]
 
 
+def at_least(s: Value, t: int) -> Value:
+    """Return ``s >= t`` for a constant ``t`` as AND/OR logic over the bits of ``s`` (from the
+    lowest up: ``ge_i = s_i & ge_(i-1)`` where bit ``i`` of ``t`` is 1, ``s_i | ge_(i-1)`` where
+    it is 0; a signed ``s`` compares in offset binary). yosys maps ``>=`` to a carry chain,
+    which LUT mapping cannot merge with the logic around it: a threshold stage of a narrow sum
+    (a residual add's) then costs a chain per threshold instead of a few LUTs per code bit."""
+    shape = Value.cast(s).shape()
+    w = shape.width
+    lo = -(1 << (w - 1)) if shape.signed else 0
+    if t <= lo:
+        return Const(1, 1)
+    if t > lo + (1 << w) - 1:
+        return Const(0, 1)
+    u = t - lo
+    bits = Value.cast(s).as_unsigned()
+    if shape.signed:
+        bits = Cat(bits[:w - 1], ~bits[w - 1])
+    ge = Const(1, 1)
+    for i in range(w):
+        ge = (bits[i] & ge) if (u >> i) & 1 else (bits[i] | ge)
+    return ge
+
+
 def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Value | None,
                  name: str) -> Value:
     """Return the output code (``layer.out_bits`` wide) of the sum ``s`` of a channel.
@@ -271,7 +294,10 @@ def output_stage(m: Module, layer: Dense, s: Value, channels: list[int], sel: Va
             moved = [row[k] for row in moved_all]
             dirs = {int(d[c]) for c in channels}
             th = _pick(moved, sel)
-            if dirs == {1}:
+            if isinstance(th, Const) and len(dirs) == 1:
+                # a constant threshold: AND/OR logic, which LUT mapping merges with the count
+                bits.append(at_least(s, th.value) if dirs == {1} else ~at_least(s, th.value + 1))
+            elif dirs == {1}:
                 bits.append(s >= th)
             elif dirs == {-1}:
                 bits.append(s <= th)

@@ -237,13 +237,31 @@ class FoldedDense(_LayerBase):
     ``SF`` clocks never stalls the layer. A new input vector is accepted while the last fold of
     the previous one issues, so vectors follow each other every ``SF * NF`` clocks.
 
+    With ``in_place`` the layer keeps no copy of its input vector: it works on ``i.payload``
+    while the producer holds it (``valid`` high, the payload unchanged until the transfer, as
+    every layer component's output register does) and takes it (``i.ready``) only as its last
+    fold issues. That saves ``in_features * in_bits`` flip-flops; the producer cannot prepare
+    its next vector meanwhile, so a sliding window adds a clock or two per vector. The latency
+    then counts from that last issue: ``2 + Lt``.
+
     Parameters
     ----------
     config : LayerConfig
         A ``folded`` configuration.
+    in_place : bool
+        Read the input where the producer holds it (default False: copy it on arrival).
     """
 
     _architecture = "folded"
+
+    def __init__(self, config: LayerConfig, in_place: bool = False):
+        self._in_place = bool(in_place)
+        super().__init__(config)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the layer reads its input where the producer holds it (no input copy)."""
+        return self._in_place
 
     def _make_signature(self, config: LayerConfig) -> wiring.Signature:
         sig = super()._make_signature(config)
@@ -273,26 +291,37 @@ class FoldedDense(_LayerBase):
             m.submodules.weights = mem
 
         en = Signal(name="en")
-        # stage 0: input buffer and fold counters
-        xbuf = Signal(n_in * in_bits, name="xbuf")
-        xvalid = Signal(name="xvalid")
+        # stage 0: input buffer (or, in place, the producer's held payload) and fold counters
+        if self._in_place:
+            xbuf, xvalid = self.i.payload.as_value(), self.i.valid
+        else:
+            xbuf = Signal(n_in * in_bits, name="xbuf")
+            xvalid = Signal(name="xvalid")
         sf = Signal(range(sf_n), name="sf")
         nf = Signal(range(nf_n), name="nf")
         sf_last = sf == sf_n - 1
         nf_last = nf == nf_n - 1
         issue_last = xvalid & sf_last & nf_last
-        m.d.comb += self.i.ready.eq(~xvalid | (issue_last & en))
+        if self._in_place:
+            m.d.comb += self.i.ready.eq(issue_last & en)
+        else:
+            m.d.comb += self.i.ready.eq(~xvalid | (issue_last & en))
         with m.If(en & xvalid):
             with m.If(sf_last):
                 m.d.sync += sf.eq(0)
                 with m.If(nf_last):
-                    m.d.sync += [nf.eq(0), xvalid.eq(0)]
+                    m.d.sync += nf.eq(0)
+                    if not self._in_place:
+                        m.d.sync += xvalid.eq(0)
                 with m.Else():
                     m.d.sync += nf.eq(nf + 1)
             with m.Else():
                 m.d.sync += sf.eq(sf + 1)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [xbuf.eq(self.i.payload.as_value()), xvalid.eq(1)]
+        if not self._in_place:
+            with m.If(self.i.valid & self.i.ready):
+                m.d.sync += [xbuf.eq(self.i.payload.as_value()), xvalid.eq(1)]
+        # in place, the input transfer is the last issue: the latency counts from there
+        wait = 0 if self._in_place else cfg.initiation_interval
 
         rd = mem if cfg.weights == "spram" else mem.read_port(domain="sync")
         addr = nf * sf_n + sf if nf_n > 1 else sf
@@ -350,7 +379,7 @@ class FoldedDense(_LayerBase):
                                             nfa if nf_n > 1 else None, f"pe{p}_out"))
         if serial:
             self._serial_stage(m, totals, en, va, lasta, vlasta, nfa, ovalid, obuf)
-            return cfg.initiation_interval + 2 + tree + layer.output.count
+            return wait + 2 + tree + layer.output.count
         # a channel group's codes go into the output register once its last vector has left
         m.d.comb += en.eq(~(va & lasta & ovalid & ~self.o.ready))
         for f in range(nf_n):
@@ -365,7 +394,7 @@ class FoldedDense(_LayerBase):
         with m.If(en & va & vlasta):
             m.d.sync += ovalid.eq(1)
         m.d.comb += [self.o.valid.eq(ovalid), self.o.payload.eq(obuf)]
-        return cfg.initiation_interval + 2 + tree
+        return wait + 2 + tree
 
     def _serial_stage(self, m: Module, totals, en, va, lasta, vlasta, nfa, ovalid, obuf):
         """The threshold output stage, one threshold per clock (:func:`serial_thresholds`).
@@ -723,8 +752,16 @@ class Network(wiring.Component):
         self._configs = configs
         self._edges = edges
         self._per_step, self._framed = per_step, framed
-        self._layers = tuple(PerStep(build_layer(c)) if step else build_layer(c)
-                             for c, step in zip(configs, per_step))
+        layers = []
+        for c, step, srcs in zip(configs, per_step, edges):
+            if step:
+                layers.append(PerStep(build_layer(c)))
+            elif isinstance(c, LayerConfig) and c.architecture == "folded" and \
+                    self._holds(layers, srcs[0]):
+                layers.append(FoldedDense(c, in_place=True))  # no copy of a held vector
+            else:
+                layers.append(build_layer(c))
+        self._layers = tuple(layers)
         first, last = self._layers[0], self._layers[-1]
         members = {"i": first.signature.members["i"], "o": last.signature.members["o"]}
         # the layers whose weights live in SPRAM, loaded in layer order through `load`
@@ -733,6 +770,22 @@ class Network(wiring.Component):
         if self._spram:
             members["load"] = In(stream.Signature(word_layout()))
         super().__init__(wiring.Signature(members))
+
+    def _holds(self, layers, j: int) -> bool:
+        """Whether a folded dense layer reading layer ``j`` (built in ``layers``) reads it in
+        place: ``j`` collects an image into one held vector (a flatten's register, a global
+        pool's accumulators, or a one-pixel flatten's wire from those), which waits the
+        layer's interval once per image. Behind a layer that gives a vector every few clocks
+        (another folded dense layer) the layer copies its input, so that both keep their
+        interval; behind the network input (whose producer is outside) too."""
+        while j >= 0:
+            kind = self._configs[j].layer.kind
+            if kind not in ("flatten", "avgpool") or getattr(self._configs[j], "dense", None):
+                return False  # not a collecting layer (a windowed avgpool has a datapath)
+            if layers[j].latency > 0:
+                return True
+            j = self._edges[j][0]
+        return False
 
     @property
     def configs(self) -> tuple:

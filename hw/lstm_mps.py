@@ -125,8 +125,9 @@ def split_lanes(stages: list[ChainStage], lanes: int) -> list[tuple[int, int]]:
     """Share a budget of ``lanes`` weights per clock (``pe * simd`` of a fold) among the
     stages: each starts at ``(1, 1)``; then, while the budget allows, the stage that takes the
     most clocks grows to the next ``(pe, simd)`` (the smallest ``pe`` that saves a channel
-    group, or the next divisor of its columns as ``simd``) that saves the most clocks per added lane. Every stage keeps at least one lane,
-    so a budget below the number of stages is exceeded."""
+    group, or the next divisor of its columns as ``simd``) that saves the most clocks per added
+    lane. Every stage keeps at least one lane, so a budget below the number of stages is
+    exceeded."""
     folds = [(1, 1)] * len(stages)
     used = len(stages)
     while True:

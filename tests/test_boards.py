@@ -48,8 +48,9 @@ class _Loop(wiring.Component):
     vectors -> FrameTransmitter -> bytes: the framing path of a board without a network
     (identify requests go straight back, as on a board)."""
 
-    def __init__(self, n_bytes):
+    def __init__(self, n_bytes, in_place=False):
         self.n = n_bytes
+        self.in_place = in_place
         super().__init__({
             "i": In(stream.Signature(8)),
             "vec": Out(stream.Signature(8 * n_bytes)),
@@ -64,7 +65,8 @@ class _Loop(wiring.Component):
         m.submodules.tx = tx = UARTTx(DIV)
         m.submodules.rx = rx = UARTRx(DIV)
         m.submodules.frx = frx = FrameReceiver(self.n)
-        m.submodules.ftx = ftx = FrameTransmitter(self.n, IDENTITY.to_bytes())
+        m.submodules.ftx = ftx = FrameTransmitter(self.n, IDENTITY.to_bytes(),
+                                                  in_place=self.in_place)
         wiring.connect(m, wiring.flipped(self.i), tx.i)
         m.d.comb += rx.rx.eq(tx.tx)
         wiring.connect(m, rx.o, frx.i)
@@ -78,9 +80,9 @@ class _Loop(wiring.Component):
 
 
 def _loop(n_bytes, sent: bytes, results=(), errors=(), out_bytes=0, cycles=None,
-          vec_ready=1):
+          vec_ready=1, in_place=False):
     """Send ``sent`` through the loop; return (vectors, error codes, transmitted bytes)."""
-    dut = _Loop(n_bytes)
+    dut = _Loop(n_bytes, in_place)
     vectors, codes, out = [], [], []
     cycles = cycles or (len(sent) + 8) * 10 * DIV + 200
 
@@ -160,10 +162,12 @@ def test_overrun_is_reported():
     assert vectors == [0x030201] * len(vectors) and vectors  # the first one is held
 
 
-def test_transmitter_frames_results_and_errors():
-    """The board's transmitter output parses with the host parser: results, then an error."""
+@pytest.mark.parametrize("in_place", [False, True])
+def test_transmitter_frames_results_and_errors(in_place):
+    """The board's transmitter output parses with the host parser: results, then an error
+    (results copied, or read where the producer holds them)."""
     _, _, out = _loop(2, b"", results=[("r", 0xBEEF), ("r", 0x0102)], errors=[ERR_CRC],
-                      cycles=300)
+                      cycles=300, in_place=in_place)
     frames = FrameParser(2).feed(out)
     assert [(f.kind, f.payload, f.ok) for f in frames] == [
         (TYPE_RESULT, b"\xef\xbe", True), (TYPE_RESULT, b"\x02\x01", True),

@@ -21,6 +21,7 @@ from bitfab.boards.simboard import simulated_board
 from bitfab.boards.targets import get_board
 from bitfab.cli import run
 from bitfab.examples import cnn, resnet1d
+from bitfab.hw.layer import skip_fifo_depths
 from bitfab.sim.golden import execute
 from bitfab.sim.run import random_inputs
 
@@ -44,8 +45,11 @@ def test_fold_choice_counts_images_windows_and_line_buffers():
     assert unrolled == 4
     assert memory_blocks(model, (1, 1), board) > unrolled  # weights move into block RAM
     assert choose_fold(model, board) is None  # a small CNN fits unrolled
-    # a 1-D network has one-row windows: no line buffer
-    assert memory_blocks(resnet1d(np.random.default_rng(1)), None, board) == 0
+    # a 1-D network has one-row windows: no line buffer; its skip FIFOs of 32 bits or more
+    # are block RAM (3 words of 13 bits and 3 of 25: one and two EBR of 16-bit words)
+    res = resnet1d(np.random.default_rng(1))
+    assert skip_fifo_depths(res.layers, res.edges) == {(3, 1): 4, (7, 1): 4}
+    assert memory_blocks(res, None, board) == 3
 
 
 def test_a_cnn_on_the_simulated_board_is_bit_exact(tmp_path, capsys):
@@ -82,3 +86,21 @@ def test_a_cnn_bitstream_for_icebreaker(tmp_path):
     assert report["timing_met"]
     assert report["inputs_per_s_at_fmax"] == pytest.approx(report["fmax_mhz"] * 1e6 / 64, rel=1e-3)
     assert 0 < report["resources"]["lut4"]["used"] <= 5280
+
+
+def test_a_slow_network_s_results_go_out_from_its_output_register():
+    """A network that gives a result at most once per result frame's line time (a folded
+    resnet) has its results sent from its held output register (no transmitter copy); the
+    answers equal golden, a wrong reference fails."""
+    model = resnet1d(np.random.default_rng(1), length=8, channels=4)
+    x, _ = random_inputs(model, 2, seed=3)
+    with simulated_board(model, fold=(1, 1)) as transport:
+        top = transport._top
+        ident = top.identity
+        assert top._ftx.in_place
+        assert ident.frame_clocks(top.out_bytes) <= ident.input_clocks
+        result = BoardClient(transport, model).run(x)
+    want = execute(model, x).output
+    np.testing.assert_array_equal(result.outputs, want)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(result.outputs, want + (np.arange(2) == 1)[:, None])

@@ -331,6 +331,10 @@ def test_resnet1d_on_the_cocotb_bench_with_stalls(tmp_path, tool, simulator):
     model.save(tmp_path / "r.bfm")
     r = simulate_model(tmp_path / "r.bfm", simulator=simulator, vectors=100, stall=0.5)
     assert (r.vectors, r.mismatches) == (100, 0)
+    # folded: the datapaths read their windows in place, the head the pool's accumulators
+    r = simulate_model(tmp_path / "r.bfm", simulator=simulator, vectors=12, stall=0.5,
+                       fold=(2, 3))
+    assert (r.vectors, r.mismatches) == (12, 0)
 
 
 @pytest.mark.cocotb
@@ -377,3 +381,61 @@ def test_network_latency_is_the_longest_path():
     x = images(rng, model, 1)
     run = run_stream(net, model.in_stream.pack(x.reshape(1, 6, 1)))
     assert run.out_cycles[0] - run.in_cycles[0] == net.latency
+
+
+@pytest.mark.parametrize("fold", [(1, 1), (2, 3)])
+def test_folded_resnet_reads_held_vectors_in_place(fold):
+    """Folded, every conv datapath reads its window register in place and the dense head the
+    global pool's register through the one-pixel flatten (a wire): no input copies. Bit-exact
+    with golden under stalls and bubbles, through both skip FIFOs."""
+    from bitfab.hw.layer import FoldedDense
+    model = resnet1d(np.random.default_rng(6), length=16, channels=3, encoding="pow2")
+    net = Network(network_configs(model, fold=fold))
+    convs = [comp for comp in net.layers if isinstance(comp, ConvLayer)]
+    assert len(convs) == 6 and all(comp._dense.in_place for comp in convs)
+    flatten, head = net.layers[-2:]
+    assert (flatten.config.layer.kind, flatten.latency) == ("flatten", 0)
+    assert isinstance(head, FoldedDense) and head.in_place
+    for seed, (stall, bubble) in enumerate([(0.5, 0.3), (0.2, 0.7)]):
+        check(model, batch=2, seed=seed, stall=stall, bubble=bubble, target=net)
+
+
+def test_folded_conv_latency_counts_the_folds_on_the_window():
+    """A folded conv whose datapath reads the window in place: its first output comes exactly
+    ``latency`` clocks after the pixel that completes the first window."""
+    from bitfab.sim.amaranth_sim import run_stream
+    rng = np.random.default_rng(20)
+    layer = random_conv(rng, (6, 2), 3, 3, "ternary", InputFormat.int(3), "requant")
+    comp = kinds.build(kinds.configure(layer, fold=(1, 2)))
+    dense = comp._dense
+    assert dense.in_place and dense.initiation_interval == 3 * 3
+    # a one-row kernel has no line buffer: the window register is the only stage before it
+    assert comp._window.latency == 1
+    assert comp.latency == 1 + dense.initiation_interval - 1 + dense.latency
+    x = images(rng, IntegerModel((layer,)), 1)
+    run = run_stream(comp, layer.in_stream.pack(x), outputs=4)
+    # no padding: the third pixel completes the first window
+    assert run.out_cycles[0] - run.in_cycles[2] == comp.latency
+
+
+@pytest.mark.parametrize("width,depth", [(3, 2), (9, 4), (24, 3), (8, 1)])
+def test_stream_fifo_keeps_order_under_stalls(width, depth):
+    """The skip FIFO (payloads in a memory read through its synchronous port; block RAM from 32
+    bits) gives every payload once, in order, under stalls and bubbles; a wrong reference
+    fails."""
+    from amaranth.hdl import unsigned
+
+    from bitfab.hw.conv import StreamFifo
+    from bitfab.sim.amaranth_sim import run_stream
+    rng = np.random.default_rng(width * depth)
+    words = rng.integers(0, 1 << width, size=40).tolist()
+    for seed, (stall, bubble) in enumerate([(0.0, 0.0), (0.7, 0.1), (0.1, 0.7), (0.5, 0.5)]):
+        got = run_stream(StreamFifo(unsigned(width), depth), words, stall=stall,
+                         bubble=bubble, seed=seed).outputs
+        np.testing.assert_array_equal(got, words)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, words[::-1])
+    q = StreamFifo(unsigned(width), depth)
+    run = run_stream(q, words[:3])
+    assert run.out_cycles[0] - run.in_cycles[0] == q.latency
+    assert q.block_ram == (depth > 1 and width * (depth - 1) >= 32)

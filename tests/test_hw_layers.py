@@ -362,3 +362,69 @@ def test_serial_threshold_stage_fails_on_a_wrong_reference():
     wrong[2, 1] = (wrong[2, 1] + 1) % 8
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(y, wrong)
+
+
+@pytest.mark.parametrize("pe,simd,output", [(2, 4, "none"), (1, 2, "threshold")])
+def test_folded_in_place_reads_the_held_input(pe, simd, output):
+    """A FoldedDense ``in_place`` keeps no input copy: it works on the producer's held payload
+    and takes it as its last fold issues. The same vectors as golden under stalls and bubbles
+    (the serial threshold stage included); the latency counts from that last fold, the
+    interval is the copying layer's; a wrong reference fails."""
+    from bitfab.hw.layer import FoldedDense
+    rng = np.random.default_rng(pe + simd)
+    layer = random_dense(rng, 8, 3, "ternary", InputFormat.int(3, signed=True), output,
+                         thresholds=3)
+    x = random_inputs(rng, layer.input, 16, 8)
+    cfg = LayerConfig.folded(layer, pe, simd, 1)
+    for seed, (stall, bubble) in enumerate([(0.6, 0.2), (0.2, 0.6)]):
+        result = run_stream(FoldedDense(cfg, in_place=True), pack(x, layer.input),
+                            stall=stall, bubble=bubble, seed=seed)
+        y = unpack(result.outputs, layer.out_format, layer.out_features)
+        np.testing.assert_array_equal(y, reference(layer, x))
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(y, reference(layer, x) + (np.arange(16) == 5)[:, None])
+    dut, copy = FoldedDense(cfg, in_place=True), FoldedDense(cfg)
+    timed = run_stream(dut, pack(x[:4], layer.input))
+    assert dut.in_place and not copy.in_place
+    assert dut.latency == copy.latency - cfg.initiation_interval
+    np.testing.assert_array_equal(np.array(timed.out_cycles) - timed.in_cycles, dut.latency)
+    np.testing.assert_array_equal(np.diff(timed.in_cycles), dut.initiation_interval)
+    Fragment.get(copy, None)  # built for its latency only
+
+
+def test_at_least_a_constant_is_the_comparison():
+    """``at_least`` (a threshold against a constant as AND/OR logic, no carry chain) equals
+    ``s >= t`` for every value of unsigned and signed sums and thresholds in and out of range;
+    a deliberately shifted reference fails."""
+    from amaranth.hdl import signed
+    from amaranth.sim import Simulator
+
+    from bitfab.hw.datapath import at_least
+    cases = [(shape, t) for shape in (unsigned(1), unsigned(4), signed(1), signed(3), signed(5))
+             for t in range(-20, 21)]
+    m = Module()
+    sigs = {shape: Signal(shape, name=f"s_{shape.width}_{int(shape.signed)}")
+            for shape, _ in cases}
+    outs = []
+    for shape, t in cases:
+        o = Signal(name=f"ge{len(outs)}")
+        m.d.comb += o.eq(at_least(sigs[shape], t))
+        outs.append(o)
+    got, want = [], []
+
+    async def bench(ctx):
+        for v in range(32):
+            for shape, s in sigs.items():
+                lo = -(1 << (shape.width - 1)) if shape.signed else 0
+                ctx.set(s, lo + v % (1 << shape.width))
+            for (shape, t), o in zip(cases, outs):
+                x = ctx.get(sigs[shape])
+                got.append(ctx.get(o))
+                want.append(int(x >= t))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(got, np.roll(want, 1))
