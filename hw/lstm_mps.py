@@ -25,8 +25,9 @@ Stages (``k`` counts the cores of the chain; shapes from :attr:`LstmMps.ranks`):
 Storage: ``z`` is held in registers; a stage with several vectors stores its results in
 registers (``t_k`` / ``u_k``, scattered as above), a stage with one vector (always the last input
 core and the first output core) leaves them in its datapath's output register, which is
-released once the next stage has taken its last input vector (each datapath keeps its own copy
-of the vector it works on).
+released once the next stage has taken its last input vector. A folded stage reads its input
+vector in place (``FoldedDense(in_place=True)``: the gathered vector stays put until the stage
+takes it as its last fold issues), so no datapath keeps a copy of its input.
 
 Widths and rounding: there is no rounding. ``z`` enters at the width of the lstm layer's
 ``concat_format``; stage ``k``'s results are stored at ``LstmMps.stage_bits[d][k]`` bits (a
@@ -36,9 +37,10 @@ accumulator width (the stage's :class:`~bitfab.model.Dense`).
 The final stage's value plus the bias is stored at the dense equivalent's accumulator width,
 which its exact range fits, so the accumulators equal the dense kind's bit for bit.
 
-Per step the chain takes :attr:`MpsGates.latency` clocks: ``1 + sum_k ((V_k - 1) II_k + L_k +
-1)`` (``II_k``, ``L_k`` the stage datapath's initiation interval and latency; unrolled stages
-take one vector per clock).
+Per step the chain takes :attr:`MpsGates.latency` clocks: ``1 + sum_k (V_k II_k + L_k)``
+(``II_k``, ``L_k`` the stage datapath's initiation interval and latency; folded stages read their
+input in place, and ``L_k`` counts from a vector's last fold; unrolled stages take one vector per
+clock, ``II_k = 1``, and ``L_k`` counts from its transfer).
 """
 
 from __future__ import annotations
@@ -222,8 +224,10 @@ class MpsGates(wiring.Component):
         except ConfigError:
             self._MustUse__silence = True
             raise
-        self._datapaths = [FoldedDense(c) if c.architecture == "folded" else UnrolledDense(c)
-                           for c in self._configs]
+        # folded stages read their input vector where it is held (our registers, or the
+        # previous datapath's output register): no copy
+        self._datapaths = [FoldedDense(c, in_place=True) if c.architecture == "folded"
+                           else UnrolledDense(c) for c in self._configs]
         n = dense.in_features + dense.hidden
         super().__init__(layer_signature(self._z_bits, n, self._acc_bits, 4 * dense.hidden))
 
@@ -247,9 +251,14 @@ class MpsGates(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Clock edges from the transfer of ``z`` to ``o.valid``: ``1 + sum_k ((V_k - 1) II_k
-        + L_k + 1)``."""
-        return 1 + sum((s.vectors - 1) * c.initiation_interval + dp.latency + 1
+        """Clock edges from the transfer of ``z`` to ``o.valid``: ``1 + sum_k (V_k II_k +
+        L_k)`` (folded stages, in place: ``L_k`` counts from a vector's last fold) or ``1 +
+        sum_k (V_k + L_k)`` (unrolled)."""
+        # a folded stage takes each vector as its last fold issues and answers ``latency``
+        # later; an unrolled one takes a vector a clock; the next stage starts a clock after
+        # the last answer
+        return 1 + sum(s.vectors * c.initiation_interval + dp.latency
+                       if c.architecture == "folded" else s.vectors - 1 + dp.latency + 1
                        for s, c, dp in zip(self._stages, self._configs, self._datapaths))
 
     @property
