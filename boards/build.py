@@ -418,8 +418,9 @@ def _initial_scale(board: Board) -> float:
 #:   1,16 (2,533: 1.14x). The MLP's 1.8 in 80 % of the device refused every fold of the
 #:   16-unit model.
 #: - iCE40 ``lstm_mps``: the 4-unit digits-rows classifier with a rank-2 ternary chain
-#:   (tests/test_lstm_mps_e2e.py's model) placed at 3,840 cells at fold 2,4 (estimate 4,884:
-#:   0.79x); 1.0 until a larger chain is measured.
+#:   (tests/test_lstm_mps_e2e.py's model) placed at 3,376 cells at fold 1,16 (estimate 4,392:
+#:   0.77x; stages sharing the lanes, reading in place) and 3,840 at fold 2,4 before either
+#:   (4,884: 0.79x); 1.0 until a larger chain is measured.
 CALIBRATION = {("ice40", "lstm"): (1.35, 1.0), ("ice40", "lstm_mps"): (1.0, 1.0)}
 
 

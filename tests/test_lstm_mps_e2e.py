@@ -76,16 +76,20 @@ def test_netlist_on_test_rows(mps_file, capsys, tmp_path):
 
 
 def test_synth_icebreaker_and_simulated_board(mps_file, capsys, tmp_path):
-    """The chain on the iCEBreaker: the fold choice's pick places (3,840 cells at fold 2,4 when
-    measured), and the simulated board agrees with golden and the torch eval."""
+    """The chain on the iCEBreaker: the fold choice's pick places, and the simulated board
+    agrees with golden and the torch eval."""
+    from bitfab.boards.build import choose_fold
+    from bitfab.boards.targets import get_board
+    from bitfab.model import IntegerModel
     code, report, err = bitfab(capsys, "synth", mps_file, "--board", "icebreaker", "--clock",
                                "12", "--out", tmp_path / "ib", "--json")
     assert code == 0, err
-    assert report["fold"] == [2, 4] and report["timing_met"]
+    first = choose_fold(IntegerModel.load(mps_file), get_board("icebreaker"))
+    assert report["fold"] == list(first) and report["timing_met"]
     assert [la["kind"] for la in report["layers"]] == ["lstm_mps", "dense"]
     assert report["layers"][0]["datapath"] == "ternary"
     assert (tmp_path / "ib" / report["bitstream"].split("/")[-1]).exists()
     code, result, err = bitfab(capsys, "board", "run", mps_file, "--simulate", "--vectors", "3",
-                               "--fold", "2,4", "--json")
+                               "--fold", ",".join(map(str, first)), "--json")
     assert code == 0, err
     assert (result["mismatches"], result["torch_mismatches"], result["vectors"]) == (0, 0, 3)
