@@ -130,13 +130,7 @@ def build_report(*, board, model, fold, pipeline, clock, baud, counts, pnr, bits
         "family": board.family,
         "model": model.name, "fingerprint": model.fingerprint(),
         "fold": _fold_json(fold), "pipeline": pipeline,
-        "layers": [{"kind": c.config.to_json()["kind"], "architecture": c.config.architecture,
-                    "pe": c.config.pe, "simd": c.config.simd,
-                    "datapath": c.config.to_json()["datapath"],
-                    "in": c.config.layer.in_features, "out": c.config.layer.out_features,
-                    "weights": getattr(c.config, "weights", None)
-                    if c.config.architecture == "folded" else None,
-                    "initiation_interval": c.initiation_interval} for c in network.layers],
+        "layers": [_layer_json(c) for c in network.layers],
         "weight_load": _weight_load(network, baud),
         "latency_cycles": network.latency, "initiation_interval": network.initiation_interval,
         # one input item: a vector, an image (all its pixels) or a sequence step
@@ -174,6 +168,16 @@ def _weight_load(network, baud: int) -> dict | None:
             "crc": f"{load_crc(image):04x}",
             "seconds_at_baud": round(frames * (LOAD_BYTES + FRAME_OVERHEAD) * 10 / baud, 2),
             "line_bytes": line}
+
+
+def _layer_json(component) -> dict:
+    cfg = component.config
+    facts = cfg.to_json()  # the model's kind and datapath (an lstm_mps config holds an lstm)
+    return {"kind": facts["kind"], "architecture": cfg.architecture, "pe": cfg.pe,
+            "simd": cfg.simd, "datapath": facts["datapath"], "in": cfg.layer.in_features,
+            "out": cfg.layer.out_features,
+            "weights": getattr(cfg, "weights", None) if cfg.architecture == "folded" else None,
+            "initiation_interval": component.initiation_interval}
 
 
 def _fold_json(fold):

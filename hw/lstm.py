@@ -25,6 +25,7 @@ import dataclasses
 import operator
 import weakref
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from amaranth.hdl import Cat, Fragment, Module, Mux, Signal, signed, unsigned
@@ -564,6 +565,9 @@ class LstmConfig:
     simd: int | None = None
     weights: str = "bram"
 
+    #: what the messages call the layer (a subclass for another kind names its own)
+    _what: ClassVar[str] = "lstm layer"
+
     def __post_init__(self):
         if not isinstance(self.layer, Lstm):
             raise ConfigError(f"layer must be an Lstm, not {type(self.layer).__name__}")
@@ -571,13 +575,19 @@ class LstmConfig:
             raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
                               f"not {self.architecture!r}")
         if self.weights != "bram":
-            raise ConfigError(f"weights of an lstm layer must be 'bram' (its folded gate "
+            raise ConfigError(f"weights of an {self._what} must be 'bram' (its folded gate "
                               f"weights in block RAM), not {self.weights!r}")
         if self.architecture == "unrolled":
             if self.pe is not None or self.simd is not None:
                 raise ConfigError(f"pe and simd apply to the folded architecture only, not to "
-                                  f"an unrolled lstm layer (pe={self.pe!r}, simd={self.simd!r})")
+                                  f"an unrolled {self._what} (pe={self.pe!r}, "
+                                  f"simd={self.simd!r})")
             return
+        self._check_fold()
+
+    def _check_fold(self) -> None:
+        """Refuse a folded configuration's ``pe`` / ``simd`` that the stacked gate mat-vec
+        cannot take."""
         layer = self.layer
         rows, cols = 4 * layer.hidden, layer.in_features + layer.hidden
         for what, value in (("pe", self.pe), ("simd", self.simd)):

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 from amaranth.hdl import Module, Signal, signed
@@ -59,7 +60,7 @@ from bitfab.lstm_mps import LstmMps
 from bitfab.model import Dense, NoOutput
 
 from . import kinds
-from .config import ARCHITECTURES, ConfigError, LayerConfig, check_pipeline
+from .config import ConfigError, LayerConfig, check_pipeline
 from .layer import FoldedDense, UnrolledDense, layer_signature
 from .lstm import LstmConfig, build_lstm, stacked_gates
 
@@ -383,6 +384,7 @@ class MpsLstmConfig(LstmConfig):
     """
 
     mps: Any = None
+    _what: ClassVar[str] = "lstm_mps layer"
 
     def __post_init__(self):
         if not isinstance(self.mps, LstmMps):
@@ -390,17 +392,10 @@ class MpsLstmConfig(LstmConfig):
         if self.layer is not self.mps.dense:
             raise ConfigError("layer must be the lstm_mps layer's dense equivalent (mps.dense)")
         object.__setattr__(self, "pipeline", check_pipeline(self.pipeline))
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(f"architecture must be 'unrolled' or 'folded', "
-                              f"not {self.architecture!r}")
-        if self.weights != "bram":
-            raise ConfigError(f"weights of an lstm_mps layer must be 'bram', "
-                              f"not {self.weights!r}")
-        if self.architecture == "unrolled":
-            if self.pe is not None or self.simd is not None:
-                raise ConfigError(f"pe and simd apply to the folded architecture only, not to "
-                                  f"an unrolled chain (pe={self.pe!r}, simd={self.simd!r})")
-            return
+        super().__post_init__()
+
+    def _check_fold(self) -> None:
+        # the stages share pe * simd lanes (split_lanes): any positive pe and simd will do
         for what, value in (("pe", self.pe), ("simd", self.simd)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"a folded lstm_mps chain needs a positive integer {what}, "
@@ -416,20 +411,25 @@ class MpsLstmConfig(LstmConfig):
         """Always: the chain feeds a :class:`~bitfab.hw.lstm.FoldedLstmCell`."""
         return True
 
-    @property
+    @cached_property
+    def stages(self) -> list[ChainStage]:
+        """Direction 0's chain stages (:func:`chain_plan`; both directions have the same
+        shapes)."""
+        return chain_plan(self.mps, 0)
+
+    @cached_property
     def datapaths(self) -> list[LayerConfig]:
         """The chain stages' datapaths of direction 0 (:func:`stage_configs`): what estimates of
         the weights' logic and memory read in place of :attr:`dense`."""
-        return stage_configs(self.mps, chain_plan(self.mps, 0), self.architecture, self.pe,
-                             self.simd, self.pipeline)
+        return stage_configs(self.mps, self.stages, self.architecture, self.pe, self.simd,
+                             self.pipeline)
 
     @property
     def chain_registers(self) -> int:
         """Flip-flops of direction 0's chain outside its datapaths: ``z``, the stored results of
         stages with several vectors, and the ``4 H`` accumulators."""
-        stages = chain_plan(self.mps, 0)
         z = (self.layer.in_features + self.layer.hidden) * self.layer.concat_format.bits
-        kept = sum(s.vectors * s.matrix.shape[0] * s.bits for s in stages[:-1]
+        kept = sum(s.vectors * s.matrix.shape[0] * s.bits for s in self.stages[:-1]
                    if s.vectors > 1)
         return z + kept + 4 * self.layer.hidden * self.gates(0).out_bits
 
@@ -439,9 +439,7 @@ class MpsLstmConfig(LstmConfig):
 
     def to_json(self) -> dict:
         out = super().to_json()
-        stages = chain_plan(self.mps, 0)
-        configs = stage_configs(self.mps, stages, self.architecture, self.pe, self.simd,
-                                self.pipeline)
+        stages, configs = self.stages, self.datapaths
         out.update(kind=self.mps.kind, gates="mps chain", datapath=configs[0].kind,
                    encoding=self.mps.encoding.to_json(), ranks=list(self.mps.ranks),
                    in_modes=list(self.mps.in_modes), out_modes=list(self.mps.out_modes),

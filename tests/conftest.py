@@ -5,6 +5,7 @@ tool calls :func:`require_tool`: outside CI a missing tool skips with a message;
 (``BITFAB_REQUIRE_TOOLS=1``, set by ``.ci/run``) it fails, so nothing silently goes unchecked.
 """
 
+import json
 import os
 import shutil
 
@@ -47,3 +48,11 @@ def bitfab_cli(capsys, *args) -> tuple[int, str, str]:
         code = exc.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def bitfab_json(capsys, *args) -> tuple[int, dict | None, str]:
+    """Run the CLI in-process with ``--json`` among ``args``; return ``(exit status, the JSON
+    object it printed last or None, stderr)``."""
+    code, out, err = bitfab_cli(capsys, *args)
+    lines = out.strip().splitlines()
+    return code, json.loads(lines[-1]) if code == 0 and lines else None, err

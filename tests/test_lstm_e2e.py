@@ -2,8 +2,6 @@
 eval (golden vs torch), verilog, sim on Verilator and Icarus and on the iCE40 netlist, synth for
 the iCEBreaker and the ULX3S, and the simulated board, each with 0 mismatches."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -15,10 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.cocotb, pytest.ma
 
 def bitfab(capsys, *args):
     """Run the CLI in-process; return (exit status, the JSON it printed, stderr)."""
-    from conftest import bitfab_cli
-    code, out, err = bitfab_cli(capsys, *args)
-    lines = out.strip().splitlines()
-    return code, json.loads(lines[-1]) if code == 0 and lines else None, err
+    from conftest import bitfab_json
+    return bitfab_json(capsys, *args)
 
 
 @pytest.fixture(scope="module")
