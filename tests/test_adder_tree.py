@@ -563,3 +563,8 @@ def test_chained_levels_start_fewer_chains_from_fabric(tmp_path):
     separate, chained = fabric_carry_ins("separate", 0), fabric_carry_ins("chained", 64)
     assert separate >= 20  # one per adder with a carry-in bit
     assert chained <= separate // 4, (separate, chained)
+    # the junctions need nextpnr-ice40's router2; every flow picks it from the netlist
+    from bitfab.toolchain import nextpnr_router
+    assert nextpnr_router(tmp_path / "chained.json", "ice40") == "router2"
+    assert nextpnr_router(tmp_path / "separate.json", "ice40") == "router1"
+    assert nextpnr_router(tmp_path / "chained.json", "ecp5") == "router1"
