@@ -425,3 +425,22 @@ def test_verilator_build_estimate_names_size_and_time(tmp_path):
     idle, loaded = (VERILATOR_BASE_SECONDS + 2.8 * k for k in VERILATOR_SECONDS_PER_MB)
     assert build_estimate([v]) == (f"2.8 MB of Verilog, about {idle:.0f} s (idle 2-core "
                                    f"machine) to {loaded / 60:.0f} min (loaded)")
+
+
+def test_chains_option_reaches_the_hardware_and_is_checked(tmp_path, capsys):
+    """``--chains`` builds the sums of that command with shared carry chains (junction signals
+    in the Verilog), only for that command; a negative value is a one-line usage error."""
+    from bitfab.examples import mlp
+    from bitfab.hw import adder_tree
+    model = mlp(np.random.default_rng(2), (40, 8, 4), "binary", name="ch")
+    model.save(tmp_path / "ch.bfm")
+    code, out, err = cli(capsys, "verilog", tmp_path / "ch.bfm", "--out", tmp_path / "on",
+                         "--chains", "24")
+    assert code == 0, err
+    assert "_chain" in (tmp_path / "on" / "ch.v").read_text()
+    assert adder_tree.CHAIN_CELLS == 0  # restored after the command
+    code, out, err = cli(capsys, "verilog", tmp_path / "ch.bfm", "--out", tmp_path / "off")
+    assert code == 0 and "_chain" not in (tmp_path / "off" / "ch.v").read_text()
+    code, out, err = cli(capsys, "verilog", tmp_path / "ch.bfm", "--out", tmp_path / "bad",
+                         "--chains", "-3")
+    assert code == 2 and "--chains" in err and not (tmp_path / "bad").exists()
