@@ -46,16 +46,21 @@ def fold_candidates(model, board, count: int = 3, faster: int = 1) -> list:
 
 
 def fold_task(model_path: str, board: str, fold, folder: str, seed: int, clock_hz, baud: int,
-              pipeline: int) -> dict:
+              pipeline: int, chain_cells: int = 0) -> dict:
     """Build ``fold`` (None: unrolled) into ``folder``; return ``{"fold", "status", "reason",
-    "report"}`` (a bitfab error is a failed record, never raised)."""
+    "report"}`` (a bitfab error is a failed record, never raised). ``chain_cells``: the
+    worker's :func:`bitfab.hw.adder_tree.structure` (a worker process does not share the
+    caller's)."""
     from bitfab.boards.build import synthesize
+    from bitfab.hw.adder_tree import structure
     from bitfab.model import IntegerModel
     fold = None if fold is None else tuple(fold)
     try:
-        outcome = synthesize(IntegerModel.load(model_path), board,
-                             fold="unrolled" if fold is None else fold, seed=seed,
-                             out=Path(folder), clock_hz=clock_hz, baud=baud, pipeline=pipeline)
+        with structure(chain_cells=chain_cells):
+            outcome = synthesize(IntegerModel.load(model_path), board,
+                                 fold="unrolled" if fold is None else fold, seed=seed,
+                                 out=Path(folder), clock_hz=clock_hz, baud=baud,
+                                 pipeline=pipeline)
     except BitfabError as exc:
         return {"fold": _text(fold), "status": "failed", "reason": one_line(exc), "report": None}
     report = outcome.report
@@ -77,13 +82,15 @@ class FoldSearch:
 def search_folds(model_path, board, out: Path, *, count: int = 3, faster: int = 1,
                  workers: int | None = None, scheduler: str | None = None, seed: int = 0,
                  clock_hz: float | str | None = None, baud: int | None = None, pipeline: int = 1,
-                 progress=None) -> FoldSearch:
+                 progress=None, chain_cells: int | None = None) -> FoldSearch:
     """Build the :func:`fold_candidates` of the model at ``model_path`` for ``board`` in
     parallel into ``out/fold-PE-SIMD`` (``out/unrolled``); return the :class:`FoldSearch`.
-    ``progress(record)`` is called as each build ends."""
+    ``progress(record)`` is called as each build ends. ``chain_cells``: every candidate's
+    :data:`bitfab.hw.adder_tree.CHAIN_CELLS` (None: the caller's)."""
     from distributed import as_completed
 
     from bitfab.boards.targets import get_board
+    from bitfab.hw import adder_tree
     from bitfab.model import IntegerModel
 
     from .engine import CLUSTER_CONFIG, connect, dask_config
@@ -92,6 +99,7 @@ def search_folds(model_path, board, out: Path, *, count: int = 3, faster: int = 
     target = get_board(board) if isinstance(board, str) else board
     model = IntegerModel.load(model_path)
     folds = fold_candidates(model, target, count, faster)
+    chain_cells = adder_tree.CHAIN_CELLS if chain_cells is None else chain_cells
     with dask_config(CLUSTER_CONFIG):
         client, cluster = connect(scheduler, workers or min(len(folds), 8))
         try:
@@ -99,7 +107,8 @@ def search_folds(model_path, board, out: Path, *, count: int = 3, faster: int = 
                 fold_task, str(Path(model_path).resolve()), target.name,
                 None if f is None else list(f),
                 str(Path(out) / ("unrolled" if f is None else f"fold-{f[0]}-{f[1]}")), seed,
-                clock_hz, baud, pipeline, key=f"fold-{_text(f)}-{time.time_ns()}", pure=False)
+                clock_hz, baud, pipeline, chain_cells,
+                key=f"fold-{_text(f)}-{time.time_ns()}", pure=False)
                 for f in folds]
             records = {}
             for fut in as_completed(futures):

@@ -1,6 +1,7 @@
 """boards/: real builds with the YoWASP tools (marked ``synth``), fold choice and report logic."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,14 +52,17 @@ def test_real_build_with_shared_carry_chains(tmp_path):
     route on iCE40: the flow sees the junctions in the netlist and gives nextpnr router2
     (router1 does not converge on them)."""
     from bitfab.hw import adder_tree
+    from bitfab.sweep.folds import fold_task
     from bitfab.toolchain import nextpnr_router
     model = mlp(np.random.default_rng(1), (48, 8, 4), "binary", name="chained")
-    with adder_tree.structure(chain_cells=24):
-        outcome = synthesize(model, "icebreaker", out=tmp_path / "b")
-    assert nextpnr_router(outcome.folder / "top.json", "ice40") == "router2"
-    assert outcome.bitstream.stat().st_size > 50_000
-    report = json.loads((outcome.folder / "report.json").read_text())
-    assert report["timing_met"]
+    model.save(tmp_path / "chained.bfm")
+    # the entry of a --fold auto worker process, which gets the option as an argument
+    rec = fold_task(str(tmp_path / "chained.bfm"), "icebreaker", None, str(tmp_path / "b"), 0,
+                    None, None, 1, chain_cells=24)
+    assert rec["status"] == "ok", rec["reason"]
+    assert adder_tree.CHAIN_CELLS == 0  # restored
+    assert nextpnr_router(tmp_path / "b" / "top.json", "ice40") == "router2"
+    assert Path(rec["report"]["bitstream"]).stat().st_size > 50_000
 
 
 def test_fold_choice_prefers_speed_and_fits_the_estimate():
