@@ -552,8 +552,6 @@ class _Builder:
             group.append((k, ops, cin))
             cells += width
         flush()
-        if self._m is None:
-            return [self.add(ops, cin) for ops, cin in pairs]
         return out
 
     def _chain(self, group) -> list[_Node]:
