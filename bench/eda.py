@@ -62,22 +62,22 @@ def _clock_name(net: str) -> str:
     return parts[0] if parts else net
 
 
-def router_for(vfile: Path, device: str) -> str:
-    """nextpnr's ``--router`` for the netlist of :func:`synth` (:func:`nextpnr_router`)."""
-    family = "ecp5" if "ecp5" in device else "ice40"
-    return nextpnr_router(vfile.parent / f"{vfile.stem}.{family}.json", family)
+def _nextpnr(vfile: Path, device: str) -> tuple[list[str], str]:
+    """Return ``(command, family)``: nextpnr for ``device`` on the netlist of :func:`synth`,
+    without constraints files; the caller adds what it runs."""
+    tool, args = DEVICES[device]
+    family = "ecp5" if "ecp5" in tool else "ice40"
+    unconstrained = "--lpf-allow-unconstrained" if family == "ecp5" else \
+        "--pcf-allow-unconstrained"
+    return [tool, *args, "--json", f"{vfile.stem}.{family}.json", unconstrained], family
 
 
 def packed_cells(vfile: Path, device: str) -> int:
     """The logic cells of the netlist after nextpnr's packing (``--pack-only``): the count a
     placement would use, for a design that does not place on ``device``."""
-    tool, args = DEVICES[device]
-    family = "ecp5" if "ecp5" in tool else "ice40"
-    workdir = vfile.parent
-    log = workdir / f"{vfile.stem}.{device}.pack.log"
-    cmd = [tool, *args, "--json", f"{vfile.stem}.{family}.json", "--pack-only"]
-    cmd += ["--lpf-allow-unconstrained"] if family == "ecp5" else ["--pcf-allow-unconstrained"]
-    _run(cmd, workdir, log.name)
+    cmd, family = _nextpnr(vfile, device)
+    log = vfile.parent / f"{vfile.stem}.{device}.pack.log"
+    _run([*cmd, "--pack-only"], vfile.parent, log.name)
     kind = "TRELLIS_COMB" if family == "ecp5" else "ICESTORM_LC"
     for line in log.read_text().splitlines():
         if f"{kind}:" in line:
@@ -91,20 +91,15 @@ def place_route(vfile: Path, device: str, freq_mhz: float, seed: int = 1,
 
     ``freq_mhz`` is the clock constraint given to nextpnr (``--freq``); the reported Fmax is the
     achieved maximum frequency of the ``clk`` domain from ``--report``. ``router``: nextpnr's
-    ``--router``; ``auto`` is :func:`router_for`.
+    ``--router``; ``auto`` is :func:`bitfab.toolchain.nextpnr_router`'s choice.
     """
-    tool, args = DEVICES[device]
-    family = "ecp5" if "ecp5" in tool else "ice40"
+    cmd, family = _nextpnr(vfile, device)
     workdir = vfile.parent
-    netlist = f"{vfile.stem}.{family}.json"
     report = f"{vfile.stem}.{device}.report.json"
-    router = router_for(vfile, device) if router == "auto" else router
-    cmd = [tool, *args, "--json", netlist, "--freq", str(freq_mhz), "--report", report,
-           "--seed", str(seed), "--timing-allow-fail", "-q", "--router", router]
-    if family == "ecp5":
-        cmd += ["--lpf-allow-unconstrained"]
-    else:
-        cmd += ["--pcf-allow-unconstrained"]
+    if router == "auto":
+        router = nextpnr_router(workdir / f"{vfile.stem}.{family}.json", family)
+    cmd += ["--freq", str(freq_mhz), "--report", report, "--seed", str(seed),
+            "--timing-allow-fail", "-q", "--router", router]
     _run(cmd, workdir, f"{vfile.stem}.{device}.nextpnr.log")
     data = json.loads((workdir / report).read_text())
     fmax = {_clock_name(k): round(v["achieved"], 2) for k, v in data["fmax"].items()}
